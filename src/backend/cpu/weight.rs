@@ -1,0 +1,66 @@
+//! A weight on the CPU: the stored bytes (memory-mapped when possible) viewed as typed rows.
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::weights::{DType, HostTensor};
+
+#[derive(Clone, Debug)]
+pub struct CpuWeight {
+    tensor: HostTensor,
+    rows: usize,
+    cols: usize,
+}
+
+impl CpuWeight {
+    pub fn new(tensor: HostTensor) -> Result<Self> {
+        let (rows, cols) = match tensor.shape.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            other => return Err(Error::input(format!("tensor {}: expected 1 or 2 dims, got {other:?}", tensor.name))),
+        };
+        if tensor.bytes.as_slice().as_ptr() as usize % tensor.dtype.size() != 0 {
+            return Err(Error::input(format!("tensor {}: data is not aligned to its dtype", tensor.name)));
+        }
+        Ok(CpuWeight { tensor, rows, cols })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.tensor.dtype
+    }
+
+    /// `(rows, cols)`; a vector is one row.
+    pub fn matrix_shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.tensor.bytes.as_slice().len()
+    }
+
+    pub fn f32_row(&self, r: usize) -> &[f32] {
+        &bytemuck::cast_slice::<u8, f32>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
+    }
+
+    pub fn bf16_row(&self, r: usize) -> &[bf16] {
+        &bytemuck::cast_slice::<u8, bf16>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
+    }
+
+    pub fn f16_row(&self, r: usize) -> &[f16] {
+        &bytemuck::cast_slice::<u8, f16>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Row `r` converted to f32 into `out`.
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        match self.dtype() {
+            DType::F32 => out.copy_from_slice(self.f32_row(r)),
+            DType::BF16 => super::matmul::bf16_to_f32(self.bf16_row(r), out),
+            DType::F16 => super::matmul::f16_to_f32(self.f16_row(r), out),
+        }
+    }
+
+    /// The whole tensor as f32 (small tensors: norms, biases).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.tensor.to_f32()
+    }
+}

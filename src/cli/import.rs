@@ -1,0 +1,33 @@
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use clover_engine::error::Result;
+use clover_engine::weights::gguf_import::{import_gguf, ImportDType};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    Bf16,
+    F32,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The .gguf file.
+    gguf: PathBuf,
+    /// The HF folder to create.
+    out_dir: PathBuf,
+    /// Dtype of the written weights (quantized blocks are expanded to it).
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: DTypeArg,
+}
+
+pub fn run(a: ImportArgs) -> Result<()> {
+    let dtype = match a.dtype {
+        DTypeArg::Bf16 => ImportDType::Bf16,
+        DTypeArg::F32 => ImportDType::F32,
+    };
+    let summary = import_gguf(&a.gguf, &a.out_dir, dtype)?;
+    println!("imported {} → {} ({summary:?})", a.gguf.display(), a.out_dir.display());
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
+
+mod generate;
+mod import;
+mod score;
+mod stream;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use clover_engine::error::{Error, Result};
+use clover_engine::paths;
+
+#[derive(Parser)]
+#[command(name = "clover-engine", version, about = "Speculative decoding with Clover-2 and EAGLE-1 draft heads")]
+pub struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a GGUF model (F32/F16/BF16/Q8_0/Q4_0/Q4_1) into an HF folder.
+    ImportGguf(import::ImportArgs),
+    /// Generate text, streaming it as it is produced.
+    Generate(generate::GenerateArgs),
+    /// Perplexity of a text; optionally dump its logits for comparison with other engines.
+    Score(score::ScoreArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::input(format!("--threads: {e}")))?;
+    }
+    match cli.command {
+        Command::ImportGguf(a) => import::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
+    }
+}
+
+/// `--model DIR`, or the default model from the setup script's cache.
+fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(dir) = arg {
+        if !dir.is_dir() {
+            return Err(Error::input(format!("--model {}: no such folder", dir.display())));
+        }
+        return Ok(dir);
+    }
+    let dir = paths::default_model_dir();
+    if !dir.join("config.json").exists() {
+        return Err(Error::input(format!(
+            "no --model given and the default model ({}) is not in {}; run tools/fetch-default-model.sh to get it",
+            paths::DEFAULT_MODEL_NAME,
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}

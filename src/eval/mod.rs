@@ -1,0 +1,3 @@
+//! Measuring: scoring texts, and later the benchmark harness and metrics.
+
+pub mod score;

@@ -1,0 +1,241 @@
+//! The HF `config.json` of a base model: llama (Llama 2/3, Vicuna, SmolLM2), mistral, qwen2.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// Llama-3 "rope_type: llama3" frequency scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub vocab_size: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (qwen2).
+    pub qkv_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, "(json)", e.to_string()))?;
+        Self::from_json(&json, path)
+    }
+
+    pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
+        let f = Fields { json, path: path.to_path_buf() };
+        let model_type = f.str("model_type")?;
+        let architecture = match model_type.as_str() {
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(Error::format(path, "model_type", format!("`{other}` is not supported (llama, mistral, qwen2)")))
+            }
+        };
+        let hidden_size = f.usize("hidden_size")?;
+        let num_heads = f.usize("num_attention_heads")?;
+        let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        if num_heads == 0 || hidden_size % num_heads != 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(Error::format(
+                path,
+                "num_attention_heads",
+                format!("{num_heads} heads / {num_kv_heads} KV heads do not divide hidden_size {hidden_size}"),
+            ));
+        }
+        let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
+        let eos_token_ids = match json.get("eos_token_id") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+            Some(v) => vec![v.as_u64().ok_or_else(|| Error::format(path, "eos_token_id", "not an integer"))? as u32],
+        };
+        Ok(ModelConfig {
+            architecture,
+            hidden_size,
+            intermediate_size: f.usize("intermediate_size")?,
+            num_layers: f.usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rope_theta: f.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            rope_scaling: rope_scaling(json, path)?,
+            max_position_embeddings: f.usize("max_position_embeddings")?,
+            vocab_size: f.usize("vocab_size")?,
+            tie_word_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            qkv_bias: architecture == Architecture::Qwen2
+                || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            bos_token_id: f.opt_usize("bos_token_id")?.map(|v| v as u32),
+            eos_token_ids,
+        })
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// RoPE inverse frequencies (head_dim/2 of them), with Llama-3 scaling applied.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let half = self.head_dim / 2;
+        let base: Vec<f64> =
+            (0..half).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64)).collect();
+        match &self.rope_scaling {
+            None => base,
+            Some(s) => base.into_iter().map(|f| llama3_scale(f, s)).collect(),
+        }
+    }
+}
+
+/// The Llama-3 rule: long wavelengths are slowed by `factor`, short ones kept, and the band in
+/// between interpolated smoothly.
+fn llama3_scale(freq: f64, s: &Llama3RopeScaling) -> f64 {
+    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+    let wavelen = 2.0 * std::f64::consts::PI / freq;
+    if wavelen < high_wavelen {
+        freq
+    } else if wavelen > low_wavelen {
+        freq / s.factor
+    } else {
+        let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor);
+        (1.0 - smooth) * freq / s.factor + smooth * freq
+    }
+}
+
+fn rope_scaling(json: &Value, path: &Path) -> Result<Option<Llama3RopeScaling>> {
+    let Some(scaling) = json.get("rope_scaling").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let f = Fields { json: scaling, path: path.to_path_buf() };
+    let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("");
+    if kind != "llama3" {
+        return Err(Error::format(path, "rope_scaling.rope_type", format!("`{kind}` is not supported (llama3)")));
+    }
+    Ok(Some(Llama3RopeScaling {
+        factor: f.f64("factor")?,
+        low_freq_factor: f.f64("low_freq_factor")?,
+        high_freq_factor: f.f64("high_freq_factor")?,
+        original_max_position_embeddings: f.f64("original_max_position_embeddings")?,
+    }))
+}
+
+struct Fields<'a> {
+    json: &'a Value,
+    path: PathBuf,
+}
+
+impl Fields<'_> {
+    fn missing(&self, key: &str) -> Error {
+        Error::format(&self.path, key, "required field is missing")
+    }
+
+    fn str(&self, key: &str) -> Result<String> {
+        let v = self.json.get(key).ok_or_else(|| self.missing(key))?;
+        v.as_str().map(str::to_string).ok_or_else(|| Error::format(&self.path, key, "not a string"))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| Error::format(&self.path, key, "not a non-negative integer"))
+            }
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::format(&self.path, key, "not a number")),
+        }
+    }
+
+    fn f64(&self, key: &str) -> Result<f64> {
+        self.opt_f64(key)?.ok_or_else(|| self.missing(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+            "vocab_size": 100, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "eos_token_id": [2, 3]
+        })
+    }
+
+    #[test]
+    fn parses_llama_and_reports_missing_field_by_name() {
+        let c = ModelConfig::from_json(&base(), Path::new("config.json")).unwrap();
+        assert_eq!((c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()), (16, 2, vec![2, 3]));
+        let mut j = base();
+        j.as_object_mut().unwrap().remove("hidden_size");
+        let err = ModelConfig::from_json(&j, Path::new("m/config.json")).unwrap_err().to_string();
+        assert!(err.contains("m/config.json") && err.contains("hidden_size"), "{err}");
+    }
+
+    #[test]
+    fn qwen2_has_qkv_bias_and_unknown_arch_is_refused() {
+        let mut j = base();
+        j["model_type"] = "qwen2".into();
+        assert!(ModelConfig::from_json(&j, Path::new("c")).unwrap().qkv_bias);
+        j["model_type"] = "gpt2".into();
+        let err = ModelConfig::from_json(&j, Path::new("c")).unwrap_err().to_string();
+        assert!(err.contains("model_type") && err.contains("gpt2"));
+    }
+
+    #[test]
+    fn llama3_scaling_matches_the_published_rule() {
+        let mut j = base();
+        j["head_dim"] = 128.into();
+        j["rope_theta"] = 500000.0.into();
+        j["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = ModelConfig::from_json(&j, Path::new("c")).unwrap();
+        let f = c.rope_inv_freq();
+        // Highest frequency: wavelength 2π < 2048, kept. Lowest: wavelength far above 8192, divided by 8.
+        assert_eq!(f[0], 1.0);
+        let raw_last = 1.0 / 500000f64.powf(126.0 / 128.0);
+        assert!((f[63] - raw_last / 8.0).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,12 @@
+//! The base model: config, weights, KV cache, forward passes, tokenizer and chat template.
+
+pub mod config;
+pub mod kv_cache;
+pub mod llama;
+pub mod random;
+pub mod tokenizer;
+
+pub use config::ModelConfig;
+pub use kv_cache::KvCache;
+pub use llama::{ForwardOutput, Llama, LogitRows};
+pub use tokenizer::{ChatMessage, TextTokenizer};

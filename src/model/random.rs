@@ -1,0 +1,81 @@
+//! Models with random weights: tiny ones for fast tests, full-size ones for latency benchmarks
+//! where the numbers, not the text, matter.
+
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomically;
+use crate::model::config::ModelConfig;
+use crate::rng::Rng;
+
+/// Every tensor name and shape a base model with this config has, in a stable order.
+pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
+    for l in 0..c.num_layers {
+        let p = format!("model.layers.{l}");
+        let mut add = |name: &str, shape: Vec<usize>| shapes.push((format!("{p}.{name}"), shape));
+        add("input_layernorm.weight", vec![h]);
+        add("self_attn.q_proj.weight", vec![q, h]);
+        add("self_attn.k_proj.weight", vec![kv, h]);
+        add("self_attn.v_proj.weight", vec![kv, h]);
+        if c.qkv_bias {
+            add("self_attn.q_proj.bias", vec![q]);
+            add("self_attn.k_proj.bias", vec![kv]);
+            add("self_attn.v_proj.bias", vec![kv]);
+        }
+        add("self_attn.o_proj.weight", vec![h, q]);
+        add("post_attention_layernorm.weight", vec![h]);
+        add("mlp.gate_proj.weight", vec![i, h]);
+        add("mlp.up_proj.weight", vec![i, h]);
+        add("mlp.down_proj.weight", vec![h, i]);
+    }
+    shapes.push(("model.norm.weight".to_string(), vec![h]));
+    if !c.tie_word_embeddings {
+        shapes.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    shapes
+}
+
+/// Writes `dir/config.json` and `dir/model.safetensors` (f32): norms near 1, matrices uniform
+/// with a scale that keeps activations O(1), embeddings larger so logits are peaked enough to
+/// give varied greedy continuations.
+pub fn write_random_model(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(config).map_err(|e| Error::input(e.to_string()))?;
+    let parsed = ModelConfig::from_json(config, &config_path)?;
+    let mut rng = Rng::new(seed);
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape) in tensor_shapes(&parsed) {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = if name.ends_with("norm.weight") {
+            (0..n).map(|_| 0.8 + 0.4 * rng.uniform_f32()).collect()
+        } else {
+            let fan_in = *shape.last().unwrap_or(&1) as f32;
+            let scale = if name.contains("embed") || name.contains("lm_head") { 2.0 } else { 1.7 / fan_in.sqrt() };
+            (0..n).map(|_| (2.0 * rng.uniform_f32() - 1.0) * scale).collect()
+        };
+        data.push((name, shape, bytemuck::cast_slice(&values).to_vec()));
+    }
+    let bad = |e: safetensors::SafeTensorError| Error::input(format!("random model: {e}"));
+    let views = data
+        .iter()
+        .map(|(name, shape, bytes)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(bad)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, &None).map_err(bad)?;
+    write_atomically(&dir.join("model.safetensors"), &bytes)?;
+    write_atomically(&config_path, text.as_bytes())
+}
+
+/// A llama config small enough for unit tests to run many forwards in milliseconds.
+pub fn tiny_llama_config(vocab: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true,
+        "bos_token_id": 1, "eos_token_id": 2
+    })
+}

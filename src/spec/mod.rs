@@ -1,0 +1,3 @@
+//! Speculative decoding: candidate trees, verification, and the decoding loops.
+
+pub mod engine;

@@ -1,0 +1,129 @@
+//! Memory-mapped safetensors: one `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`. Tensors stay in the file's dtype and in the page cache.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors};
+
+use super::{Bytes, DType, HostTensor};
+use crate::error::{Error, Result};
+
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    start: usize,
+    len: usize,
+}
+
+pub struct SafetensorsFiles {
+    paths: Vec<PathBuf>,
+    maps: Vec<Arc<Mmap>>,
+    entries: HashMap<String, Entry>,
+}
+
+impl SafetensorsFiles {
+    /// Opens `dir/model.safetensors`, or every shard named by `dir/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if single.exists() {
+            return Self::open(&[single]);
+        }
+        if !index.exists() {
+            return Err(Error::format(
+                dir,
+                "model.safetensors",
+                "no model.safetensors nor model.safetensors.index.json in the model folder",
+            ));
+        }
+        Self::open(&shard_paths(&index)?)
+    }
+
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = SafetensorsFiles { paths: Vec::new(), maps: Vec::new(), entries: HashMap::new() };
+        for path in paths {
+            files.add_file(path)?;
+        }
+        Ok(files)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<()> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is opened read-only; like every mmap-based loader we assume nobody
+        // truncates model files while the engine runs.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| Error::format(path, "header", e.to_string()))?;
+        let data_start = 8 + header_len;
+        let file_index = self.maps.len();
+        for (name, info) in meta.tensors() {
+            let dtype = match info.dtype {
+                StDtype::F32 => DType::F32,
+                StDtype::BF16 => DType::BF16,
+                StDtype::F16 => DType::F16,
+                other => {
+                    return Err(Error::format(path, name, format!("dtype {other:?} is not supported (f32, bf16, f16)")))
+                }
+            };
+            let (begin, end) = info.data_offsets;
+            if end > map.len() - data_start || begin > end {
+                return Err(Error::format(path, name, "data offsets point past the end of the file (truncated?)"));
+            }
+            let numel: usize = info.shape.iter().product();
+            if numel * dtype.size() != end - begin {
+                return Err(Error::format(path, name, "shape and byte length disagree"));
+            }
+            let entry = Entry { file: file_index, dtype, shape: info.shape.clone(), start: data_start + begin, len: end - begin };
+            self.entries.insert(name.clone(), entry);
+        }
+        self.paths.push(path.to_path_buf());
+        self.maps.push(Arc::new(map));
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// The tensor `name`, checked against the expected shape. Misaligned data (legal in
+    /// safetensors, rare in practice) is copied so typed views stay sound.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let where_ = self.paths.first().map(PathBuf::as_path).unwrap_or(Path::new("model.safetensors"));
+        let entry = self.entries.get(name).ok_or_else(|| Error::format(where_, name, "tensor is missing"))?;
+        let path = &self.paths[entry.file];
+        if entry.shape != shape {
+            return Err(Error::format(path, name, format!("shape {:?}, expected {:?}", entry.shape, shape)));
+        }
+        let map = &self.maps[entry.file];
+        let bytes = if (map.as_ptr() as usize + entry.start) % entry.dtype.size() == 0 {
+            Bytes::Mapped { map: map.clone(), start: entry.start, len: entry.len }
+        } else {
+            Bytes::Owned(Arc::new(map[entry.start..entry.start + entry.len].to_vec()))
+        };
+        Ok(HostTensor { name: name.to_string(), dtype: entry.dtype, shape: entry.shape.clone(), bytes })
+    }
+}
+
+fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(index, "(json)", e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(index, "weight_map", "missing or not an object"))?;
+    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    files.sort();
+    files.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}

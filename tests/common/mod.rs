@@ -1,0 +1,30 @@
+//! Shared by the integration tests: where the default model is, and a skip rule that cannot
+//! hide a missing model in CI (CLOVER_REQUIRE_MODEL=1 turns the skip into a failure).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub fn default_model() -> Option<PathBuf> {
+    let dir = clover_engine::paths::default_model_dir();
+    if dir.join("config.json").exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("CLOVER_REQUIRE_MODEL").is_some() {
+        panic!("CLOVER_REQUIRE_MODEL is set but the default model is missing from {}", dir.display());
+    }
+    eprintln!("skipped: the default model is not in {} (run tools/fetch-default-model.sh)", dir.display());
+    None
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A fresh empty folder under the target dir, unique per test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}

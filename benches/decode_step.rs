@@ -1,1 +1,52 @@
-fn main(){}
+//! One decode step of the default model, beside this machine's memory copy bandwidth measured in
+//! the same run. Both report bytes per second (criterion's "thrpt"): for the decode step the
+//! bytes are the weights one token streams, so the ratio of the two throughputs is the fraction
+//! of copy bandwidth the GEMV reaches.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::model::{Llama, LogitRows};
+
+const COPY_BYTES: usize = 256 << 20;
+const CONTEXT: usize = 2048;
+
+fn copy_bandwidth(c: &mut Criterion) {
+    let src = vec![1u8; COPY_BYTES];
+    let mut dst = vec![0u8; COPY_BYTES];
+    let mut g = c.benchmark_group("memory");
+    g.throughput(Throughput::Bytes(COPY_BYTES as u64));
+    g.sample_size(20);
+    g.bench_function("copy_256MiB", |b| b.iter(|| dst.copy_from_slice(std::hint::black_box(&src))));
+    g.finish();
+}
+
+fn decode_step(c: &mut Criterion) {
+    let dir = clover_engine::paths::default_model_dir();
+    let model = match Llama::load(&dir, CpuBackend) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("decode_step skipped: {e} (run tools/fetch-default-model.sh)");
+            return;
+        }
+    };
+    let prompt: Vec<u32> = (0..64).map(|i| 100 + i * 13).collect();
+    let mut cache = model.new_cache(CONTEXT);
+    model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
+    let mut g = c.benchmark_group("default_model");
+    g.throughput(Throughput::Bytes(model.weight_bytes_per_token() as u64));
+    g.sample_size(30);
+    g.bench_function("decode_step", |b| {
+        b.iter(|| {
+            if cache.len() + 1 >= CONTEXT {
+                cache.clear();
+                model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
+            }
+            model.decode(&mut cache, 42).expect("decode")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, copy_bandwidth, decode_step);
+criterion_main!(benches);

@@ -44,8 +44,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         return Err(Error::input("--temperature must be ≥ 0 and --top-p in (0, 1]"));
     }
     let dir = super::model_dir(a.model)?;
-    let tokenizer = TextTokenizer::load(&dir)?;
     let model = Llama::load(&dir, CpuBackend)?;
+    let tokenizer = TextTokenizer::load(&dir)?;
     let prompt = prompt_ids(&tokenizer, a.prompt.as_deref(), a.chat.as_deref(), a.system.as_deref())?;
     let mut stop_ids = model.config.eos_token_ids.clone();
     stop_ids.extend(tokenizer.eos_id());

@@ -26,8 +26,8 @@ pub struct ScoreArgs {
 pub fn run(a: ScoreArgs) -> Result<()> {
     let dir = super::model_dir(a.model)?;
     let text = std::fs::read_to_string(&a.text_file).map_err(|e| Error::io(&a.text_file, e))?;
-    let tokenizer = TextTokenizer::load(&dir)?;
     let model = Llama::load(&dir, CpuBackend)?;
+    let tokenizer = TextTokenizer::load(&dir)?;
     let ids = if a.chat {
         tokenizer.encode(&tokenizer.render_chat(&[ChatMessage::new("user", &text)], false)?, false)?
     } else {

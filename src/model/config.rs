@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::model::layer::LayerDims;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
@@ -104,6 +105,17 @@ impl ModelConfig {
 
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+
+    pub fn layer_dims(&self) -> LayerDims {
+        LayerDims {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            n_heads: self.num_heads,
+            n_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            qkv_bias: self.qkv_bias,
+        }
     }
 
     /// RoPE inverse frequencies (head_dim/2 of them), with Llama-3 scaling applied.

@@ -5,34 +5,22 @@
 
 use std::path::Path;
 
-use crate::backend::{AttnMask, AttnShape, Backend};
+use crate::backend::{AttnMask, Backend};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::kv_cache::KvCache;
+use crate::model::layer::{DecoderLayer, LayerCache, Rope};
 use crate::weights::safetensors::SafetensorsFiles;
-
-struct Layer<B: Backend> {
-    attn_norm: B::Weight,
-    q: B::Weight,
-    k: B::Weight,
-    v: B::Weight,
-    qkv_bias: Option<[B::Weight; 3]>,
-    o: B::Weight,
-    mlp_norm: B::Weight,
-    gate: B::Weight,
-    up: B::Weight,
-    down: B::Weight,
-}
 
 pub struct Llama<B: Backend> {
     pub config: ModelConfig,
     pub backend: B,
     embed: B::Weight,
-    layers: Vec<Layer<B>>,
+    layers: Vec<DecoderLayer<B>>,
     norm: B::Weight,
     /// None when the embedding is tied.
     lm_head: Option<B::Weight>,
-    inv_freq: Vec<f64>,
+    rope: Rope,
     weight_bytes: usize,
 }
 
@@ -64,7 +52,7 @@ impl<B: Backend> Llama<B> {
 
     pub fn from_files(config: ModelConfig, files: &SafetensorsFiles, backend: B) -> Result<Self> {
         let c = &config;
-        let (h, kv, q, i) = (c.hidden_size, c.kv_dim(), c.q_dim(), c.intermediate_size);
+        let h = c.hidden_size;
         let mut weight_bytes = 0;
         let mut get = |name: &str, shape: &[usize]| -> Result<B::Weight> {
             let t = files.get(name, shape)?;
@@ -72,41 +60,19 @@ impl<B: Backend> Llama<B> {
             backend.weight(t)
         };
         let embed = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let p = format!("model.layers.{l}");
-            let qkv_bias = if c.qkv_bias {
-                Some([
-                    get(&format!("{p}.self_attn.q_proj.bias"), &[q])?,
-                    get(&format!("{p}.self_attn.k_proj.bias"), &[kv])?,
-                    get(&format!("{p}.self_attn.v_proj.bias"), &[kv])?,
-                ])
-            } else {
-                None
-            };
-            layers.push(Layer {
-                attn_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q: get(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
-                k: get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-                v: get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
-                qkv_bias,
-                o: get(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
-                mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate: get(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
-                up: get(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
-                down: get(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
-            });
-        }
         let norm = get("model.norm.weight", &[h])?;
         let lm_head = if c.tie_word_embeddings && !files.contains("lm_head.weight") {
             None
         } else {
             Some(get("lm_head.weight", &[c.vocab_size, h])?)
         };
-        let inv_freq = config.rope_inv_freq();
-        Ok(Llama { config, backend, embed, layers, norm, lm_head, inv_freq, weight_bytes })
+        let dims = config.layer_dims();
+        let layers = (0..c.num_layers)
+            .map(|l| DecoderLayer::load(&backend, files, &format!("model.layers.{l}"), dims, c.rms_norm_eps, true, &mut weight_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        let rope = Rope { inv_freq: config.rope_inv_freq() };
+        Ok(Llama { config, backend, embed, layers, norm, lm_head, rope, weight_bytes })
     }
-
     /// Bytes of weights one decode step streams (every matrix once; the embedding rows read are
     /// negligible, the lm_head is counted even when tied).
     pub fn weight_bytes_per_token(&self) -> usize {
@@ -149,40 +115,15 @@ impl<B: Backend> Llama<B> {
         self.check_input(cache, tokens, positions)?;
         let (c, b) = (&self.config, &self.backend);
         let rows = tokens.len();
-        let (h, qd, kvd, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let shape = AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+        let h = c.hidden_size;
         let past = cache.len();
-        let cos_sin = b.upload(&self.cos_sin(positions));
-
+        let cos_sin = b.upload(&self.rope.cos_sin(positions));
         let mut x = b.zeros(rows * h);
         b.embedding(&self.embed, tokens, &mut x);
-        let (mut normed, mut out) = (b.zeros(rows * h), b.zeros(rows * h));
-        let (mut q, mut k, mut v, mut attn) = (b.zeros(rows * qd), b.zeros(rows * kvd), b.zeros(rows * kvd), b.zeros(rows * qd));
-        let (mut gate, mut up, mut act) = (b.zeros(rows * i), b.zeros(rows * i), b.zeros(rows * i));
+        let layout = cache.layout;
         for (l, layer) in self.layers.iter().enumerate() {
-            b.rmsnorm(&x, rows, &layer.attn_norm, c.rms_norm_eps, &mut normed);
-            b.matmul(&normed, rows, &layer.q, &mut q);
-            b.matmul(&normed, rows, &layer.k, &mut k);
-            b.matmul(&normed, rows, &layer.v, &mut v);
-            if let Some([qb, kb, vb]) = &layer.qkv_bias {
-                b.add_bias(&mut q, rows, qb);
-                b.add_bias(&mut k, rows, kb);
-                b.add_bias(&mut v, rows, vb);
-            }
-            b.rope(&mut q, rows, c.num_heads, c.head_dim, &cos_sin);
-            b.rope(&mut k, rows, c.num_kv_heads, c.head_dim, &cos_sin);
-            b.kv_write(&mut cache.keys[l], cache.layout, &k, rows, past);
-            b.kv_write(&mut cache.values[l], cache.layout, &v, rows, past);
-            b.attention(&q, &cache.keys[l], &cache.values[l], cache.layout, shape, rows, past, mask, &mut attn);
-            b.matmul(&attn, rows, &layer.o, &mut out);
-            b.add(&mut x, &out);
-
-            b.rmsnorm(&x, rows, &layer.mlp_norm, c.rms_norm_eps, &mut normed);
-            b.matmul(&normed, rows, &layer.gate, &mut gate);
-            b.matmul(&normed, rows, &layer.up, &mut up);
-            b.swiglu(&gate, &up, &mut act);
-            b.matmul(&act, rows, &layer.down, &mut out);
-            b.add(&mut x, &out);
+            let lc = LayerCache { keys: &mut cache.keys[l], values: &mut cache.values[l], layout, past };
+            layer.forward(b, &mut x, rows, lc, &cos_sin, mask);
         }
         cache.advance(rows);
         let mut postnorm = b.zeros(rows * h);
@@ -225,17 +166,5 @@ impl<B: Backend> Llama<B> {
             return Err(Error::input(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab_size)));
         }
         Ok(())
-    }
-
-    /// Per row: cos of every frequency at that position, then sin; computed in f64 so long
-    /// positions keep their precision.
-    fn cos_sin(&self, positions: &[u32]) -> Vec<f32> {
-        let half = self.inv_freq.len();
-        let mut table = Vec::with_capacity(positions.len() * half * 2);
-        for &p in positions {
-            table.extend(self.inv_freq.iter().map(|f| (p as f64 * f).cos() as f32));
-            table.extend(self.inv_freq.iter().map(|f| (p as f64 * f).sin() as f32));
-        }
-        table
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod kv_cache;
+pub mod layer;
 pub mod llama;
 pub mod random;
 pub mod tokenizer;

@@ -4,6 +4,7 @@
 //! → `draft` (draft heads) → `spec` (trees, verification, the decoding loop) → `train` / `eval`.
 
 pub mod backend;
+pub mod draft;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

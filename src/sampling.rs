@@ -60,7 +60,7 @@ pub fn process(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
 pub fn argmax(logits: &[f32]) -> usize {
     let mut best = 0;
     for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] || logits[best].is_nan() && !x.is_nan() {
+        if x > logits[best] || (logits[best].is_nan() && !x.is_nan()) {
             best = i;
         }
     }

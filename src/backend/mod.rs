@@ -10,14 +10,16 @@ pub mod cpu;
 use crate::error::Result;
 use crate::weights::HostTensor;
 
-/// Which keys a block of new query rows may attend to. Keys `0..past` (the cached prefix) are
-/// always visible; the mask only governs the new rows among themselves.
+/// Which cached keys a block of `rows` new query rows (written at slots `past..past + rows`) may
+/// attend to.
 #[derive(Clone, Copy, Debug)]
 pub enum AttnMask<'a> {
-    /// Row i sees new rows 0..=i (prefill, decode, chain verification).
+    /// Every slot before the row's own, and the row itself (prefill, decode, chains).
     Causal,
-    /// Row i sees new row j when `mask[i * rows + j] != 0` (tree verification, tree drafting).
-    Tree(&'a [u8]),
+    /// Slots before `first_key` are all visible (the committed prefix); slot `first_key + j` is
+    /// visible to row i when `bits[i * width + j] != 0`, `width = past + rows - first_key`
+    /// (tree verification: `first_key = past`; tree drafting also masks earlier tree levels).
+    Tree { bits: &'a [u8], first_key: usize },
 }
 
 /// Head layout shared by the attention ops.
@@ -52,6 +54,8 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     /// Copies rows `[start, start + rows)` of a `? × width` buffer into a new buffer.
     fn slice_rows(&self, buf: &Self::Buf, width: usize, start: usize, rows: usize) -> Self::Buf;
+    /// out[i] = buf[rows[i]] for a `? × width` buffer.
+    fn gather_rows(&self, buf: &Self::Buf, width: usize, rows: &[usize]) -> Self::Buf;
 
     /// out[r] = table[ids[r]] as f32.
     fn embedding(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);

@@ -3,6 +3,7 @@
 
 use crate::backend::{Backend, KvLayout};
 use crate::model::config::ModelConfig;
+use crate::model::layer::LayerCache;
 
 pub struct KvCache<B: Backend> {
     pub keys: Vec<B::Buf>,
@@ -14,13 +15,22 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     pub fn new(backend: &B, config: &ModelConfig, capacity: usize) -> Self {
         let layout = KvLayout { n_kv_heads: config.num_kv_heads, capacity, head_dim: config.head_dim };
-        let size = config.num_kv_heads * capacity * config.head_dim;
+        Self::with_layout(backend, config.num_layers, layout)
+    }
+
+    pub fn with_layout(backend: &B, layers: usize, layout: KvLayout) -> Self {
+        let size = layout.n_kv_heads * layout.capacity * layout.head_dim;
         KvCache {
-            keys: (0..config.num_layers).map(|_| backend.zeros(size)).collect(),
-            values: (0..config.num_layers).map(|_| backend.zeros(size)).collect(),
+            keys: (0..layers).map(|_| backend.zeros(size)).collect(),
+            values: (0..layers).map(|_| backend.zeros(size)).collect(),
             layout,
             len: 0,
         }
+    }
+
+    /// The cache of layer `l`, with new rows going after the current length.
+    pub fn layer(&mut self, l: usize) -> LayerCache<'_, B> {
+        LayerCache { keys: &mut self.keys[l], values: &mut self.values[l], layout: self.layout, past: self.len }
     }
 
     /// Slots holding committed (or just-appended) positions.
@@ -40,8 +50,13 @@ impl<B: Backend> KvCache<B> {
         self.len = 0;
     }
 
+    /// Forgets every slot from `len` on (a draft head's per-step tree entries).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Records that `rows` entries were written after the current length.
-    pub(crate) fn advance(&mut self, rows: usize) {
+    pub fn advance(&mut self, rows: usize) {
         self.len += rows;
     }
 

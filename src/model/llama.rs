@@ -9,7 +9,7 @@ use crate::backend::{AttnMask, Backend};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::kv_cache::KvCache;
-use crate::model::layer::{DecoderLayer, LayerCache, Rope};
+use crate::model::layer::{DecoderLayer, Rope};
 use crate::weights::safetensors::SafetensorsFiles;
 
 pub struct Llama<B: Backend> {
@@ -116,14 +116,11 @@ impl<B: Backend> Llama<B> {
         let (c, b) = (&self.config, &self.backend);
         let rows = tokens.len();
         let h = c.hidden_size;
-        let past = cache.len();
         let cos_sin = b.upload(&self.rope.cos_sin(positions));
         let mut x = b.zeros(rows * h);
         b.embedding(&self.embed, tokens, &mut x);
-        let layout = cache.layout;
         for (l, layer) in self.layers.iter().enumerate() {
-            let lc = LayerCache { keys: &mut cache.keys[l], values: &mut cache.values[l], layout, past };
-            layer.forward(b, &mut x, rows, lc, &cos_sin, mask);
+            layer.forward(b, &mut x, rows, cache.layer(l), &cos_sin, mask);
         }
         cache.advance(rows);
         let mut postnorm = b.zeros(rows * h);
@@ -132,19 +129,25 @@ impl<B: Backend> Llama<B> {
         Ok(ForwardOutput { logits, prenorm: x, postnorm })
     }
 
+    /// lm_head(x) for `rows` rows of already-normalised features: `[rows, vocab]`.
+    pub fn project(&self, x: &B::Buf, rows: usize) -> Vec<f32> {
+        let b = &self.backend;
+        let mut logits = b.zeros(rows * self.config.vocab_size);
+        b.matmul(x, rows, self.lm_head(), &mut logits);
+        b.download(&logits)
+    }
+
     /// Projects the chosen rows of post-norm features to the vocabulary.
     pub fn logits(&self, postnorm: &B::Buf, rows: usize, which: LogitRows) -> Vec<f32> {
         let b = &self.backend;
-        let (h, v) = (self.config.hidden_size, self.config.vocab_size);
+        let h = self.config.hidden_size;
         let (first, n) = match which {
             LogitRows::All => (0, rows),
             LogitRows::Last => (rows - 1, 1),
             LogitRows::None => return Vec::new(),
         };
         let selected = if n == rows { None } else { Some(b.slice_rows(postnorm, h, first, n)) };
-        let mut logits = b.zeros(n * v);
-        b.matmul(selected.as_ref().unwrap_or(postnorm), n, self.lm_head(), &mut logits);
-        b.download(&logits)
+        self.project(selected.as_ref().unwrap_or(postnorm), n)
     }
 
     fn check_input(&self, cache: &KvCache<B>, tokens: &[u32], positions: &[u32]) -> Result<()> {

@@ -1,3 +1,5 @@
 //! Speculative decoding: candidate trees, verification, and the decoding loops.
 
 pub mod engine;
+pub mod tree;
+pub mod verify;

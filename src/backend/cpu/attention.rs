@@ -27,14 +27,14 @@ pub fn attention(
         let (r, h) = (task / shape.n_heads, task % shape.n_heads);
         let kv = h / group;
         let qh = &q[r * width + h * d..][..d];
-        let visible = |j: usize| match mask {
-            AttnMask::Causal => j <= r,
-            AttnMask::Tree(m) => m[r * rows + j] != 0,
-        };
         let keys = past + rows;
+        let visible = |t: usize| match mask {
+            AttnMask::Causal => t <= past + r,
+            AttnMask::Tree { bits, first_key } => t < first_key || bits[r * (keys - first_key) + t - first_key] != 0,
+        };
         let mut scores = Vec::with_capacity(keys);
         for t in 0..keys {
-            let seen = t < past || visible(t - past);
+            let seen = visible(t);
             let k = &k_cache[(kv * layout.capacity + t) * d..][..d];
             scores.push(if seen { dot_f32(qh, k) * scale } else { f32::NEG_INFINITY });
         }
@@ -72,8 +72,13 @@ mod tests {
         // Prefix of 1 slot; new rows 1 and 2 are siblings (each sees itself only).
         let mask = [1, 0, 0, 1];
         let mut out = [0.0; 2];
-        attention(&q, &k, &v, layout, shape, 2, 1, AttnMask::Tree(&mask), &mut out);
+        attention(&q, &k, &v, layout, shape, 2, 1, AttnMask::Tree { bits: &mask, first_key: 1 }, &mut out);
         assert!((out[0] - 5.5).abs() < 1e-5);
+        assert!((out[1] - 50.5).abs() < 1e-5);
+        // Masking from slot 0 with a 3-wide mask: row 0 sees only itself, row 1 the prefix and itself.
+        let wide = [0, 1, 0, 1, 0, 1];
+        attention(&q, &k, &v, layout, shape, 2, 1, AttnMask::Tree { bits: &wide, first_key: 0 }, &mut out);
+        assert!((out[0] - 10.0).abs() < 1e-5);
         assert!((out[1] - 50.5).abs() < 1e-5);
         attention(&q, &k, &v, layout, shape, 2, 1, AttnMask::Causal, &mut out);
         assert!((out[1] - 37.0).abs() < 1e-5);

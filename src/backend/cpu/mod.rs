@@ -46,6 +46,10 @@ impl Backend for CpuBackend {
         buf[start * width..(start + rows) * width].to_vec()
     }
 
+    fn gather_rows(&self, buf: &Vec<f32>, width: usize, rows: &[usize]) -> Vec<f32> {
+        rows.iter().flat_map(|&r| buf[r * width..(r + 1) * width].iter().copied()).collect()
+    }
+
     fn embedding(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) {
         let (_, dim) = table.matrix_shape();
         for (row, &id) in out.chunks_exact_mut(dim).zip(ids) {

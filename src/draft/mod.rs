@@ -1,0 +1,44 @@
+//! Draft heads. Both kinds turn committed base features into a first row of draft logits, then
+//! expand a tree level by level, each node fed by the state of its parent.
+
+pub mod config;
+pub mod eagle;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::model::{ForwardOutput, Llama};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DraftKind {
+    Eagle,
+    Clover2,
+}
+
+impl DraftKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DraftKind::Eagle => "eagle",
+            DraftKind::Clover2 => "clover2",
+        }
+    }
+}
+
+pub trait DraftHead<B: Backend> {
+    fn kind(&self) -> DraftKind;
+
+    /// The deepest tree level this head can draft (levels below the root).
+    fn max_depth(&self) -> usize;
+
+    /// Forgets the sequence (a new prompt).
+    fn reset(&mut self);
+
+    /// Consumes newly committed positions: rows `rows` of a base forward's features, each paired
+    /// with the token that follows it (for the newest, the next root). Returns the draft logits
+    /// of the root's children, `[vocab]`.
+    fn begin(&mut self, model: &Llama<B>, base: &ForwardOutput<B>, rows: &[usize], next_tokens: &[u32]) -> Result<Vec<f32>>;
+
+    /// Drafts one more tree level: node i has token `tokens[i]` and its parent is node
+    /// `parents[i]` of the previous level (level 1: the root, index 0). Returns `[n, vocab]`
+    /// logits, one row per node, for their children.
+    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>>;
+}

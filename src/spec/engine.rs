@@ -3,11 +3,14 @@
 
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{AttnMask, Backend};
+use crate::draft::DraftHead;
 use crate::error::{Error, Result};
 use crate::model::{Llama, LogitRows};
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
+use crate::spec::drafting::{draft_tree, DraftedTree, TreeSpec};
+use crate::spec::verify::{self, Accepted};
 
 #[derive(Clone, Debug)]
 pub struct GenerationConfig {
@@ -92,4 +95,140 @@ pub fn pick(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> usize {
     } else {
         sampling::sample(&sampling::process(logits, params), rng)
     }
+}
+
+/// What a speculative run measured beyond the plain figures.
+#[derive(Clone, Debug, Default)]
+pub struct SpecStats {
+    pub base: GenerationStats,
+    /// `accepted_hist[a]`: steps that accepted `a` drafts.
+    pub accepted_hist: Vec<usize>,
+    pub draft_secs: f64,
+    pub verify_secs: f64,
+    pub accept_secs: f64,
+}
+
+impl SpecStats {
+    /// τ: tokens committed per verification step, bonus included.
+    pub fn tau(&self) -> f64 {
+        let steps: usize = self.accepted_hist.iter().sum();
+        let committed: usize = self.accepted_hist.iter().enumerate().map(|(a, n)| (a + 1) * n).sum();
+        committed as f64 / steps.max(1) as f64
+    }
+
+    /// Per depth d ≥ 1: the fraction of steps whose d-th draft was accepted.
+    pub fn acceptance_per_depth(&self) -> Vec<f64> {
+        let steps: usize = self.accepted_hist.iter().sum();
+        (1..self.accepted_hist.len())
+            .map(|d| self.accepted_hist[d..].iter().sum::<usize>() as f64 / steps.max(1) as f64)
+            .collect()
+    }
+}
+
+/// Speculative decoding: draft a tree with `head`, verify it in one base forward, keep the
+/// longest accepted path and the base model's next token. Greedy output equals `generate_plain`
+/// token for token; sampled output follows the same distribution.
+pub fn generate_speculative<B: Backend, H: DraftHead<B> + ?Sized>(
+    model: &Llama<B>,
+    head: &mut H,
+    tree: &TreeSpec,
+    prompt: &[u32],
+    cfg: &GenerationConfig,
+    mut on_tokens: impl FnMut(&[u32]),
+) -> Result<(Vec<u32>, SpecStats)> {
+    if tree.max_depth() > head.max_depth() {
+        return Err(Error::input(format!(
+            "the tree is {} levels deep but the {} head drafts at most {} levels",
+            tree.max_depth(),
+            head.kind().name(),
+            head.max_depth()
+        )));
+    }
+    let capacity = context_for(model.config.max_position_embeddings, prompt.len(), cfg.max_new_tokens, tree.max_nodes())?;
+    let mut cache = model.new_cache(capacity);
+    let mut rng = Rng::new(cfg.seed);
+    let mut stats = SpecStats { accepted_hist: vec![0; tree.max_depth() + 1], ..Default::default() };
+    stats.base.prompt_tokens = prompt.len();
+    let mut out: Vec<u32> = Vec::new();
+
+    let t0 = Instant::now();
+    let prefill = model.prefill(&mut cache, prompt, LogitRows::Last)?;
+    let mut root = pick(&prefill.logits, &cfg.sampling, &mut rng) as u32;
+    stats.base.prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    out.push(root);
+    on_tokens(&[root]);
+    if cfg.stop_ids.contains(&root) || cfg.max_new_tokens <= 1 {
+        stats.base.new_tokens = out.len();
+        return Ok((out, stats));
+    }
+    head.reset();
+    let rows: Vec<usize> = (0..prompt.len()).collect();
+    let next: Vec<u32> = prompt[1..].iter().copied().chain([root]).collect();
+    let mut first_row = head.begin(model, &prefill, &rows, &next)?;
+    stats.draft_secs += t0.elapsed().as_secs_f64() - stats.base.prefill_secs;
+
+    while cache.len() + tree.max_nodes() <= cache.capacity() {
+        let t = Instant::now();
+        let drafted = draft_tree(tree, model, head, root, first_row, &cfg.sampling, &mut rng)?;
+        let t_draft = t.elapsed().as_secs_f64();
+
+        let base_len = cache.len();
+        let bufs = &drafted.buffers;
+        let positions: Vec<u32> = bufs.positions().iter().map(|&d| (base_len + d) as u32).collect();
+        let mask = AttnMask::Tree { bits: bufs.mask(), first_key: base_len };
+        let verified = model.forward(&mut cache, &drafted.tokens, &positions, mask, LogitRows::All)?;
+        let t_verify = t.elapsed().as_secs_f64() - t_draft;
+
+        let accepted = accept(&drafted, &verified.logits, model.config.vocab_size, &cfg.sampling, &mut rng);
+        cache.compact(&model.backend, base_len, &accepted.path_nodes);
+        let a = accepted.accepted_drafts;
+        stats.accepted_hist[a] += 1;
+        stats.base.steps += 1;
+        root = accepted.next_root as u32;
+        let new: Vec<u32> = accepted.path_nodes[1..].iter().map(|&n| drafted.tokens[n]).chain([root]).collect();
+        let t_accept = t.elapsed().as_secs_f64() - t_draft - t_verify;
+
+        let room = cfg.max_new_tokens - out.len();
+        let stop_at = new.iter().position(|t| cfg.stop_ids.contains(t)).map(|i| i + 1);
+        let keep = stop_at.unwrap_or(new.len()).min(room);
+        out.extend_from_slice(&new[..keep]);
+        on_tokens(&new[..keep]);
+        stats.draft_secs += t_draft;
+        stats.verify_secs += t_verify;
+        stats.accept_secs += t_accept;
+        if keep < new.len() || stop_at.is_some() || out.len() >= cfg.max_new_tokens {
+            break;
+        }
+        let t = Instant::now();
+        let next: Vec<u32> = new.clone();
+        first_row = head.begin(model, &verified, &accepted.path_nodes, &next)?;
+        stats.draft_secs += t.elapsed().as_secs_f64();
+    }
+    stats.base.decode_secs = t1.elapsed().as_secs_f64();
+    stats.base.new_tokens = out.len();
+    Ok((out, stats))
+}
+
+/// Greedy longest match at T = 0; at T > 0 the static tree's multi-round rejection sampler or,
+/// for dynamic (deterministic) trees, the deterministic-draft rule.
+fn accept(tree: &DraftedTree, logits: &[f32], vocab: usize, params: &SamplingParams, rng: &mut Rng) -> Accepted {
+    let bufs = &tree.buffers;
+    let retrieve: Vec<Vec<i64>> = bufs.retrieve_rows().map(|r| r.to_vec()).collect();
+    let mut tokens_ext: Vec<i64> = tree.tokens.iter().map(|&t| t as i64).collect();
+    tokens_ext.push(-1);
+    let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+    if params.is_greedy() {
+        let argmax: Vec<usize> = rows.iter().map(|r| sampling::argmax(r)).collect();
+        return verify::verify_greedy(&retrieve, &tokens_ext, &argmax);
+    }
+    let children: Vec<Vec<usize>> = (0..bufs.num_nodes()).map(|n| bufs.children(n).to_vec()).collect();
+    let view = verify::Tree { tokens: &tokens_ext, children: &children, retrieve: &retrieve };
+    if tree.q_rows.iter().all(Option::is_none) {
+        return verify::verify_deterministic_drafts(&view, &rows, params, rng);
+    }
+    let empty: Vec<f32> = Vec::new();
+    let q: Vec<&[f32]> = tree.q_rows.iter().map(|q| q.as_deref().unwrap_or(&empty)).collect();
+    let drafts = verify::SampledDrafts { q: &q, q_tilde: &tree.q_tilde };
+    verify::verify_sampled_drafts(&view, &drafts, &rows, params, rng)
 }

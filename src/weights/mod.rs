@@ -1,5 +1,7 @@
 //! Weight files: the safetensors loader (memory-mapped, dtype kept) and the GGUF importer.
 
+pub mod gguf;
+pub mod gguf_import;
 pub mod safetensors;
 
 use std::sync::Arc;

@@ -1,0 +1,169 @@
+//! Builds one step's candidate tree with a draft head: the static tree's rows level by level
+//! (top-k at T = 0, draws without replacement at T > 0), or a dynamic tree grown from the head's
+//! distributions.
+
+use crate::backend::Backend;
+use crate::draft::DraftHead;
+use crate::error::{Error, Result};
+use crate::model::Llama;
+use crate::rng::Rng;
+use crate::sampling::{self, SamplingParams};
+use crate::spec::tree::{CloverTreeExpander, CloverTreeParams, Eagle2Expander, Eagle2Params, StaticTree, TreeBuffers};
+
+/// How each step's tree is chosen.
+#[derive(Clone, Debug)]
+pub enum TreeSpec {
+    Static(StaticTree),
+    Clover(CloverTreeParams),
+    Eagle2(Eagle2Params),
+}
+
+impl TreeSpec {
+    /// Levels below the root the tree can reach.
+    pub fn max_depth(&self) -> usize {
+        match self {
+            TreeSpec::Static(t) => t.max_depth(),
+            TreeSpec::Clover(p) => p.max_depth,
+            TreeSpec::Eagle2(p) => p.max_depth,
+        }
+    }
+
+    /// Nodes verified per step at most, root included.
+    pub fn max_nodes(&self) -> usize {
+        match self {
+            TreeSpec::Static(t) => t.buffers().num_nodes(),
+            TreeSpec::Clover(p) => p.budget + 1,
+            TreeSpec::Eagle2(p) => p.total_tokens,
+        }
+    }
+
+    pub fn is_dynamic(&self) -> bool {
+        !matches!(self, TreeSpec::Static(_))
+    }
+}
+
+/// One step's tree: node tokens (root first) and, for the static sampler, what the draws kept.
+pub struct DraftedTree {
+    pub buffers: TreeBuffers,
+    pub tokens: Vec<u32>,
+    /// Static tree at T > 0: for each node with children, the draft distribution q of its row.
+    pub q_rows: Vec<Option<Vec<f32>>>,
+    /// Static tree at T > 0: q̃ of each node's draw (≤ 0 for padding).
+    pub q_tilde: Vec<f32>,
+}
+
+/// The distribution a dynamic tree ranks candidates by: the processed draft distribution, or at
+/// T = 0 the plain softmax (a one-hot would leave nothing to branch on).
+fn draft_distribution(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
+    let p = if params.is_greedy() { SamplingParams::with_temperature(1.0) } else { *params };
+    sampling::process(logits, &p)
+}
+
+pub fn draft_tree<B: Backend, H: DraftHead<B> + ?Sized>(
+    spec: &TreeSpec,
+    model: &Llama<B>,
+    head: &mut H,
+    root: u32,
+    first_row: Vec<f32>,
+    params: &SamplingParams,
+    rng: &mut Rng,
+) -> Result<DraftedTree> {
+    match spec {
+        TreeSpec::Static(tree) => draft_static(tree, model, head, root, first_row, params, rng),
+        TreeSpec::Clover(p) => {
+            let mut expander = CloverTreeExpander::new(root, model.config.vocab_size, *p)?;
+            grow(model, head, first_row, params, |rows| expander.expand_level(rows))?;
+            Ok(dynamic(expander.finish()))
+        }
+        TreeSpec::Eagle2(p) => {
+            let mut expander = Eagle2Expander::new(root, *p)?;
+            grow(model, head, first_row, params, |rows| expander.expand_level(rows))?;
+            Ok(dynamic(expander.finish()))
+        }
+    }
+}
+
+fn dynamic(tree: crate::spec::tree::DynamicTree) -> DraftedTree {
+    let n = tree.buffers().num_nodes();
+    DraftedTree { tokens: tree.tokens().to_vec(), buffers: tree.buffers().clone(), q_rows: vec![None; n], q_tilde: vec![0.0; n] }
+}
+
+/// Runs the head on each frontier the expander asks for until the tree is complete.
+fn grow<B: Backend, H: DraftHead<B> + ?Sized>(
+    model: &Llama<B>,
+    head: &mut H,
+    first_row: Vec<f32>,
+    params: &SamplingParams,
+    mut expand: impl FnMut(&[Vec<f32>]) -> Result<crate::spec::tree::Frontier>,
+) -> Result<()> {
+    let vocab = model.config.vocab_size;
+    let mut rows = vec![draft_distribution(&first_row, params)];
+    loop {
+        let frontier = expand(&rows)?;
+        if frontier.is_empty() {
+            return Ok(());
+        }
+        let logits = head.expand(model, &frontier.parent_slots, &frontier.tokens)?;
+        rows = logits.chunks_exact(vocab).map(|r| draft_distribution(r, params)).collect();
+    }
+}
+
+/// The candidates of one draft row: top-k at T = 0; else k draws without replacement from the
+/// processed distribution, padded with q̃ = 0 when fewer tokens have probability.
+struct RowDraws {
+    tokens: Vec<u32>,
+    q_tilde: Vec<f32>,
+    q: Option<Vec<f32>>,
+}
+
+fn draw_row(logits: &[f32], k: usize, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
+    if params.is_greedy() {
+        let tokens = sampling::top_k_indices(logits, k).into_iter().map(|t| t as u32).collect();
+        return RowDraws { tokens, q_tilde: vec![1.0; k], q: None };
+    }
+    let q = sampling::process(logits, params);
+    let draws = sampling::sample_without_replacement(&q, k, rng);
+    let mut tokens: Vec<u32> = draws.iter().map(|&(t, _)| t as u32).collect();
+    let mut q_tilde: Vec<f32> = draws.iter().map(|&(_, qt)| qt).collect();
+    tokens.resize(k, 0);
+    q_tilde.resize(k, 0.0);
+    RowDraws { tokens, q_tilde, q: Some(q) }
+}
+
+fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
+    tree: &StaticTree,
+    model: &Llama<B>,
+    head: &mut H,
+    root: u32,
+    first_row: Vec<f32>,
+    params: &SamplingParams,
+    rng: &mut Rng,
+) -> Result<DraftedTree> {
+    let buffers = tree.buffers();
+    let (k, vocab) = (tree.top_k(), model.config.vocab_size);
+    let mut rows = vec![draw_row(&first_row, k, params, rng)];
+    let mut level_rows_start = 0;
+    for level in buffers.levels() {
+        let prev = &rows[level_rows_start..];
+        let tokens: Vec<u32> = level.topk_indices.iter().map(|&i| prev[i / k].tokens[i % k]).collect();
+        let logits = head.expand(model, &level.parent_slots, &tokens)?;
+        level_rows_start = rows.len();
+        rows.extend(logits.chunks_exact(vocab).map(|r| draw_row(r, k, params, rng)));
+    }
+    if rows.len() != buffers.draft_rows().len() {
+        return Err(Error::input("static tree: drafted rows do not match the tree's draft rows"));
+    }
+    let n = buffers.num_nodes();
+    let mut tokens = vec![root; n];
+    let mut q_tilde = vec![1.0; n];
+    let mut q_rows = vec![None; n];
+    for node in 1..n {
+        let flat = buffers.tree_indices()[node] - 1;
+        tokens[node] = rows[flat / k].tokens[flat % k];
+        q_tilde[node] = rows[flat / k].q_tilde[flat % k];
+    }
+    for (row, &node) in rows.iter_mut().zip(buffers.draft_rows()) {
+        q_rows[node] = row.q.take();
+    }
+    Ok(DraftedTree { buffers: buffers.clone(), tokens, q_rows, q_tilde })
+}

@@ -1,14 +1,79 @@
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::{load_head, DraftKind};
 use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
-use clover_engine::spec::engine::{generate_plain, GenerationConfig};
+use clover_engine::spec::drafting::TreeSpec;
+use clover_engine::spec::engine::{
+    generate_plain, generate_speculative, GenerationConfig, GenerationStats,
+};
+use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
 
 use super::stream::TextStream;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DraftArg {
+    Eagle,
+    Clover2,
+}
+
+impl From<DraftArg> for DraftKind {
+    fn from(d: DraftArg) -> Self {
+        match d {
+            DraftArg::Eagle => DraftKind::Eagle,
+            DraftArg::Clover2 => DraftKind::Clover2,
+        }
+    }
+}
+
+/// Options shared by every command that decodes speculatively.
+#[derive(Args, Clone)]
+pub struct SpecArgs {
+    /// Draft head kind; without it, plain decoding.
+    #[arg(long, value_enum, requires = "draft_model")]
+    pub draft: Option<DraftArg>,
+    /// The draft head's folder (config.json + model.safetensors).
+    #[arg(long)]
+    pub draft_model: Option<PathBuf>,
+    /// mc_sim_7b_63 (static, 26 tokens), a JSON file of rank paths, clover (dynamic top-p tree)
+    /// or eagle2 (dynamic, cumulative confidence).
+    #[arg(long, default_value = "mc_sim_7b_63")]
+    pub tree: String,
+    /// Draft nodes per step for the dynamic trees (root excluded).
+    #[arg(long, default_value_t = 25)]
+    pub tree_budget: usize,
+    /// Per-parent cumulative probability of the clover tree.
+    #[arg(long, default_value_t = 0.95)]
+    pub tree_top_p: f32,
+}
+
+impl SpecArgs {
+    pub fn tree_spec(&self) -> Result<TreeSpec> {
+        match self.tree.as_str() {
+            "mc_sim_7b_63" => Ok(TreeSpec::Static(StaticTree::mc_sim_7b_63())),
+            "clover" => Ok(TreeSpec::Clover(CloverTreeParams {
+                budget: self.tree_budget,
+                top_p: self.tree_top_p,
+                ..CloverTreeParams::default()
+            })),
+            "eagle2" => Ok(TreeSpec::Eagle2(Eagle2Params {
+                total_tokens: self.tree_budget + 1,
+                max_depth: 5,
+                ..Eagle2Params::default()
+            })),
+            file if file.ends_with(".json") => {
+                Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?))
+            }
+            other => Err(Error::input(format!(
+                "--tree {other}: expected mc_sim_7b_63, clover, eagle2 or a .json file"
+            ))),
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -37,27 +102,68 @@ pub struct GenerateArgs {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     if a.temperature < 0.0 || !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        return Err(Error::input("--temperature must be ≥ 0 and --top-p in (0, 1]"));
+        return Err(Error::input(
+            "--temperature must be ≥ 0 and --top-p in (0, 1]",
+        ));
     }
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, CpuBackend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
-    let prompt = prompt_ids(&tokenizer, a.prompt.as_deref(), a.chat.as_deref(), a.system.as_deref())?;
-    let mut stop_ids = model.config.eos_token_ids.clone();
-    stop_ids.extend(tokenizer.eos_id());
+    let prompt = prompt_ids(
+        &tokenizer,
+        a.prompt.as_deref(),
+        a.chat.as_deref(),
+        a.system.as_deref(),
+    )?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+        },
         seed: a.seed,
-        stop_ids,
+        stop_ids: stop_ids(&model, &tokenizer),
     };
     let mut stream = TextStream::new(&tokenizer);
-    let (_, stats) = generate_plain(&model, &prompt, &cfg, |ids| stream.push(ids))?;
-    println!();
+    match (a.spec.draft, &a.spec.draft_model) {
+        (Some(kind), Some(head_dir)) => {
+            let tree = a.spec.tree_spec()?;
+            let mut head = load_head(kind.into(), head_dir, &model)?;
+            let (_, stats) =
+                generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| {
+                    stream.push(ids)
+                })?;
+            println!();
+            print_speed(&stats.base);
+            let per_depth: Vec<String> = stats
+                .acceptance_per_depth()
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect();
+            eprintln!(
+                "steps: {}  tau: {:.2} tokens/step  acceptance per depth: [{}]",
+                stats.base.steps,
+                stats.tau(),
+                per_depth.join(", ")
+            );
+        }
+        _ => {
+            let (_, stats) = generate_plain(&model, &prompt, &cfg, |ids| stream.push(ids))?;
+            println!();
+            print_speed(&stats);
+        }
+    }
+    Ok(())
+}
+
+fn print_speed(stats: &GenerationStats) {
     eprintln!(
         "prompt tokens: {}  new tokens: {}  prefill: {:.1} tok/s  decode: {:.1} tok/s",
         stats.prompt_tokens,
@@ -65,10 +171,26 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         stats.prefill_tokens_per_sec(),
         stats.decode_tokens_per_sec()
     );
-    Ok(())
 }
 
-pub fn prompt_ids(tok: &TextTokenizer, prompt: Option<&str>, chat: Option<&str>, system: Option<&str>) -> Result<Vec<u32>> {
+/// The config's EOS ids and the tokenizer's EOS token.
+pub fn stop_ids<B: clover_engine::backend::Backend>(
+    model: &Llama<B>,
+    tok: &TextTokenizer,
+) -> Vec<u32> {
+    let mut ids = model.config.eos_token_ids.clone();
+    ids.extend(tok.eos_id());
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+pub fn prompt_ids(
+    tok: &TextTokenizer,
+    prompt: Option<&str>,
+    chat: Option<&str>,
+    system: Option<&str>,
+) -> Result<Vec<u32>> {
     match (prompt, chat) {
         (Some(p), _) => tok.encode(p, true),
         (None, Some(c)) => {

@@ -2,6 +2,7 @@
 
 mod generate;
 mod import;
+mod init_head;
 mod score;
 mod stream;
 
@@ -13,7 +14,11 @@ use clover_engine::error::{Error, Result};
 use clover_engine::paths;
 
 #[derive(Parser)]
-#[command(name = "clover-engine", version, about = "Speculative decoding with Clover-2 and EAGLE-1 draft heads")]
+#[command(
+    name = "clover-engine",
+    version,
+    about = "Speculative decoding with Clover-2 and EAGLE-1 draft heads"
+)]
 pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
@@ -28,6 +33,8 @@ enum Command {
     ImportGguf(import::ImportArgs),
     /// Generate text, streaming it as it is produced.
     Generate(generate::GenerateArgs),
+    /// Write an untrained draft head for a base model, initialised as the reference does.
+    InitHead(init_head::InitHeadArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
 }
@@ -43,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ImportGguf(a) => import::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
+        Command::InitHead(a) => init_head::run(a),
     }
 }
 
@@ -50,7 +58,10 @@ pub fn run(cli: Cli) -> Result<()> {
 fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = arg {
         if !dir.is_dir() {
-            return Err(Error::input(format!("--model {}: no such folder", dir.display())));
+            return Err(Error::input(format!(
+                "--model {}: no such folder",
+                dir.display()
+            )));
         }
         return Ok(dir);
     }

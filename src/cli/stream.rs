@@ -13,13 +13,22 @@ pub struct TextStream<'a> {
 
 impl<'a> TextStream<'a> {
     pub fn new(tokenizer: &'a TextTokenizer) -> Self {
-        TextStream { tokenizer, ids: Vec::new(), printed: 0 }
+        TextStream {
+            tokenizer,
+            ids: Vec::new(),
+            printed: 0,
+        }
     }
 
     pub fn push(&mut self, ids: &[u32]) {
         self.ids.extend_from_slice(ids);
-        let Ok(text) = self.tokenizer.decode(&self.ids) else { return };
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
+        let Ok(text) = self.tokenizer.decode(&self.ids) else {
+            return;
+        };
+        if text.ends_with('\u{FFFD}')
+            || text.len() < self.printed
+            || !text.is_char_boundary(self.printed)
+        {
             return;
         }
         let mut out = std::io::stdout().lock();

@@ -35,7 +35,9 @@ pub fn read_json(path: &Path) -> Result<Value> {
 
 /// The head's kind from `draft.kind`, if the config names one.
 pub fn declared_kind(json: &Value) -> Option<&str> {
-    json.get("draft").and_then(|d| d.get("kind")).and_then(Value::as_str)
+    json.get("draft")
+        .and_then(|d| d.get("kind"))
+        .and_then(Value::as_str)
 }
 
 /// A head config from the base model's: same sizes, `num_hidden_layers` = the head's own layer

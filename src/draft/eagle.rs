@@ -44,7 +44,11 @@ impl<B: Backend> EagleHead<B> {
         let config_path = dir.join("config.json");
         let json = read_json(&config_path)?;
         if let Some(kind) = declared_kind(&json).filter(|k| *k != "eagle") {
-            return Err(Error::format(&config_path, "draft.kind", format!("this is a `{kind}` head, not an EAGLE-1 head")));
+            return Err(Error::format(
+                &config_path,
+                "draft.kind",
+                format!("this is a `{kind}` head, not an EAGLE-1 head"),
+            ));
         }
         let config = ModelConfig::from_json(&json, &config_path)?;
         check_compatible(&config, &base.config, &config_path)?;
@@ -52,7 +56,11 @@ impl<B: Backend> EagleHead<B> {
         Self::from_files(config, &files, base)
     }
 
-    pub fn from_files(config: ModelConfig, files: &SafetensorsFiles, base: &Llama<B>) -> Result<Self> {
+    pub fn from_files(
+        config: ModelConfig,
+        files: &SafetensorsFiles,
+        base: &Llama<B>,
+    ) -> Result<Self> {
         let b = &base.backend;
         let h = config.hidden_size;
         let embed = if files.contains("embed_tokens.weight") {
@@ -64,14 +72,27 @@ impl<B: Backend> EagleHead<B> {
         let (fc_embed, fc_feature) = split_columns(&fc, h);
         let fc_bias = b.weight(files.get("fc.bias", &[h])?)?;
         let mut bytes = 0;
-        let layer = DecoderLayer::load(b, files, "layers.0", config.layer_dims(), config.rms_norm_eps, false, &mut bytes)?;
+        let layer = DecoderLayer::load(
+            b,
+            files,
+            "layers.0",
+            config.layer_dims(),
+            config.rms_norm_eps,
+            false,
+            &mut bytes,
+        )?;
         let layout = KvLayout {
             n_kv_heads: config.num_kv_heads,
-            capacity: config.max_position_embeddings.max(base.config.max_position_embeddings) + TREE_SLOTS,
+            capacity: config
+                .max_position_embeddings
+                .max(base.config.max_position_embeddings)
+                + TREE_SLOTS,
             head_dim: config.head_dim,
         };
         Ok(EagleHead {
-            rope: Rope { inv_freq: config.rope_inv_freq() },
+            rope: Rope {
+                inv_freq: config.rope_inv_freq(),
+            },
             cache: KvCache::with_layout(b, 1, layout),
             embed,
             fc_embed: b.weight(fc_embed)?,
@@ -91,7 +112,11 @@ impl<B: Backend> EagleHead<B> {
         let b = &base.backend;
         let (rows, h) = (tokens.len(), self.config.hidden_size);
         let mut emb = b.zeros(rows * h);
-        b.embedding(self.embed.as_ref().unwrap_or(base.embed_tokens()), tokens, &mut emb);
+        b.embedding(
+            self.embed.as_ref().unwrap_or(base.embed_tokens()),
+            tokens,
+            &mut emb,
+        );
         let (mut x, mut y) = (b.zeros(rows * h), b.zeros(rows * h));
         b.matmul(&emb, rows, &self.fc_embed, &mut x);
         b.matmul(features, rows, &self.fc_feature, &mut y);
@@ -132,18 +157,33 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         self.level = 0;
     }
 
-    fn begin(&mut self, model: &Llama<B>, base: &ForwardOutput<B>, rows: &[usize], next_tokens: &[u32]) -> Result<Vec<f32>> {
+    fn begin(
+        &mut self,
+        model: &Llama<B>,
+        base: &ForwardOutput<B>,
+        rows: &[usize],
+        next_tokens: &[u32],
+    ) -> Result<Vec<f32>> {
         let b = &model.backend;
         let h = self.config.hidden_size;
         if self.pairs + rows.len() + TREE_SLOTS > self.cache.capacity() {
-            return Err(Error::input("EAGLE head: the draft cache is full (sequence longer than the context)"));
+            return Err(Error::input(
+                "EAGLE head: the draft cache is full (sequence longer than the context)",
+            ));
         }
         self.cache.truncate(self.pairs);
         let features = b.gather_rows(&base.postnorm, h, rows);
         let mut x = self.fuse(model, &features, next_tokens);
         let positions: Vec<u32> = (0..rows.len()).map(|i| (self.pairs + i) as u32).collect();
         let cos_sin = b.upload(&self.rope.cos_sin(&positions));
-        self.layer.forward(b, &mut x, rows.len(), self.cache.layer(0), &cos_sin, AttnMask::Causal);
+        self.layer.forward(
+            b,
+            &mut x,
+            rows.len(),
+            self.cache.layer(0),
+            &cos_sin,
+            AttnMask::Causal,
+        );
         self.cache.advance(rows.len());
         self.pairs += rows.len();
         self.level_states = b.slice_rows(&x, h, rows.len() - 1, 1);
@@ -156,10 +196,14 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         let b = &model.backend;
         let (n, h) = (tokens.len(), self.config.hidden_size);
         if parents.iter().any(|&p| p >= self.level_paths.len()) || parents.len() != n || n == 0 {
-            return Err(Error::input("EAGLE head: a node's parent is not in the previous level"));
+            return Err(Error::input(
+                "EAGLE head: a node's parent is not in the previous level",
+            ));
         }
         if self.level + 1 > EAGLE_MAX_DEPTH || self.cache.len() + n > self.cache.capacity() {
-            return Err(Error::input(format!("EAGLE head: trees deeper than {EAGLE_MAX_DEPTH} levels are not supported")));
+            return Err(Error::input(format!(
+                "EAGLE head: trees deeper than {EAGLE_MAX_DEPTH} levels are not supported"
+            )));
         }
         let parent_states = b.gather_rows(&self.level_states, h, parents);
         let mut x = self.fuse(model, &parent_states, tokens);
@@ -178,8 +222,12 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         self.level += 1;
         let positions = vec![(self.pairs + self.level - 1) as u32; n];
         let cos_sin = b.upload(&self.rope.cos_sin(&positions));
-        let mask = AttnMask::Tree { bits: &bits, first_key: self.pairs };
-        self.layer.forward(b, &mut x, n, self.cache.layer(0), &cos_sin, mask);
+        let mask = AttnMask::Tree {
+            bits: &bits,
+            first_key: self.pairs,
+        };
+        self.layer
+            .forward(b, &mut x, n, self.cache.layer(0), &cos_sin, mask);
         self.cache.advance(n);
         self.level_paths = paths;
         let logits = model.project(&x, n);

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod eagle;
+pub mod init;
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -35,10 +36,30 @@ pub trait DraftHead<B: Backend> {
     /// Consumes newly committed positions: rows `rows` of a base forward's features, each paired
     /// with the token that follows it (for the newest, the next root). Returns the draft logits
     /// of the root's children, `[vocab]`.
-    fn begin(&mut self, model: &Llama<B>, base: &ForwardOutput<B>, rows: &[usize], next_tokens: &[u32]) -> Result<Vec<f32>>;
+    fn begin(
+        &mut self,
+        model: &Llama<B>,
+        base: &ForwardOutput<B>,
+        rows: &[usize],
+        next_tokens: &[u32],
+    ) -> Result<Vec<f32>>;
 
     /// Drafts one more tree level: node i has token `tokens[i]` and its parent is node
     /// `parents[i]` of the previous level (level 1: the root, index 0). Returns `[n, vocab]`
     /// logits, one row per node, for their children.
     fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>>;
+}
+
+/// Loads a head of the given kind from `dir` for `base`.
+pub fn load_head<B: Backend + 'static>(
+    kind: DraftKind,
+    dir: &std::path::Path,
+    base: &Llama<B>,
+) -> Result<Box<dyn DraftHead<B>>> {
+    match kind {
+        DraftKind::Eagle => Ok(Box::new(eagle::EagleHead::load(dir, base)?)),
+        DraftKind::Clover2 => Err(crate::error::Error::input(
+            "clover2 heads are not available yet",
+        )),
+    }
 }

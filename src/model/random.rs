@@ -3,17 +3,19 @@
 
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
-
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
 use crate::model::config::ModelConfig;
 use crate::rng::Rng;
+use crate::weights::write_f32_safetensors;
 
 /// Every tensor name and shape a base model with this config has, in a stable order.
 pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
+    let mut shapes = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
     for l in 0..c.num_layers {
         let p = format!("model.layers.{l}");
         let mut add = |name: &str, shape: Vec<usize>| shapes.push((format!("{p}.{name}"), shape));
@@ -48,25 +50,25 @@ pub fn write_random_model(dir: &Path, config: &serde_json::Value, seed: u64) -> 
     let text = serde_json::to_string_pretty(config).map_err(|e| Error::input(e.to_string()))?;
     let parsed = ModelConfig::from_json(config, &config_path)?;
     let mut rng = Rng::new(seed);
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors = Vec::new();
     for (name, shape) in tensor_shapes(&parsed) {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = if name.ends_with("norm.weight") {
             (0..n).map(|_| 0.8 + 0.4 * rng.uniform_f32()).collect()
         } else {
             let fan_in = *shape.last().unwrap_or(&1) as f32;
-            let scale = if name.contains("embed") || name.contains("lm_head") { 2.0 } else { 1.7 / fan_in.sqrt() };
-            (0..n).map(|_| (2.0 * rng.uniform_f32() - 1.0) * scale).collect()
+            let scale = if name.contains("embed") || name.contains("lm_head") {
+                2.0
+            } else {
+                1.7 / fan_in.sqrt()
+            };
+            (0..n)
+                .map(|_| (2.0 * rng.uniform_f32() - 1.0) * scale)
+                .collect()
         };
-        data.push((name, shape, bytemuck::cast_slice(&values).to_vec()));
+        tensors.push((name, shape, values));
     }
-    let bad = |e: safetensors::SafeTensorError| Error::input(format!("random model: {e}"));
-    let views = data
-        .iter()
-        .map(|(name, shape, bytes)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(bad)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, &None).map_err(bad)?;
-    write_atomically(&dir.join("model.safetensors"), &bytes)?;
+    write_f32_safetensors(&dir.join("model.safetensors"), &tensors)?;
     write_atomically(&config_path, text.as_bytes())
 }
 

@@ -17,9 +17,7 @@ fn copy_bandwidth(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory");
     g.throughput(Throughput::Bytes(COPY_BYTES as u64));
     g.sample_size(20);
-    g.bench_function("copy_256MiB", |b| {
-        b.iter(|| dst.copy_from_slice(std::hint::black_box(&src)))
-    });
+    g.bench_function("copy_256MiB", |b| b.iter(|| dst.copy_from_slice(std::hint::black_box(&src))));
     g.finish();
 }
 
@@ -34,9 +32,7 @@ fn decode_step(c: &mut Criterion) {
     };
     let prompt: Vec<u32> = (0..64).map(|i| 100 + i * 13).collect();
     let mut cache = model.new_cache(CONTEXT);
-    model
-        .prefill(&mut cache, &prompt, LogitRows::None)
-        .expect("prefill");
+    model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
     let mut g = c.benchmark_group("default_model");
     g.throughput(Throughput::Bytes(model.weight_bytes_per_token() as u64));
     g.sample_size(30);
@@ -44,9 +40,7 @@ fn decode_step(c: &mut Criterion) {
         b.iter(|| {
             if cache.len() + 1 >= CONTEXT {
                 cache.clear();
-                model
-                    .prefill(&mut cache, &prompt, LogitRows::None)
-                    .expect("prefill");
+                model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
             }
             model.decode(&mut cache, 42).expect("decode")
         })

@@ -19,20 +19,12 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-        }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }
     }
 
     /// Plain temperature sampling, the setting of the EAGLE and Clover evaluations.
     pub fn with_temperature(temperature: f32) -> Self {
-        SamplingParams {
-            temperature,
-            top_k: 0,
-            top_p: 1.0,
-        }
+        SamplingParams { temperature, top_k: 0, top_p: 1.0 }
     }
 
     /// A negative temperature has no meaning; treating it as greedy keeps `process` well defined.
@@ -121,11 +113,7 @@ pub fn top_k_indices(logits: &[f32], k: usize) -> Vec<usize> {
 /// Softmax of logits / t in f64: shifting by the maximum keeps huge logits finite, and the
 /// `== max` case keeps ±inf rows from producing inf − inf.
 fn softmax(logits: &[f32], t: f64) -> Vec<f64> {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|x| !x.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max = logits.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
     let w: Vec<f64> = logits
         .iter()
         .map(|&x| match x {
@@ -230,41 +218,17 @@ mod tests {
     #[test]
     fn top_k_then_top_p_on_hand_cases() {
         let logits = ln(&[0.1, 0.4, 0.2, 0.3]);
-        let k2 = SamplingParams {
-            temperature: 1.0,
-            top_k: 2,
-            top_p: 1.0,
-        };
-        assert!(close(
-            &process(&logits, &k2),
-            &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]
-        ));
+        let k2 = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0 };
+        assert!(close(&process(&logits, &k2), &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]));
         // Sorted 0.4, 0.3, 0.2, 0.1: cumulative 0.4, 0.7, 0.9 — 0.75 needs three tokens.
-        let p75 = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.75,
-        };
-        assert!(close(
-            &process(&logits, &p75),
-            &[0.0, 4.0 / 9.0, 2.0 / 9.0, 3.0 / 9.0]
-        ));
+        let p75 = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.75 };
+        assert!(close(&process(&logits, &p75), &[0.0, 4.0 / 9.0, 2.0 / 9.0, 3.0 / 9.0]));
         // The token that reaches top_p exactly is the last one kept.
         let p70 = SamplingParams { top_p: 0.7, ..p75 };
-        assert!(close(
-            &process(&logits, &p70),
-            &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]
-        ));
+        assert!(close(&process(&logits, &p70), &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]));
         // top-p applies to the renormalised top-k set: 4/7 < 0.6, so both stay.
-        let both = SamplingParams {
-            temperature: 1.0,
-            top_k: 2,
-            top_p: 0.6,
-        };
-        assert!(close(
-            &process(&logits, &both),
-            &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]
-        ));
+        let both = SamplingParams { temperature: 1.0, top_k: 2, top_p: 0.6 };
+        assert!(close(&process(&logits, &both), &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]));
         let tiny = SamplingParams { top_p: 0.0, ..p75 };
         assert!(close(&process(&logits, &tiny), &[0.0, 1.0, 0.0, 0.0]));
     }
@@ -273,15 +237,8 @@ mod tests {
     fn temperature_applies_before_top_p() {
         // T = 0.5 turns 0.5/0.3/0.2 into 25/9/4 over 38; top-p 0.9 then drops the last (34/38 ≥ 0.85).
         let logits = ln(&[0.5, 0.3, 0.2]);
-        let params = SamplingParams {
-            temperature: 0.5,
-            top_k: 0,
-            top_p: 0.85,
-        };
-        assert!(close(
-            &process(&logits, &params),
-            &[25.0 / 34.0, 9.0 / 34.0, 0.0]
-        ));
+        let params = SamplingParams { temperature: 0.5, top_k: 0, top_p: 0.85 };
+        assert!(close(&process(&logits, &params), &[25.0 / 34.0, 9.0 / 34.0, 0.0]));
     }
 
     #[test]
@@ -289,15 +246,9 @@ mod tests {
         let logits = [3.0e38, -3.0e38, 3.0e38, f32::NAN, f32::NEG_INFINITY];
         let p = process(&logits, &SamplingParams::with_temperature(0.01));
         assert!(close(&p, &[0.5, 0.0, 0.5, 0.0, 0.0]), "{p:?}");
-        let p = process(
-            &[f32::INFINITY, 1.0, f32::INFINITY],
-            &SamplingParams::with_temperature(1.0),
-        );
+        let p = process(&[f32::INFINITY, 1.0, f32::INFINITY], &SamplingParams::with_temperature(1.0));
         assert!(close(&p, &[0.5, 0.0, 0.5]), "{p:?}");
-        let p = process(
-            &[f32::NEG_INFINITY; 4],
-            &SamplingParams::with_temperature(1.0),
-        );
+        let p = process(&[f32::NEG_INFINITY; 4], &SamplingParams::with_temperature(1.0));
         assert!(close(&p, &[0.25; 4]), "{p:?}");
     }
 
@@ -306,10 +257,7 @@ mod tests {
         let logits = [1.0, 3.0, f32::NAN, 3.0];
         assert_eq!(argmax(&logits), 1);
         assert_eq!(argmax(&[f32::NAN, 2.0]), 1);
-        assert!(close(
-            &process(&logits, &SamplingParams::greedy()),
-            &[0.0, 1.0, 0.0, 0.0]
-        ));
+        assert!(close(&process(&logits, &SamplingParams::greedy()), &[0.0, 1.0, 0.0, 0.0]));
     }
 
     #[test]
@@ -329,10 +277,7 @@ mod tests {
             counts[sample(&probs, &mut rng)] += 1;
         }
         assert_eq!(counts[0] + counts[2] + counts[4], 0);
-        assert!(
-            (counts[1] as f64 / 40_000.0 - 0.25).abs() < 0.01,
-            "{counts:?}"
-        );
+        assert!((counts[1] as f64 / 40_000.0 - 0.25).abs() < 0.01, "{counts:?}");
         // A tiny unnormalised row is fine.
         assert_eq!(sample(&[0.0, 1e-30, 0.0], &mut rng), 1);
     }
@@ -352,17 +297,11 @@ mod tests {
             first_counts[order[0]] += 1;
             if order == [0, 1, 2, 3] {
                 seen_in_order = true;
-                assert!(
-                    close(&q_tilde, &[0.4, 0.3 / 0.6, 0.2 / 0.3, 1.0]),
-                    "{q_tilde:?}"
-                );
+                assert!(close(&q_tilde, &[0.4, 0.3 / 0.6, 0.2 / 0.3, 1.0]), "{q_tilde:?}");
             }
             if order == [3, 2, 1, 0] {
                 seen_reversed = true;
-                assert!(
-                    close(&q_tilde, &[0.1, 0.2 / 0.9, 0.3 / 0.7, 1.0]),
-                    "{q_tilde:?}"
-                );
+                assert!(close(&q_tilde, &[0.1, 0.2 / 0.9, 0.3 / 0.7, 1.0]), "{q_tilde:?}");
             }
             if order[..2] == [1, 0] {
                 assert!(close(&q_tilde[..2], &[0.3, 0.4 / 0.7]), "{q_tilde:?}");
@@ -370,10 +309,7 @@ mod tests {
         }
         assert!(seen_in_order && seen_reversed);
         for (c, p) in first_counts.iter().zip(q) {
-            assert!(
-                (*c as f64 / 20_000.0 - p as f64).abs() < 0.015,
-                "{first_counts:?}"
-            );
+            assert!((*c as f64 / 20_000.0 - p as f64).abs() < 0.015, "{first_counts:?}");
         }
         assert_eq!(sample_without_replacement(&q, 2, &mut rng).len(), 2);
     }

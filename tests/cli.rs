@@ -9,10 +9,7 @@ use std::process::{Command, Output};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
 
 fn engine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clover-engine"))
-        .args(args)
-        .output()
-        .expect("run clover-engine")
+    Command::new(env!("CARGO_BIN_EXE_clover-engine")).args(args).output().expect("run clover-engine")
 }
 
 fn stderr(o: &Output) -> String {
@@ -22,10 +19,7 @@ fn stderr(o: &Output) -> String {
 /// Fails with a message containing every `needle`, and without a panic.
 fn assert_clean_error(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
     assert!(!err.contains("panicked"), "panicked: {err}");
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
@@ -39,8 +33,7 @@ fn model_copy(src: &Path, name: &str) -> std::path::PathBuf {
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors"))
-        .unwrap();
+    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     dir
 }
 
@@ -63,11 +56,7 @@ fn chat_answer_names_paris() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(text.contains("Paris"), "answer: {text}");
-    assert!(
-        stderr(&o).contains("decode:"),
-        "no speed line: {}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("decode:"), "no speed line: {}", stderr(&o));
 }
 
 #[test]
@@ -77,11 +66,7 @@ fn score_writes_logits_safetensors() {
     };
     let tmp = common::temp_dir("score");
     let text = tmp.join("text.txt");
-    std::fs::write(
-        &text,
-        "The capital of France is Paris. The capital of Italy is Rome.",
-    )
-    .unwrap();
+    std::fs::write(&text, "The capital of France is Paris. The capital of Italy is Rome.").unwrap();
     let out = tmp.join("logits.safetensors");
     let o = engine(&[
         "score",
@@ -94,15 +79,7 @@ fn score_writes_logits_safetensors() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let ppl: f64 = stdout
-        .split("perplexity: ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ppl: f64 = stdout.split("perplexity: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert!(ppl > 1.0 && ppl < 100.0, "perplexity {ppl}");
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -114,13 +91,7 @@ fn score_writes_logits_safetensors() {
 
 #[test]
 fn missing_model_folder_is_named() {
-    let o = engine(&[
-        "generate",
-        "--model",
-        "/nonexistent/model",
-        "--prompt",
-        "hi",
-    ]);
+    let o = engine(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
     assert_clean_error(&o, &["/nonexistent/model"]);
 }
 
@@ -132,13 +103,7 @@ fn config_without_required_field_names_file_and_field() {
     config.as_object_mut().unwrap().remove("num_hidden_layers");
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
-    let o = engine(&[
-        "score",
-        "--model",
-        dir.to_str().unwrap(),
-        "--text-file",
-        "Cargo.toml",
-    ]);
+    let o = engine(&["score", "--model", dir.to_str().unwrap(), "--text-file", "Cargo.toml"]);
     assert_clean_error(&o, &["config.json", "num_hidden_layers"]);
 }
 
@@ -149,34 +114,16 @@ fn missing_and_truncated_weights_are_reported() {
     };
     let dir = model_copy(&src, "truncated");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let o = engine(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "hi",
-    ]);
+    let o = engine(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"]);
     assert_clean_error(&o, &["model.safetensors"]);
 
     let full = std::fs::read(src.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &full[..full.len() / 2]).unwrap();
-    let o = engine(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "hi",
-    ]);
+    let o = engine(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"]);
     assert_clean_error(&o, &["model.safetensors"]);
 
     std::fs::write(dir.join("model.safetensors"), &full[..3]).unwrap();
-    let o = engine(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "hi",
-    ]);
+    let o = engine(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"]);
     assert_clean_error(&o, &["model.safetensors"]);
 }
 
@@ -187,13 +134,7 @@ fn missing_tokenizer_is_named() {
     };
     let dir = model_copy(&src, "no-tokenizer");
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
-    let o = engine(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "hi",
-    ]);
+    let o = engine(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"]);
     assert_clean_error(&o, &["tokenizer.json"]);
 }
 
@@ -203,15 +144,7 @@ fn prompt_longer_than_the_context_is_refused() {
         return;
     };
     let long = "one two three four five six seven eight nine ten ".repeat(900);
-    let o = engine(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        &long,
-        "--max-new-tokens",
-        "4",
-    ]);
+    let o = engine(&["generate", "--model", dir.to_str().unwrap(), "--prompt", &long, "--max-new-tokens", "4"]);
     assert_clean_error(&o, &["prompt", "context", "8192"]);
 }
 
@@ -259,10 +192,6 @@ fn truncated_gguf_is_reported() {
     let dir = common::temp_dir("trunc-gguf");
     let path = dir.join("trunc.gguf");
     std::fs::write(&path, &gguf_with_unknown_type()[..40]).unwrap();
-    let o = engine(&[
-        "import-gguf",
-        path.to_str().unwrap(),
-        dir.join("out").to_str().unwrap(),
-    ]);
+    let o = engine(&["import-gguf", path.to_str().unwrap(), dir.join("out").to_str().unwrap()]);
     assert_clean_error(&o, &["trunc.gguf"]);
 }

@@ -8,25 +8,16 @@ use clover_engine::model::{Llama, LogitRows};
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn check_decode_matches_prefill(model: &Llama<CpuBackend>, tokens: &[u32], split: usize) {
     let vocab = model.config.vocab_size;
     let mut full_cache = model.new_cache(tokens.len());
-    let full = model
-        .prefill(&mut full_cache, tokens, LogitRows::All)
-        .unwrap()
-        .logits;
+    let full = model.prefill(&mut full_cache, tokens, LogitRows::All).unwrap().logits;
 
     let mut cache = model.new_cache(tokens.len());
-    let first = model
-        .prefill(&mut cache, &tokens[..split], LogitRows::Last)
-        .unwrap()
-        .logits;
+    let first = model.prefill(&mut cache, &tokens[..split], LogitRows::Last).unwrap().logits;
     assert!(max_rel_diff(&first, &full[(split - 1) * vocab..split * vocab]) < 1e-4);
     for t in split..tokens.len() {
         let step = model.decode(&mut cache, tokens[t]).unwrap().logits;
@@ -50,8 +41,6 @@ fn default_model_decode_equals_prefill() {
         return;
     };
     let model = Llama::load(&dir, CpuBackend).unwrap();
-    let tokens: Vec<u32> = vec![
-        1, 504, 3458, 282, 4649, 314, 253, 1345, 30, 378, 3458, 282, 4649, 314, 7042, 30,
-    ];
+    let tokens: Vec<u32> = vec![1, 504, 3458, 282, 4649, 314, 253, 1345, 30, 378, 3458, 282, 4649, 314, 7042, 30];
     check_decode_matches_prefill(&model, &tokens, 6);
 }

@@ -16,38 +16,17 @@ struct Agreement {
 /// KL(p_ref ‖ p_engine) over the reference's top ids plus one bucket for the rest of the
 /// vocabulary: a lower bound of the full KL that needs only the committed top-k.
 fn kl_on_top_ids(position: &Value, logits: &[f32]) -> f64 {
-    let ids: Vec<usize> = position["top_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    let top: Vec<f64> = position["top_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let ids: Vec<usize> =
+        position["top_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let top: Vec<f64> = position["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let lse_ref = position["logsumexp"].as_f64().unwrap();
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse_eng = max
-        + logits
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let lse_eng = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
     let p_ref: Vec<f64> = top.iter().map(|l| (l - lse_ref).exp()).collect();
-    let p_eng: Vec<f64> = ids
-        .iter()
-        .map(|&i| (logits[i] as f64 - lse_eng).exp())
-        .collect();
+    let p_eng: Vec<f64> = ids.iter().map(|&i| (logits[i] as f64 - lse_eng).exp()).collect();
     let rest_ref = (1.0 - p_ref.iter().sum::<f64>()).max(1e-12);
     let rest_eng = (1.0 - p_eng.iter().sum::<f64>()).max(1e-12);
-    let kl_top: f64 = p_ref
-        .iter()
-        .zip(&p_eng)
-        .map(|(p, q)| p * (p / q.max(1e-30)).ln())
-        .sum();
+    let kl_top: f64 = p_ref.iter().zip(&p_eng).map(|(p, q)| p * (p / q.max(1e-30)).ln()).sum();
     kl_top + rest_ref * (rest_ref / rest_eng).ln()
 }
 
@@ -60,23 +39,11 @@ fn logits_agree_with_independent_numpy_reference() {
     let fixture: Value = serde_json::from_str(&text).unwrap();
     let model = Llama::load(&dir, CpuBackend).unwrap();
     let vocab = model.config.vocab_size;
-    let mut total = Agreement {
-        positions: 0,
-        top1_equal: 0,
-        kl_sum: 0.0,
-    };
+    let mut total = Agreement { positions: 0, top1_equal: 0, kl_sum: 0.0 };
     for case in fixture["cases"].as_array().unwrap() {
-        let ids: Vec<u32> = case["token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let ids: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let mut cache = model.new_cache(ids.len());
-        let logits = model
-            .prefill(&mut cache, &ids, LogitRows::All)
-            .unwrap()
-            .logits;
+        let logits = model.prefill(&mut cache, &ids, LogitRows::All).unwrap().logits;
         let positions = case["positions"].as_array().unwrap();
         assert_eq!(positions.len(), ids.len(), "case {}", case["name"]);
         for (t, pos) in positions.iter().enumerate() {
@@ -89,12 +56,7 @@ fn logits_agree_with_independent_numpy_reference() {
     }
     let top1 = total.top1_equal as f64 / total.positions as f64;
     let kl = total.kl_sum / total.positions as f64;
-    eprintln!(
-        "{} positions: top-1 agreement {:.2}%, mean KL {:.2e}",
-        total.positions,
-        100.0 * top1,
-        kl
-    );
+    eprintln!("{} positions: top-1 agreement {:.2}%, mean KL {:.2e}", total.positions, 100.0 * top1, kl);
     assert!(total.positions >= 50);
     assert!(top1 >= 0.98, "top-1 agreement {top1}");
     assert!(kl < 1e-2, "mean KL {kl}");

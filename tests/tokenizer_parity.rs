@@ -19,28 +19,14 @@ fn ids_match_python_tokenizers() {
     let mut mismatches = Vec::new();
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got = tok.encode(text, false).unwrap();
         if got != want {
             mismatches.push(format!("{text:?}: engine {got:?} python {want:?}"));
         }
-        assert_eq!(
-            tok.decode(&got).unwrap(),
-            text,
-            "decode does not round-trip {text:?}"
-        );
+        assert_eq!(tok.decode(&got).unwrap(), text, "decode does not round-trip {text:?}");
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }
 
 #[test]

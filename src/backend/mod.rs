@@ -66,36 +66,15 @@ pub trait Backend: Send + Sync {
     /// x += y element-wise.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
     /// out[r] = x[r] / rms(x[r]) · gain.
-    fn rmsnorm(
-        &self,
-        x: &Self::Buf,
-        rows: usize,
-        gain: &Self::Weight,
-        eps: f32,
-        out: &mut Self::Buf,
-    );
+    fn rmsnorm(&self, x: &Self::Buf, rows: usize, gain: &Self::Weight, eps: f32, out: &mut Self::Buf);
     /// Rotate-half RoPE in place on `rows × n_heads × head_dim`; `cos_sin` is `rows × head_dim`
     /// (cos of the head_dim/2 frequencies, then their sin), built by the caller per position.
-    fn rope(
-        &self,
-        x: &mut Self::Buf,
-        rows: usize,
-        n_heads: usize,
-        head_dim: usize,
-        cos_sin: &Self::Buf,
-    );
+    fn rope(&self, x: &mut Self::Buf, rows: usize, n_heads: usize, head_dim: usize, cos_sin: &Self::Buf);
     /// out = silu(gate) ⊙ up.
     fn swiglu(&self, gate: &Self::Buf, up: &Self::Buf, out: &mut Self::Buf);
 
     /// Writes `rows` new key (or value) rows `[rows, n_kv_heads·head_dim]` at slots `start..`.
-    fn kv_write(
-        &self,
-        cache: &mut Self::Buf,
-        layout: KvLayout,
-        new: &Self::Buf,
-        rows: usize,
-        start: usize,
-    );
+    fn kv_write(&self, cache: &mut Self::Buf, layout: KvLayout, new: &Self::Buf, rows: usize, start: usize);
     /// Moves cache slot `from` to slot `to` for every head, in order (KV compaction).
     fn kv_move(&self, cache: &mut Self::Buf, layout: KvLayout, moves: &[(usize, usize)]);
     /// Scaled-dot-product attention of `rows` new queries `[rows, n_heads·head_dim]` over the

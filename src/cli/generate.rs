@@ -8,9 +8,7 @@ use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::drafting::TreeSpec;
-use clover_engine::spec::engine::{
-    generate_plain, generate_speculative, GenerationConfig, GenerationStats,
-};
+use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig, GenerationStats};
 use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
 
 use super::stream::TextStream;
@@ -65,12 +63,10 @@ impl SpecArgs {
                 max_depth: 5,
                 ..Eagle2Params::default()
             })),
-            file if file.ends_with(".json") => {
-                Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?))
+            file if file.ends_with(".json") => Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?)),
+            other => {
+                Err(Error::input(format!("--tree {other}: expected mc_sim_7b_63, clover, eagle2 or a .json file")))
             }
-            other => Err(Error::input(format!(
-                "--tree {other}: expected mc_sim_7b_63, clover, eagle2 or a .json file"
-            ))),
         }
     }
 }
@@ -108,26 +104,15 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     if a.temperature < 0.0 || !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        return Err(Error::input(
-            "--temperature must be ≥ 0 and --top-p in (0, 1]",
-        ));
+        return Err(Error::input("--temperature must be ≥ 0 and --top-p in (0, 1]"));
     }
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, CpuBackend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
-    let prompt = prompt_ids(
-        &tokenizer,
-        a.prompt.as_deref(),
-        a.chat.as_deref(),
-        a.system.as_deref(),
-    )?;
+    let prompt = prompt_ids(&tokenizer, a.prompt.as_deref(), a.chat.as_deref(), a.system.as_deref())?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-        },
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
         seed: a.seed,
         stop_ids: stop_ids(&model, &tokenizer),
     };
@@ -136,17 +121,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (Some(kind), Some(head_dir)) => {
             let tree = a.spec.tree_spec()?;
             let mut head = load_head(kind.into(), head_dir, &model)?;
-            let (_, stats) =
-                generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| {
-                    stream.push(ids)
-                })?;
+            let (_, stats) = generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| stream.push(ids))?;
             println!();
             print_speed(&stats.base);
-            let per_depth: Vec<String> = stats
-                .acceptance_per_depth()
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect();
+            let per_depth: Vec<String> = stats.acceptance_per_depth().iter().map(|r| format!("{r:.2}")).collect();
             eprintln!(
                 "steps: {}  tau: {:.2} tokens/step  acceptance per depth: [{}]",
                 stats.base.steps,
@@ -174,10 +152,7 @@ fn print_speed(stats: &GenerationStats) {
 }
 
 /// The config's EOS ids and the tokenizer's EOS token.
-pub fn stop_ids<B: clover_engine::backend::Backend>(
-    model: &Llama<B>,
-    tok: &TextTokenizer,
-) -> Vec<u32> {
+pub fn stop_ids<B: clover_engine::backend::Backend>(model: &Llama<B>, tok: &TextTokenizer) -> Vec<u32> {
     let mut ids = model.config.eos_token_ids.clone();
     ids.extend(tok.eos_id());
     ids.sort_unstable();

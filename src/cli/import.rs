@@ -28,10 +28,6 @@ pub fn run(a: ImportArgs) -> Result<()> {
         DTypeArg::F32 => ImportDType::F32,
     };
     let summary = import_gguf(&a.gguf, &a.out_dir, dtype)?;
-    println!(
-        "imported {} → {} ({summary:?})",
-        a.gguf.display(),
-        a.out_dir.display()
-    );
+    println!("imported {} → {} ({summary:?})", a.gguf.display(), a.out_dir.display());
     Ok(())
 }

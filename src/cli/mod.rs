@@ -14,11 +14,7 @@ use clover_engine::error::{Error, Result};
 use clover_engine::paths;
 
 #[derive(Parser)]
-#[command(
-    name = "clover-engine",
-    version,
-    about = "Speculative decoding with Clover-2 and EAGLE-1 draft heads"
-)]
+#[command(name = "clover-engine", version, about = "Speculative decoding with Clover-2 and EAGLE-1 draft heads")]
 pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
@@ -58,10 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
 fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = arg {
         if !dir.is_dir() {
-            return Err(Error::input(format!(
-                "--model {}: no such folder",
-                dir.display()
-            )));
+            return Err(Error::input(format!("--model {}: no such folder", dir.display())));
         }
         return Ok(dir);
     }

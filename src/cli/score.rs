@@ -29,18 +29,12 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let model = Llama::load(&dir, CpuBackend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let ids = if a.chat {
-        tokenizer.encode(
-            &tokenizer.render_chat(&[ChatMessage::new("user", &text)], false)?,
-            false,
-        )?
+        tokenizer.encode(&tokenizer.render_chat(&[ChatMessage::new("user", &text)], false)?, false)?
     } else {
         tokenizer.encode(&text, true)?
     };
     if ids.len() < 2 {
-        return Err(Error::input(format!(
-            "{}: the text has fewer than 2 tokens",
-            a.text_file.display()
-        )));
+        return Err(Error::input(format!("{}: the text has fewer than 2 tokens", a.text_file.display())));
     }
     if ids.len() > model.config.max_position_embeddings {
         return Err(Error::input(format!(
@@ -53,9 +47,8 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let mut cache = model.new_cache(ids.len());
     let out = model.prefill(&mut cache, &ids, LogitRows::All)?;
     let vocab = model.config.vocab_size;
-    let nll: f64 = (0..ids.len() - 1)
-        .map(|t| -log_softmax_at(&out.logits[t * vocab..(t + 1) * vocab], ids[t + 1] as usize))
-        .sum();
+    let nll: f64 =
+        (0..ids.len() - 1).map(|t| -log_softmax_at(&out.logits[t * vocab..(t + 1) * vocab], ids[t + 1] as usize)).sum();
     let mean = nll / (ids.len() - 1) as f64;
     println!(
         "tokens: {}  mean NLL: {:.4} nats  perplexity: {:.3}  ({})",

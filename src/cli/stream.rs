@@ -13,11 +13,7 @@ pub struct TextStream<'a> {
 
 impl<'a> TextStream<'a> {
     pub fn new(tokenizer: &'a TextTokenizer) -> Self {
-        TextStream {
-            tokenizer,
-            ids: Vec::new(),
-            printed: 0,
-        }
+        TextStream { tokenizer, ids: Vec::new(), printed: 0 }
     }
 
     pub fn push(&mut self, ids: &[u32]) {
@@ -25,10 +21,7 @@ impl<'a> TextStream<'a> {
         let Ok(text) = self.tokenizer.decode(&self.ids) else {
             return;
         };
-        if text.ends_with('\u{FFFD}')
-            || text.len() < self.printed
-            || !text.is_char_boundary(self.printed)
-        {
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
             return;
         }
         let mut out = std::io::stdout().lock();

@@ -15,14 +15,20 @@ pub fn check_compatible(head: &ModelConfig, base: &ModelConfig, path: &Path) -> 
         return Err(Error::format(
             path,
             "hidden_size",
-            format!("the head has {} but the base model has {}: the head was built for another base model", head.hidden_size, base.hidden_size),
+            format!(
+                "the head has {} but the base model has {}: the head was built for another base model",
+                head.hidden_size, base.hidden_size
+            ),
         ));
     }
     if head.vocab_size != base.vocab_size {
         return Err(Error::format(
             path,
             "vocab_size",
-            format!("the head has {} but the base model has {}: the head was built for another base model", head.vocab_size, base.vocab_size),
+            format!(
+                "the head has {} but the base model has {}: the head was built for another base model",
+                head.vocab_size, base.vocab_size
+            ),
         ));
     }
     Ok(())
@@ -35,9 +41,7 @@ pub fn read_json(path: &Path) -> Result<Value> {
 
 /// The head's kind from `draft.kind`, if the config names one.
 pub fn declared_kind(json: &Value) -> Option<&str> {
-    json.get("draft")
-        .and_then(|d| d.get("kind"))
-        .and_then(Value::as_str)
+    json.get("draft").and_then(|d| d.get("kind")).and_then(Value::as_str)
 }
 
 /// A head config from the base model's: same sizes, `num_hidden_layers` = the head's own layer

@@ -56,11 +56,7 @@ impl<B: Backend> EagleHead<B> {
         Self::from_files(config, &files, base)
     }
 
-    pub fn from_files(
-        config: ModelConfig,
-        files: &SafetensorsFiles,
-        base: &Llama<B>,
-    ) -> Result<Self> {
+    pub fn from_files(config: ModelConfig, files: &SafetensorsFiles, base: &Llama<B>) -> Result<Self> {
         let b = &base.backend;
         let h = config.hidden_size;
         let embed = if files.contains("embed_tokens.weight") {
@@ -72,27 +68,15 @@ impl<B: Backend> EagleHead<B> {
         let (fc_embed, fc_feature) = split_columns(&fc, h);
         let fc_bias = b.weight(files.get("fc.bias", &[h])?)?;
         let mut bytes = 0;
-        let layer = DecoderLayer::load(
-            b,
-            files,
-            "layers.0",
-            config.layer_dims(),
-            config.rms_norm_eps,
-            false,
-            &mut bytes,
-        )?;
+        let layer =
+            DecoderLayer::load(b, files, "layers.0", config.layer_dims(), config.rms_norm_eps, false, &mut bytes)?;
         let layout = KvLayout {
             n_kv_heads: config.num_kv_heads,
-            capacity: config
-                .max_position_embeddings
-                .max(base.config.max_position_embeddings)
-                + TREE_SLOTS,
+            capacity: config.max_position_embeddings.max(base.config.max_position_embeddings) + TREE_SLOTS,
             head_dim: config.head_dim,
         };
         Ok(EagleHead {
-            rope: Rope {
-                inv_freq: config.rope_inv_freq(),
-            },
+            rope: Rope { inv_freq: config.rope_inv_freq() },
             cache: KvCache::with_layout(b, 1, layout),
             embed,
             fc_embed: b.weight(fc_embed)?,
@@ -112,11 +96,7 @@ impl<B: Backend> EagleHead<B> {
         let b = &base.backend;
         let (rows, h) = (tokens.len(), self.config.hidden_size);
         let mut emb = b.zeros(rows * h);
-        b.embedding(
-            self.embed.as_ref().unwrap_or(base.embed_tokens()),
-            tokens,
-            &mut emb,
-        );
+        b.embedding(self.embed.as_ref().unwrap_or(base.embed_tokens()), tokens, &mut emb);
         let (mut x, mut y) = (b.zeros(rows * h), b.zeros(rows * h));
         b.matmul(&emb, rows, &self.fc_embed, &mut x);
         b.matmul(features, rows, &self.fc_feature, &mut y);
@@ -167,23 +147,14 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         let b = &model.backend;
         let h = self.config.hidden_size;
         if self.pairs + rows.len() + TREE_SLOTS > self.cache.capacity() {
-            return Err(Error::input(
-                "EAGLE head: the draft cache is full (sequence longer than the context)",
-            ));
+            return Err(Error::input("EAGLE head: the draft cache is full (sequence longer than the context)"));
         }
         self.cache.truncate(self.pairs);
         let features = b.gather_rows(&base.postnorm, h, rows);
         let mut x = self.fuse(model, &features, next_tokens);
         let positions: Vec<u32> = (0..rows.len()).map(|i| (self.pairs + i) as u32).collect();
         let cos_sin = b.upload(&self.rope.cos_sin(&positions));
-        self.layer.forward(
-            b,
-            &mut x,
-            rows.len(),
-            self.cache.layer(0),
-            &cos_sin,
-            AttnMask::Causal,
-        );
+        self.layer.forward(b, &mut x, rows.len(), self.cache.layer(0), &cos_sin, AttnMask::Causal);
         self.cache.advance(rows.len());
         self.pairs += rows.len();
         self.level_states = b.slice_rows(&x, h, rows.len() - 1, 1);
@@ -196,9 +167,7 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         let b = &model.backend;
         let (n, h) = (tokens.len(), self.config.hidden_size);
         if parents.iter().any(|&p| p >= self.level_paths.len()) || parents.len() != n || n == 0 {
-            return Err(Error::input(
-                "EAGLE head: a node's parent is not in the previous level",
-            ));
+            return Err(Error::input("EAGLE head: a node's parent is not in the previous level"));
         }
         if self.level + 1 > EAGLE_MAX_DEPTH || self.cache.len() + n > self.cache.capacity() {
             return Err(Error::input(format!(
@@ -222,12 +191,8 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         self.level += 1;
         let positions = vec![(self.pairs + self.level - 1) as u32; n];
         let cos_sin = b.upload(&self.rope.cos_sin(&positions));
-        let mask = AttnMask::Tree {
-            bits: &bits,
-            first_key: self.pairs,
-        };
-        self.layer
-            .forward(b, &mut x, n, self.cache.layer(0), &cos_sin, mask);
+        let mask = AttnMask::Tree { bits: &bits, first_key: self.pairs };
+        self.layer.forward(b, &mut x, n, self.cache.layer(0), &cos_sin, mask);
         self.cache.advance(n);
         self.level_paths = paths;
         let logits = model.project(&x, n);

@@ -15,9 +15,7 @@ pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 /// PyTorch's `nn.Linear` default: weight and bias uniform in ±1/sqrt(fan_in).
 pub fn linear_default(rng: &mut Rng, out: usize, fan_in: usize) -> Vec<f32> {
     let bound = 1.0 / (fan_in as f32).sqrt();
-    (0..out * fan_in)
-        .map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound)
-        .collect()
+    (0..out * fan_in).map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound).collect()
 }
 
 /// The Llama decoder-layer tensors under `prefix`, nn.Linear-initialised, norms at 1.
@@ -25,11 +23,7 @@ pub fn decoder_layer(rng: &mut Rng, c: &ModelConfig, prefix: &str, input_norm: b
     let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let mut t: Tensors = Vec::new();
     if input_norm {
-        t.push((
-            format!("{prefix}.input_layernorm.weight"),
-            vec![h],
-            vec![1.0; h],
-        ));
+        t.push((format!("{prefix}.input_layernorm.weight"), vec![h], vec![1.0; h]));
     }
     for (name, out, fan_in) in [
         ("self_attn.q_proj", q, h),
@@ -40,17 +34,9 @@ pub fn decoder_layer(rng: &mut Rng, c: &ModelConfig, prefix: &str, input_norm: b
         ("mlp.up_proj", i, h),
         ("mlp.down_proj", h, i),
     ] {
-        t.push((
-            format!("{prefix}.{name}.weight"),
-            vec![out, fan_in],
-            linear_default(rng, out, fan_in),
-        ));
+        t.push((format!("{prefix}.{name}.weight"), vec![out, fan_in], linear_default(rng, out, fan_in)));
     }
-    t.push((
-        format!("{prefix}.post_attention_layernorm.weight"),
-        vec![h],
-        vec![1.0; h],
-    ));
+    t.push((format!("{prefix}.post_attention_layernorm.weight"), vec![h], vec![1.0; h]));
     t
 }
 
@@ -58,19 +44,9 @@ pub fn decoder_layer(rng: &mut Rng, c: &ModelConfig, prefix: &str, input_norm: b
 /// embedding is the base model's and is not stored.
 pub fn eagle_tensors(rng: &mut Rng, c: &ModelConfig) -> Tensors {
     let h = c.hidden_size;
-    let mut t: Tensors = vec![(
-        "fc.weight".into(),
-        vec![h, 2 * h],
-        linear_default(rng, h, 2 * h),
-    )];
+    let mut t: Tensors = vec![("fc.weight".into(), vec![h, 2 * h], linear_default(rng, h, 2 * h))];
     let bound = 1.0 / (2.0 * h as f32).sqrt();
-    t.push((
-        "fc.bias".into(),
-        vec![h],
-        (0..h)
-            .map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound)
-            .collect(),
-    ));
+    t.push(("fc.bias".into(), vec![h], (0..h).map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound).collect()));
     t.extend(decoder_layer(rng, c, "layers.0", false));
     t
 }
@@ -83,11 +59,7 @@ pub fn init_head(kind: DraftKind, base_dir: &Path, out_dir: &Path, seed: u64) ->
     let mut rng = Rng::new(seed);
     let (tensors, layers) = match kind {
         DraftKind::Eagle => (eagle_tensors(&mut rng, &base), 1),
-        DraftKind::Clover2 => {
-            return Err(Error::input(
-                "init-head --kind clover2 is not available yet",
-            ))
-        }
+        DraftKind::Clover2 => return Err(Error::input("init-head --kind clover2 is not available yet")),
     };
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     write_f32_safetensors(&out_dir.join("model.safetensors"), &tensors)?;

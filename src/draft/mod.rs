@@ -58,8 +58,6 @@ pub fn load_head<B: Backend + 'static>(
 ) -> Result<Box<dyn DraftHead<B>>> {
     match kind {
         DraftKind::Eagle => Ok(Box::new(eagle::EagleHead::load(dir, base)?)),
-        DraftKind::Clover2 => Err(crate::error::Error::input(
-            "clover2 heads are not available yet",
-        )),
+        DraftKind::Clover2 => Err(crate::error::Error::input("clover2 heads are not available yet")),
     }
 }

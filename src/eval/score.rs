@@ -22,14 +22,8 @@ pub fn write_logits(path: &Path, logits: &[f32], vocab: usize, ids: &[u32]) -> R
     let id_bytes: &[u8] = bytemuck::cast_slice(&ids64);
     let bad = |e: safetensors::SafeTensorError| Error::format(path, "(safetensors)", e.to_string());
     let tensors = vec![
-        (
-            "logits",
-            TensorView::new(Dtype::F32, vec![rows, vocab], logit_bytes).map_err(bad)?,
-        ),
-        (
-            "token_ids",
-            TensorView::new(Dtype::I64, vec![ids.len()], id_bytes).map_err(bad)?,
-        ),
+        ("logits", TensorView::new(Dtype::F32, vec![rows, vocab], logit_bytes).map_err(bad)?),
+        ("token_ids", TensorView::new(Dtype::I64, vec![ids.len()], id_bytes).map_err(bad)?),
     ];
     let bytes = safetensors::serialize(tensors, &None).map_err(bad)?;
     write_atomically(path, &bytes)

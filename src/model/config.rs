@@ -47,16 +47,12 @@ pub struct ModelConfig {
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, "(json)", e.to_string()))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, "(json)", e.to_string()))?;
         Self::from_json(&json, path)
     }
 
     pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
-        let f = Fields {
-            json,
-            path: path.to_path_buf(),
-        };
+        let f = Fields { json, path: path.to_path_buf() };
         let model_type = f.str("model_type")?;
         let architecture = match model_type.as_str() {
             "llama" => Architecture::Llama,
@@ -73,11 +69,7 @@ impl ModelConfig {
         let hidden_size = f.usize("hidden_size")?;
         let num_heads = f.usize("num_attention_heads")?;
         let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-        if num_heads == 0
-            || hidden_size % num_heads != 0
-            || num_kv_heads == 0
-            || num_heads % num_kv_heads != 0
-        {
+        if num_heads == 0 || hidden_size % num_heads != 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(Error::format(
                 path,
                 "num_attention_heads",
@@ -87,14 +79,8 @@ impl ModelConfig {
         let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
         let eos_token_ids = match json.get("eos_token_id") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64().map(|v| v as u32))
-                .collect(),
-            Some(v) => vec![v
-                .as_u64()
-                .ok_or_else(|| Error::format(path, "eos_token_id", "not an integer"))?
-                as u32],
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+            Some(v) => vec![v.as_u64().ok_or_else(|| Error::format(path, "eos_token_id", "not an integer"))? as u32],
         };
         Ok(ModelConfig {
             architecture,
@@ -109,15 +95,9 @@ impl ModelConfig {
             rope_scaling: rope_scaling(json, path)?,
             max_position_embeddings: f.usize("max_position_embeddings")?,
             vocab_size: f.usize("vocab_size")?,
-            tie_word_embeddings: json
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            tie_word_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias: architecture == Architecture::Qwen2
-                || json
-                    .get("attention_bias")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
             bos_token_id: f.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids,
         })
@@ -145,9 +125,8 @@ impl ModelConfig {
     /// RoPE inverse frequencies (head_dim/2 of them), with Llama-3 scaling applied.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let half = self.head_dim / 2;
-        let base: Vec<f64> = (0..half)
-            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64))
-            .collect();
+        let base: Vec<f64> =
+            (0..half).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64)).collect();
         match &self.rope_scaling {
             None => base,
             Some(s) => base.into_iter().map(|f| llama3_scale(f, s)).collect(),
@@ -176,21 +155,10 @@ fn rope_scaling(json: &Value, path: &Path) -> Result<Option<Llama3RopeScaling>> 
     let Some(scaling) = json.get("rope_scaling").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    let f = Fields {
-        json: scaling,
-        path: path.to_path_buf(),
-    };
-    let kind = scaling
-        .get("rope_type")
-        .or_else(|| scaling.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let f = Fields { json: scaling, path: path.to_path_buf() };
+    let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("");
     if kind != "llama3" {
-        return Err(Error::format(
-            path,
-            "rope_scaling.rope_type",
-            format!("`{kind}` is not supported (llama3)"),
-        ));
+        return Err(Error::format(path, "rope_scaling.rope_type", format!("`{kind}` is not supported (llama3)")));
     }
     Ok(Some(Llama3RopeScaling {
         factor: f.f64("factor")?,
@@ -212,9 +180,7 @@ impl Fields<'_> {
 
     fn str(&self, key: &str) -> Result<String> {
         let v = self.json.get(key).ok_or_else(|| self.missing(key))?;
-        v.as_str()
-            .map(str::to_string)
-            .ok_or_else(|| Error::format(&self.path, key, "not a string"))
+        v.as_str().map(str::to_string).ok_or_else(|| Error::format(&self.path, key, "not a string"))
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -234,10 +200,7 @@ impl Fields<'_> {
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| Error::format(&self.path, key, "not a number")),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::format(&self.path, key, "not a number")),
         }
     }
 
@@ -261,19 +224,11 @@ mod tests {
     #[test]
     fn parses_llama_and_reports_missing_field_by_name() {
         let c = ModelConfig::from_json(&base(), Path::new("config.json")).unwrap();
-        assert_eq!(
-            (c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()),
-            (16, 2, vec![2, 3])
-        );
+        assert_eq!((c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()), (16, 2, vec![2, 3]));
         let mut j = base();
         j.as_object_mut().unwrap().remove("hidden_size");
-        let err = ModelConfig::from_json(&j, Path::new("m/config.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("m/config.json") && err.contains("hidden_size"),
-            "{err}"
-        );
+        let err = ModelConfig::from_json(&j, Path::new("m/config.json")).unwrap_err().to_string();
+        assert!(err.contains("m/config.json") && err.contains("hidden_size"), "{err}");
     }
 
     #[test]
@@ -282,9 +237,7 @@ mod tests {
         j["model_type"] = "qwen2".into();
         assert!(ModelConfig::from_json(&j, Path::new("c")).unwrap().qkv_bias);
         j["model_type"] = "gpt2".into();
-        let err = ModelConfig::from_json(&j, Path::new("c"))
-            .unwrap_err()
-            .to_string();
+        let err = ModelConfig::from_json(&j, Path::new("c")).unwrap_err().to_string();
         assert!(err.contains("model_type") && err.contains("gpt2"));
     }
 

@@ -14,11 +14,7 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub fn new(backend: &B, config: &ModelConfig, capacity: usize) -> Self {
-        let layout = KvLayout {
-            n_kv_heads: config.num_kv_heads,
-            capacity,
-            head_dim: config.head_dim,
-        };
+        let layout = KvLayout { n_kv_heads: config.num_kv_heads, capacity, head_dim: config.head_dim };
         Self::with_layout(backend, config.num_layers, layout)
     }
 
@@ -34,12 +30,7 @@ impl<B: Backend> KvCache<B> {
 
     /// The cache of layer `l`, with new rows going after the current length.
     pub fn layer(&mut self, l: usize) -> LayerCache<'_, B> {
-        LayerCache {
-            keys: &mut self.keys[l],
-            values: &mut self.values[l],
-            layout: self.layout,
-            past: self.len,
-        }
+        LayerCache { keys: &mut self.keys[l], values: &mut self.values[l], layout: self.layout, past: self.len }
     }
 
     /// Slots holding committed (or just-appended) positions.
@@ -73,11 +64,7 @@ impl<B: Backend> KvCache<B> {
     /// `base + keep.len()`: the accepted path of a verified tree written at `base`. `keep` must
     /// be increasing (true for any root-to-leaf path), so no move overwrites a slot still needed.
     pub fn compact(&mut self, backend: &B, base: usize, keep: &[usize]) {
-        let moves: Vec<(usize, usize)> = keep
-            .iter()
-            .enumerate()
-            .map(|(j, &k)| (base + k, base + j))
-            .collect();
+        let moves: Vec<(usize, usize)> = keep.iter().enumerate().map(|(j, &k)| (base + k, base + j)).collect();
         for l in 0..self.keys.len() {
             backend.kv_move(&mut self.keys[l], self.layout, &moves);
             backend.kv_move(&mut self.values[l], self.layout, &moves);

@@ -25,11 +25,7 @@ impl LayerDims {
         self.n_kv_heads * self.head_dim
     }
     pub fn attn_shape(&self) -> AttnShape {
-        AttnShape {
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-        }
+        AttnShape { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim }
     }
 }
 
@@ -76,11 +72,7 @@ impl<B: Backend> DecoderLayer<B> {
             *bytes += t.bytes.as_slice().len();
             backend.weight(t)
         };
-        let attn_norm = if input_norm {
-            Some(get("input_layernorm.weight", &[h])?)
-        } else {
-            None
-        };
+        let attn_norm = if input_norm { Some(get("input_layernorm.weight", &[h])?) } else { None };
         let qkv_bias = if dims.qkv_bias {
             Some([
                 get("self_attn.q_proj.bias", &[q])?,
@@ -107,15 +99,7 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// x ← layer(x) for `rows` new rows; their K/V are written to the cache at `past..`.
-    pub fn forward(
-        &self,
-        b: &B,
-        x: &mut B::Buf,
-        rows: usize,
-        cache: LayerCache<B>,
-        cos_sin: &B::Buf,
-        mask: AttnMask,
-    ) {
+    pub fn forward(&self, b: &B, x: &mut B::Buf, rows: usize, cache: LayerCache<B>, cos_sin: &B::Buf, mask: AttnMask) {
         let d = self.dims;
         let (h, qd, kvd, i) = (d.hidden, d.q_dim(), d.kv_dim(), d.intermediate);
         let mut normed = b.zeros(rows * h);
@@ -140,17 +124,7 @@ impl<B: Backend> DecoderLayer<B> {
         b.kv_write(cache.keys, cache.layout, &k, rows, cache.past);
         b.kv_write(cache.values, cache.layout, &v, rows, cache.past);
         let mut attn = b.zeros(rows * qd);
-        b.attention(
-            &q,
-            cache.keys,
-            cache.values,
-            cache.layout,
-            d.attn_shape(),
-            rows,
-            cache.past,
-            mask,
-            &mut attn,
-        );
+        b.attention(&q, cache.keys, cache.values, cache.layout, d.attn_shape(), rows, cache.past, mask, &mut attn);
         let mut out = b.zeros(rows * h);
         b.matmul(&attn, rows, &self.o, &mut out);
         b.add(x, &out);
@@ -173,11 +147,7 @@ pub struct Rope {
 
 impl Rope {
     pub fn plain(theta: f64, head_dim: usize) -> Self {
-        Rope {
-            inv_freq: (0..head_dim / 2)
-                .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
-                .collect(),
-        }
+        Rope { inv_freq: (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect() }
     }
 
     /// Per row: cos of every frequency at that position, then sin; computed in f64 so long

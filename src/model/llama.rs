@@ -80,19 +80,8 @@ impl<B: Backend> Llama<B> {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let rope = Rope {
-            inv_freq: config.rope_inv_freq(),
-        };
-        Ok(Llama {
-            config,
-            backend,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            rope,
-            weight_bytes,
-        })
+        let rope = Rope { inv_freq: config.rope_inv_freq() };
+        Ok(Llama { config, backend, embed, layers, norm, lm_head, rope, weight_bytes })
     }
     /// Bytes of weights one decode step streams (every matrix once; the embedding rows read are
     /// negligible, the lm_head is counted even when tied).
@@ -109,20 +98,11 @@ impl<B: Backend> Llama<B> {
     }
 
     pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
-        KvCache::new(
-            &self.backend,
-            &self.config,
-            capacity.min(self.config.max_position_embeddings),
-        )
+        KvCache::new(&self.backend, &self.config, capacity.min(self.config.max_position_embeddings))
     }
 
     /// Plain causal forward of `tokens` appended after the cache.
-    pub fn prefill(
-        &self,
-        cache: &mut KvCache<B>,
-        tokens: &[u32],
-        logits: LogitRows,
-    ) -> Result<ForwardOutput<B>> {
+    pub fn prefill(&self, cache: &mut KvCache<B>, tokens: &[u32], logits: LogitRows) -> Result<ForwardOutput<B>> {
         let start = cache.len() as u32;
         let positions: Vec<u32> = (0..tokens.len() as u32).map(|i| start + i).collect();
         self.forward(cache, tokens, &positions, AttnMask::Causal, logits)
@@ -156,11 +136,7 @@ impl<B: Backend> Llama<B> {
         let mut postnorm = b.zeros(rows * h);
         b.rmsnorm(&x, rows, &self.norm, c.rms_norm_eps, &mut postnorm);
         let logits = self.logits(&postnorm, rows, logit_rows);
-        Ok(ForwardOutput {
-            logits,
-            prenorm: x,
-            postnorm,
-        })
+        Ok(ForwardOutput { logits, prenorm: x, postnorm })
     }
 
     /// lm_head(x) for `rows` rows of already-normalised features: `[rows, vocab]`.
@@ -180,11 +156,7 @@ impl<B: Backend> Llama<B> {
             LogitRows::Last => (rows - 1, 1),
             LogitRows::None => return Vec::new(),
         };
-        let selected = if n == rows {
-            None
-        } else {
-            Some(b.slice_rows(postnorm, h, first, n))
-        };
+        let selected = if n == rows { None } else { Some(b.slice_rows(postnorm, h, first, n)) };
         self.project(selected.as_ref().unwrap_or(postnorm), n)
     }
 
@@ -203,10 +175,7 @@ impl<B: Backend> Llama<B> {
                 cache.capacity()
             )));
         }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             return Err(Error::input(format!(
                 "token id {bad} is outside the vocabulary of {}",
                 self.config.vocab_size

@@ -12,10 +12,7 @@ use crate::weights::write_f32_safetensors;
 /// Every tensor name and shape a base model with this config has, in a stable order.
 pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-    let mut shapes = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, h],
-    )];
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
     for l in 0..c.num_layers {
         let p = format!("model.layers.{l}");
         let mut add = |name: &str, shape: Vec<usize>| shapes.push((format!("{p}.{name}"), shape));
@@ -57,14 +54,8 @@ pub fn write_random_model(dir: &Path, config: &serde_json::Value, seed: u64) -> 
             (0..n).map(|_| 0.8 + 0.4 * rng.uniform_f32()).collect()
         } else {
             let fan_in = *shape.last().unwrap_or(&1) as f32;
-            let scale = if name.contains("embed") || name.contains("lm_head") {
-                2.0
-            } else {
-                1.7 / fan_in.sqrt()
-            };
-            (0..n)
-                .map(|_| (2.0 * rng.uniform_f32() - 1.0) * scale)
-                .collect()
+            let scale = if name.contains("embed") || name.contains("lm_head") { 2.0 } else { 1.7 / fan_in.sqrt() };
+            (0..n).map(|_| (2.0 * rng.uniform_f32() - 1.0) * scale).collect()
         };
         tensors.push((name, shape, values));
     }

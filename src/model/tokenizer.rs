@@ -15,10 +15,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
-        ChatMessage {
-            role: role.to_string(),
-            content: content.to_string(),
-        }
+        ChatMessage { role: role.to_string(), content: content.to_string() }
     }
 }
 
@@ -36,20 +33,14 @@ impl TextTokenizer {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            return Err(Error::format(
-                dir,
-                "tokenizer.json",
-                "file is missing from the model folder",
-            ));
+            return Err(Error::format(dir, "tokenizer.json", "file is missing from the model folder"));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::format(&path, "(tokenizer)", e.to_string()))?;
+        let inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::format(&path, "(tokenizer)", e.to_string()))?;
         let config_path = dir.join("tokenizer_config.json");
         let config: Value = if config_path.exists() {
-            let text =
-                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| Error::format(&config_path, "(json)", e.to_string()))?
+            let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::format(&config_path, "(json)", e.to_string()))?
         } else {
             Value::Null
         };
@@ -60,16 +51,10 @@ impl TextTokenizer {
         };
         Ok(TextTokenizer {
             inner,
-            chat_template: config
-                .get("chat_template")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            chat_template: config.get("chat_template").and_then(Value::as_str).map(str::to_string),
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
-            add_bos: config
-                .get("add_bos_token")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            add_bos: config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false),
             config_path,
         })
     }
@@ -77,17 +62,10 @@ impl TextTokenizer {
     /// Ids of raw text; special tokens written in the text are matched as specials. A BOS is
     /// prepended when the model asks for one (`add_bos_token`).
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::input(format!("tokenizer: {e}")))?;
+        let enc = self.inner.encode(text, false).map_err(|e| Error::input(format!("tokenizer: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
-            if let Some(bos) = self
-                .bos_token
-                .as_deref()
-                .and_then(|t| self.inner.token_to_id(t))
-            {
+            if let Some(bos) = self.bos_token.as_deref().and_then(|t| self.inner.token_to_id(t)) {
                 ids.push(bos);
             }
         }
@@ -96,9 +74,7 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::input(format!("tokenizer: {e}")))
+        self.inner.decode(ids, false).map_err(|e| Error::input(format!("tokenizer: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -111,36 +87,20 @@ impl TextTokenizer {
 
     /// The id of the end-of-sequence token named in tokenizer_config.json, if any.
     pub fn eos_id(&self) -> Option<u32> {
-        self.eos_token
-            .as_deref()
-            .and_then(|t| self.inner.token_to_id(t))
+        self.eos_token.as_deref().and_then(|t| self.inner.token_to_id(t))
     }
 
     /// Renders a conversation with the model's chat template. The template's BOS handling is
     /// its own (it writes `bos_token` where the model wants one).
-    pub fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
-            Error::format(
-                &self.config_path,
-                "chat_template",
-                "the model has no chat template; use --prompt",
-            )
+            Error::format(&self.config_path, "chat_template", "the model has no chat template; use --prompt")
         })?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
         env.add_template("chat", template)
             .map_err(|e| Error::format(&self.config_path, "chat_template", e.to_string()))?;
         let ctx = minijinja::context! {

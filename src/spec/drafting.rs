@@ -8,9 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::Llama;
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
-use crate::spec::tree::{
-    CloverTreeExpander, CloverTreeParams, Eagle2Expander, Eagle2Params, StaticTree, TreeBuffers,
-};
+use crate::spec::tree::{CloverTreeExpander, CloverTreeParams, Eagle2Expander, Eagle2Params, StaticTree, TreeBuffers};
 
 /// How each step's tree is chosen.
 #[derive(Clone, Debug)]
@@ -57,11 +55,7 @@ pub struct DraftedTree {
 /// The distribution a dynamic tree ranks candidates by: the processed draft distribution, or at
 /// T = 0 the plain softmax (a one-hot would leave nothing to branch on).
 fn draft_distribution(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
-    let p = if params.is_greedy() {
-        SamplingParams::with_temperature(1.0)
-    } else {
-        *params
-    };
+    let p = if params.is_greedy() { SamplingParams::with_temperature(1.0) } else { *params };
     sampling::process(logits, &p)
 }
 
@@ -78,16 +72,12 @@ pub fn draft_tree<B: Backend, H: DraftHead<B> + ?Sized>(
         TreeSpec::Static(tree) => draft_static(tree, model, head, root, first_row, params, rng),
         TreeSpec::Clover(p) => {
             let mut expander = CloverTreeExpander::new(root, model.config.vocab_size, *p)?;
-            grow(model, head, first_row, params, |rows| {
-                expander.expand_level(rows)
-            })?;
+            grow(model, head, first_row, params, |rows| expander.expand_level(rows))?;
             Ok(dynamic(expander.finish()))
         }
         TreeSpec::Eagle2(p) => {
             let mut expander = Eagle2Expander::new(root, *p)?;
-            grow(model, head, first_row, params, |rows| {
-                expander.expand_level(rows)
-            })?;
+            grow(model, head, first_row, params, |rows| expander.expand_level(rows))?;
             Ok(dynamic(expander.finish()))
         }
     }
@@ -119,10 +109,7 @@ fn grow<B: Backend, H: DraftHead<B> + ?Sized>(
             return Ok(());
         }
         let logits = head.expand(model, &frontier.parent_slots, &frontier.tokens)?;
-        rows = logits
-            .chunks_exact(vocab)
-            .map(|r| draft_distribution(r, params))
-            .collect();
+        rows = logits.chunks_exact(vocab).map(|r| draft_distribution(r, params)).collect();
     }
 }
 
@@ -136,15 +123,8 @@ struct RowDraws {
 
 fn draw_row(logits: &[f32], k: usize, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
     if params.is_greedy() {
-        let tokens = sampling::top_k_indices(logits, k)
-            .into_iter()
-            .map(|t| t as u32)
-            .collect();
-        return RowDraws {
-            tokens,
-            q_tilde: vec![1.0; k],
-            q: None,
-        };
+        let tokens = sampling::top_k_indices(logits, k).into_iter().map(|t| t as u32).collect();
+        return RowDraws { tokens, q_tilde: vec![1.0; k], q: None };
     }
     let q = sampling::process(logits, params);
     let draws = sampling::sample_without_replacement(&q, k, rng);
@@ -152,11 +132,7 @@ fn draw_row(logits: &[f32], k: usize, params: &SamplingParams, rng: &mut Rng) ->
     let mut q_tilde: Vec<f32> = draws.iter().map(|&(_, qt)| qt).collect();
     tokens.resize(k, 0);
     q_tilde.resize(k, 0.0);
-    RowDraws {
-        tokens,
-        q_tilde,
-        q: Some(q),
-    }
+    RowDraws { tokens, q_tilde, q: Some(q) }
 }
 
 fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
@@ -174,23 +150,13 @@ fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
     let mut level_rows_start = 0;
     for level in buffers.levels() {
         let prev = &rows[level_rows_start..];
-        let tokens: Vec<u32> = level
-            .topk_indices
-            .iter()
-            .map(|&i| prev[i / k].tokens[i % k])
-            .collect();
+        let tokens: Vec<u32> = level.topk_indices.iter().map(|&i| prev[i / k].tokens[i % k]).collect();
         let logits = head.expand(model, &level.parent_slots, &tokens)?;
         level_rows_start = rows.len();
-        rows.extend(
-            logits
-                .chunks_exact(vocab)
-                .map(|r| draw_row(r, k, params, rng)),
-        );
+        rows.extend(logits.chunks_exact(vocab).map(|r| draw_row(r, k, params, rng)));
     }
     if rows.len() != buffers.draft_rows().len() {
-        return Err(Error::input(
-            "static tree: drafted rows do not match the tree's draft rows",
-        ));
+        return Err(Error::input("static tree: drafted rows do not match the tree's draft rows"));
     }
     let n = buffers.num_nodes();
     let mut tokens = vec![root; n];
@@ -204,10 +170,5 @@ fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
     for (row, &node) in rows.iter_mut().zip(buffers.draft_rows()) {
         q_rows[node] = row.q.take();
     }
-    Ok(DraftedTree {
-        buffers: buffers.clone(),
-        tokens,
-        q_rows,
-        q_tilde,
-    })
+    Ok(DraftedTree { buffers: buffers.clone(), tokens, q_rows, q_tilde })
 }

@@ -43,12 +43,7 @@ impl GenerationStats {
 }
 
 /// The cache capacity a generation needs, or a clear error when the prompt cannot fit.
-pub fn context_for(
-    max_positions: usize,
-    prompt_len: usize,
-    max_new_tokens: usize,
-    slack: usize,
-) -> Result<usize> {
+pub fn context_for(max_positions: usize, prompt_len: usize, max_new_tokens: usize, slack: usize) -> Result<usize> {
     if prompt_len == 0 {
         return Err(Error::input("the prompt is empty"));
     }
@@ -67,18 +62,10 @@ pub fn generate_plain<B: Backend>(
     cfg: &GenerationConfig,
     mut on_tokens: impl FnMut(&[u32]),
 ) -> Result<(Vec<u32>, GenerationStats)> {
-    let capacity = context_for(
-        model.config.max_position_embeddings,
-        prompt.len(),
-        cfg.max_new_tokens,
-        0,
-    )?;
+    let capacity = context_for(model.config.max_position_embeddings, prompt.len(), cfg.max_new_tokens, 0)?;
     let mut cache = model.new_cache(capacity);
     let mut rng = Rng::new(cfg.seed);
-    let mut stats = GenerationStats {
-        prompt_tokens: prompt.len(),
-        ..Default::default()
-    };
+    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
     let mut out = Vec::new();
 
     let t0 = Instant::now();
@@ -90,10 +77,7 @@ pub fn generate_plain<B: Backend>(
         let next = pick(&logits, &cfg.sampling, &mut rng) as u32;
         out.push(next);
         on_tokens(&[next]);
-        if cfg.stop_ids.contains(&next)
-            || out.len() == cfg.max_new_tokens
-            || cache.len() == cache.capacity()
-        {
+        if cfg.stop_ids.contains(&next) || out.len() == cfg.max_new_tokens || cache.len() == cache.capacity() {
             break;
         }
         logits = model.decode(&mut cache, next)?.logits;
@@ -128,12 +112,7 @@ impl SpecStats {
     /// τ: tokens committed per verification step, bonus included.
     pub fn tau(&self) -> f64 {
         let steps: usize = self.accepted_hist.iter().sum();
-        let committed: usize = self
-            .accepted_hist
-            .iter()
-            .enumerate()
-            .map(|(a, n)| (a + 1) * n)
-            .sum();
+        let committed: usize = self.accepted_hist.iter().enumerate().map(|(a, n)| (a + 1) * n).sum();
         committed as f64 / steps.max(1) as f64
     }
 
@@ -165,18 +144,11 @@ pub fn generate_speculative<B: Backend, H: DraftHead<B> + ?Sized>(
             head.max_depth()
         )));
     }
-    let capacity = context_for(
-        model.config.max_position_embeddings,
-        prompt.len(),
-        cfg.max_new_tokens,
-        tree.max_nodes(),
-    )?;
+    let capacity =
+        context_for(model.config.max_position_embeddings, prompt.len(), cfg.max_new_tokens, tree.max_nodes())?;
     let mut cache = model.new_cache(capacity);
     let mut rng = Rng::new(cfg.seed);
-    let mut stats = SpecStats {
-        accepted_hist: vec![0; tree.max_depth() + 1],
-        ..Default::default()
-    };
+    let mut stats = SpecStats { accepted_hist: vec![0; tree.max_depth() + 1], ..Default::default() };
     stats.base.prompt_tokens = prompt.len();
     let mut out: Vec<u32> = Vec::new();
 
@@ -204,48 +176,22 @@ pub fn generate_speculative<B: Backend, H: DraftHead<B> + ?Sized>(
 
         let base_len = cache.len();
         let bufs = &drafted.buffers;
-        let positions: Vec<u32> = bufs
-            .positions()
-            .iter()
-            .map(|&d| (base_len + d) as u32)
-            .collect();
-        let mask = AttnMask::Tree {
-            bits: bufs.mask(),
-            first_key: base_len,
-        };
-        let verified = model.forward(
-            &mut cache,
-            &drafted.tokens,
-            &positions,
-            mask,
-            LogitRows::All,
-        )?;
+        let positions: Vec<u32> = bufs.positions().iter().map(|&d| (base_len + d) as u32).collect();
+        let mask = AttnMask::Tree { bits: bufs.mask(), first_key: base_len };
+        let verified = model.forward(&mut cache, &drafted.tokens, &positions, mask, LogitRows::All)?;
         let t_verify = t.elapsed().as_secs_f64() - t_draft;
 
-        let accepted = accept(
-            &drafted,
-            &verified.logits,
-            model.config.vocab_size,
-            &cfg.sampling,
-            &mut rng,
-        );
+        let accepted = accept(&drafted, &verified.logits, model.config.vocab_size, &cfg.sampling, &mut rng);
         cache.compact(&model.backend, base_len, &accepted.path_nodes);
         let a = accepted.accepted_drafts;
         stats.accepted_hist[a] += 1;
         stats.base.steps += 1;
         root = accepted.next_root as u32;
-        let new: Vec<u32> = accepted.path_nodes[1..]
-            .iter()
-            .map(|&n| drafted.tokens[n])
-            .chain([root])
-            .collect();
+        let new: Vec<u32> = accepted.path_nodes[1..].iter().map(|&n| drafted.tokens[n]).chain([root]).collect();
         let t_accept = t.elapsed().as_secs_f64() - t_draft - t_verify;
 
         let room = cfg.max_new_tokens - out.len();
-        let stop_at = new
-            .iter()
-            .position(|t| cfg.stop_ids.contains(t))
-            .map(|i| i + 1);
+        let stop_at = new.iter().position(|t| cfg.stop_ids.contains(t)).map(|i| i + 1);
         let keep = stop_at.unwrap_or(new.len()).min(room);
         out.extend_from_slice(&new[..keep]);
         on_tokens(&new[..keep]);
@@ -267,13 +213,7 @@ pub fn generate_speculative<B: Backend, H: DraftHead<B> + ?Sized>(
 
 /// Greedy longest match at T = 0; at T > 0 the static tree's multi-round rejection sampler or,
 /// for dynamic (deterministic) trees, the deterministic-draft rule.
-fn accept(
-    tree: &DraftedTree,
-    logits: &[f32],
-    vocab: usize,
-    params: &SamplingParams,
-    rng: &mut Rng,
-) -> Accepted {
+fn accept(tree: &DraftedTree, logits: &[f32], vocab: usize, params: &SamplingParams, rng: &mut Rng) -> Accepted {
     let bufs = &tree.buffers;
     let retrieve: Vec<Vec<i64>> = bufs.retrieve_rows().map(|r| r.to_vec()).collect();
     let mut tokens_ext: Vec<i64> = tree.tokens.iter().map(|&t| t as i64).collect();
@@ -283,26 +223,13 @@ fn accept(
         let argmax: Vec<usize> = rows.iter().map(|r| sampling::argmax(r)).collect();
         return verify::verify_greedy(&retrieve, &tokens_ext, &argmax);
     }
-    let children: Vec<Vec<usize>> = (0..bufs.num_nodes())
-        .map(|n| bufs.children(n).to_vec())
-        .collect();
-    let view = verify::Tree {
-        tokens: &tokens_ext,
-        children: &children,
-        retrieve: &retrieve,
-    };
+    let children: Vec<Vec<usize>> = (0..bufs.num_nodes()).map(|n| bufs.children(n).to_vec()).collect();
+    let view = verify::Tree { tokens: &tokens_ext, children: &children, retrieve: &retrieve };
     if tree.q_rows.iter().all(Option::is_none) {
         return verify::verify_deterministic_drafts(&view, &rows, params, rng);
     }
     let empty: Vec<f32> = Vec::new();
-    let q: Vec<&[f32]> = tree
-        .q_rows
-        .iter()
-        .map(|q| q.as_deref().unwrap_or(&empty))
-        .collect();
-    let drafts = verify::SampledDrafts {
-        q: &q,
-        q_tilde: &tree.q_tilde,
-    };
+    let q: Vec<&[f32]> = tree.q_rows.iter().map(|q| q.as_deref().unwrap_or(&empty)).collect();
+    let drafts = verify::SampledDrafts { q: &q, q_tilde: &tree.q_tilde };
     verify::verify_sampled_drafts(&view, &drafts, &rows, params, rng)
 }

@@ -182,11 +182,7 @@ fn ancestor_mask(parents: &[Option<NodeId>]) -> Vec<u8> {
     mask
 }
 
-fn retrieve_indices(
-    parents: &[Option<NodeId>],
-    depths: &[usize],
-    children: &[Vec<NodeId>],
-) -> (Vec<i64>, usize) {
+fn retrieve_indices(parents: &[Option<NodeId>], depths: &[usize], children: &[Vec<NodeId>]) -> (Vec<i64>, usize) {
     let width = depths.iter().max().map_or(1, |d| d + 1);
     let mut rows: Vec<Vec<i64>> = (0..parents.len())
         .filter(|&v| children[v].is_empty())
@@ -212,10 +208,7 @@ fn draft_levels(children: &[Vec<NodeId>], ranks: &[usize], row_width: usize) -> 
     loop {
         let (mut nodes, mut parent_slots, mut topk_indices) = (Vec::new(), Vec::new(), Vec::new());
         for (slot, &parent) in previous.iter().enumerate() {
-            for &child in children[parent]
-                .iter()
-                .filter(|&&c| !children[c].is_empty())
-            {
+            for &child in children[parent].iter().filter(|&&c| !children[c].is_empty()) {
                 nodes.push(child);
                 parent_slots.push(slot);
                 topk_indices.push(slot * row_width + ranks[child]);
@@ -226,13 +219,7 @@ fn draft_levels(children: &[Vec<NodeId>], ranks: &[usize], row_width: usize) -> 
         }
         let (mask, mask_cols) = masks.push_level(&parent_slots);
         previous.clone_from(&nodes);
-        levels.push(DraftLevel {
-            nodes,
-            parent_slots,
-            topk_indices,
-            mask,
-            mask_cols,
-        });
+        levels.push(DraftLevel { nodes, parent_slots, topk_indices, mask, mask_cols });
     }
 }
 
@@ -285,10 +272,7 @@ struct Invalid {
 
 impl Invalid {
     fn new(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        Invalid {
-            field: field.into(),
-            msg: msg.into(),
-        }
+        Invalid { field: field.into(), msg: msg.into() }
     }
 }
 
@@ -296,8 +280,7 @@ impl StaticTree {
     /// `paths` lists the draft nodes (the root is implicit); `top_k` is the draft row width.
     pub fn from_paths(paths: Vec<Vec<usize>>, top_k: usize) -> Result<Self> {
         check_row_width("top_k", top_k)?;
-        Self::build(paths, top_k)
-            .map_err(|e| Error::input(format!("static tree: {}: {}", e.field, e.msg)))
+        Self::build(paths, top_k).map_err(|e| Error::input(format!("static tree: {}: {}", e.field, e.msg)))
     }
 
     /// A JSON list of rank paths, e.g. `[[0],[1],[0,0]]`.
@@ -305,11 +288,9 @@ impl StaticTree {
         let path = path.as_ref();
         check_row_width("top_k", top_k)?;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, "paths", format!("malformed JSON: {e}")))?;
-        parse_paths(&value)
-            .and_then(|paths| Self::build(paths, top_k))
-            .map_err(|e| Error::format(path, e.field, e.msg))
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, "paths", format!("malformed JSON: {e}")))?;
+        parse_paths(&value).and_then(|paths| Self::build(paths, top_k)).map_err(|e| Error::format(path, e.field, e.msg))
     }
 
     /// The EAGLE-1 / Clover-2 default: 25 draft nodes, depth 5, top-10 rows.
@@ -351,69 +332,39 @@ impl StaticTree {
         let mut paths = paths;
         paths.push(Vec::new());
         paths.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-        let index: HashMap<&[usize], NodeId> = paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.as_slice(), i))
-            .collect();
-        let parents = paths
-            .iter()
-            .map(|p| p.split_last().map(|(_, pre)| index[pre]))
-            .collect();
-        let ranks = paths
-            .iter()
-            .map(|p| p.last().copied().unwrap_or(0))
-            .collect();
+        let index: HashMap<&[usize], NodeId> = paths.iter().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+        let parents = paths.iter().map(|p| p.split_last().map(|(_, pre)| index[pre])).collect();
+        let ranks = paths.iter().map(|p| p.last().copied().unwrap_or(0)).collect();
         let buffers = TreeBuffers::new(parents, ranks, top_k);
-        Ok(StaticTree {
-            paths,
-            top_k,
-            buffers,
-        })
+        Ok(StaticTree { paths, top_k, buffers })
     }
 }
 
 fn check_row_width(name: &str, width: usize) -> Result<()> {
     if width == 0 || width > MAX_ROW_WIDTH {
-        return Err(Error::input(format!(
-            "{name} must be in 1..={MAX_ROW_WIDTH}, got {width}"
-        )));
+        return Err(Error::input(format!("{name} must be in 1..={MAX_ROW_WIDTH}, got {width}")));
     }
     Ok(())
 }
 
 fn parse_paths(value: &Value) -> Result<Vec<Vec<usize>>, Invalid> {
     let list = value.as_array().ok_or_else(|| {
-        Invalid::new(
-            "paths",
-            format!("expected a list of rank paths such as [[0],[1],[0,0]], got {value}"),
-        )
+        Invalid::new("paths", format!("expected a list of rank paths such as [[0],[1],[0,0]], got {value}"))
     })?;
-    list.iter()
-        .enumerate()
-        .map(|(i, path)| parse_path(i, path))
-        .collect()
+    list.iter().enumerate().map(|(i, path)| parse_path(i, path)).collect()
 }
 
 fn parse_path(i: usize, path: &Value) -> Result<Vec<usize>, Invalid> {
     let ranks = path.as_array().ok_or_else(|| {
-        Invalid::new(
-            format!("paths[{i}]"),
-            format!("expected a list of non-negative integers, got {path}"),
-        )
+        Invalid::new(format!("paths[{i}]"), format!("expected a list of non-negative integers, got {path}"))
     })?;
     ranks
         .iter()
         .enumerate()
         .map(|(j, rank)| {
-            rank.as_u64()
-                .and_then(|r| usize::try_from(r).ok())
-                .ok_or_else(|| {
-                    Invalid::new(
-                        format!("paths[{i}][{j}]"),
-                        format!("expected a non-negative integer rank, got {rank}"),
-                    )
-                })
+            rank.as_u64().and_then(|r| usize::try_from(r).ok()).ok_or_else(|| {
+                Invalid::new(format!("paths[{i}][{j}]"), format!("expected a non-negative integer rank, got {rank}"))
+            })
         })
         .collect()
 }
@@ -427,20 +378,14 @@ fn validate_paths(paths: &[Vec<usize>], top_k: usize) -> Result<(), Invalid> {
     let mut seen = HashSet::new();
     for (i, path) in paths.iter().enumerate() {
         if path.is_empty() {
-            return Err(Invalid::new(
-                format!("paths[{i}]"),
-                "empty path (the root is implicit)",
-            ));
+            return Err(Invalid::new(format!("paths[{i}]"), "empty path (the root is implicit)"));
         }
         if let Some(j) = path.iter().position(|&r| r >= top_k) {
             let msg = format!("rank {} is not below top_k = {top_k}", path[j]);
             return Err(Invalid::new(format!("paths[{i}][{j}]"), msg));
         }
         if !seen.insert(path.as_slice()) {
-            return Err(Invalid::new(
-                format!("paths[{i}]"),
-                format!("duplicate path {path:?}"),
-            ));
+            return Err(Invalid::new(format!("paths[{i}]"), format!("duplicate path {path:?}")));
         }
     }
     for (i, path) in paths.iter().enumerate() {
@@ -521,31 +466,16 @@ impl TreeBuilder {
     }
 
     /// Nodes must come in node order: by depth, then parent, then rank (gaps in rank allowed).
-    pub fn add(
-        &mut self,
-        parent: NodeId,
-        token: u32,
-        rank: usize,
-        draft_prob: f32,
-    ) -> Result<NodeId> {
+    pub fn add(&mut self, parent: NodeId, token: u32, rank: usize, draft_prob: f32) -> Result<NodeId> {
         let Some(&parent_depth) = self.depths.get(parent) else {
-            return Err(Error::input(format!(
-                "tree node parent {parent} does not exist yet"
-            )));
+            return Err(Error::input(format!("tree node parent {parent} does not exist yet")));
         };
         if rank >= self.row_width {
-            let msg = format!(
-                "tree node rank {rank} is not below the row width {}",
-                self.row_width
-            );
+            let msg = format!("tree node rank {rank} is not below the row width {}", self.row_width);
             return Err(Error::input(msg));
         }
         let last = self.parents.len() - 1;
-        let last_key = (
-            self.depths[last],
-            self.parents[last].unwrap_or(0),
-            self.ranks[last],
-        );
+        let last_key = (self.depths[last], self.parents[last].unwrap_or(0), self.ranks[last]);
         if (parent_depth + 1, parent, rank) <= last_key {
             let msg = format!(
                 "tree node (parent {parent}, rank {rank}) added out of breadth-first order \
@@ -606,12 +536,7 @@ pub struct CloverTreeParams {
 impl Default for CloverTreeParams {
     /// Budget and top_p are the reference defaults; ratio and depth follow clover2.md §11.
     fn default() -> Self {
-        CloverTreeParams {
-            budget: 20,
-            top_p: 0.95,
-            ratio: 0.25,
-            max_depth: 5,
-        }
+        CloverTreeParams { budget: 20, top_p: 0.95, ratio: 0.25, max_depth: 5 }
     }
 }
 
@@ -639,22 +564,13 @@ struct CloverCandidate {
 impl CloverTreeExpander {
     /// Ranks index the full-vocabulary descending order, so the row width is `vocab_size`.
     pub fn new(root_token: u32, vocab_size: usize, params: CloverTreeParams) -> Result<Self> {
-        let CloverTreeParams {
-            budget,
-            top_p,
-            ratio,
-            max_depth,
-        } = params;
+        let CloverTreeParams { budget, top_p, ratio, max_depth } = params;
         if budget == 0 || max_depth == 0 {
-            return Err(Error::input(
-                "clover tree: budget and max_depth must be at least 1",
-            ));
+            return Err(Error::input("clover tree: budget and max_depth must be at least 1"));
         }
         let valid_top_p = top_p > 0.0 && top_p <= 1.0;
         if !valid_top_p || !(0.0..=1.0).contains(&ratio) {
-            let msg = format!(
-                "clover tree: need 0 < top_p <= 1 and 0 <= ratio <= 1, got {top_p}, {ratio}"
-            );
+            let msg = format!("clover tree: need 0 < top_p <= 1 and 0 <= ratio <= 1, got {top_p}, {ratio}");
             return Err(Error::input(msg));
         }
         Ok(CloverTreeExpander {
@@ -676,23 +592,12 @@ impl CloverTreeExpander {
     /// `rows[i]` is the draft's full-vocabulary distribution q for the i-th frontier node (the
     /// root first). Returns the nodes to run the next head on; empty once the tree is complete.
     pub fn expand_level<R: AsRef<[f32]>>(&mut self, rows: &[R]) -> Result<Frontier> {
-        check_rows(
-            "clover tree",
-            rows,
-            self.frontier.len(),
-            Some(self.vocab_size),
-        )?;
+        check_rows("clover tree", rows, self.frontier.len(), Some(self.vocab_size))?;
         let mut cands = Vec::new();
         for (slot, (&parent, row)) in self.frontier.iter().zip(rows).enumerate() {
             let top = top_p_candidates(row.as_ref(), self.params.top_p, self.params.ratio);
             for (rank, (token, q)) in top.into_iter().enumerate() {
-                cands.push(CloverCandidate {
-                    slot,
-                    token,
-                    rank,
-                    q,
-                    joint: self.joint[parent] * q,
-                });
+                cands.push(CloverCandidate { slot, token, rank, q, joint: self.joint[parent] * q });
             }
         }
         let kept = best_indices(cands.iter().map(|c| c.joint), self.remaining);
@@ -725,12 +630,8 @@ impl CloverTreeExpander {
 /// ratio first only saves sorting the tail.
 fn top_p_candidates(row: &[f32], top_p: f32, ratio: f32) -> Vec<(u32, f32)> {
     let floor = ratio * row.iter().copied().fold(0.0, f32::max);
-    let mut cands: Vec<(u32, f32)> = row
-        .iter()
-        .enumerate()
-        .filter(|&(_, &q)| q > 0.0 && q >= floor)
-        .map(|(token, &q)| (token as u32, q))
-        .collect();
+    let mut cands: Vec<(u32, f32)> =
+        row.iter().enumerate().filter(|&(_, &q)| q > 0.0 && q >= floor).map(|(token, &q)| (token as u32, q)).collect();
     cands.sort_by(by_descending_prob);
     let mut mass = 0.0f64;
     let reached = cands.iter().position(|&(_, q)| {
@@ -755,10 +656,7 @@ fn top_k_candidates(row: &[f32], k: usize) -> Vec<(u32, f32)> {
             }
         }
     }
-    heap.into_sorted_vec()
-        .into_iter()
-        .map(|Reverse(BestFirst(t, q))| (t, q))
-        .collect()
+    heap.into_sorted_vec().into_iter().map(|Reverse(BestFirst(t, q))| (t, q)).collect()
 }
 
 fn by_descending_prob(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
@@ -795,37 +693,21 @@ fn best_indices(scores: impl Iterator<Item = f32>, k: usize) -> Vec<usize> {
 
 /// Rows come from the caller's draft head: refuse a count, width or value that would silently
 /// build a wrong tree.
-fn check_rows<R: AsRef<[f32]>>(
-    what: &str,
-    rows: &[R],
-    count: usize,
-    width: Option<usize>,
-) -> Result<()> {
+fn check_rows<R: AsRef<[f32]>>(what: &str, rows: &[R], count: usize, width: Option<usize>) -> Result<()> {
     if count == 0 {
-        return Err(Error::input(format!(
-            "{what}: the tree is complete, nothing left to expand"
-        )));
+        return Err(Error::input(format!("{what}: the tree is complete, nothing left to expand")));
     }
     if rows.len() != count {
-        let msg = format!(
-            "{what}: expected {count} probability rows (one per frontier node), got {}",
-            rows.len()
-        );
+        let msg = format!("{what}: expected {count} probability rows (one per frontier node), got {}", rows.len());
         return Err(Error::input(msg));
     }
     for (i, row) in rows.iter().enumerate() {
         let row = row.as_ref();
         if row.is_empty() || row.len() > MAX_ROW_WIDTH || width.is_some_and(|w| w != row.len()) {
-            return Err(Error::input(format!(
-                "{what}: row {i} has {} entries",
-                row.len()
-            )));
+            return Err(Error::input(format!("{what}: row {i} has {} entries", row.len())));
         }
         if let Some(t) = row.iter().position(|q| !q.is_finite() || *q < 0.0) {
-            let msg = format!(
-                "{what}: row {i} holds {} at token {t}; probabilities must be finite and >= 0",
-                row[t]
-            );
+            let msg = format!("{what}: row {i} holds {} at token {t}; probabilities must be finite and >= 0", row[t]);
             return Err(Error::input(msg));
         }
     }
@@ -844,11 +726,7 @@ pub struct Eagle2Params {
 
 impl Default for Eagle2Params {
     fn default() -> Self {
-        Eagle2Params {
-            top_k: 10,
-            max_depth: 6,
-            total_tokens: 60,
-        }
+        Eagle2Params { top_k: 10, max_depth: 6, total_tokens: 60 }
     }
 }
 
@@ -878,25 +756,10 @@ impl Eagle2Expander {
     pub fn new(root_token: u32, params: Eagle2Params) -> Result<Self> {
         check_row_width("eagle-2 top_k", params.top_k)?;
         if params.max_depth == 0 || params.total_tokens == 0 {
-            return Err(Error::input(
-                "eagle-2 tree: max_depth and total_tokens must be at least 1",
-            ));
+            return Err(Error::input("eagle-2 tree: max_depth and total_tokens must be at least 1"));
         }
-        let root = Eagle2Candidate {
-            children: Vec::new(),
-            token: root_token,
-            rank: 0,
-            q: 1.0,
-            score: 0.0,
-            depth: 0,
-        };
-        Ok(Eagle2Expander {
-            params,
-            cands: vec![root],
-            frontier: vec![0],
-            depth: 0,
-            masks: DraftMask::default(),
-        })
+        let root = Eagle2Candidate { children: Vec::new(), token: root_token, rank: 0, q: 1.0, score: 0.0, depth: 0 };
+        Ok(Eagle2Expander { params, cands: vec![root], frontier: vec![0], depth: 0, masks: DraftMask::default() })
     }
 
     pub fn is_done(&self) -> bool {
@@ -910,21 +773,11 @@ impl Eagle2Expander {
         self.depth += 1;
         let mut level = Vec::new();
         for (slot, (&parent, row)) in self.frontier.iter().zip(rows).enumerate() {
-            for (rank, (token, q)) in top_k_candidates(row.as_ref(), self.params.top_k)
-                .into_iter()
-                .enumerate()
-            {
+            for (rank, (token, q)) in top_k_candidates(row.as_ref(), self.params.top_k).into_iter().enumerate() {
                 let id = self.cands.len();
                 let score = self.cands[parent].score + q.ln();
                 self.cands[parent].children.push(id);
-                self.cands.push(Eagle2Candidate {
-                    children: Vec::new(),
-                    token,
-                    rank,
-                    q,
-                    score,
-                    depth: self.depth,
-                });
+                self.cands.push(Eagle2Candidate { children: Vec::new(), token, rank, q, score, depth: self.depth });
                 level.push((id, slot));
             }
         }
@@ -932,17 +785,10 @@ impl Eagle2Expander {
             self.frontier.clear();
             return Ok(Frontier::default());
         }
-        let kept = best_indices(
-            level.iter().map(|&(id, _)| self.cands[id].score),
-            self.params.top_k,
-        );
+        let kept = best_indices(level.iter().map(|&(id, _)| self.cands[id].score), self.params.top_k);
         let mut frontier = Frontier::default();
         self.frontier = kept.iter().map(|&i| level[i].0).collect();
-        frontier.tokens = self
-            .frontier
-            .iter()
-            .map(|&id| self.cands[id].token)
-            .collect();
+        frontier.tokens = self.frontier.iter().map(|&id| self.cands[id].token).collect();
         frontier.parent_slots = kept.iter().map(|&i| level[i].1).collect();
         (frontier.mask, frontier.mask_cols) = self.masks.push_level(&frontier.parent_slots);
         Ok(frontier)
@@ -963,11 +809,7 @@ impl Eagle2Expander {
     }
 
     fn ranked<'a>(&'a self, ids: &'a [usize]) -> impl Iterator<Item = Ranked> + 'a {
-        ids.iter().map(|&id| Ranked {
-            score: self.cands[id].score,
-            depth: self.cands[id].depth,
-            id,
-        })
+        ids.iter().map(|&id| Ranked { score: self.cands[id].score, depth: self.cands[id].depth, id })
     }
 
     /// Breadth-first over kept candidates gives node order; children lists are in rank order.
@@ -996,10 +838,7 @@ impl Eq for Ranked {}
 
 impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then(other.depth.cmp(&self.depth))
-            .then(other.id.cmp(&self.id))
+        self.score.total_cmp(&other.score).then(other.depth.cmp(&self.depth)).then(other.id.cmp(&self.id))
     }
 }
 
@@ -1014,10 +853,7 @@ mod tests {
     use super::*;
 
     fn bits(bytes: &[u8]) -> String {
-        bytes
-            .iter()
-            .map(|&b| if b == 1 { '1' } else { '0' })
-            .collect()
+        bytes.iter().map(|&b| if b == 1 { '1' } else { '0' }).collect()
     }
 
     fn mask_rows(mask: &[u8], width: usize) -> Vec<String> {
@@ -1084,19 +920,12 @@ mod tests {
         assert_eq!(topk, [&[0, 1, 2, 3][..], &[0, 1, 2, 10], &[0], &[0]]);
         let slots: Vec<&[usize]> = levels.iter().map(|l| l.parent_slots.as_slice()).collect();
         assert_eq!(slots, [&[0, 0, 0, 0][..], &[0, 0, 0, 1], &[0], &[0]]);
-        let masks: Vec<Vec<String>> = levels
-            .iter()
-            .map(|l| mask_rows(&l.mask, l.mask_cols))
-            .collect();
+        let masks: Vec<Vec<String>> = levels.iter().map(|l| mask_rows(&l.mask, l.mask_cols)).collect();
         assert_eq!(masks[0], ["1000", "0100", "0010", "0001"]);
         assert_eq!(masks[1], ["10001000", "10000100", "10000010", "01000001"]);
         assert_eq!(masks[2], ["100010001"]);
         assert_eq!(masks[3], ["1000100011"]);
-        let rows: Vec<Option<usize>> = levels[1]
-            .nodes
-            .iter()
-            .map(|&n| tree.buffers().draft_row(n))
-            .collect();
+        let rows: Vec<Option<usize>> = levels[1].nodes.iter().map(|&n| tree.buffers().draft_row(n)).collect();
         assert_eq!(rows, [Some(5), Some(6), Some(7), Some(8)]);
     }
 
@@ -1110,28 +939,12 @@ mod tests {
         assert_eq!(b.retrieve_indices(), [0, 1, -1, 0, 2, 3]);
         assert_eq!(mask_rows(b.mask(), 4), ["1000", "1100", "1010", "1011"]);
         assert_eq!(b.levels().len(), 1);
-        assert_eq!(
-            (
-                b.levels()[0].nodes.as_slice(),
-                b.levels()[0].topk_indices.as_slice()
-            ),
-            (&[2][..], &[1][..])
-        );
+        assert_eq!((b.levels()[0].nodes.as_slice(), b.levels()[0].topk_indices.as_slice()), (&[2][..], &[1][..]));
 
-        let paths = vec![
-            vec![0],
-            vec![1],
-            vec![2],
-            vec![1, 0],
-            vec![2, 0],
-            vec![2, 0, 0],
-        ];
+        let paths = vec![vec![0], vec![1], vec![2], vec![1, 0], vec![2, 0], vec![2, 0, 0]];
         let tree = StaticTree::from_paths(paths, 10).unwrap();
         let b = tree.buffers();
-        assert_eq!(
-            b.parents(),
-            [None, Some(0), Some(0), Some(0), Some(2), Some(3), Some(5)]
-        );
+        assert_eq!(b.parents(), [None, Some(0), Some(0), Some(0), Some(2), Some(3), Some(5)]);
         assert_eq!(b.tree_indices(), [0, 1, 2, 3, 11, 21, 31]);
         let level = &b.levels()[1];
         assert_eq!(level.nodes, [5]);
@@ -1152,16 +965,13 @@ mod tests {
             (vec![vec![0]], 0, "top_k"),
         ];
         for (paths, top_k, expected) in cases {
-            let err = StaticTree::from_paths(paths.clone(), top_k)
-                .unwrap_err()
-                .to_string();
+            let err = StaticTree::from_paths(paths.clone(), top_k).unwrap_err().to_string();
             assert!(err.contains(expected), "{paths:?}: {err}");
         }
     }
 
     fn temp_json(name: &str, text: &str) -> std::path::PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("clover-tree-{}-{name}.json", std::process::id()));
+        let path = std::env::temp_dir().join(format!("clover-tree-{}-{name}.json", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -1170,44 +980,29 @@ mod tests {
     fn json_trees_load_and_malformed_ones_name_the_file() {
         let good = temp_json("good", "[[0], [1], [0, 0]]");
         let tree = StaticTree::from_json_file(&good, 10).unwrap();
-        assert_eq!(
-            tree,
-            StaticTree::from_paths(vec![vec![0], vec![1], vec![0, 0]], 10).unwrap()
-        );
+        assert_eq!(tree, StaticTree::from_paths(vec![vec![0], vec![1], vec![0, 0]], 10).unwrap());
         std::fs::remove_file(&good).unwrap();
 
         let cases = [
             ("syntax", "[[0], [1]", "malformed JSON"),
-            (
-                "object",
-                "{\"paths\": [[0]]}",
-                "expected a list of rank paths",
-            ),
+            ("object", "{\"paths\": [[0]]}", "expected a list of rank paths"),
             ("scalar-path", "[[0], 1]", "paths[1]"),
             ("negative", "[[0], [-1]]", "paths[1][0]"),
             ("fraction", "[[0], [0.5]]", "non-negative integer"),
             ("missing-prefix", "[[0], [1, 0]]", "lacks its prefix"),
-            (
-                "non-contiguous",
-                "[[0], [0, 1]]",
-                "children must be ranks 0..m-1",
-            ),
+            ("non-contiguous", "[[0], [0, 1]]", "children must be ranks 0..m-1"),
             ("too-wide", "[[0], [10]]", "not below top_k"),
             ("empty", "[]", "no draft nodes"),
         ];
         for (name, text, expected) in cases {
             let path = temp_json(name, text);
-            let err = StaticTree::from_json_file(&path, 10)
-                .unwrap_err()
-                .to_string();
+            let err = StaticTree::from_json_file(&path, 10).unwrap_err().to_string();
             std::fs::remove_file(&path).unwrap();
             assert!(err.contains(&path.display().to_string()), "{name}: {err}");
             assert!(err.contains(expected), "{name}: {err}");
         }
         let missing = std::env::temp_dir().join("clover-tree-no-such-file.json");
-        let err = StaticTree::from_json_file(&missing, 10)
-            .unwrap_err()
-            .to_string();
+        let err = StaticTree::from_json_file(&missing, 10).unwrap_err().to_string();
         assert!(err.contains(&missing.display().to_string()), "{err}");
     }
 
@@ -1217,10 +1012,7 @@ mod tests {
         let a = builder.add(0, 11, 0, 0.6).unwrap();
         let b = builder.add(0, 12, 1, 0.3).unwrap();
         assert!(builder.add(0, 13, 1, 0.1).is_err(), "same rank twice");
-        assert!(
-            builder.add(a, 13, 10, 0.1).is_err(),
-            "rank beyond the row width"
-        );
+        assert!(builder.add(a, 13, 10, 0.1).is_err(), "rank beyond the row width");
         assert!(builder.add(9, 13, 0, 0.1).is_err(), "unknown parent");
         builder.add(b, 14, 0, 0.9).unwrap();
         assert!(builder.add(a, 15, 0, 0.5).is_err(), "parent order broken");
@@ -1242,11 +1034,7 @@ mod tests {
         under_a[..4].copy_from_slice(&[0.1, 0.8, 0.05, 0.05]);
         let mut under_b = vec![0.05; 16];
         under_b[..4].copy_from_slice(&[0.0, 0.1, 0.3, 0.0]);
-        let params = CloverTreeParams {
-            budget: 4,
-            top_p: 0.8,
-            ..CloverTreeParams::default()
-        };
+        let params = CloverTreeParams { budget: 4, top_p: 0.8, ..CloverTreeParams::default() };
         let mut expander = CloverTreeExpander::new(99, 16, params).unwrap();
 
         let frontier = expander.expand_level(&[root]).unwrap();
@@ -1260,15 +1048,8 @@ mod tests {
 
         let tree = expander.finish();
         assert_eq!(tree.tokens(), [99, a, b, a1, b1]);
-        assert!(!tree
-            .buffers()
-            .children(0)
-            .iter()
-            .any(|&n| tree.tokens()[n] == c));
-        assert_eq!(
-            tree.buffers().parents(),
-            [None, Some(0), Some(0), Some(1), Some(2)]
-        );
+        assert!(!tree.buffers().children(0).iter().any(|&n| tree.tokens()[n] == c));
+        assert_eq!(tree.buffers().parents(), [None, Some(0), Some(0), Some(1), Some(2)]);
         assert_eq!(tree.buffers().ranks(), [0, 0, 1, 0, 0]);
         assert_eq!(tree.draft_probs(), [1.0, 0.5, 0.3, 0.8, 0.3]);
         assert_eq!(tree.buffers().retrieve_indices(), [0, 1, 3, 0, 2, 4]);
@@ -1276,84 +1057,40 @@ mod tests {
 
     #[test]
     fn clover_tree_stops_at_max_depth_and_refuses_bad_rows() {
-        let params = CloverTreeParams {
-            budget: 10,
-            top_p: 0.5,
-            ratio: 0.25,
-            max_depth: 2,
-        };
+        let params = CloverTreeParams { budget: 10, top_p: 0.5, ratio: 0.25, max_depth: 2 };
         let mut expander = CloverTreeExpander::new(0, 3, params).unwrap();
-        assert!(
-            expander.expand_level(&[vec![0.9, 0.1]]).is_err(),
-            "wrong width"
-        );
-        assert!(
-            expander.expand_level(&[vec![0.9, f32::NAN, 0.0]]).is_err(),
-            "NaN"
-        );
-        assert!(
-            expander
-                .expand_level(&[vec![0.9, 0.1, 0.0], vec![1.0, 0.0, 0.0]])
-                .is_err(),
-            "row count"
-        );
+        assert!(expander.expand_level(&[vec![0.9, 0.1]]).is_err(), "wrong width");
+        assert!(expander.expand_level(&[vec![0.9, f32::NAN, 0.0]]).is_err(), "NaN");
+        assert!(expander.expand_level(&[vec![0.9, 0.1, 0.0], vec![1.0, 0.0, 0.0]]).is_err(), "row count");
         let frontier = expander.expand_level(&[vec![0.2, 0.7, 0.1]]).unwrap();
         assert_eq!(frontier.tokens, [1]);
-        assert!(expander
-            .expand_level(&[vec![0.2, 0.7, 0.1]])
-            .unwrap()
-            .is_empty());
+        assert!(expander.expand_level(&[vec![0.2, 0.7, 0.1]]).unwrap().is_empty());
         let tree = expander.finish();
         assert_eq!(tree.tokens(), [0, 1, 1]);
         assert_eq!(tree.buffers().max_depth(), 2);
-        assert!(CloverTreeExpander::new(
-            0,
-            3,
-            CloverTreeParams {
-                top_p: 0.0,
-                ..params
-            }
-        )
-        .is_err());
+        assert!(CloverTreeExpander::new(0, 3, CloverTreeParams { top_p: 0.0, ..params }).is_err());
     }
 
     #[test]
     fn top_k_matches_a_full_sort_with_ties_to_lower_tokens() {
-        let row: Vec<f32> = (0..1000u32)
-            .map(|t| ((t * 7919) % 97) as f32 / 97.0)
-            .collect();
-        let mut sorted: Vec<(u32, f32)> = row
-            .iter()
-            .enumerate()
-            .map(|(t, &q)| (t as u32, q))
-            .collect();
+        let row: Vec<f32> = (0..1000u32).map(|t| ((t * 7919) % 97) as f32 / 97.0).collect();
+        let mut sorted: Vec<(u32, f32)> = row.iter().enumerate().map(|(t, &q)| (t as u32, q)).collect();
         sorted.sort_by(by_descending_prob);
         assert_eq!(top_k_candidates(&row, 10), sorted[..10]);
-        assert_eq!(
-            top_k_candidates(&[0.25, 0.5, 0.25], 10),
-            [(1, 0.5), (0, 0.25), (2, 0.25)]
-        );
+        assert_eq!(top_k_candidates(&[0.25, 0.5, 0.25], 10), [(1, 0.5), (0, 0.25), (2, 0.25)]);
     }
 
     /// Rows over a 4-token vocabulary with q = 1 children, so that scores tie exactly.
     fn eagle2_tie_tree(total_tokens: usize) -> DynamicTree {
-        let params = Eagle2Params {
-            top_k: 2,
-            max_depth: 3,
-            total_tokens,
-        };
+        let params = Eagle2Params { top_k: 2, max_depth: 3, total_tokens };
         let mut expander = Eagle2Expander::new(9, params).unwrap();
         let level1 = expander.expand_level(&[[0.5, 0.5, 0.0, 0.0]]).unwrap();
         assert_eq!(level1.tokens, [0, 1]);
-        let level2 = expander
-            .expand_level(&[[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-            .unwrap();
+        let level2 = expander.expand_level(&[[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]).unwrap();
         assert_eq!(level2.tokens, [2, 3]);
         assert_eq!(level2.parent_slots, [0, 1]);
         assert_eq!(mask_rows(&level2.mask, level2.mask_cols), ["1010", "0101"]);
-        let level3 = expander
-            .expand_level(&[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
-            .unwrap();
+        let level3 = expander.expand_level(&[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]).unwrap();
         assert!(level3.is_empty() && expander.is_done());
         expander.finish()
     }
@@ -1366,10 +1103,7 @@ mod tests {
 
         let tree = eagle2_tie_tree(6);
         assert_eq!(tree.tokens(), [9, 0, 1, 2, 3, 0]);
-        assert_eq!(
-            tree.buffers().parents(),
-            [None, Some(0), Some(0), Some(1), Some(2), Some(3)]
-        );
+        assert_eq!(tree.buffers().parents(), [None, Some(0), Some(0), Some(1), Some(2), Some(3)]);
         assert_eq!(tree.buffers().row_width(), 2);
 
         let everything = eagle2_tie_tree(100);
@@ -1378,11 +1112,7 @@ mod tests {
 
     #[test]
     fn eagle2_rerank_keeps_a_connected_tree_when_a_child_outscores_its_parent() {
-        let params = Eagle2Params {
-            top_k: 2,
-            max_depth: 2,
-            total_tokens: 3,
-        };
+        let params = Eagle2Params { top_k: 2, max_depth: 2, total_tokens: 3 };
         let mut expander = Eagle2Expander::new(9, params).unwrap();
         expander.expand_level(&[[0.6, 0.4]]).unwrap();
         // A softmax can round to just above 1, lifting the child of the weaker root child above it.

@@ -46,16 +46,10 @@ pub struct SampledDrafts<'a> {
 
 /// eagle.md §10: the longest leading run of drafts equal to the base argmax of their parent; ties
 /// and a = 0 go to the first row. `tokens_ext` ends with −1 so padding never matches.
-pub fn verify_greedy(
-    retrieve: &[Vec<i64>],
-    tokens_ext: &[i64],
-    base_argmax_per_node: &[usize],
-) -> Accepted {
+pub fn verify_greedy(retrieve: &[Vec<i64>], tokens_ext: &[i64], base_argmax_per_node: &[usize]) -> Accepted {
     let matched = |row: &[i64]| {
         row.windows(2)
-            .take_while(|w| {
-                w[1] >= 0 && tokens_ext[w[1] as usize] == base_argmax_per_node[w[0] as usize] as i64
-            })
+            .take_while(|w| w[1] >= 0 && tokens_ext[w[1] as usize] == base_argmax_per_node[w[0] as usize] as i64)
             .count()
     };
     let (mut best_row, mut a) = (0, 0);
@@ -65,17 +59,9 @@ pub fn verify_greedy(
             (best_row, a) = (r, acc);
         }
     }
-    let path_nodes: Vec<usize> = retrieve[best_row][..=a]
-        .iter()
-        .map(|&n| n as usize)
-        .collect();
+    let path_nodes: Vec<usize> = retrieve[best_row][..=a].iter().map(|&n| n as usize).collect();
     let next_root = base_argmax_per_node[path_nodes[a]] as i64;
-    Accepted {
-        best_row,
-        accepted_drafts: a,
-        path_nodes,
-        next_root,
-    }
+    Accepted { best_row, accepted_drafts: a, path_nodes, next_root }
 }
 
 /// eagle.md §11.2, multi-round rejection sampling for the static tree, whose drafts were drawn
@@ -165,19 +151,10 @@ fn walk(
 }
 
 fn accepted(retrieve: &[Vec<i64>], path_nodes: Vec<usize>, next_root: i64) -> Accepted {
-    let starts_with_path = |row: &Vec<i64>| {
-        row.len() >= path_nodes.len() && path_nodes.iter().zip(row).all(|(&n, &r)| r == n as i64)
-    };
-    let best_row = retrieve
-        .iter()
-        .position(starts_with_path)
-        .expect("every tree node lies on a retrieve row");
-    Accepted {
-        best_row,
-        accepted_drafts: path_nodes.len() - 1,
-        path_nodes,
-        next_root,
-    }
+    let starts_with_path =
+        |row: &Vec<i64>| row.len() >= path_nodes.len() && path_nodes.iter().zip(row).all(|(&n, &r)| r == n as i64);
+    let best_row = retrieve.iter().position(starts_with_path).expect("every tree node lies on a retrieve row");
+    Accepted { best_row, accepted_drafts: path_nodes.len() - 1, path_nodes, next_root }
 }
 
 /// q with the given tokens removed, renormalised.
@@ -239,20 +216,14 @@ mod tests {
     #[test]
     fn greedy_no_match_takes_row_zero() {
         let a = greedy_case(&[]);
-        assert_eq!(
-            (a.best_row, a.accepted_drafts, a.path_nodes, a.next_root),
-            (0, 0, vec![0], 7)
-        );
+        assert_eq!((a.best_row, a.accepted_drafts, a.path_nodes, a.next_root), (0, 0, vec![0], 7));
     }
 
     #[test]
     fn greedy_ties_take_the_first_row() {
         // Rows 0–5 all match [0, 1, 5]; rows 6–7 match [0, 1, 6].
         let a = greedy_case(&[0, 1, 5]);
-        assert_eq!(
-            (a.best_row, a.accepted_drafts, a.path_nodes, a.next_root),
-            (0, 2, vec![0, 1, 5], 7)
-        );
+        assert_eq!((a.best_row, a.accepted_drafts, a.path_nodes, a.next_root), (0, 2, vec![0, 1, 5], 7));
         let a = greedy_case(&[0, 1, 6]);
         assert_eq!((a.best_row, a.path_nodes), (6, vec![0, 1, 6]));
     }
@@ -280,13 +251,9 @@ mod tests {
 
     /// Next-token logits of a made-up model: a fixed pseudo-random function of the prefix.
     fn toy_logits(prefix: &[usize], salt: u64) -> Vec<f32> {
-        let seed = prefix.iter().fold(salt, |h, &t| {
-            h.wrapping_mul(0x1000_0000_01B3) ^ (t as u64 + 1)
-        });
+        let seed = prefix.iter().fold(salt, |h, &t| h.wrapping_mul(0x1000_0000_01B3) ^ (t as u64 + 1));
         let mut rng = Rng::new(seed);
-        (0..VOCAB)
-            .map(|_| 4.0 * rng.uniform() as f32 - 2.0)
-            .collect()
+        (0..VOCAB).map(|_| 4.0 * rng.uniform() as f32 - 2.0).collect()
     }
 
     fn base_logits(prefix: &[usize]) -> Vec<f32> {
@@ -296,11 +263,7 @@ mod tests {
     /// Correlated with the base, as a trained drafter is, but different.
     fn draft_logits(prefix: &[usize]) -> Vec<f32> {
         let noise = toy_logits(prefix, 2);
-        base_logits(prefix)
-            .iter()
-            .zip(noise)
-            .map(|(b, n)| 0.5 * b + n)
-            .collect()
+        base_logits(prefix).iter().zip(noise).map(|(b, n)| 0.5 * b + n).collect()
     }
 
     /// Root with ranks 0..3, [0] with ranks 0..2, [0, 0] with one child: contiguous ranks, leaves at
@@ -326,11 +289,7 @@ mod tests {
 
     impl Drafted {
         fn tree(&self) -> Tree<'_> {
-            Tree {
-                tokens: &self.tokens,
-                children: &self.children,
-                retrieve: &self.retrieve,
-            }
+            Tree { tokens: &self.tokens, children: &self.children, retrieve: &self.retrieve }
         }
 
         fn base_rows(&self) -> Vec<Vec<f32>> {
@@ -358,17 +317,13 @@ mod tests {
             let draws = if sampled {
                 sample_without_replacement(&q, fan, rng)
             } else {
-                top_k_indices(&logits, fan)
-                    .into_iter()
-                    .map(|x| (x, 1.0))
-                    .collect()
+                top_k_indices(&logits, fan).into_iter().map(|x| (x, 1.0)).collect()
             };
             for (rank, (x, q_tilde)) in draws.into_iter().enumerate() {
                 d.children[node].push(d.tokens.len());
                 d.tokens.push(x as i64);
                 d.children.push(Vec::new());
-                d.prefixes
-                    .push([d.prefixes[node].as_slice(), &[x]].concat());
+                d.prefixes.push([d.prefixes[node].as_slice(), &[x]].concat());
                 d.q_tilde.push(q_tilde);
                 ranks.push([ranks[node].as_slice(), &[rank]].concat());
                 parent.push(node);
@@ -405,19 +360,12 @@ mod tests {
         let rows = d.base_rows();
         let rows: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
         let q: Vec<&[f32]> = d.q.iter().map(|r| r.as_slice()).collect();
-        let drafts = SampledDrafts {
-            q: &q,
-            q_tilde: &d.q_tilde,
-        };
+        let drafts = SampledDrafts { q: &q, q_tilde: &d.q_tilde };
         match rule {
             Rule::Sampled => verify_sampled_drafts(&d.tree(), &drafts, &rows, params, rng),
             Rule::Deterministic => verify_deterministic_drafts(&d.tree(), &rows, params, rng),
             Rule::RawBonus { sampled } => {
-                let correct = if sampled {
-                    Rule::Sampled
-                } else {
-                    Rule::Deterministic
-                };
+                let correct = if sampled { Rule::Sampled } else { Rule::Deterministic };
                 let mut a = verify(correct, d, params, rng);
                 let last = a.path_nodes[a.accepted_drafts];
                 if d.children[last].is_empty() {
@@ -433,10 +381,7 @@ mod tests {
                         q_tilde[c] = d.q[node][d.tokens[c] as usize];
                     }
                 }
-                let drafts = SampledDrafts {
-                    q: &q,
-                    q_tilde: &q_tilde,
-                };
+                let drafts = SampledDrafts { q: &q, q_tilde: &q_tilde };
                 verify_sampled_drafts(&d.tree(), &drafts, &rows, params, rng)
             }
             Rule::AcceptAlways => {
@@ -444,10 +389,7 @@ mod tests {
                 while let Some(&c) = d.children[path_nodes[path_nodes.len() - 1]].first() {
                     path_nodes.push(c);
                 }
-                let bonus = sample(
-                    &process(rows[path_nodes[path_nodes.len() - 1]], params),
-                    rng,
-                );
+                let bonus = sample(&process(rows[path_nodes[path_nodes.len() - 1]], params), rng);
                 accepted(&d.retrieve, path_nodes, bonus as i64)
             }
         }
@@ -456,17 +398,13 @@ mod tests {
     /// Counts of the first WINDOW tokens committed after the root, one cell per sequence; a step
     /// that commits fewer is continued by sampling the base model.
     fn simulate(rule: Rule, params: &SamplingParams, seed: u64) -> Vec<usize> {
-        let sampled = !matches!(
-            rule,
-            Rule::Deterministic | Rule::RawBonus { sampled: false }
-        );
+        let sampled = !matches!(rule, Rule::Deterministic | Rule::RawBonus { sampled: false });
         let mut rng = Rng::new(seed);
         let mut counts = vec![0; VOCAB.pow(WINDOW as u32)];
         for _ in 0..RUNS {
             let d = draft(params, sampled, &mut rng);
             let a = verify(rule, &d, params, &mut rng);
-            assert!(d.retrieve[a.best_row]
-                .starts_with(&a.path_nodes.iter().map(|&n| n as i64).collect::<Vec<_>>()));
+            assert!(d.retrieve[a.best_row].starts_with(&a.path_nodes.iter().map(|&n| n as i64).collect::<Vec<_>>()));
             let mut seq = vec![ROOT];
             seq.extend(a.path_nodes[1..].iter().map(|&n| d.tokens[n] as usize));
             seq.push(a.next_root as usize);
@@ -539,21 +477,14 @@ mod tests {
     }
 
     fn t07_top_p09() -> SamplingParams {
-        SamplingParams {
-            temperature: 0.7,
-            top_k: 0,
-            top_p: 0.9,
-        }
+        SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9 }
     }
 
     #[test]
     fn chi_square_critical_values() {
         // Tables: 16.27 (3), 29.59 (10), 59.70 (30), 86.66 (50).
         for (df, table) in [(3, 16.27), (10, 29.59), (30, 59.70), (50, 86.66)] {
-            assert!(
-                (chi_square_critical_001(df) / table - 1.0).abs() < 0.02,
-                "df {df}"
-            );
+            assert!((chi_square_critical_001(df) / table - 1.0).abs() < 0.02, "df {df}");
         }
     }
 
@@ -561,33 +492,18 @@ mod tests {
     fn static_tree_sampler_is_lossless() {
         assert!(matches_base(Rule::Sampled, &t1(), 1));
         assert!(matches_base(Rule::Sampled, &t07_top_p09(), 2));
-        assert!(
-            !matches_base(Rule::SampledUnconditionalQ, &t1(), 3),
-            "control not detected"
-        );
-        assert!(
-            !matches_base(Rule::RawBonus { sampled: true }, &t07_top_p09(), 4),
-            "control not detected"
-        );
+        assert!(!matches_base(Rule::SampledUnconditionalQ, &t1(), 3), "control not detected");
+        assert!(!matches_base(Rule::RawBonus { sampled: true }, &t07_top_p09(), 4), "control not detected");
         // Without top-p the bug cannot show up as impossible tokens; the χ² itself must catch it.
         let t07 = SamplingParams::with_temperature(0.7);
-        assert!(
-            !matches_base(Rule::RawBonus { sampled: true }, &t07, 9),
-            "control not detected"
-        );
+        assert!(!matches_base(Rule::RawBonus { sampled: true }, &t07, 9), "control not detected");
     }
 
     #[test]
     fn deterministic_sampler_is_lossless() {
         assert!(matches_base(Rule::Deterministic, &t1(), 5));
         assert!(matches_base(Rule::Deterministic, &t07_top_p09(), 6));
-        assert!(
-            !matches_base(Rule::AcceptAlways, &t1(), 7),
-            "control not detected"
-        );
-        assert!(
-            !matches_base(Rule::RawBonus { sampled: false }, &t07_top_p09(), 8),
-            "control not detected"
-        );
+        assert!(!matches_base(Rule::AcceptAlways, &t1(), 7), "control not detected");
+        assert!(!matches_base(Rule::RawBonus { sampled: false }, &t07_top_p09(), 8), "control not detected");
     }
 }

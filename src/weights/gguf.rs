@@ -127,10 +127,7 @@ impl GgufTensorInfo {
 
     fn n_bytes(&self) -> Option<u64> {
         let (values, bytes) = self.ggml_type.block();
-        let n = self
-            .dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
+        let n = self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
         (n / values as u64).checked_mul(bytes as u64)
     }
 }
@@ -186,10 +183,7 @@ impl GgufFile {
             )
         };
         let n_bytes = info.n_bytes().ok_or_else(out_of_file)?;
-        let start = self
-            .data_start
-            .checked_add(info.offset)
-            .ok_or_else(out_of_file)?;
+        let start = self.data_start.checked_add(info.offset).ok_or_else(out_of_file)?;
         let end = start.checked_add(n_bytes).ok_or_else(out_of_file)?;
         let (start, end) = (usize::try_from(start), usize::try_from(end));
         match (start, end) {
@@ -203,24 +197,16 @@ impl GgufFile {
     }
 
     pub fn value(&self, key: &str) -> Result<&GgufValue> {
-        self.metadata
-            .get(key)
-            .ok_or_else(|| Error::format(&self.path, key, "missing metadata key"))
+        self.metadata.get(key).ok_or_else(|| Error::format(&self.path, key, "missing metadata key"))
     }
 
     fn wrong_type(&self, key: &str, want: &str, found: &GgufValue) -> Error {
-        Error::format(
-            &self.path,
-            key,
-            format!("expected {want}, found {}", found.type_name()),
-        )
+        Error::format(&self.path, key, format!("expected {want}, found {}", found.type_name()))
     }
 
     pub fn get_u32(&self, key: &str) -> Result<u32> {
         let v = self.value(key)?;
-        v.as_integer()
-            .and_then(|i| u32::try_from(i).ok())
-            .ok_or_else(|| self.wrong_type(key, "u32", v))
+        v.as_integer().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| self.wrong_type(key, "u32", v))
     }
 
     pub fn get_f32(&self, key: &str) -> Result<f32> {
@@ -278,15 +264,9 @@ impl GgufFile {
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     match ty {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        GgmlType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         GgmlType::F16 => bytes.chunks_exact(2).map(|b| f16_at(b, 0)).collect(),
-        GgmlType::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        GgmlType::Bf16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         GgmlType::Q8_0 => bytes
             .chunks_exact(34)
             .flat_map(|b| {
@@ -324,25 +304,13 @@ struct Header {
 }
 
 fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        path,
-    };
+    let mut r = Reader { bytes, pos: 0, path };
     if r.take(4, "magic")? != MAGIC {
-        return Err(Error::format(
-            path,
-            "magic",
-            "not a GGUF file (missing `GGUF` magic)",
-        ));
+        return Err(Error::format(path, "magic", "not a GGUF file (missing `GGUF` magic)"));
     }
     let version = r.u32("version")?;
     if !(2..=3).contains(&version) {
-        return Err(Error::format(
-            path,
-            "version",
-            format!("unsupported GGUF version {version} (2 and 3 are)"),
-        ));
+        return Err(Error::format(path, "version", format!("unsupported GGUF version {version} (2 and 3 are)")));
     }
     let tensor_count = r.count("tensor_count")?;
     let kv_count = r.count("metadata_kv_count")?;
@@ -353,17 +321,10 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         let value = r.value(ty, &key, 0)?;
         metadata.insert(key, value);
     }
-    let tensors = (0..tensor_count)
-        .map(|i| r.tensor_info(i))
-        .collect::<Result<Vec<_>>>()?;
+    let tensors = (0..tensor_count).map(|i| r.tensor_info(i)).collect::<Result<Vec<_>>>()?;
     let alignment = alignment(path, &metadata)?;
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-    Ok(Header {
-        version,
-        metadata,
-        tensors,
-        data_start,
-    })
+    Ok(Header { version, metadata, tensors, data_start })
 }
 
 fn alignment(path: &Path, metadata: &BTreeMap<String, GgufValue>) -> Result<u64> {
@@ -373,11 +334,7 @@ fn alignment(path: &Path, metadata: &BTreeMap<String, GgufValue>) -> Result<u64>
     };
     match value.as_integer().and_then(|a| u64::try_from(a).ok()) {
         Some(a) if a.is_power_of_two() => Ok(a),
-        _ => Err(Error::format(
-            path,
-            KEY,
-            format!("must be a power of two, found {value:?}"),
-        )),
+        _ => Err(Error::format(path, KEY, format!("must be a power of two, found {value:?}"))),
     }
 }
 
@@ -395,10 +352,7 @@ impl<'a> Reader<'a> {
             return Err(Error::format(
                 self.path,
                 field,
-                format!(
-                    "file ends at byte {} but {n} more bytes are needed: truncated file?",
-                    self.bytes.len()
-                ),
+                format!("file ends at byte {} but {n} more bytes are needed: truncated file?", self.bytes.len()),
             ));
         }
         let out = &self.bytes[self.pos..self.pos + n];
@@ -457,13 +411,7 @@ impl<'a> Reader<'a> {
             10 => GgufValue::U64(self.u64(field)?),
             11 => GgufValue::I64(i64::from_le_bytes(self.array(field)?)),
             12 => GgufValue::F64(f64::from_le_bytes(self.array(field)?)),
-            _ => {
-                return Err(Error::format(
-                    self.path,
-                    field,
-                    format!("unknown metadata value type {ty}"),
-                ))
-            }
+            _ => return Err(Error::format(self.path, field, format!("unknown metadata value type {ty}"))),
         })
     }
 
@@ -471,11 +419,7 @@ impl<'a> Reader<'a> {
         match self.array::<1>(field)?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            b => Err(Error::format(
-                self.path,
-                field,
-                format!("bool byte must be 0 or 1, found {b}"),
-            )),
+            b => Err(Error::format(self.path, field, format!("bool byte must be 0 or 1, found {b}"))),
         }
     }
 
@@ -492,32 +436,19 @@ impl<'a> Reader<'a> {
         let name = self.string(&format!("tensor info #{index}"))?;
         let n_dims = self.u32(&name)?;
         if !(1..=MAX_DIMS).contains(&n_dims) {
-            return Err(Error::format(
-                self.path,
-                &name,
-                format!("{n_dims} dimensions (1 to {MAX_DIMS} supported)"),
-            ));
+            return Err(Error::format(self.path, &name, format!("{n_dims} dimensions (1 to {MAX_DIMS} supported)")));
         }
-        let dims = (0..n_dims)
-            .map(|_| self.u64(&name))
-            .collect::<Result<Vec<_>>>()?;
+        let dims = (0..n_dims).map(|_| self.u64(&name)).collect::<Result<Vec<_>>>()?;
         let type_id = self.u32(&name)?;
         let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
             Error::format(
                 self.path,
                 &name,
-                format!(
-                    "unsupported tensor type id {type_id} (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)"
-                ),
+                format!("unsupported tensor type id {type_id} (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)"),
             )
         })?;
         let offset = self.u64(&name)?;
-        let info = GgufTensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset,
-        };
+        let info = GgufTensorInfo { name, dims, ggml_type, offset };
         self.check_shape(&info)?;
         Ok(info)
     }
@@ -525,20 +456,13 @@ impl<'a> Reader<'a> {
     fn check_shape(&self, info: &GgufTensorInfo) -> Result<()> {
         let (block, _) = info.ggml_type.block();
         if info.n_bytes().is_none() {
-            return Err(Error::format(
-                self.path,
-                &info.name,
-                format!("dims {:?} overflow", info.dims),
-            ));
+            return Err(Error::format(self.path, &info.name, format!("dims {:?} overflow", info.dims)));
         }
         if !info.dims[0].is_multiple_of(block as u64) {
             return Err(Error::format(
                 self.path,
                 &info.name,
-                format!(
-                    "row length {} is not a multiple of the {:?} block size {block}",
-                    info.dims[0], info.ggml_type
-                ),
+                format!("row length {} is not a multiple of the {:?} block size {block}", info.dims[0], info.ggml_type),
             ));
         }
         Ok(())
@@ -575,29 +499,13 @@ pub(crate) mod test_writer {
             self
         }
 
-        pub fn tensor(
-            &mut self,
-            name: &str,
-            dims: &[u64],
-            type_id: u32,
-            data: Vec<u8>,
-        ) -> &mut Self {
-            self.tensors.push(TestTensor {
-                name: name.into(),
-                dims: dims.to_vec(),
-                type_id,
-                data,
-            });
+        pub fn tensor(&mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> &mut Self {
+            self.tensors.push(TestTensor { name: name.into(), dims: dims.to_vec(), type_id, data });
             self
         }
 
         pub fn f32_tensor(&mut self, name: &str, dims: &[u64], values: &[f32]) -> &mut Self {
-            self.tensor(
-                name,
-                dims,
-                0,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
+            self.tensor(name, dims, 0, values.iter().flat_map(|v| v.to_le_bytes()).collect())
         }
 
         pub fn build(&self) -> Vec<u8> {
@@ -674,12 +582,7 @@ pub(crate) mod test_writer {
     }
 
     pub fn strings(items: &[&str]) -> GgufValue {
-        GgufValue::Array(
-            items
-                .iter()
-                .map(|s| GgufValue::String(s.to_string()))
-                .collect(),
-        )
+        GgufValue::Array(items.iter().map(|s| GgufValue::String(s.to_string())).collect())
     }
 
     /// A fresh, empty scratch folder per test.
@@ -735,21 +638,14 @@ mod tests {
             .kv("test.f32", GgufValue::F32(1.5))
             .kv("test.u64", GgufValue::U64(7))
             .kv("test.tokens", strings(&["a", "b c", "ü"]))
-            .kv(
-                "test.types",
-                GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(-3)]),
-            )
+            .kv("test.types", GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(-3)]))
             .f32_tensor("f32", &[2], &[1.25, -3.0])
             .tensor("f16", &[2], 1, [f16_bytes(0.5), f16_bytes(-2.0)].concat())
             .tensor(
                 "bf16",
                 &[2],
                 30,
-                [
-                    bf16::from_f32(3.0).to_le_bytes(),
-                    bf16::from_f32(-0.125).to_le_bytes(),
-                ]
-                .concat(),
+                [bf16::from_f32(3.0).to_le_bytes(), bf16::from_f32(-0.125).to_le_bytes()].concat(),
             )
             .tensor("q8_0", &[32], 8, q8_0_block())
             .tensor("q4_0", &[32], 2, q4_0_block())
@@ -758,8 +654,7 @@ mod tests {
     }
 
     fn dequant(g: &GgufFile, name: &str) -> Vec<f32> {
-        g.tensor_to_f32(g.tensor(name).expect("tensor present"))
-            .expect("dequantize")
+        g.tensor_to_f32(g.tensor(name).expect("tensor present")).expect("dequantize")
     }
 
     #[test]
@@ -772,25 +667,16 @@ mod tests {
         assert_eq!(dequant(&g, "bf16"), [3.0, -0.125]);
 
         let q8 = dequant(&g, "q8_0");
-        assert_eq!(
-            (q8.len(), q8[0], q8[1], q8[16], q8[31]),
-            (32, -8.0, -7.5, 0.0, 7.5)
-        );
+        assert_eq!((q8.len(), q8[0], q8[1], q8[16], q8[31]), (32, -8.0, -7.5, 0.0, 7.5));
 
         // x[j] = 2·(j − 8), x[j+16] = 2·((15 − j) − 8)
         let q4 = dequant(&g, "q4_0");
-        assert_eq!(
-            (q4.len(), q4[0], q4[3], q4[15], q4[16], q4[31]),
-            (32, -16.0, -10.0, 14.0, 14.0, -16.0)
-        );
+        assert_eq!((q4.len(), q4[0], q4[3], q4[15], q4[16], q4[31]), (32, -16.0, -10.0, 14.0, 14.0, -16.0));
 
         // x[j] = 0.5·j − 1, x[j+16] = 0.5·(15 − j) − 1, for both blocks
         let q41 = dequant(&g, "q4_1");
         assert_eq!(q41.len(), 64);
-        assert_eq!(
-            (q41[0], q41[5], q41[15], q41[16], q41[31]),
-            (-1.0, 1.5, 6.5, 6.5, -1.0)
-        );
+        assert_eq!((q41[0], q41[5], q41[15], q41[16], q41[31]), (-1.0, 1.5, 6.5, 6.5, -1.0));
         assert_eq!(q41[32..], q41[..32]);
     }
 
@@ -803,15 +689,9 @@ mod tests {
         assert_eq!(g.get_str_array("test.tokens").unwrap(), ["a", "b c", "ü"]);
         assert_eq!(g.get_i32_array("test.types").unwrap(), [1, -3]);
         let missing = g.get_u32("llama.block_count").unwrap_err().to_string();
-        assert!(
-            missing.contains("llama.block_count") && missing.contains("missing"),
-            "{missing}"
-        );
+        assert!(missing.contains("llama.block_count") && missing.contains("missing"), "{missing}");
         let wrong = g.get_u32("general.architecture").unwrap_err().to_string();
-        assert!(
-            wrong.contains("general.architecture") && wrong.contains("string"),
-            "{wrong}"
-        );
+        assert!(wrong.contains("general.architecture") && wrong.contains("string"), "{wrong}");
         assert!(g.get_str_array("test.types").is_err());
     }
 
@@ -819,14 +699,8 @@ mod tests {
     fn unknown_type_id_names_tensor_and_id() {
         let mut b = GgufBuilder::default();
         b.tensor("blk.0.attn_q.weight", &[256], 12, vec![0; 144]);
-        let err = open_bytes("unknown_type", &b.build())
-            .err()
-            .expect("must fail")
-            .to_string();
-        assert!(
-            err.contains("blk.0.attn_q.weight") && err.contains("12"),
-            "{err}"
-        );
+        let err = open_bytes("unknown_type", &b.build()).err().expect("must fail").to_string();
+        assert!(err.contains("blk.0.attn_q.weight") && err.contains("12"), "{err}");
     }
 
     #[test]
@@ -834,19 +708,10 @@ mod tests {
         let full = all_types_file();
         assert!(open_bytes("truncated", &full).is_ok());
         for len in 0..full.len() {
-            assert!(
-                open_bytes("truncated", &full[..len]).is_err(),
-                "prefix of {len} bytes opened"
-            );
+            assert!(open_bytes("truncated", &full[..len]).is_err(), "prefix of {len} bytes opened");
         }
-        let err = open_bytes("truncated", &full[..full.len() - 1])
-            .err()
-            .expect("must fail")
-            .to_string();
-        assert!(
-            err.contains("q4_1") && err.contains("beyond the end"),
-            "{err}"
-        );
+        let err = open_bytes("truncated", &full[..full.len() - 1]).err().expect("must fail").to_string();
+        assert!(err.contains("q4_1") && err.contains("beyond the end"), "{err}");
     }
 
     #[test]
@@ -860,10 +725,7 @@ mod tests {
 
         let mut b = GgufBuilder::default();
         b.tensor("q8", &[16, 2], 8, vec![0; 34]);
-        let err = open_bytes("misfit", &b.build())
-            .err()
-            .expect("row of 16 in Q8_0")
-            .to_string();
+        let err = open_bytes("misfit", &b.build()).err().expect("row of 16 in Q8_0").to_string();
         assert!(err.contains("q8") && err.contains("block size"), "{err}");
     }
 }

@@ -66,34 +66,16 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: ImportDType) -> Result<Im
     let staging = Staging::new(out_dir)?;
     let dir = &staging.dir;
     let mut bytes = write_safetensors(&file, &plan, dtype, &dir.join("model.safetensors"))?;
-    bytes += write_json(
-        &dir.join("config.json"),
-        &config_json(&hp, &tok, tied, dtype),
-    )?;
+    bytes += write_json(&dir.join("config.json"), &config_json(&hp, &tok, tied, dtype))?;
     bytes += write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json())?;
-    bytes += write_json(
-        &dir.join("tokenizer_config.json"),
-        &tok.tokenizer_config(hp.n_ctx),
-    )?;
-    bytes += write_json(
-        &dir.join("generation_config.json"),
-        &tok.generation_config(),
-    )?;
+    bytes += write_json(&dir.join("tokenizer_config.json"), &tok.tokenizer_config(hp.n_ctx))?;
+    bytes += write_json(&dir.join("generation_config.json"), &tok.generation_config())?;
     staging.commit()?;
-    Ok(ImportSummary {
-        model_type: hp.arch.name(),
-        tensors: plan.len(),
-        bytes_written: bytes,
-        tied_embeddings: tied,
-    })
+    Ok(ImportSummary { model_type: hp.arch.name(), tensors: plan.len(), bytes_written: bytes, tied_embeddings: tied })
 }
 
 /// `Ok(None)` when the key is absent; a present key of the wrong type is still an error.
-fn optional<'a, T>(
-    g: &'a GgufFile,
-    key: &str,
-    get: impl Fn(&'a GgufFile, &str) -> Result<T>,
-) -> Result<Option<T>> {
+fn optional<'a, T>(g: &'a GgufFile, key: &str, get: impl Fn(&'a GgufFile, &str) -> Result<T>) -> Result<Option<T>> {
     if g.metadata.contains_key(key) {
         get(g, key).map(Some)
     } else {
@@ -163,15 +145,10 @@ impl HParams {
             0 => Err(Error::format(&g.path, k, "must be > 0")),
             v => Ok(v),
         };
-        let n_head = nonzero(
-            key("attention.head_count"),
-            g.get_u32(&key("attention.head_count"))?,
-        )?;
-        let n_head_kv =
-            optional(g, &key("attention.head_count_kv"), GgufFile::get_u32)?.unwrap_or(n_head);
-        let n_tokens = u32::try_from(n_tokens).map_err(|_| {
-            Error::format(&g.path, "tokenizer.ggml.tokens", "more than 2^32 tokens")
-        })?;
+        let n_head = nonzero(key("attention.head_count"), g.get_u32(&key("attention.head_count"))?)?;
+        let n_head_kv = optional(g, &key("attention.head_count_kv"), GgufFile::get_u32)?.unwrap_or(n_head);
+        let n_tokens = u32::try_from(n_tokens)
+            .map_err(|_| Error::format(&g.path, "tokenizer.ggml.tokens", "more than 2^32 tokens"))?;
         Ok(HParams {
             arch,
             n_layer: g.get_u32(&key("block_count"))?,
@@ -282,39 +259,22 @@ struct PlannedTensor<'a> {
 fn plan_tensors<'a>(g: &'a GgufFile, hp: &HParams) -> Result<BTreeMap<String, PlannedTensor<'a>>> {
     let mut plan = BTreeMap::new();
     for info in &g.tensors {
-        let name = hf_name(&info.name).ok_or_else(|| {
-            Error::format(
-                &g.path,
-                &info.name,
-                "tensor has no HF llama/qwen2 equivalent",
-            )
-        })?;
+        let name = hf_name(&info.name)
+            .ok_or_else(|| Error::format(&g.path, &info.name, "tensor has no HF llama/qwen2 equivalent"))?;
         let unpermute = match permuted_heads(hp, &info.name) {
             Some(n_head) => Some(unpermute_params(g, info, n_head)?),
             None => None,
         };
-        let planned = PlannedTensor {
-            info,
-            shape: info.dims.iter().rev().copied().collect(),
-            unpermute,
-        };
+        let planned = PlannedTensor { info, shape: info.dims.iter().rev().copied().collect(), unpermute };
         if plan.insert(name.clone(), planned).is_some() {
-            return Err(Error::format(
-                &g.path,
-                &info.name,
-                format!("second tensor mapping to `{name}`"),
-            ));
+            return Err(Error::format(&g.path, &info.name, format!("second tensor mapping to `{name}`")));
         }
     }
     Ok(plan)
 }
 
 fn unpermute_params(g: &GgufFile, info: &GgufTensorInfo, n_head: u32) -> Result<(usize, usize)> {
-    let row_len = if info.dims.len() == 1 {
-        1
-    } else {
-        info.dims[0]
-    };
+    let row_len = if info.dims.len() == 1 { 1 } else { info.dims[0] };
     let rows = info.n_elements().checked_div(row_len).unwrap_or(0);
     if rows == 0 || rows % (2 * u64::from(n_head)) != 0 {
         return Err(Error::format(
@@ -324,10 +284,7 @@ fn unpermute_params(g: &GgufFile, info: &GgufTensorInfo, n_head: u32) -> Result<
         ));
     }
     let too_big = || Error::format(&g.path, &info.name, "tensor too large for this machine");
-    Ok((
-        n_head as usize,
-        usize::try_from(row_len).map_err(|_| too_big())?,
-    ))
+    Ok((n_head as usize, usize::try_from(row_len).map_err(|_| too_big())?))
 }
 
 /// Undoes llama.cpp's Q/K row permutation: per head, GGUF row `2j + i` holds HF row
@@ -357,8 +314,7 @@ fn write_safetensors(
     let io_err = |e: io::Error| Error::io(path, e);
     let header = safetensors_header(plan, dtype);
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io_err)?);
-    w.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(io_err)?;
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io_err)?;
     w.write_all(&header).map_err(io_err)?;
     let mut written = 8 + header.len() as u64;
     for t in plan.values() {
@@ -396,9 +352,7 @@ fn write_values(w: &mut impl Write, values: &[f32], dtype: ImportDType) -> io::R
     for chunk in values.chunks(CHUNK) {
         buf.clear();
         match dtype {
-            ImportDType::Bf16 => chunk
-                .iter()
-                .for_each(|&v| buf.extend(bf16::from_f32(v).to_le_bytes())),
+            ImportDType::Bf16 => chunk.iter().for_each(|&v| buf.extend(bf16::from_f32(v).to_le_bytes())),
             ImportDType::F32 => chunk.iter().for_each(|&v| buf.extend(v.to_le_bytes())),
         }
         w.write_all(&buf)?;
@@ -419,7 +373,8 @@ enum Pre {
     Qwen2,
 }
 
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 impl Pre {
     const KEY: &'static str = "tokenizer.ggml.pre";
@@ -506,10 +461,7 @@ impl<'a> TokenizerMeta<'a> {
                 Some(id) if id as usize >= tokens.len() => Err(Error::format(
                     &g.path,
                     key,
-                    format!(
-                        "token id {id} is outside the vocabulary of {}",
-                        tokens.len()
-                    ),
+                    format!("token id {id} is outside the vocabulary of {}", tokens.len()),
                 )),
                 id => Ok(id),
             }
@@ -520,10 +472,8 @@ impl<'a> TokenizerMeta<'a> {
             eos: token_id("tokenizer.ggml.eos_token_id")?,
             unk: token_id("tokenizer.ggml.unknown_token_id")?,
             pad: token_id("tokenizer.ggml.padding_token_id")?,
-            add_bos: optional(g, "tokenizer.ggml.add_bos_token", GgufFile::get_bool)?
-                .unwrap_or(false),
-            add_eos: optional(g, "tokenizer.ggml.add_eos_token", GgufFile::get_bool)?
-                .unwrap_or(false),
+            add_bos: optional(g, "tokenizer.ggml.add_bos_token", GgufFile::get_bool)?.unwrap_or(false),
+            add_eos: optional(g, "tokenizer.ggml.add_eos_token", GgufFile::get_bool)?.unwrap_or(false),
             chat_template: optional(g, "tokenizer.chat_template", GgufFile::get_str)?,
             tokens,
             types,
@@ -606,24 +556,14 @@ fn check_vocab(g: &GgufFile, tokens: &[&str], merges: &[&str]) -> Result<()> {
         }
     }
     for (rank, merge) in merges.iter().enumerate() {
-        let bad = |msg: &str| {
-            Error::format(
-                &g.path,
-                "tokenizer.ggml.merges",
-                format!("merge #{rank} {merge:?}: {msg}"),
-            )
-        };
+        let bad =
+            |msg: &str| Error::format(&g.path, "tokenizer.ggml.merges", format!("merge #{rank} {merge:?}: {msg}"));
         let mut parts = merge.split(' ');
         let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected two tokens separated by one space"));
         };
-        if !ids.contains_key(a)
-            || !ids.contains_key(b)
-            || !ids.contains_key(format!("{a}{b}").as_str())
-        {
-            return Err(bad(
-                "a token or their concatenation is not in the vocabulary",
-            ));
+        if !ids.contains_key(a) || !ids.contains_key(b) || !ids.contains_key(format!("{a}{b}").as_str()) {
+            return Err(bad("a token or their concatenation is not in the vocabulary"));
         }
     }
     Ok(())
@@ -689,25 +629,15 @@ impl Staging {
     fn new(out: &Path) -> Result<Self> {
         check_out_dir(out)?;
         if out.file_name().is_none() {
-            return Err(Error::input(format!(
-                "{}: output folder needs a name",
-                out.display()
-            )));
+            return Err(Error::input(format!("{}: output folder needs a name", out.display())));
         }
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let dir = temp_sibling(out);
         // Only a crashed earlier run with the same pid can have left this behind.
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(Staging {
-            dir,
-            out: out.to_path_buf(),
-            committed: false,
-        })
+        Ok(Staging { dir, out: out.to_path_buf(), committed: false })
     }
 
     fn commit(mut self) -> Result<()> {
@@ -750,16 +680,7 @@ mod tests {
 
     const N_EMBD: u64 = 32;
     const N_FF: u64 = 64;
-    const TOKENS: [&str; 8] = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "a",
-        "b",
-        "ab",
-        "Ġ",
-        "Ġab",
-    ];
+    const TOKENS: [&str; 8] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "Ġ", "Ġab"];
 
     /// Values equal to their flat index, so a value tells which GGUF row it came from.
     fn iota(n: u64) -> Vec<f32> {
@@ -778,25 +699,16 @@ mod tests {
             .kv(&key("attention.head_count"), GgufValue::U32(4))
             .kv(&key("attention.head_count_kv"), GgufValue::U32(2))
             .kv(&key("rope.freq_base"), GgufValue::F32(100_000.0))
-            .kv(
-                &key("attention.layer_norm_rms_epsilon"),
-                GgufValue::F32(1e-5),
-            )
+            .kv(&key("attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5))
             .kv("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
             .kv("tokenizer.ggml.pre", GgufValue::String(pre.into()))
             .kv("tokenizer.ggml.tokens", strings(&TOKENS))
-            .kv(
-                "tokenizer.ggml.token_type",
-                GgufValue::Array([3, 3, 4, 1, 1, 1, 1, 1].map(GgufValue::I32).to_vec()),
-            )
+            .kv("tokenizer.ggml.token_type", GgufValue::Array([3, 3, 4, 1, 1, 1, 1, 1].map(GgufValue::I32).to_vec()))
             .kv("tokenizer.ggml.merges", strings(&["a b", "Ġ ab"]))
             .kv("tokenizer.ggml.bos_token_id", GgufValue::U32(1))
             .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(2))
             .kv("tokenizer.ggml.add_bos_token", GgufValue::Bool(false))
-            .kv(
-                "tokenizer.chat_template",
-                GgufValue::String("{{ messages }}".into()),
-            )
+            .kv("tokenizer.chat_template", GgufValue::String("{{ messages }}".into()))
             .f32_tensor("token_embd.weight", &[N_EMBD, 8], &iota(N_EMBD * 8))
             .f32_tensor("output_norm.weight", &[N_EMBD], &iota(N_EMBD))
             .f32_tensor("blk.0.attn_norm.weight", &[N_EMBD], &iota(N_EMBD))
@@ -804,31 +716,14 @@ mod tests {
             .f32_tensor("blk.0.attn_q.weight", &[N_EMBD, 32], &iota(N_EMBD * 32))
             .f32_tensor("blk.0.attn_k.weight", &[N_EMBD, 16], &iota(N_EMBD * 16))
             .tensor("blk.0.attn_v.weight", &[N_EMBD, 16], 8, vec![0; 16 * 34])
-            .tensor(
-                "blk.0.attn_output.weight",
-                &[N_EMBD, 32],
-                1,
-                vec![0; 32 * 32 * 2],
-            )
-            .f32_tensor(
-                "blk.0.ffn_gate.weight",
-                &[N_EMBD, N_FF],
-                &iota(N_EMBD * N_FF),
-            )
+            .tensor("blk.0.attn_output.weight", &[N_EMBD, 32], 1, vec![0; 32 * 32 * 2])
+            .f32_tensor("blk.0.ffn_gate.weight", &[N_EMBD, N_FF], &iota(N_EMBD * N_FF))
             .f32_tensor("blk.0.ffn_up.weight", &[N_EMBD, N_FF], &iota(N_EMBD * N_FF))
-            .f32_tensor(
-                "blk.0.ffn_down.weight",
-                &[N_FF, N_EMBD],
-                &iota(N_EMBD * N_FF),
-            );
+            .f32_tensor("blk.0.ffn_down.weight", &[N_FF, N_EMBD], &iota(N_EMBD * N_FF));
         b
     }
 
-    fn import_tiny(
-        test: &str,
-        b: &GgufBuilder,
-        dtype: ImportDType,
-    ) -> (PathBuf, Result<ImportSummary>) {
+    fn import_tiny(test: &str, b: &GgufBuilder, dtype: ImportDType) -> (PathBuf, Result<ImportSummary>) {
         let dir = scratch_dir(test);
         let gguf = dir.join("tiny.gguf");
         fs::write(&gguf, b.build()).expect("write gguf");
@@ -850,12 +745,7 @@ mod tests {
         let data = bytes[8 + n..].to_vec();
         let mut spans: Vec<(u64, u64)> = (header.as_object().unwrap().iter())
             .filter(|(k, _)| *k != "__metadata__")
-            .map(|(_, v)| {
-                (
-                    v["data_offsets"][0].as_u64().unwrap(),
-                    v["data_offsets"][1].as_u64().unwrap(),
-                )
-            })
+            .map(|(_, v)| (v["data_offsets"][0].as_u64().unwrap(), v["data_offsets"][1].as_u64().unwrap()))
             .collect();
         spans.sort();
         let end = spans.iter().fold(0, |start, &(s, e)| {
@@ -869,14 +759,8 @@ mod tests {
     fn tensor_values(header: &Value, data: &[u8], name: &str) -> Vec<f32> {
         let [s, e] = [0, 1].map(|i| header[name]["data_offsets"][i].as_u64().unwrap() as usize);
         match header[name]["dtype"].as_str().unwrap() {
-            "F32" => data[s..e]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            "BF16" => data[s..e]
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            "F32" => data[s..e].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            "BF16" => data[s..e].chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => panic!("unexpected dtype {other}"),
         }
     }
@@ -884,9 +768,7 @@ mod tests {
     #[test]
     fn unpermute_moves_rows_as_specified() {
         // 2 heads of head_dim 4, rows of 3 values: row r holds 10·r + column.
-        let data: Vec<f32> = (0..8)
-            .flat_map(|r| (0..3).map(move |c| (10 * r + c) as f32))
-            .collect();
+        let data: Vec<f32> = (0..8).flat_map(|r| (0..3).map(move |c| (10 * r + c) as f32)).collect();
         let out = unpermute_qk(&data, 2, 3);
         let row_sources: Vec<f32> = out.chunks(3).map(|row| row[0] / 10.0).collect();
         assert_eq!(row_sources, [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
@@ -897,10 +779,7 @@ mod tests {
     fn imports_tiny_llama() {
         let (out, result) = import_tiny("llama", &tiny_model("llama", "smollm"), ImportDType::F32);
         let summary = result.expect("import");
-        assert_eq!(
-            (summary.model_type, summary.tensors, summary.tied_embeddings),
-            ("llama", 11, true)
-        );
+        assert_eq!((summary.model_type, summary.tensors, summary.tied_embeddings), ("llama", 11, true));
 
         let config = read_json(&out.join("config.json"));
         let expect = json!({
@@ -918,14 +797,8 @@ mod tests {
         assert!(header.get("lm_head.weight").is_none());
         let shape = |name: &str| header[name]["shape"].clone();
         assert_eq!(shape("model.embed_tokens.weight"), json!([8, 32]));
-        assert_eq!(
-            shape("model.layers.0.self_attn.k_proj.weight"),
-            json!([16, 32])
-        );
-        assert_eq!(
-            shape("model.layers.0.mlp.down_proj.weight"),
-            json!([32, 64])
-        );
+        assert_eq!(shape("model.layers.0.self_attn.k_proj.weight"), json!([16, 32]));
+        assert_eq!(shape("model.layers.0.mlp.down_proj.weight"), json!([32, 64]));
         assert_eq!(shape("model.layers.0.mlp.up_proj.weight"), json!([64, 32]));
         assert_eq!(shape("model.norm.weight"), json!([32]));
 
@@ -943,23 +816,13 @@ mod tests {
 
     #[test]
     fn writes_hf_tokenizer_files() {
-        let (out, result) = import_tiny(
-            "tokenizer",
-            &tiny_model("llama", "smollm"),
-            ImportDType::Bf16,
-        );
+        let (out, result) = import_tiny("tokenizer", &tiny_model("llama", "smollm"), ImportDType::Bf16);
         result.expect("import");
         let tok = read_json(&out.join("tokenizer.json"));
         assert_eq!(tok["version"], "1.0");
         assert_eq!(tok["normalizer"], Value::Null);
-        assert_eq!(
-            tok["pre_tokenizer"]["pretokenizers"][0],
-            json!({ "type": "Digits", "individual_digits": true })
-        );
-        assert_eq!(
-            tok["pre_tokenizer"]["pretokenizers"][1]["type"],
-            "ByteLevel"
-        );
+        assert_eq!(tok["pre_tokenizer"]["pretokenizers"][0], json!({ "type": "Digits", "individual_digits": true }));
+        assert_eq!(tok["pre_tokenizer"]["pretokenizers"][1]["type"], "ByteLevel");
         assert_eq!(tok["decoder"]["type"], "ByteLevel");
         assert_eq!(tok["post_processor"]["type"], "ByteLevel");
         let added = tok["added_tokens"].as_array().unwrap();
@@ -969,10 +832,7 @@ mod tests {
             json!({ "id": 1, "content": "<|im_start|>", "single_word": false, "lstrip": false,
                                      "rstrip": false, "normalized": false, "special": true })
         );
-        assert_eq!(
-            added[2]["special"], false,
-            "user-defined tokens are added but not special"
-        );
+        assert_eq!(added[2]["special"], false, "user-defined tokens are added but not special");
         assert_eq!(tok["model"]["type"], "BPE");
         assert_eq!(tok["model"]["vocab"]["Ġab"], 7);
         assert_eq!(tok["model"]["merges"], json!(["a b", "Ġ ab"]));
@@ -983,68 +843,43 @@ mod tests {
         assert_eq!(config["add_bos_token"], false);
         assert_eq!(config["chat_template"], "{{ messages }}");
         assert_eq!(config["model_max_length"], 128);
-        assert_eq!(
-            read_json(&out.join("generation_config.json")),
-            json!({ "bos_token_id": 1, "eos_token_id": 2 })
-        );
+        assert_eq!(read_json(&out.join("generation_config.json")), json!({ "bos_token_id": 1, "eos_token_id": 2 }));
         let (header, _) = read_safetensors(&out.join("model.safetensors"));
         assert_eq!(header["model.norm.weight"]["dtype"], "BF16");
-        assert_eq!(
-            read_json(&out.join("config.json"))["torch_dtype"],
-            "bfloat16"
-        );
+        assert_eq!(read_json(&out.join("config.json"))["torch_dtype"], "bfloat16");
     }
 
     #[test]
     fn qwen2_is_not_unpermuted_and_gets_its_pre_tokenizer() {
         let mut b = tiny_model("qwen2", "qwen2");
-        b.f32_tensor("blk.0.attn_q.bias", &[32], &iota(32))
-            .f32_tensor("output.weight", &[N_EMBD, 8], &iota(N_EMBD * 8));
+        b.f32_tensor("blk.0.attn_q.bias", &[32], &iota(32)).f32_tensor(
+            "output.weight",
+            &[N_EMBD, 8],
+            &iota(N_EMBD * 8),
+        );
         let (out, result) = import_tiny("qwen2", &b, ImportDType::F32);
         assert!(!result.expect("import").tied_embeddings);
         let (header, data) = read_safetensors(&out.join("model.safetensors"));
-        assert_eq!(
-            tensor_values(&header, &data, "model.layers.0.self_attn.k_proj.weight"),
-            iota(N_EMBD * 16)
-        );
-        assert_eq!(
-            tensor_values(&header, &data, "model.layers.0.self_attn.q_proj.bias"),
-            iota(32)
-        );
+        assert_eq!(tensor_values(&header, &data, "model.layers.0.self_attn.k_proj.weight"), iota(N_EMBD * 16));
+        assert_eq!(tensor_values(&header, &data, "model.layers.0.self_attn.q_proj.bias"), iota(32));
         assert_eq!(header["lm_head.weight"]["shape"], json!([8, 32]));
         let config = read_json(&out.join("config.json"));
         assert_eq!(
-            (
-                config["model_type"].as_str(),
-                config["tie_word_embeddings"].as_bool()
-            ),
+            (config["model_type"].as_str(), config["tie_word_embeddings"].as_bool()),
             (Some("qwen2"), Some(false))
         );
         let tok = read_json(&out.join("tokenizer.json"));
         assert_eq!(tok["normalizer"], json!({ "type": "NFC" }));
-        assert_eq!(
-            tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"],
-            QWEN2_REGEX
-        );
+        assert_eq!(tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"], QWEN2_REGEX);
     }
 
     #[test]
     fn unknown_pre_tokenizer_is_rejected_without_leaving_output() {
-        let (out, result) = import_tiny(
-            "bad_pre",
-            &tiny_model("llama", "llama-bpe"),
-            ImportDType::Bf16,
-        );
+        let (out, result) = import_tiny("bad_pre", &tiny_model("llama", "llama-bpe"), ImportDType::Bf16);
         let err = result.expect_err("must fail").to_string();
-        assert!(
-            err.contains("tokenizer.ggml.pre") && err.contains("llama-bpe"),
-            "{err}"
-        );
+        assert!(err.contains("tokenizer.ggml.pre") && err.contains("llama-bpe"), "{err}");
         let parent = out.parent().unwrap();
-        let left: Vec<_> = fs::read_dir(parent)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left: Vec<_> = fs::read_dir(parent).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["tiny.gguf"]);
     }
 
@@ -1064,9 +899,7 @@ mod tests {
         let (out, result) = import_tiny("non_empty", &b, ImportDType::Bf16);
         result.expect("first import");
         let gguf = out.parent().unwrap().join("tiny.gguf");
-        let err = import_gguf(&gguf, &out, ImportDType::Bf16)
-            .expect_err("second import")
-            .to_string();
+        let err = import_gguf(&gguf, &out, ImportDType::Bf16).expect_err("second import").to_string();
         assert!(err.contains("not empty"), "{err}");
         fs::remove_dir_all(&out).unwrap();
         fs::create_dir(&out).unwrap();
@@ -1099,15 +932,9 @@ mod tests {
         assert_eq!(tok["added_tokens"].as_array().unwrap().len(), 17);
         let tok_config = read_json(&out.join("tokenizer_config.json"));
         assert_eq!(tok_config["eos_token"], "<|im_end|>");
-        assert!(tok_config["chat_template"]
-            .as_str()
-            .unwrap()
-            .contains("named SmolLM"));
+        assert!(tok_config["chat_template"].as_str().unwrap().contains("named SmolLM"));
         let (header, data) = read_safetensors(&out.join("model.safetensors"));
-        assert_eq!(
-            header["model.embed_tokens.weight"]["shape"],
-            json!([49152, 576])
-        );
+        assert_eq!(header["model.embed_tokens.weight"]["shape"], json!([49152, 576]));
         assert_eq!(data.len(), 134_515_008 * 2);
         fs::remove_dir_all(out.parent().unwrap()).unwrap();
     }

@@ -27,11 +27,7 @@ impl DType {
 /// Where a tensor's bytes live: in a shared memory map (no copy) or owned by the tensor.
 #[derive(Clone, Debug)]
 pub enum Bytes {
-    Mapped {
-        map: Arc<Mmap>,
-        start: usize,
-        len: usize,
-    },
+    Mapped { map: Arc<Mmap>, start: usize, len: usize },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -81,39 +77,25 @@ impl HostTensor {
     pub fn to_f32(&self) -> Vec<f32> {
         let b = self.bytes.as_slice();
         match self.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::BF16 => {
+                b.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+            }
+            DType::F16 => {
+                b.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+            }
         }
     }
 }
 
 /// Writes f32 tensors as one safetensors file, atomically (temp name, then rename).
-pub fn write_f32_safetensors(
-    path: &std::path::Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-) -> crate::Result<()> {
+pub fn write_f32_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> crate::Result<()> {
     use ::safetensors::tensor::{Dtype, TensorView};
-    let bad = |e: ::safetensors::SafeTensorError| {
-        crate::Error::format(path, "(safetensors)", e.to_string())
-    };
+    let bad = |e: ::safetensors::SafeTensorError| crate::Error::format(path, "(safetensors)", e.to_string());
     let views = tensors
         .iter()
         .map(|(name, shape, values)| {
-            Ok((
-                name.as_str(),
-                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values))
-                    .map_err(bad)?,
-            ))
+            Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values)).map_err(bad)?))
         })
         .collect::<crate::Result<Vec<_>>>()?;
     let bytes = ::safetensors::serialize(views, &None).map_err(bad)?;

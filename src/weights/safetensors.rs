@@ -45,11 +45,7 @@ impl SafetensorsFiles {
     }
 
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
-        let mut files = SafetensorsFiles {
-            paths: Vec::new(),
-            maps: Vec::new(),
-            entries: HashMap::new(),
-        };
+        let mut files = SafetensorsFiles { paths: Vec::new(), maps: Vec::new(), entries: HashMap::new() };
         for path in paths {
             files.add_file(path)?;
         }
@@ -61,8 +57,8 @@ impl SafetensorsFiles {
         // SAFETY: the file is opened read-only; like every mmap-based loader we assume nobody
         // truncates model files while the engine runs.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (header_len, meta) = SafeTensors::read_metadata(&map)
-            .map_err(|e| Error::format(path, "header", e.to_string()))?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| Error::format(path, "header", e.to_string()))?;
         let data_start = 8 + header_len;
         let file_index = self.maps.len();
         for (name, info) in meta.tensors() {
@@ -71,20 +67,12 @@ impl SafetensorsFiles {
                 StDtype::BF16 => DType::BF16,
                 StDtype::F16 => DType::F16,
                 other => {
-                    return Err(Error::format(
-                        path,
-                        name,
-                        format!("dtype {other:?} is not supported (f32, bf16, f16)"),
-                    ))
+                    return Err(Error::format(path, name, format!("dtype {other:?} is not supported (f32, bf16, f16)")))
                 }
             };
             let (begin, end) = info.data_offsets;
             if end > map.len() - data_start || begin > end {
-                return Err(Error::format(
-                    path,
-                    name,
-                    "data offsets point past the end of the file (truncated?)",
-                ));
+                return Err(Error::format(path, name, "data offsets point past the end of the file (truncated?)"));
             }
             let numel: usize = info.shape.iter().product();
             if numel * dtype.size() != end - begin {
@@ -115,39 +103,19 @@ impl SafetensorsFiles {
     /// The tensor `name`, checked against the expected shape. Misaligned data (legal in
     /// safetensors, rare in practice) is copied so typed views stay sound.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let where_ = self
-            .paths
-            .first()
-            .map(PathBuf::as_path)
-            .unwrap_or(Path::new("model.safetensors"));
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| Error::format(where_, name, "tensor is missing"))?;
+        let where_ = self.paths.first().map(PathBuf::as_path).unwrap_or(Path::new("model.safetensors"));
+        let entry = self.entries.get(name).ok_or_else(|| Error::format(where_, name, "tensor is missing"))?;
         let path = &self.paths[entry.file];
         if entry.shape != shape {
-            return Err(Error::format(
-                path,
-                name,
-                format!("shape {:?}, expected {:?}", entry.shape, shape),
-            ));
+            return Err(Error::format(path, name, format!("shape {:?}, expected {:?}", entry.shape, shape)));
         }
         let map = &self.maps[entry.file];
         let bytes = if (map.as_ptr() as usize + entry.start) % entry.dtype.size() == 0 {
-            Bytes::Mapped {
-                map: map.clone(),
-                start: entry.start,
-                len: entry.len,
-            }
+            Bytes::Mapped { map: map.clone(), start: entry.start, len: entry.len }
         } else {
             Bytes::Owned(Arc::new(map[entry.start..entry.start + entry.len].to_vec()))
         };
-        Ok(HostTensor {
-            name: name.to_string(),
-            dtype: entry.dtype,
-            shape: entry.shape.clone(),
-            bytes,
-        })
+        Ok(HostTensor { name: name.to_string(), dtype: entry.dtype, shape: entry.shape.clone(), bytes })
     }
 }
 
@@ -159,10 +127,7 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::format(index, "weight_map", "missing or not an object"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
     files.sort();
     files.dedup();
     let dir = index.parent().unwrap_or(Path::new("."));

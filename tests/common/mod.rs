@@ -11,28 +11,19 @@ pub fn default_model() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var_os("CLOVER_REQUIRE_MODEL").is_some() {
-        panic!(
-            "CLOVER_REQUIRE_MODEL is set but the default model is missing from {}",
-            dir.display()
-        );
+        panic!("CLOVER_REQUIRE_MODEL is set but the default model is missing from {}", dir.display());
     }
-    eprintln!(
-        "skipped: the default model is not in {} (run tools/fetch-default-model.sh)",
-        dir.display()
-    );
+    eprintln!("skipped: the default model is not in {} (run tools/fetch-default-model.sh)", dir.display());
     None
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// A fresh empty folder under the target dir, unique per test.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir

@@ -3,10 +3,7 @@
 use crate::backend::KvLayout;
 
 pub fn kv_write(cache: &mut [f32], l: KvLayout, new: &[f32], rows: usize, start: usize) {
-    assert!(
-        start + rows <= l.capacity,
-        "kv_write past the cache capacity"
-    );
+    assert!(start + rows <= l.capacity, "kv_write past the cache capacity");
     let d = l.head_dim;
     for r in 0..rows {
         for h in 0..l.n_kv_heads {

@@ -114,9 +114,7 @@ macro_rules! lanes_dot {
 }
 
 lanes_dot!(dot_f32_lanes, f32, |v: f32| v);
-lanes_dot!(dot_bf16_lanes, bf16, |v: bf16| f32::from_bits(
-    (v.to_bits() as u32) << 16
-));
+lanes_dot!(dot_bf16_lanes, bf16, |v: bf16| f32::from_bits((v.to_bits() as u32) << 16));
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -164,9 +162,7 @@ mod tests {
         let mut out = vec![0.0; m * n];
         for r in 0..m {
             for c in 0..n {
-                out[r * n + c] = (0..k)
-                    .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
-                    .sum::<f64>() as f32;
+                out[r * n + c] = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum::<f64>() as f32;
             }
         }
         out
@@ -174,11 +170,7 @@ mod tests {
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
-                    / 500.0
-                    - 1.0
-            })
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
             .collect()
     }
 
@@ -193,21 +185,11 @@ mod tests {
             let cases: Vec<(HostTensor, Vec<f32>)> = vec![
                 (HostTensor::from_f32("w", vec![n, k], &w32), w32.clone()),
                 (
-                    HostTensor::from_bits(
-                        "w",
-                        DType::BF16,
-                        vec![n, k],
-                        wb.iter().map(|v| v.to_bits()).collect(),
-                    ),
+                    HostTensor::from_bits("w", DType::BF16, vec![n, k], wb.iter().map(|v| v.to_bits()).collect()),
                     wb.iter().map(|v| v.to_f32()).collect(),
                 ),
                 (
-                    HostTensor::from_bits(
-                        "w",
-                        DType::F16,
-                        vec![n, k],
-                        wh.iter().map(|v| v.to_bits()).collect(),
-                    ),
+                    HostTensor::from_bits("w", DType::F16, vec![n, k], wh.iter().map(|v| v.to_bits()).collect()),
                     wh.iter().map(|v| v.to_f32()).collect(),
                 ),
             ];
@@ -217,10 +199,7 @@ mod tests {
                 matmul(&x, m, &w, &mut out);
                 let want = naive(&x, m, &exact, n, k);
                 for (a, b) in out.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                        "{a} vs {b} at m={m} n={n} k={k}"
-                    );
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b} at m={m} n={n} k={k}");
                 }
             }
         }

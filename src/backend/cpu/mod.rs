@@ -47,9 +47,7 @@ impl Backend for CpuBackend {
     }
 
     fn gather_rows(&self, buf: &Vec<f32>, width: usize, rows: &[usize]) -> Vec<f32> {
-        rows.iter()
-            .flat_map(|&r| buf[r * width..(r + 1) * width].iter().copied())
-            .collect()
+        rows.iter().flat_map(|&r| buf[r * width..(r + 1) * width].iter().copied()).collect()
     }
 
     fn embedding(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) {
@@ -83,14 +81,7 @@ impl Backend for CpuBackend {
         norm::rmsnorm(&x[..rows * g.len()], &g, eps, &mut out[..rows * g.len()]);
     }
 
-    fn rope(
-        &self,
-        x: &mut Vec<f32>,
-        rows: usize,
-        n_heads: usize,
-        head_dim: usize,
-        cos_sin: &Vec<f32>,
-    ) {
+    fn rope(&self, x: &mut Vec<f32>, rows: usize, n_heads: usize, head_dim: usize, cos_sin: &Vec<f32>) {
         rope::rope(x, rows, n_heads, head_dim, cos_sin);
     }
 
@@ -98,14 +89,7 @@ impl Backend for CpuBackend {
         activation::swiglu(gate, up, out);
     }
 
-    fn kv_write(
-        &self,
-        cache: &mut Vec<f32>,
-        layout: KvLayout,
-        new: &Vec<f32>,
-        rows: usize,
-        start: usize,
-    ) {
+    fn kv_write(&self, cache: &mut Vec<f32>, layout: KvLayout, new: &Vec<f32>, rows: usize, start: usize) {
         kv::kv_write(cache, layout, new, rows, start);
     }
 

@@ -26,12 +26,7 @@ mod tests {
     fn rotation_keeps_norm_and_rotates_pairs() {
         let theta = 0.3f32;
         let mut x = vec![1.0, 2.0, 0.5, -1.0];
-        let cos_sin = [
-            theta.cos(),
-            (2.0 * theta).cos(),
-            theta.sin(),
-            (2.0 * theta).sin(),
-        ];
+        let cos_sin = [theta.cos(), (2.0 * theta).cos(), theta.sin(), (2.0 * theta).sin()];
         rope(&mut x, 1, 1, 4, &cos_sin);
         assert!((x[0] - (theta.cos() - 0.5 * theta.sin())).abs() < 1e-6);
         assert!((x[2] - (0.5 * theta.cos() + theta.sin())).abs() < 1e-6);

@@ -17,18 +17,10 @@ impl CpuWeight {
         let (rows, cols) = match tensor.shape.as_slice() {
             [n] => (1, *n),
             [r, c] => (*r, *c),
-            other => {
-                return Err(Error::input(format!(
-                    "tensor {}: expected 1 or 2 dims, got {other:?}",
-                    tensor.name
-                )))
-            }
+            other => return Err(Error::input(format!("tensor {}: expected 1 or 2 dims, got {other:?}", tensor.name))),
         };
         if tensor.bytes.as_slice().as_ptr() as usize % tensor.dtype.size() != 0 {
-            return Err(Error::input(format!(
-                "tensor {}: data is not aligned to its dtype",
-                tensor.name
-            )));
+            return Err(Error::input(format!("tensor {}: data is not aligned to its dtype", tensor.name)));
         }
         Ok(CpuWeight { tensor, rows, cols })
     }
@@ -47,18 +39,15 @@ impl CpuWeight {
     }
 
     pub fn f32_row(&self, r: usize) -> &[f32] {
-        &bytemuck::cast_slice::<u8, f32>(self.tensor.bytes.as_slice())
-            [r * self.cols..(r + 1) * self.cols]
+        &bytemuck::cast_slice::<u8, f32>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
     }
 
     pub fn bf16_row(&self, r: usize) -> &[bf16] {
-        &bytemuck::cast_slice::<u8, bf16>(self.tensor.bytes.as_slice())
-            [r * self.cols..(r + 1) * self.cols]
+        &bytemuck::cast_slice::<u8, bf16>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
     }
 
     pub fn f16_row(&self, r: usize) -> &[f16] {
-        &bytemuck::cast_slice::<u8, f16>(self.tensor.bytes.as_slice())
-            [r * self.cols..(r + 1) * self.cols]
+        &bytemuck::cast_slice::<u8, f16>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
     }
 
     /// Row `r` converted to f32 into `out`.

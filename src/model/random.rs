@@ -42,6 +42,12 @@ pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 /// with a scale that keeps activations O(1), embeddings larger so logits are peaked enough to
 /// give varied greedy continuations.
 pub fn write_random_model(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<()> {
+    write_random_model_scaled(dir, config, seed, 2.0)
+}
+
+/// `write_random_model` with the embedding (and so the logit) scale chosen: small scales give
+/// flat next-token distributions, for tests that need many plausible continuations.
+pub fn write_random_model_scaled(dir: &Path, config: &serde_json::Value, seed: u64, embed_scale: f32) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let config_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(config).map_err(|e| Error::input(e.to_string()))?;
@@ -54,7 +60,8 @@ pub fn write_random_model(dir: &Path, config: &serde_json::Value, seed: u64) -> 
             (0..n).map(|_| 0.8 + 0.4 * rng.uniform_f32()).collect()
         } else {
             let fan_in = *shape.last().unwrap_or(&1) as f32;
-            let scale = if name.contains("embed") || name.contains("lm_head") { 2.0 } else { 1.7 / fan_in.sqrt() };
+            let scale =
+                if name.contains("embed") || name.contains("lm_head") { embed_scale } else { 1.7 / fan_in.sqrt() };
             (0..n).map(|_| (2.0 * rng.uniform_f32() - 1.0) * scale).collect()
         };
         tensors.push((name, shape, values));

@@ -134,6 +134,23 @@ pub fn generate_speculative<B: Backend, H: DraftHead<B> + ?Sized>(
     tree: &TreeSpec,
     prompt: &[u32],
     cfg: &GenerationConfig,
+    on_tokens: impl FnMut(&[u32]),
+) -> Result<(Vec<u32>, SpecStats)> {
+    generate_speculative_with(model, head, tree, prompt, cfg, accept_lossless, on_tokens)
+}
+
+/// How a verified tree is accepted: `(tree, base logits [nodes, vocab], vocab, params, rng)`.
+/// Only `accept_lossless` is correct; tests pass deliberately wrong rules as negative controls.
+pub type AcceptRule = fn(&DraftedTree, &[f32], usize, &SamplingParams, &mut Rng) -> Accepted;
+
+/// `generate_speculative` with the acceptance rule as a parameter.
+pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
+    model: &Llama<B>,
+    head: &mut H,
+    tree: &TreeSpec,
+    prompt: &[u32],
+    cfg: &GenerationConfig,
+    accept: AcceptRule,
     mut on_tokens: impl FnMut(&[u32]),
 ) -> Result<(Vec<u32>, SpecStats)> {
     if tree.max_depth() > head.max_depth() {
@@ -213,7 +230,13 @@ pub fn generate_speculative<B: Backend, H: DraftHead<B> + ?Sized>(
 
 /// Greedy longest match at T = 0; at T > 0 the static tree's multi-round rejection sampler or,
 /// for dynamic (deterministic) trees, the deterministic-draft rule.
-fn accept(tree: &DraftedTree, logits: &[f32], vocab: usize, params: &SamplingParams, rng: &mut Rng) -> Accepted {
+pub fn accept_lossless(
+    tree: &DraftedTree,
+    logits: &[f32],
+    vocab: usize,
+    params: &SamplingParams,
+    rng: &mut Rng,
+) -> Accepted {
     let bufs = &tree.buffers;
     let retrieve: Vec<Vec<i64>> = bufs.retrieve_rows().map(|r| r.to_vec()).collect();
     let mut tokens_ext: Vec<i64> = tree.tokens.iter().map(|&t| t as i64).collect();

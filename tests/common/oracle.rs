@@ -1,0 +1,75 @@
+//! A draft head that asks the base model itself (with a fresh forward per node) and then blurs
+//! its answer with seeded noise: drafts are often right and sometimes wrong, so tests exercise
+//! acceptance at every depth, rejections, and KV compaction of long paths.
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::{DraftHead, DraftKind};
+use clover_engine::model::{ForwardOutput, Llama, LogitRows};
+use clover_engine::rng::Rng;
+use clover_engine::Result;
+
+pub struct OracleHead {
+    /// The committed sequence as the head has seen it.
+    committed: Vec<u32>,
+    /// Token path (after `committed`) of each node of the last drafted level.
+    level_paths: Vec<Vec<u32>>,
+    noise: f32,
+    rng: Rng,
+    first_token: u32,
+}
+
+impl OracleHead {
+    /// `first_token`: the prompt's first token (the head is told only about later ones).
+    pub fn new(first_token: u32, noise: f32, seed: u64) -> Self {
+        OracleHead { committed: Vec::new(), level_paths: Vec::new(), noise, rng: Rng::new(seed), first_token }
+    }
+
+    fn row(&mut self, model: &Llama<CpuBackend>, path: &[u32]) -> Result<Vec<f32>> {
+        let seq: Vec<u32> = self.committed.iter().chain(path).copied().collect();
+        let mut cache = model.new_cache(seq.len());
+        let mut logits = model.prefill(&mut cache, &seq, LogitRows::Last)?.logits;
+        for l in logits.iter_mut() {
+            *l += self.noise * (2.0 * self.rng.uniform_f32() - 1.0);
+        }
+        Ok(logits)
+    }
+}
+
+impl DraftHead<CpuBackend> for OracleHead {
+    fn kind(&self) -> DraftKind {
+        DraftKind::Eagle
+    }
+
+    fn max_depth(&self) -> usize {
+        8
+    }
+
+    fn reset(&mut self) {
+        self.committed = vec![self.first_token];
+    }
+
+    fn begin(
+        &mut self,
+        model: &Llama<CpuBackend>,
+        _base: &ForwardOutput<CpuBackend>,
+        _rows: &[usize],
+        next_tokens: &[u32],
+    ) -> Result<Vec<f32>> {
+        self.committed.extend_from_slice(next_tokens);
+        self.level_paths = vec![Vec::new()];
+        self.row(model, &[])
+    }
+
+    fn expand(&mut self, model: &Llama<CpuBackend>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut rows = Vec::new();
+        let mut paths = Vec::new();
+        for (&p, &t) in parents.iter().zip(tokens) {
+            let mut path = self.level_paths[p].clone();
+            path.push(t);
+            rows.extend(self.row(model, &path)?);
+            paths.push(path);
+        }
+        self.level_paths = paths;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,98 @@
+//! The sacred invariant: speculative greedy output equals plain greedy output token for token,
+//! for every tree kind, with an untrained head (so acceptance is rare and every path through the
+//! verifier and the KV compaction is exercised).
+
+mod common;
+
+#[path = "common/oracle.rs"]
+mod oracle;
+
+use std::path::Path;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::eagle::EagleHead;
+use clover_engine::draft::init::init_head;
+use clover_engine::draft::DraftKind;
+use clover_engine::model::random::{tiny_llama_config, write_random_model};
+use clover_engine::model::Llama;
+use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::drafting::TreeSpec;
+use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig};
+use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
+
+pub fn tree_kinds() -> Vec<(&'static str, TreeSpec)> {
+    vec![
+        ("mc_sim_7b_63", TreeSpec::Static(StaticTree::mc_sim_7b_63())),
+        ("clover", TreeSpec::Clover(CloverTreeParams::default())),
+        ("eagle2", TreeSpec::Eagle2(Eagle2Params { max_depth: 5, total_tokens: 26, ..Eagle2Params::default() })),
+    ]
+}
+
+fn greedy(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig { max_new_tokens, sampling: SamplingParams::greedy(), seed: 0, stop_ids: vec![] }
+}
+
+fn check_prompts(model: &Llama<CpuBackend>, head_dir: &Path, prompts: &[Vec<u32>], new_tokens: usize) {
+    let mut head = EagleHead::load(head_dir, model).unwrap();
+    let cfg = greedy(new_tokens);
+    for (name, tree) in tree_kinds() {
+        let mut steps = 0;
+        for prompt in prompts {
+            let (plain, _) = generate_plain(model, prompt, &cfg, |_| {}).unwrap();
+            let (spec, stats) = generate_speculative(model, &mut head, &tree, prompt, &cfg, |_| {}).unwrap();
+            assert_eq!(spec, plain, "tree {name}, prompt {prompt:?}");
+            steps += stats.base.steps;
+        }
+        eprintln!("{name}: {} prompts equal, {steps} verification steps", prompts.len());
+    }
+}
+
+#[test]
+fn eagle_untrained_tiny_model_20_prompts_128_tokens() {
+    let dir = common::temp_dir("lossless-tiny");
+    write_random_model(&dir.join("base"), &tiny_llama_config(96), 11).unwrap();
+    init_head(DraftKind::Eagle, &dir.join("base"), &dir.join("head"), 5).unwrap();
+    let model = Llama::load(&dir.join("base"), CpuBackend).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..20u32).map(|p| (0..3 + p % 7).map(|i| (p * 31 + i * 17) % 96).collect()).collect();
+    check_prompts(&model, &dir.join("head"), &prompts, 128);
+}
+
+/// Noise on the oracle logits: enough to make it wrong at some depths of most steps.
+const NOISE: f32 = 20.0;
+
+/// A well-informed draft: long accepted paths, different best rows, deep compactions.
+#[test]
+fn oracle_drafts_accept_long_paths_and_output_stays_equal() {
+    let dir = common::temp_dir("lossless-oracle");
+    write_random_model(&dir, &tiny_llama_config(96), 12).unwrap();
+    let model = Llama::load(&dir, CpuBackend).unwrap();
+    let cfg = greedy(64);
+    for (name, tree) in tree_kinds() {
+        let mut hist = vec![0usize; tree.max_depth() + 1];
+        for p in 0..6u32 {
+            let prompt: Vec<u32> = (0..4 + p).map(|i| (p * 13 + i * 29) % 96).collect();
+            let mut head = oracle::OracleHead::new(prompt[0], NOISE, p as u64);
+            let (plain, _) = generate_plain(&model, &prompt, &cfg, |_| {}).unwrap();
+            let (spec, stats) = generate_speculative(&model, &mut head, &tree, &prompt, &cfg, |_| {}).unwrap();
+            assert_eq!(spec, plain, "tree {name}, prompt {prompt:?}");
+            hist.iter_mut().zip(&stats.accepted_hist).for_each(|(h, n)| *h += n);
+        }
+        eprintln!("{name}: steps by accepted drafts {hist:?}");
+        assert!(hist[0] > 0 && hist[1] > 0 && hist[2..].iter().sum::<usize>() > 0, "tree {name}: {hist:?}");
+    }
+}
+
+#[test]
+fn eagle_untrained_default_model() {
+    let Some(base) = common::default_model() else { return };
+    let dir = common::temp_dir("lossless-default");
+    init_head(DraftKind::Eagle, &base, &dir, 1).unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    let tok = clover_engine::model::TextTokenizer::load(&base).unwrap();
+    let prompts: Vec<Vec<u32>> =
+        ["The three primary colors are", "def add(a, b):", "Once upon a time, in a quiet village,"]
+            .iter()
+            .map(|p| tok.encode(p, true).unwrap())
+            .collect();
+    check_prompts(&model, &dir, &prompts, 32);
+}

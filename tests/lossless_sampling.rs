@@ -1,0 +1,183 @@
+//! Speculative sampling reproduces the base model's distribution: on a tiny model whose
+//! distributions can be enumerated exactly, 20k sampled continuations (first 3 tokens) from the
+//! whole engine are compared with the exact distribution by a chi-square test, for the static
+//! and both dynamic trees, at T = 1 and at T = 0.7 with top-p 0.9. A deliberately wrong
+//! acceptance rule must fail the same test.
+
+mod common;
+
+#[path = "common/oracle.rs"]
+mod oracle;
+
+use std::collections::HashMap;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::model::random::{tiny_llama_config, write_random_model_scaled};
+use clover_engine::model::{Llama, LogitRows};
+use clover_engine::rng::Rng;
+use clover_engine::sampling::{self, SamplingParams};
+use clover_engine::spec::drafting::{DraftedTree, TreeSpec};
+use clover_engine::spec::engine::{accept_lossless, generate_speculative_with, AcceptRule, GenerationConfig};
+use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
+use clover_engine::spec::verify::Accepted;
+
+const VOCAB: usize = 12;
+const RUNS: usize = 20_000;
+const PROMPT: [u32; 3] = [3, 7, 1];
+
+fn trees() -> Vec<(&'static str, TreeSpec)> {
+    vec![
+        (
+            "mc_sim_7b_63",
+            TreeSpec::Static(
+                StaticTree::from_paths(vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![1, 0], vec![0, 0, 0]], 4)
+                    .unwrap(),
+            ),
+        ),
+        ("clover", TreeSpec::Clover(CloverTreeParams { budget: 6, top_p: 0.9, ratio: 0.25, max_depth: 3 })),
+        ("eagle2", TreeSpec::Eagle2(Eagle2Params { top_k: 3, max_depth: 3, total_tokens: 7 })),
+    ]
+}
+
+fn model() -> Llama<CpuBackend> {
+    let dir = common::temp_dir("chi2-model");
+    let mut config = tiny_llama_config(VOCAB);
+    config["num_hidden_layers"] = 1.into();
+    write_random_model_scaled(&dir, &config, 21, 0.25).unwrap();
+    Llama::load(&dir, CpuBackend).unwrap()
+}
+
+/// P(t1, t2, t3 | prompt) under the processed base distributions, for every sequence.
+fn exact(model: &Llama<CpuBackend>, params: &SamplingParams) -> HashMap<[u32; 3], f64> {
+    let next = |prefix: &[u32]| -> Vec<f32> {
+        let seq: Vec<u32> = PROMPT.iter().chain(prefix).copied().collect();
+        let mut cache = model.new_cache(seq.len());
+        sampling::process(&model.prefill(&mut cache, &seq, LogitRows::Last).unwrap().logits, params)
+    };
+    let mut probs = HashMap::new();
+    let p1 = next(&[]);
+    for a in 0..VOCAB as u32 {
+        if p1[a as usize] == 0.0 {
+            continue;
+        }
+        let p2 = next(&[a]);
+        for b in 0..VOCAB as u32 {
+            if p2[b as usize] == 0.0 {
+                continue;
+            }
+            let p3 = next(&[a, b]);
+            for c in 0..VOCAB as u32 {
+                let p = p1[a as usize] as f64 * p2[b as usize] as f64 * p3[c as usize] as f64;
+                if p > 0.0 {
+                    probs.insert([a, b, c], p);
+                }
+            }
+        }
+    }
+    probs
+}
+
+/// The chi-square critical value at significance 0.001 (Wilson–Hilferty approximation).
+fn chi2_critical(df: usize) -> f64 {
+    let k = df as f64;
+    let z = 3.090_232; // one-sided normal quantile of 0.999
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+/// Pearson's statistic with cells of expected count < 5 pooled; an observed sequence of exact
+/// probability 0 makes the statistic infinite.
+fn chi2(observed: &HashMap<[u32; 3], usize>, exact: &HashMap<[u32; 3], f64>, n: usize) -> (f64, usize) {
+    if observed.keys().any(|k| !exact.contains_key(k)) {
+        return (f64::INFINITY, 1);
+    }
+    let (mut stat, mut cells) = (0.0, 0);
+    let (mut pooled_obs, mut pooled_exp) = (0.0, 0.0);
+    for (seq, &p) in exact {
+        let e = p * n as f64;
+        let o = *observed.get(seq).unwrap_or(&0) as f64;
+        if e < 5.0 {
+            pooled_obs += o;
+            pooled_exp += e;
+        } else {
+            stat += (o - e).powi(2) / e;
+            cells += 1;
+        }
+    }
+    if pooled_exp > 0.0 {
+        stat += (pooled_obs - pooled_exp).powi(2) / pooled_exp;
+        cells += 1;
+    }
+    (stat, cells - 1)
+}
+
+fn sample_runs(
+    model: &Llama<CpuBackend>,
+    tree: &TreeSpec,
+    params: &SamplingParams,
+    rule: AcceptRule,
+) -> HashMap<[u32; 3], usize> {
+    let mut counts = HashMap::new();
+    for run in 0..RUNS {
+        let cfg = GenerationConfig { max_new_tokens: 3, sampling: *params, seed: run as u64, stop_ids: vec![] };
+        let mut head = oracle::OracleHead::new(PROMPT[0], 1.0, run as u64 ^ 0xABCD);
+        let (out, _) = generate_speculative_with(model, &mut head, tree, &PROMPT, &cfg, rule, |_| {}).unwrap();
+        *counts.entry([out[0], out[1], out[2]]).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Wrong on purpose: accepts the first child whenever the base gives it any real probability,
+/// ignoring the draft's probability and never touching the residual.
+fn accept_first_plausible(
+    tree: &DraftedTree,
+    logits: &[f32],
+    vocab: usize,
+    params: &SamplingParams,
+    rng: &mut Rng,
+) -> Accepted {
+    let bufs = &tree.buffers;
+    let mut path = vec![0];
+    let mut node = 0;
+    loop {
+        let p = sampling::process(&logits[node * vocab..(node + 1) * vocab], params);
+        match bufs.children(node).first() {
+            Some(&child) if p[tree.tokens[child] as usize] > 0.05 => {
+                path.push(child);
+                node = child;
+            }
+            _ => {
+                let next_root = sampling::sample(&p, rng) as i64;
+                return Accepted { best_row: 0, accepted_drafts: path.len() - 1, path_nodes: path, next_root };
+            }
+        }
+    }
+}
+
+fn check(params: SamplingParams) {
+    let model = model();
+    let exact = exact(&model, &params);
+    eprintln!("{} continuations have probability > 0", exact.len());
+    for (name, tree) in trees() {
+        let (stat, df) = chi2(&sample_runs(&model, &tree, &params, accept_lossless), &exact, RUNS);
+        let critical = chi2_critical(df);
+        eprintln!(
+            "{name} T={} top-p={}: chi2 {stat:.1}, df {df}, critical {critical:.1}",
+            params.temperature, params.top_p
+        );
+        assert!(stat < critical, "{name}: the engine's samples do not follow the base distribution");
+
+        let (bad, bad_df) = chi2(&sample_runs(&model, &tree, &params, accept_first_plausible), &exact, RUNS);
+        eprintln!("{name} negative control: chi2 {bad:.1}, critical {:.1}", chi2_critical(bad_df));
+        assert!(bad > chi2_critical(bad_df), "{name}: the chi-square test missed a wrong acceptance rule");
+    }
+}
+
+#[test]
+fn temperature_one() {
+    check(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 });
+}
+
+#[test]
+fn temperature_0_7_top_p_0_9() {
+    check(SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9 });
+}

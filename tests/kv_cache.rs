@@ -44,3 +44,45 @@ fn default_model_decode_equals_prefill() {
     let tokens: Vec<u32> = vec![1, 504, 3458, 282, 4649, 314, 253, 1345, 30, 378, 3458, 282, 4649, 314, 7042, 30];
     check_decode_matches_prefill(&model, &tokens, 6);
 }
+
+/// After a tree is verified and a path of k drafts accepted, compaction keeps exactly that path:
+/// the next step's logits equal those of plain decoding of the same tokens.
+#[test]
+fn compaction_after_accepting_a_path_equals_plain_decoding() {
+    use clover_engine::backend::AttnMask;
+    use clover_engine::spec::tree::StaticTree;
+
+    let dir = common::temp_dir("kv-compact");
+    write_random_model(&dir, &tiny_llama_config(64), 4).unwrap();
+    let model = Llama::load(&dir, CpuBackend).unwrap();
+    let vocab = model.config.vocab_size;
+    let tree = StaticTree::mc_sim_7b_63();
+    let bufs = tree.buffers();
+    let prompt: Vec<u32> = vec![5, 9, 33, 2, 17];
+    let tokens: Vec<u32> = (0..bufs.num_nodes() as u32).map(|i| (i * 11 + 3) % 64).collect();
+    // Every leaf path of the tree, each of its prefixes as the accepted path.
+    for row in bufs.retrieve_rows() {
+        let path: Vec<usize> = row.iter().take_while(|&&n| n >= 0).map(|&n| n as usize).collect();
+        for k in 0..path.len() {
+            let keep = &path[..=k];
+            let mut cache = model.new_cache(64);
+            model.prefill(&mut cache, &prompt, LogitRows::None).unwrap();
+            let base = cache.len();
+            let positions: Vec<u32> = bufs.positions().iter().map(|&d| (base + d) as u32).collect();
+            let mask = AttnMask::Tree { bits: bufs.mask(), first_key: base };
+            model.forward(&mut cache, &tokens, &positions, mask, LogitRows::All).unwrap();
+            cache.compact(&model.backend, base, keep);
+            let next = 42;
+            let after = model.decode(&mut cache, next).unwrap().logits;
+
+            let mut seq = prompt.clone();
+            seq.extend(keep.iter().map(|&n| tokens[n]));
+            seq.push(next);
+            let mut fresh = model.new_cache(64);
+            let plain = model.prefill(&mut fresh, &seq, LogitRows::Last).unwrap().logits;
+            let d = max_rel_diff(&after, &plain);
+            assert!(d < 1e-4, "path {keep:?}: relative difference {d}");
+            assert_eq!(after.len(), vocab);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Bad draft inputs get clear errors: a head built for another base model, a malformed tree
+//! file, a tree deeper than the head drafts.
+
+mod common;
+
+use std::process::Command;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::eagle::EagleHead;
+use clover_engine::draft::init::init_head;
+use clover_engine::draft::DraftKind;
+use clover_engine::model::random::{tiny_llama_config, write_random_model};
+use clover_engine::model::Llama;
+use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::drafting::TreeSpec;
+use clover_engine::spec::engine::{generate_speculative, GenerationConfig};
+use clover_engine::spec::tree::StaticTree;
+
+fn tiny_base(name: &str, hidden: usize, vocab: usize) -> std::path::PathBuf {
+    let dir = common::temp_dir(name);
+    let mut config = tiny_llama_config(vocab);
+    config["hidden_size"] = hidden.into();
+    write_random_model(&dir, &config, 1).unwrap();
+    dir
+}
+
+#[test]
+fn head_for_another_base_model_is_refused() {
+    let base = tiny_base("base-a", 32, 64);
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    for (name, hidden, vocab, field) in [("other-hidden", 48, 64, "hidden_size"), ("other-vocab", 32, 80, "vocab_size")]
+    {
+        let other = tiny_base(name, hidden, vocab);
+        let head_dir = other.join("head");
+        init_head(DraftKind::Eagle, &other, &head_dir, 0).unwrap();
+        let err = EagleHead::load(&head_dir, &model).err().expect("a mismatched head must be refused").to_string();
+        assert!(err.contains("config.json") && err.contains(field) && err.contains("another base model"), "{err}");
+    }
+}
+
+#[test]
+fn head_with_a_wrong_tensor_shape_is_refused() {
+    let base = tiny_base("base-shape", 32, 64);
+    let head_dir = base.join("head");
+    init_head(DraftKind::Eagle, &base, &head_dir, 0).unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    // Rewrite fc.weight with the wrong shape.
+    let tensors = vec![("fc.weight".to_string(), vec![32, 32], vec![0.0f32; 32 * 32])];
+    clover_engine::weights::write_f32_safetensors(&head_dir.join("model.safetensors"), &tensors).unwrap();
+    let err = EagleHead::load(&head_dir, &model).err().expect("refused").to_string();
+    assert!(err.contains("model.safetensors") && err.contains("fc.weight"), "{err}");
+}
+
+#[test]
+fn tree_deeper_than_the_head_is_refused() {
+    let base = tiny_base("base-deep", 32, 64);
+    let head_dir = base.join("head");
+    init_head(DraftKind::Eagle, &base, &head_dir, 0).unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    let mut head = EagleHead::load(&head_dir, &model).unwrap();
+    let paths: Vec<Vec<usize>> = (1..=17).map(|d| vec![0; d]).collect();
+    let tree = TreeSpec::Static(StaticTree::from_paths(paths, 10).unwrap());
+    let cfg = GenerationConfig { max_new_tokens: 8, sampling: SamplingParams::greedy(), seed: 0, stop_ids: vec![] };
+    let err = generate_speculative(&model, &mut head, &tree, &[1, 2, 3], &cfg, |_| {}).err().expect("refused");
+    assert!(err.to_string().contains("17 levels deep"), "{err}");
+}
+
+#[test]
+fn malformed_tree_json_names_the_file() {
+    let Some(model) = common::default_model() else { return };
+    let dir = common::temp_dir("bad-tree");
+    let head = dir.join("head");
+    init_head(DraftKind::Eagle, &model, &head, 0).unwrap();
+    let tree = dir.join("tree.json");
+    std::fs::write(&tree, "[[0], [0, 0], [2]]").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_clover-engine"))
+        .args(["generate", "--prompt", "Hi", "--max-new-tokens", "4", "--draft", "eagle"])
+        .args(["--draft-model", head.to_str().unwrap(), "--tree", tree.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("tree.json") && !err.contains("panicked"), "{err}");
+}

@@ -96,3 +96,29 @@ fn eagle_untrained_default_model() {
             .collect();
     check_prompts(&model, &dir, &prompts, 32);
 }
+
+/// The full-size check (20 prompts × 128 tokens on the default model, every tree kind): about an
+/// hour of CPU here, so it runs by hand: `cargo test --release --test lossless_greedy -- --ignored`.
+#[test]
+#[ignore]
+fn eagle_untrained_default_model_20_prompts_128_tokens() {
+    let Some(base) = common::default_model() else { return };
+    let dir = common::temp_dir("lossless-default-full");
+    init_head(DraftKind::Eagle, &base, &dir, 1).unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    let tok = clover_engine::model::TextTokenizer::load(&base).unwrap();
+    let questions =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/spec_bench/question.jsonl"))
+            .expect("Spec-Bench questions beside the repository");
+    let prompts: Vec<Vec<u32>> = questions
+        .lines()
+        .step_by(24)
+        .take(20)
+        .map(|line| {
+            let q: serde_json::Value = serde_json::from_str(line).unwrap();
+            let msg = clover_engine::model::ChatMessage::new("user", q["turns"][0].as_str().unwrap());
+            tok.encode(&tok.render_chat(&[msg], true).unwrap(), false).unwrap()
+        })
+        .collect();
+    check_prompts(&model, &dir, &prompts, 128);
+}

@@ -2,6 +2,7 @@
 
 pub mod gguf;
 pub mod gguf_import;
+mod gguf_tokenizer;
 pub mod safetensors;
 
 use std::sync::Arc;

@@ -49,7 +49,6 @@ fn default_model_decode_equals_prefill() {
 /// the next step's logits equal those of plain decoding of the same tokens.
 #[test]
 fn compaction_after_accepting_a_path_equals_plain_decoding() {
-    use clover_engine::backend::AttnMask;
     use clover_engine::spec::tree::StaticTree;
 
     let dir = common::temp_dir("kv-compact");
@@ -68,9 +67,7 @@ fn compaction_after_accepting_a_path_equals_plain_decoding() {
             let mut cache = model.new_cache(64);
             model.prefill(&mut cache, &prompt, LogitRows::None).unwrap();
             let base = cache.len();
-            let positions: Vec<u32> = bufs.positions().iter().map(|&d| (base + d) as u32).collect();
-            let mask = AttnMask::Tree { bits: bufs.mask(), first_key: base };
-            model.forward(&mut cache, &tokens, &positions, mask, LogitRows::All).unwrap();
+            model.verify_tree(&mut cache, &tokens, bufs.positions(), bufs.mask()).unwrap();
             cache.compact(&model.backend, base, keep);
             let next = 42;
             let after = model.decode(&mut cache, next).unwrap().logits;

@@ -112,6 +112,27 @@ impl<B: Backend> Llama<B> {
         self.prefill(cache, &[token], LogitRows::Last)
     }
 
+    /// One forward over a candidate tree written after the cache: node i (root first) sits at
+    /// position `len + depths[i]` and attends to the whole prefix and to the nodes marked in row
+    /// i of the `N × N` ancestor mask. Returns logits and both features for every node; the
+    /// caller then keeps the accepted path with `KvCache::compact`.
+    pub fn verify_tree(
+        &self,
+        cache: &mut KvCache<B>,
+        tokens: &[u32],
+        depths: &[usize],
+        ancestor_mask: &[u8],
+    ) -> Result<ForwardOutput<B>> {
+        let n = tokens.len();
+        if depths.len() != n || ancestor_mask.len() != n * n {
+            return Err(Error::input(format!("verify_tree: {n} tokens need {n} depths and an {n}×{n} mask")));
+        }
+        let base = cache.len();
+        let positions: Vec<u32> = depths.iter().map(|&d| (base + d) as u32).collect();
+        let mask = AttnMask::Tree { bits: ancestor_mask, first_key: base };
+        self.forward(cache, tokens, &positions, mask, LogitRows::All)
+    }
+
     /// One forward over new tokens written at cache slots `len..len + rows`, at `positions`,
     /// attending to the whole cached prefix and to each other through `mask`.
     pub fn forward(

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::backend::{AttnMask, Backend};
+use crate::backend::Backend;
 use crate::draft::DraftHead;
 use crate::error::{Error, Result};
 use crate::model::{Llama, LogitRows};
@@ -193,9 +193,7 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
 
         let base_len = cache.len();
         let bufs = &drafted.buffers;
-        let positions: Vec<u32> = bufs.positions().iter().map(|&d| (base_len + d) as u32).collect();
-        let mask = AttnMask::Tree { bits: bufs.mask(), first_key: base_len };
-        let verified = model.forward(&mut cache, &drafted.tokens, &positions, mask, LogitRows::All)?;
+        let verified = model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask())?;
         let t_verify = t.elapsed().as_secs_f64() - t_draft;
 
         let accepted = accept(&drafted, &verified.logits, model.config.vocab_size, &cfg.sampling, &mut rng);

@@ -39,6 +39,21 @@ pub struct KvLayout {
     pub head_dim: usize,
 }
 
+/// The parameters of one Clover attention-decoder cell (clover2.md §3), generic over what holds
+/// them: `W = Backend::Weight` for the weights, `W = Backend::Buf` for their f32 gradients, laid
+/// out exactly like the weights. `gain`, biases `[H]`; `wq`, `wk`, `wv` `[H, H]` (`[out, in]`).
+#[derive(Clone, Debug)]
+pub struct CloverCellParams<W> {
+    /// RMSNorm gain applied to the state before the query projection.
+    pub gain: W,
+    pub wq: W,
+    pub bq: W,
+    pub wk: W,
+    pub bk: W,
+    pub wv: W,
+    pub bv: W,
+}
+
 pub trait Backend: Send + Sync {
     /// An f32 activation buffer on the device.
     type Buf: Send + Sync;
@@ -92,5 +107,42 @@ pub trait Backend: Send + Sync {
         past: usize,
         mask: AttnMask,
         out: &mut Self::Buf,
+    );
+
+    /// The Clover attention-decoder cell for `rows` independent rows of width H (clover2.md §3):
+    /// `out = x + concat_h(cos(q_h, k_h) · v_h)` with `q = Wq·RMSNorm_gain(x) + bq`,
+    /// `k = Wk·y + bk`, `v = Wv·y + bv`, split into `n_heads` heads of H / n_heads, and
+    /// `cos(q, k) = <q, k> / (max(|q|, eps) · max(|k|, eps))`; `eps` also serves the RMSNorm.
+    #[allow(clippy::too_many_arguments)]
+    fn clover_cell(
+        &self,
+        cell: &CloverCellParams<Self::Weight>,
+        n_heads: usize,
+        eps: f32,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    );
+
+    /// The cell's backward: given `d_out` = dL/dout, **adds** dL/dx to `dx`, dL/dy to `dy` and
+    /// the parameter gradients to `grads` (accumulating, so a cell shared by several depths, or a
+    /// state that feeds several consumers, sums its gradients without extra buffers; zero them
+    /// before the first use). `dy` is optional because training never needs it: y is a row of the
+    /// frozen embedding, and skipping it saves two of the backward's GEMMs. The forward's
+    /// intermediates (q, k, v, norms) are recomputed from `x` and `y`, not saved by the forward.
+    #[allow(clippy::too_many_arguments)]
+    fn clover_cell_backward(
+        &self,
+        cell: &CloverCellParams<Self::Weight>,
+        n_heads: usize,
+        eps: f32,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        rows: usize,
+        d_out: &Self::Buf,
+        dx: &mut Self::Buf,
+        dy: Option<&mut Self::Buf>,
+        grads: &mut CloverCellParams<Self::Buf>,
     );
 }

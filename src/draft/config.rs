@@ -56,3 +56,60 @@ pub fn head_config_json(base: &Value, kind: &str, layers: usize, rope_theta: f64
     }
     c
 }
+
+/// The `clover` block of a Clover-2 head's config (clover2.md §6). Missing fields take the
+/// reference defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CloverConfig {
+    /// K: the number of draft heads, which is also the deepest tree level the head can draft.
+    pub num_heads: usize,
+    /// Decoder layers in the Augmenting Block.
+    pub num_layers: usize,
+    /// Training loss weights: head i's loss is scaled by `heads_coefficient · decay_coefficient^i`.
+    pub heads_coefficient: f64,
+    pub decay_coefficient: f64,
+}
+
+impl Default for CloverConfig {
+    fn default() -> Self {
+        CloverConfig { num_heads: 5, num_layers: 2, heads_coefficient: 1.0, decay_coefficient: 0.7 }
+    }
+}
+
+impl CloverConfig {
+    pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
+        let mut c = CloverConfig::default();
+        let Some(block) = json.get("clover").filter(|v| !v.is_null()) else {
+            return Ok(c);
+        };
+        let count =
+            |key: &str, default: usize| -> Result<usize> {
+                match block.get(key) {
+                    None => Ok(default),
+                    Some(v) => v.as_u64().filter(|&n| n >= 1).map(|n| n as usize).ok_or_else(|| {
+                        Error::format(path, format!("clover.{key}"), "expected an integer of at least 1")
+                    }),
+                }
+            };
+        let number = |key: &str, default: f64| -> Result<f64> {
+            match block.get(key) {
+                None => Ok(default),
+                Some(v) => v.as_f64().ok_or_else(|| Error::format(path, format!("clover.{key}"), "not a number")),
+            }
+        };
+        c.num_heads = count("num_heads", c.num_heads)?;
+        c.num_layers = count("num_layers", c.num_layers)?;
+        c.heads_coefficient = number("heads_coefficient", c.heads_coefficient)?;
+        c.decay_coefficient = number("decay_coefficient", c.decay_coefficient)?;
+        Ok(c)
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "num_heads": self.num_heads,
+            "num_layers": self.num_layers,
+            "heads_coefficient": self.heads_coefficient,
+            "decay_coefficient": self.decay_coefficient,
+        })
+    }
+}

@@ -7,12 +7,11 @@ use std::path::Path;
 
 use crate::backend::{AttnMask, Backend, KvLayout};
 use crate::draft::config::{check_compatible, declared_kind, read_json};
-use crate::draft::{DraftHead, DraftKind};
+use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
 use crate::model::layer::{DecoderLayer, Rope};
 use crate::model::{ForwardOutput, KvCache, Llama, ModelConfig};
 use crate::weights::safetensors::SafetensorsFiles;
-use crate::weights::HostTensor;
 
 /// EAGLE's layer has no depth limit of its own; this bounds the per-step tree entries.
 pub const EAGLE_MAX_DEPTH: usize = 16;
@@ -104,22 +103,6 @@ impl<B: Backend> EagleHead<B> {
         b.add_bias(&mut x, rows, &self.fc_bias);
         x
     }
-}
-
-/// `[rows, 2h]` → its first and second column halves as `[rows, h]` tensors.
-fn split_columns(t: &HostTensor, h: usize) -> (HostTensor, HostTensor) {
-    let values = t.to_f32();
-    let rows = t.shape[0];
-    let mut left = Vec::with_capacity(rows * h);
-    let mut right = Vec::with_capacity(rows * h);
-    for r in values.chunks_exact(2 * h) {
-        left.extend_from_slice(&r[..h]);
-        right.extend_from_slice(&r[h..]);
-    }
-    (
-        HostTensor::from_f32(&format!("{}[:, :H]", t.name), vec![rows, h], &left),
-        HostTensor::from_f32(&format!("{}[:, H:]", t.name), vec![rows, h], &right),
-    )
 }
 
 impl<B: Backend> DraftHead<B> for EagleHead<B> {

@@ -3,11 +3,14 @@
 
 use std::path::Path;
 
-use crate::draft::config::{head_config_json, read_json};
+use crate::draft::clover2::{self, cell_tensors, CLOVER_ROPE_THETA};
+use crate::draft::config::{head_config_json, read_json, CloverConfig};
 use crate::draft::DraftKind;
 use crate::error::{Error, Result};
+use crate::model::random::tensor_shapes;
 use crate::model::ModelConfig;
 use crate::rng::Rng;
+use crate::weights::safetensors::SafetensorsFiles;
 use crate::weights::write_f32_safetensors;
 
 pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
@@ -51,19 +54,84 @@ pub fn eagle_tensors(rng: &mut Rng, c: &ModelConfig) -> Tensors {
     t
 }
 
+/// PyTorch's `uniform_(b=0.01)`: U[0, 0.01), non-negative (clover2.md §6).
+fn small_uniform(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| 0.01 * rng.uniform_f32()).collect()
+}
+
+/// U[0, 0.01) on an `[rows, cols]` matrix plus the identity on its first `rows` columns.
+fn eye_plus_uniform(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
+    let mut w = small_uniform(rng, rows * cols);
+    for i in 0..rows {
+        w[i * cols + i] += 1.0;
+    }
+    w
+}
+
+/// An AD cell near the identity: Wq, Wk = I + U, Wv = U, biases 0, gain 1. With Wv this small
+/// the cell starts as `x + (tiny)`, so the state passes through.
+fn clover_cell_tensors(rng: &mut Rng, h: usize, prefix: &str) -> Tensors {
+    cell_tensors(h)
+        .into_iter()
+        .map(|(name, shape)| {
+            let values = match name {
+                "input_layernorm.weight" => vec![1.0; h],
+                "q.weight" | "k.weight" => eye_plus_uniform(rng, h, h),
+                "v.weight" => small_uniform(rng, h * h),
+                _ => vec![0.0; h],
+            };
+            (format!("{prefix}.{name}"), shape, values)
+        })
+        .collect()
+}
+
+/// Clover-2 (clover2.md §6, §16 P4): the Augmenting Block's layers are copies of the base
+/// model's last decoder layer and both norms start from its final norm, so the block starts out
+/// continuing the base model's computation; the FCs start near the identity on the state.
+pub fn clover2_tensors(rng: &mut Rng, c: &ModelConfig, base: &SafetensorsFiles, layers: usize) -> Result<Tensors> {
+    let h = c.hidden_size;
+    let last = format!("model.layers.{}.", c.num_layers.saturating_sub(1));
+    let mut last_layer = Vec::new();
+    for (name, shape) in tensor_shapes(c).into_iter().filter(|(n, _)| n.starts_with(&last)) {
+        let values = base.get(&name, &shape)?.to_f32();
+        last_layer.push((name[last.len()..].to_string(), shape, values));
+    }
+    let final_norm = base.get("model.norm.weight", &[h])?.to_f32();
+
+    let mut t = clover_cell_tensors(rng, h, clover2::AD0);
+    for l in 0..layers {
+        t.extend(last_layer.iter().map(|(name, shape, v)| (format!("layers.{l}.{name}"), shape.clone(), v.clone())));
+    }
+    t.push((clover2::CLOVER_NORM.into(), vec![h], final_norm.clone()));
+    t.push((format!("{}.weight", clover2::HEAD0_FC), vec![h, h], eye_plus_uniform(rng, h, h)));
+    t.push((format!("{}.bias", clover2::HEAD0_FC), vec![h], vec![0.0; h]));
+    t.extend(clover_cell_tensors(rng, h, clover2::AD1));
+    t.push((format!("{}.weight", clover2::HEADS_FC), vec![h, 2 * h], eye_plus_uniform(rng, h, 2 * h)));
+    t.push((format!("{}.bias", clover2::HEADS_FC), vec![h], vec![0.0; h]));
+    t.push((clover2::HEAD_NORM.into(), vec![h], final_norm));
+    Ok(t)
+}
+
 /// Writes `out_dir/config.json` and `out_dir/model.safetensors` for an untrained head.
 pub fn init_head(kind: DraftKind, base_dir: &Path, out_dir: &Path, seed: u64) -> Result<()> {
     let base_path = base_dir.join("config.json");
     let base_json = read_json(&base_path)?;
     let base = ModelConfig::from_json(&base_json, &base_path)?;
     let mut rng = Rng::new(seed);
-    let (tensors, layers) = match kind {
-        DraftKind::Eagle => (eagle_tensors(&mut rng, &base), 1),
-        DraftKind::Clover2 => return Err(Error::input("init-head --kind clover2 is not available yet")),
+    let (tensors, config) = match kind {
+        DraftKind::Eagle => (eagle_tensors(&mut rng, &base), head_config_json(&base_json, kind.name(), 1, 10000.0)),
+        DraftKind::Clover2 => {
+            let files = SafetensorsFiles::open_dir(base_dir)?;
+            let clover = CloverConfig::default();
+            let mut config = head_config_json(&base_json, kind.name(), clover.num_layers, CLOVER_ROPE_THETA);
+            if let Some(o) = config.as_object_mut() {
+                o.insert("clover".into(), clover.to_json());
+            }
+            (clover2_tensors(&mut rng, &base, &files, clover.num_layers)?, config)
+        }
     };
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     write_f32_safetensors(&out_dir.join("model.safetensors"), &tensors)?;
-    let config = head_config_json(&base_json, kind.name(), layers, 10000.0);
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::input(e.to_string()))?;
     crate::fsutil::write_atomically(&out_dir.join("config.json"), text.as_bytes())
 }

@@ -1,6 +1,7 @@
 //! Draft heads. Both kinds turn committed base features into a first row of draft logits, then
 //! expand a tree level by level, each node fed by the state of its parent.
 
+pub mod clover2;
 pub mod config;
 pub mod eagle;
 pub mod init;
@@ -8,6 +9,7 @@ pub mod init;
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::model::{ForwardOutput, Llama};
+use crate::weights::HostTensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DraftKind {
@@ -58,6 +60,22 @@ pub fn load_head<B: Backend + 'static>(
 ) -> Result<Box<dyn DraftHead<B>>> {
     match kind {
         DraftKind::Eagle => Ok(Box::new(eagle::EagleHead::load(dir, base)?)),
-        DraftKind::Clover2 => Err(crate::error::Error::input("clover2 heads are not available yet")),
+        DraftKind::Clover2 => Ok(Box::new(clover2::Clover2Head::load(dir, base)?)),
     }
+}
+
+/// `[rows, 2h]` → its first and second column halves as `[rows, h]` tensors.
+pub(crate) fn split_columns(t: &HostTensor, h: usize) -> (HostTensor, HostTensor) {
+    let values = t.to_f32();
+    let rows = t.shape[0];
+    let mut left = Vec::with_capacity(rows * h);
+    let mut right = Vec::with_capacity(rows * h);
+    for r in values.chunks_exact(2 * h) {
+        left.extend_from_slice(&r[..h]);
+        right.extend_from_slice(&r[h..]);
+    }
+    (
+        HostTensor::from_f32(&format!("{}[:, :H]", t.name), vec![rows, h], &left),
+        HostTensor::from_f32(&format!("{}[:, H:]", t.name), vec![rows, h], &right),
+    )
 }

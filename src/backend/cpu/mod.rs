@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod clover_cell;
 pub mod kv;
 pub mod matmul;
 pub mod norm;
@@ -11,7 +12,7 @@ pub mod weight;
 
 pub use weight::CpuWeight;
 
-use super::{AttnMask, AttnShape, Backend, KvLayout};
+use super::{AttnMask, AttnShape, Backend, CloverCellParams, KvLayout};
 use crate::error::Result;
 use crate::weights::HostTensor;
 
@@ -110,5 +111,35 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
     ) {
         attention::attention(q, k_cache, v_cache, layout, shape, rows, past, mask, out);
+    }
+
+    fn clover_cell(
+        &self,
+        cell: &CloverCellParams<CpuWeight>,
+        n_heads: usize,
+        eps: f32,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        rows: usize,
+        out: &mut Vec<f32>,
+    ) {
+        clover_cell::clover_cell(cell, n_heads, eps, x, y, rows, out);
+    }
+
+    fn clover_cell_backward(
+        &self,
+        cell: &CloverCellParams<CpuWeight>,
+        n_heads: usize,
+        eps: f32,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        rows: usize,
+        d_out: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        dy: Option<&mut Vec<f32>>,
+        grads: &mut CloverCellParams<Vec<f32>>,
+    ) {
+        let dy = dy.map(|v| v.as_mut_slice());
+        clover_cell::clover_cell_backward(cell, n_heads, eps, x, y, rows, d_out, dx, dy, grads);
     }
 }

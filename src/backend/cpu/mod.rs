@@ -4,10 +4,14 @@
 pub mod activation;
 pub mod attention;
 pub mod kv;
+pub mod linear;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod weight;
+
+#[cfg(test)]
+pub mod gradcheck;
 
 pub use weight::CpuWeight;
 
@@ -62,12 +66,7 @@ impl Backend for CpuBackend {
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, rows: usize, bias: &CpuWeight) {
-        let b = bias.to_f32();
-        for row in x.chunks_exact_mut(b.len()).take(rows) {
-            for (v, bv) in row.iter_mut().zip(&b) {
-                *v += bv;
-            }
-        }
+        linear::add_bias(x, rows, &bias.to_f32());
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {

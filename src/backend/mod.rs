@@ -10,6 +10,18 @@ pub mod cpu;
 use crate::error::Result;
 use crate::weights::HostTensor;
 
+/// AdamW hyper-parameters with PyTorch's semantics (`torch.optim.AdamW`): decoupled weight decay
+/// p ← p − lr·wd·p, then the bias-corrected Adam step. The training ops are in the trait's
+/// "Training" block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
 /// Which cached keys a block of `rows` new query rows (written at slots `past..past + rows`) may
 /// attend to.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +99,99 @@ pub trait Backend: Send + Sync {
     fn rope(&self, x: &mut Self::Buf, rows: usize, n_heads: usize, head_dim: usize, cos_sin: &Self::Buf);
     /// out = silu(gate) ⊙ up.
     fn swiglu(&self, gate: &Self::Buf, up: &Self::Buf, out: &mut Self::Buf);
+
+    // ---- Training: backward ops, losses, optimiser (distillation of the draft heads) ----------
+    //
+    // Each backward sits beside its forward and ADDS its gradients into the buffers it is given
+    // (zero them before the first use), so an activation that feeds several consumers, or a
+    // weight shared by several heads, sums its gradients without temporaries. The losses WRITE
+    // their gradient. Trainable parameters are f32; their gradients and Adam moments are f32
+    // buffers laid out like the weight (`[out, in]` for matrices).
+
+    /// x ← 0.
+    fn zero(&self, x: &mut Self::Buf);
+    /// Backward of `rmsnorm` for `rows` rows: dx += dL/dx, d_gain += dL/dgain (summed over rows),
+    /// for d_out = dL/dout. The row statistics are recomputed from x.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        gain: &Self::Weight,
+        eps: f32,
+        d_out: &Self::Buf,
+        dx: &mut Self::Buf,
+        d_gain: &mut Self::Buf,
+    );
+    /// Backward of `rope`, in place: turns dL/d(rotated x) into dL/dx (the inverse rotation).
+    fn rope_backward(&self, dx: &mut Self::Buf, rows: usize, n_heads: usize, head_dim: usize, cos_sin: &Self::Buf);
+    /// Backward of `swiglu`: d_gate += dL/dgate, d_up += dL/dup.
+    fn swiglu_backward(
+        &self,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        d_out: &Self::Buf,
+        d_gate: &mut Self::Buf,
+        d_up: &mut Self::Buf,
+    );
+    /// Backward of `matmul` (y[rows, n] = x[rows, k]·wᵀ, w `[n, k]`) for dy = dL/dy: when given,
+    /// dx += dy·w (any weight dtype: the frozen bf16 lm_head needs only this) and
+    /// dw += dyᵀ·x (an f32 `[n, k]` buffer; `x` is read only for this).
+    fn matmul_backward(
+        &self,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        dx: Option<&mut Self::Buf>,
+        dw: Option<&mut Self::Buf>,
+    );
+    /// Backward of `add_bias`: d_bias += Σ over `rows` rows of dy.
+    fn bias_backward(&self, dy: &Self::Buf, rows: usize, d_bias: &mut Self::Buf);
+    /// Backward of causal self-attention over a whole sequence with no cache (teacher-forced
+    /// training: the `rows` queries and keys are the same positions, row i sees rows 0..=i).
+    /// q `[rows, n_heads·d]`, k and v `[rows, n_kv_heads·d]` row-major, q and k after RoPE, as the
+    /// forward used them; dq, dk, dv += the gradients for d_out = dL/d(attention output).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        shape: AttnShape,
+        rows: usize,
+        d_out: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+    );
+    /// Soft cross-entropy against the teacher p = softmax(teacher_logits), one row per entry of
+    /// `row_weight` (mask × denominator × head factor): returns Σ_r w_r·(−Σ_v p_v·log_softmax(z)_v)
+    /// and writes d_logits = w_r·(softmax(z) − p). f32 with the row max subtracted.
+    fn soft_cross_entropy(
+        &self,
+        logits: &Self::Buf,
+        teacher_logits: &Self::Buf,
+        row_weight: &[f32],
+        d_logits: &mut Self::Buf,
+    ) -> f32;
+    /// SmoothL1 (β = 1) of pred − target averaged over each row, one row per entry of
+    /// `row_weight`: returns Σ_r w_r·mean(SmoothL1) and writes d_pred = w_r·clip(d, −1, 1)/H.
+    fn smooth_l1(&self, pred: &Self::Buf, target: &Self::Buf, row_weight: &[f32], d_pred: &mut Self::Buf) -> f32;
+    /// Clamps every element of x to [−limit, limit] (gradient clipping by value).
+    fn clip_by_value(&self, x: &mut Self::Buf, limit: f32);
+    /// One AdamW step (PyTorch semantics, `step` counts from 1) of an f32 parameter from its
+    /// gradient, updating the first and second moments m and v.
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: &AdamW,
+        step: u64,
+    );
+    // ---- end of the training block ------------------------------------------------------------
 
     /// Writes `rows` new key (or value) rows `[rows, n_kv_heads·head_dim]` at slots `start..`.
     fn kv_write(&self, cache: &mut Self::Buf, layout: KvLayout, new: &Self::Buf, rows: usize, start: usize);

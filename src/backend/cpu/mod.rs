@@ -5,10 +5,16 @@ pub mod activation;
 pub mod attention;
 pub mod clover_cell;
 pub mod kv;
+pub mod linear;
+pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod rope;
 pub mod weight;
+
+#[cfg(test)]
+pub mod gradcheck;
 
 pub use weight::CpuWeight;
 
@@ -63,12 +69,7 @@ impl Backend for CpuBackend {
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, rows: usize, bias: &CpuWeight) {
-        let b = bias.to_f32();
-        for row in x.chunks_exact_mut(b.len()).take(rows) {
-            for (v, bv) in row.iter_mut().zip(&b) {
-                *v += bv;
-            }
-        }
+        linear::add_bias(x, rows, &bias.to_f32());
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
@@ -89,6 +90,105 @@ impl Backend for CpuBackend {
     fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>, out: &mut Vec<f32>) {
         activation::swiglu(gate, up, out);
     }
+
+    // ---- Training: backward ops, losses, optimiser -------------------------------------------
+
+    fn zero(&self, x: &mut Vec<f32>) {
+        x.fill(0.0);
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        gain: &CpuWeight,
+        eps: f32,
+        d_out: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        d_gain: &mut Vec<f32>,
+    ) {
+        let g = gain.to_f32();
+        let n = rows * g.len();
+        norm::rmsnorm_backward(&x[..n], &g, eps, &d_out[..n], &mut dx[..n], d_gain);
+    }
+
+    fn rope_backward(&self, dx: &mut Vec<f32>, rows: usize, n_heads: usize, head_dim: usize, cos_sin: &Vec<f32>) {
+        rope::rope_backward(dx, rows, n_heads, head_dim, cos_sin);
+    }
+
+    fn swiglu_backward(
+        &self,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        d_out: &Vec<f32>,
+        d_gate: &mut Vec<f32>,
+        d_up: &mut Vec<f32>,
+    ) {
+        activation::swiglu_backward(gate, up, d_out, d_gate, d_up);
+    }
+
+    fn matmul_backward(
+        &self,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        rows: usize,
+        w: &CpuWeight,
+        dx: Option<&mut Vec<f32>>,
+        dw: Option<&mut Vec<f32>>,
+    ) {
+        linear::matmul_backward(x, dy, rows, w, dx.map(|v| v.as_mut_slice()), dw.map(|v| v.as_mut_slice()));
+    }
+
+    fn bias_backward(&self, dy: &Vec<f32>, rows: usize, d_bias: &mut Vec<f32>) {
+        linear::bias_backward(dy, rows, d_bias);
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        shape: AttnShape,
+        rows: usize,
+        d_out: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+    ) {
+        attention::attention_backward(q, k, v, shape, rows, d_out, dq, dk, dv);
+    }
+
+    fn soft_cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        teacher_logits: &Vec<f32>,
+        row_weight: &[f32],
+        d_logits: &mut Vec<f32>,
+    ) -> f32 {
+        loss::soft_cross_entropy(logits, teacher_logits, row_weight, d_logits)
+    }
+
+    fn smooth_l1(&self, pred: &Vec<f32>, target: &Vec<f32>, row_weight: &[f32], d_pred: &mut Vec<f32>) -> f32 {
+        loss::smooth_l1(pred, target, row_weight, d_pred)
+    }
+
+    fn clip_by_value(&self, x: &mut Vec<f32>, limit: f32) {
+        optim::clip_by_value(x, limit);
+    }
+
+    fn adamw(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        hp: &crate::backend::AdamW,
+        step: u64,
+    ) {
+        optim::adamw(param, grad, m, v, hp, step);
+    }
+
+    // ---- end of the training block -------------------------------------------------------------
 
     fn kv_write(&self, cache: &mut Vec<f32>, layout: KvLayout, new: &Vec<f32>, rows: usize, start: usize) {
         kv::kv_write(cache, layout, new, rows, start);

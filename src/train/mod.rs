@@ -1,0 +1,4 @@
+//! Offline training: conversations → gen-data (features from one base forward each) → shards
+//! served in shuffled batches to the draft-head trainer.
+
+pub mod conversations;

@@ -2,3 +2,7 @@
 //! served in shuffled batches to the draft-head trainer.
 
 pub mod conversations;
+pub mod data;
+pub mod layout;
+pub mod loss_mask;
+pub mod shards;

@@ -1,5 +1,6 @@
 //! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
 
+mod eval;
 mod generate;
 mod import;
 mod init_head;
@@ -33,6 +34,8 @@ enum Command {
     InitHead(init_head::InitHeadArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
+    /// Answer benchmark questions (MT-bench / Spec-Bench JSONL) into a resumable answers file.
+    Eval(eval::EvalArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::InitHead(a) => init_head::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 

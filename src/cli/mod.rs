@@ -4,6 +4,7 @@ mod eval;
 mod generate;
 mod import;
 mod init_head;
+mod metrics;
 mod score;
 mod stream;
 
@@ -36,6 +37,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Answer benchmark questions (MT-bench / Spec-Bench JSONL) into a resumable answers file.
     Eval(eval::EvalArgs),
+    /// τ, speed and speedup per category from answers files; table, JSON and SVG.
+    Metrics(metrics::MetricsArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score::run(a),
         Command::InitHead(a) => init_head::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Metrics(a) => metrics::run(a),
     }
 }
 

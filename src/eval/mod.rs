@@ -5,5 +5,7 @@ pub mod answers;
 pub mod decoder;
 pub mod harness;
 pub mod jsonl;
+pub mod metrics;
 pub mod questions;
 pub mod score;
+pub mod svg;

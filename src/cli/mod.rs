@@ -1,5 +1,6 @@
 //! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
 
+mod bench;
 mod eval;
 mod generate;
 mod import;
@@ -39,6 +40,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// τ, speed and speedup per category from answers files; table, JSON and SVG.
     Metrics(metrics::MetricsArgs),
+    /// Per-step latency of plain decoding and draft heads, interleaved in one process.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::InitHead(a) => init_head::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Metrics(a) => metrics::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 //! answers, and per-step latency (`bench`).
 
 pub mod answers;
+pub mod bench;
 pub mod decoder;
 pub mod harness;
 pub mod jsonl;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod model;
+pub mod nvtx;
 pub mod paths;
 pub mod rng;
 pub mod sampling;

@@ -35,8 +35,15 @@ pub struct SpecArgs {
     #[arg(long, value_enum, requires = "draft_model")]
     pub draft: Option<DraftArg>,
     /// The draft head's folder (config.json + model.safetensors).
-    #[arg(long)]
+    #[arg(long, requires = "draft")]
     pub draft_model: Option<PathBuf>,
+    #[command(flatten)]
+    pub tree: TreeArgs,
+}
+
+/// The tree each speculative step drafts.
+#[derive(Args, Clone)]
+pub struct TreeArgs {
     /// mc_sim_7b_63 (static, 26 tokens), a JSON file of rank paths, clover (dynamic top-p tree)
     /// or eagle2 (dynamic, cumulative confidence).
     #[arg(long, default_value = "mc_sim_7b_63")]
@@ -49,7 +56,7 @@ pub struct SpecArgs {
     pub tree_top_p: f32,
 }
 
-impl SpecArgs {
+impl TreeArgs {
     pub fn tree_spec(&self) -> Result<TreeSpec> {
         match self.tree.as_str() {
             "mc_sim_7b_63" => Ok(TreeSpec::Static(StaticTree::mc_sim_7b_63())),
@@ -119,7 +126,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut stream = TextStream::new(&tokenizer);
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
-            let tree = a.spec.tree_spec()?;
+            let tree = a.spec.tree.tree_spec()?;
             let mut head = load_head(kind.into(), head_dir, &model)?;
             let (_, stats) = generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| stream.push(ids))?;
             println!();

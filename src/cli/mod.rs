@@ -1,9 +1,12 @@
 //! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
 
+mod bench;
+mod eval;
 mod gen_data;
 mod generate;
 mod import;
 mod init_head;
+mod metrics;
 mod score;
 mod stream;
 
@@ -36,6 +39,12 @@ enum Command {
     GenData(gen_data::GenDataArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
+    /// Answer benchmark questions (MT-bench / Spec-Bench JSONL) into a resumable answers file.
+    Eval(eval::EvalArgs),
+    /// τ, speed and speedup per category from answers files; table, JSON and SVG.
+    Metrics(metrics::MetricsArgs),
+    /// Per-step latency of plain decoding and draft heads, interleaved in one process.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -51,6 +60,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score::run(a),
         Command::InitHead(a) => init_head::run(a),
         Command::GenData(a) => gen_data::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Metrics(a) => metrics::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::draft::DraftHead;
 use crate::error::{Error, Result};
 use crate::model::{Llama, LogitRows};
+use crate::nvtx;
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
 use crate::spec::drafting::{draft_tree, DraftedTree, TreeSpec};
@@ -29,6 +30,24 @@ pub struct GenerationStats {
     pub decode_secs: f64,
     /// Base-model forwards after prefill (decode steps, or verification steps).
     pub steps: usize,
+    /// One record per step, in order: `bench` reports phase latencies and `eval` the accept lengths.
+    pub step_log: Vec<StepRecord>,
+}
+
+/// One base forward after prefill, timed by phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepRecord {
+    /// Tokens the step committed: accepted drafts + 1, before any cut at a stop id or the token
+    /// limit (plain decoding: 1).
+    pub committed: usize,
+    /// Draft head work: the step's tree, then the head's update on what the step accepted.
+    pub draft_secs: f64,
+    /// The base forward (tree verification; plain decoding: the decode forward).
+    pub verify_secs: f64,
+    /// Choosing the accepted path and compacting the KV cache (plain decoding: picking the token).
+    pub accept_secs: f64,
+    /// The whole step, bookkeeping included.
+    pub total_secs: f64,
 }
 
 impl GenerationStats {
@@ -73,14 +92,24 @@ pub fn generate_plain<B: Backend>(
     stats.prefill_secs = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
+    // A step is a decode forward and the pick from its logits, which the next iteration makes.
+    let mut running: Option<(Instant, f64)> = None;
     while out.len() < cfg.max_new_tokens {
+        let t = Instant::now();
         let next = pick(&logits, &cfg.sampling, &mut rng) as u32;
+        let accept_secs = t.elapsed().as_secs_f64();
         out.push(next);
         on_tokens(&[next]);
+        if let Some((start, verify_secs)) = running.take() {
+            let total_secs = start.elapsed().as_secs_f64();
+            stats.step_log.push(StepRecord { committed: 1, draft_secs: 0.0, verify_secs, accept_secs, total_secs });
+        }
         if cfg.stop_ids.contains(&next) || out.len() == cfg.max_new_tokens || cache.len() == cache.capacity() {
             break;
         }
-        logits = model.decode(&mut cache, next)?.logits;
+        let start = Instant::now();
+        logits = nvtx::scoped(c"verify", || model.decode(&mut cache, next))?.logits;
+        running = Some((start, start.elapsed().as_secs_f64()));
         stats.steps += 1;
     }
     stats.decode_secs = t1.elapsed().as_secs_f64();
@@ -188,16 +217,21 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
 
     while cache.len() + tree.max_nodes() <= cache.capacity() {
         let t = Instant::now();
-        let drafted = draft_tree(tree, model, head, root, first_row, &cfg.sampling, &mut rng)?;
-        let t_draft = t.elapsed().as_secs_f64();
+        let row = std::mem::take(&mut first_row);
+        let drafted = nvtx::scoped(c"draft", || draft_tree(tree, model, head, root, row, &cfg.sampling, &mut rng))?;
+        let mut t_draft = t.elapsed().as_secs_f64();
 
         let base_len = cache.len();
         let bufs = &drafted.buffers;
-        let verified = model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask())?;
+        let verified =
+            nvtx::scoped(c"verify", || model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask()))?;
         let t_verify = t.elapsed().as_secs_f64() - t_draft;
 
-        let accepted = accept(&drafted, &verified.logits, model.config.vocab_size, &cfg.sampling, &mut rng);
-        cache.compact(&model.backend, base_len, &accepted.path_nodes);
+        let accepted = nvtx::scoped(c"accept", || {
+            let accepted = accept(&drafted, &verified.logits, model.config.vocab_size, &cfg.sampling, &mut rng);
+            cache.compact(&model.backend, base_len, &accepted.path_nodes);
+            accepted
+        });
         let a = accepted.accepted_drafts;
         stats.accepted_hist[a] += 1;
         stats.base.steps += 1;
@@ -210,16 +244,25 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         let keep = stop_at.unwrap_or(new.len()).min(room);
         out.extend_from_slice(&new[..keep]);
         on_tokens(&new[..keep]);
+        let done = keep < new.len() || stop_at.is_some() || out.len() >= cfg.max_new_tokens;
+        if !done {
+            let tb = Instant::now();
+            first_row = nvtx::scoped(c"draft", || head.begin(model, &verified, &accepted.path_nodes, &new))?;
+            t_draft += tb.elapsed().as_secs_f64();
+        }
         stats.draft_secs += t_draft;
         stats.verify_secs += t_verify;
         stats.accept_secs += t_accept;
-        if keep < new.len() || stop_at.is_some() || out.len() >= cfg.max_new_tokens {
+        stats.base.step_log.push(StepRecord {
+            committed: a + 1,
+            draft_secs: t_draft,
+            verify_secs: t_verify,
+            accept_secs: t_accept,
+            total_secs: t.elapsed().as_secs_f64(),
+        });
+        if done {
             break;
         }
-        let t = Instant::now();
-        let next: Vec<u32> = new.clone();
-        first_row = head.begin(model, &verified, &accepted.path_nodes, &next)?;
-        stats.draft_secs += t.elapsed().as_secs_f64();
     }
     stats.base.decode_secs = t1.elapsed().as_secs_f64();
     stats.base.new_tokens = out.len();

@@ -1,0 +1,198 @@
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::init::init_head;
+use clover_engine::draft::{load_head, DraftKind};
+use clover_engine::error::{Error, Result};
+use clover_engine::eval::bench::{self, Method, MethodReport};
+use clover_engine::eval::decoder::Decoder;
+use clover_engine::eval::questions::read_questions;
+use clover_engine::fsutil::write_atomically;
+use clover_engine::model::random::write_random_model;
+use clover_engine::model::{ChatMessage, Llama, ModelConfig, TextTokenizer};
+use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::engine::GenerationConfig;
+
+use super::generate::{stop_ids, TreeArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// HF model folder (default: the model fetched by tools/fetch-default-model.sh); its
+    /// tokenizer makes the prompts also with --random-weights.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Draft heads as KIND:DIR, comma-separated (clover2:DIR,eagle:DIR); KIND:init is an
+    /// untrained head made for the model. Empty: plain decoding only.
+    #[arg(long, default_value = "")]
+    drafts: String,
+    /// Questions (JSONL, first turn used) [default: ../shared/data/spec_bench/question.jsonl
+    /// beside the repository, when it exists].
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// How many questions, from the start of the file.
+    #[arg(long, default_value_t = 8)]
+    num_prompts: usize,
+    /// Tokens generated per prompt and method (the steps plain decoding takes).
+    #[arg(long, default_value_t = 128)]
+    steps: usize,
+    #[command(flatten)]
+    tree: TreeArgs,
+    /// 0 = greedy (then every head's output is checked against plain decoding).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Measure a model with random weights of this config.json (written to a temporary folder,
+    /// f32: 4 bytes a parameter) instead of --model's weights.
+    #[arg(long)]
+    random_weights: Option<PathBuf>,
+}
+
+/// The report as written by --json: the run's settings, then one entry per method.
+#[derive(Serialize)]
+struct BenchJson<'a> {
+    model: &'a str,
+    prompts_file: &'a Path,
+    prompts: usize,
+    max_new_tokens: usize,
+    tree: &'a str,
+    temperature: f32,
+    methods: &'a [MethodReport],
+}
+
+/// A folder removed when the run ends, for the random model and untrained heads.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.temperature < 0.0 || a.num_prompts == 0 || a.steps == 0 {
+        return Err(Error::input("--temperature must be ≥ 0, --num-prompts and --steps ≥ 1"));
+    }
+    let drafts = parse_drafts(&a.drafts)?;
+    let prompts_path = prompts_file(a.prompts)?;
+    let questions = read_questions(&prompts_path)?;
+    let tree = a.tree.tree_spec()?;
+    let dir = super::model_dir(a.model)?;
+    let tokenizer = TextTokenizer::load(&dir)?;
+    let tmp = TempDir(std::env::temp_dir().join(format!("clover-engine-bench-{}", std::process::id())));
+    let base_dir = match &a.random_weights {
+        Some(config_path) => {
+            let text = std::fs::read_to_string(config_path).map_err(|e| Error::io(config_path, e))?;
+            let config: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(config_path, "(json)", e.to_string()))?;
+            ModelConfig::from_json(&config, config_path)?;
+            eprintln!("writing a random-weight model of {} ...", config_path.display());
+            write_random_model(&tmp.0.join("base"), &config, a.seed)?;
+            tmp.0.join("base")
+        }
+        None => dir.clone(),
+    };
+    let model = Llama::load(&base_dir, CpuBackend)?;
+    let vocab = model.config.vocab_size as u32;
+    let prompts = questions
+        .iter()
+        .take(a.num_prompts)
+        .map(|q| {
+            let text = tokenizer.render_chat(&[ChatMessage::new("user", &q.turns[0])], true)?;
+            // A random model's vocabulary need not be the tokenizer's; only the lengths matter.
+            Ok(tokenizer.encode(&text, false)?.into_iter().map(|id| id % vocab).collect())
+        })
+        .collect::<Result<Vec<Vec<u32>>>>()?;
+
+    let mut methods = vec![Method { label: "plain".to_string(), decoder: Decoder::Plain }];
+    for (i, (kind, source)) in drafts.iter().enumerate() {
+        let head_dir = match source {
+            Some(d) => d.clone(),
+            None => {
+                let d = tmp.0.join(format!("head-{i}"));
+                init_head(*kind, &base_dir, &d, a.seed)?;
+                d
+            }
+        };
+        let label = if drafts.iter().filter(|(k, _)| k == kind).count() > 1 {
+            format!("{}-{}", kind.name(), i + 1)
+        } else {
+            kind.name().to_string()
+        };
+        let head = load_head(*kind, &head_dir, &model)?;
+        methods.push(Method { label, decoder: Decoder::Speculative { head, tree: tree.clone() } });
+    }
+    let cfg = GenerationConfig {
+        max_new_tokens: a.steps,
+        sampling: SamplingParams::with_temperature(a.temperature),
+        seed: a.seed,
+        stop_ids: if a.random_weights.is_some() { Vec::new() } else { stop_ids(&model, &tokenizer) },
+    };
+    let n = prompts.len();
+    let report = bench::run(&model, &mut methods, &prompts, &cfg, |i| eprintln!("[{}/{n}] prompt done", i + 1))?;
+    let weights = match &a.random_weights {
+        Some(c) => format!("random weights of {}", c.display()),
+        None => dir.display().to_string(),
+    };
+    println!(
+        "model: {weights}  prompts: {n} from {}  tokens per prompt: ≤ {}  tree: {}  temperature: {}",
+        prompts_path.display(),
+        a.steps,
+        a.tree.tree,
+        a.temperature
+    );
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        let json = BenchJson {
+            model: &weights,
+            prompts_file: &prompts_path,
+            prompts: n,
+            max_new_tokens: a.steps,
+            tree: &a.tree.tree,
+            temperature: a.temperature,
+            methods: &report.methods,
+        };
+        let text = serde_json::to_string_pretty(&json).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+        write_atomically(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `KIND:DIR` or `KIND:init`, comma-separated; None stands for an untrained head.
+fn parse_drafts(spec: &str) -> Result<Vec<(DraftKind, Option<PathBuf>)>> {
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|item| {
+            let (kind, dir) = item
+                .split_once(':')
+                .ok_or_else(|| Error::input(format!("--drafts {item}: expected KIND:DIR, e.g. eagle:heads/eagle")))?;
+            let kind = match kind.trim() {
+                "eagle" => DraftKind::Eagle,
+                "clover2" => DraftKind::Clover2,
+                other => return Err(Error::input(format!("--drafts {item}: unknown kind {other} (clover2 or eagle)"))),
+            };
+            Ok((kind, (dir != "init").then(|| PathBuf::from(dir))))
+        })
+        .collect()
+}
+
+/// `--prompts`, else the Spec-Bench questions when the shared folder sits beside the repository.
+fn prompts_file(arg: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p);
+    }
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/spec_bench/question.jsonl");
+    if default.exists() {
+        return Ok(default);
+    }
+    Err(Error::input(format!(
+        "no --prompts given and the Spec-Bench questions are not at {}; pass --prompts FILE.jsonl",
+        default.display()
+    )))
+}

@@ -1,0 +1,103 @@
+use std::path::PathBuf;
+
+use clap::Args;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::load_head;
+use clover_engine::error::{Error, Result};
+use clover_engine::eval::answers::Answer;
+use clover_engine::eval::decoder::Decoder;
+use clover_engine::eval::harness::EvalRun;
+use clover_engine::eval::questions::{read_questions, select};
+use clover_engine::model::{Llama, TextTokenizer};
+use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::engine::GenerationConfig;
+
+use super::generate::{stop_ids, SpecArgs};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// HF model folder (default: the model fetched by tools/fetch-default-model.sh).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Questions, one JSON object a line: question_id, category, turns.
+    #[arg(long)]
+    bench: PathBuf,
+    /// Answers, one JSON line per question; questions already in it are skipped (resume).
+    #[arg(long)]
+    out: PathBuf,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    /// First question (0-based index into the file).
+    #[arg(long)]
+    question_begin: Option<usize>,
+    /// One past the last question (default: the end of the file).
+    #[arg(long)]
+    question_end: Option<usize>,
+    /// Turn t of question q is sampled with seed S + 1000·q + t.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Untimed runs of the first question before recording.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// The answers' model_id (default: the model folder's name and the method, e.g. SmolLM2-eagle).
+    #[arg(long)]
+    model_id: Option<String>,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    if a.temperature < 0.0 || a.max_new_tokens == 0 {
+        return Err(Error::input("--temperature must be ≥ 0 and --max-new-tokens ≥ 1"));
+    }
+    let questions = select(read_questions(&a.bench)?, a.question_begin, a.question_end, &a.bench)?;
+    let dir = super::model_dir(a.model)?;
+    let model = Llama::load(&dir, CpuBackend)?;
+    let tokenizer = TextTokenizer::load(&dir)?;
+    let decoder = match (a.spec.draft, &a.spec.draft_model) {
+        (Some(kind), Some(head_dir)) => {
+            Decoder::Speculative { head: load_head(kind.into(), head_dir, &model)?, tree: a.spec.tree.tree_spec()? }
+        }
+        _ => Decoder::Plain,
+    };
+    let model_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_id = a.model_id.unwrap_or_else(|| format!("{model_name}-{}", decoder.name()));
+    let cfg = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        sampling: SamplingParams::with_temperature(a.temperature),
+        seed: a.seed,
+        stop_ids: stop_ids(&model, &tokenizer),
+    };
+    let mut run = EvalRun { model: &model, tokenizer: &tokenizer, decoder, cfg, model_id, warmup: a.warmup };
+    let total = questions.len();
+    let mut written = 0;
+    run.run(&questions, &a.out, |answer| {
+        written += 1;
+        eprintln!("[{written}/{total}] {}", progress_line(answer));
+    })?;
+    eprintln!(
+        "{}: {written} new answers; {} questions of the range were already answered",
+        a.out.display(),
+        total - written
+    );
+    Ok(())
+}
+
+fn progress_line(a: &Answer) -> String {
+    let c = &a.choices[0];
+    let tokens: usize = c.new_tokens.iter().sum();
+    let secs: f64 = c.wall_time.iter().sum();
+    let lengths: Vec<usize> = c.accept_lengths.iter().flatten().flatten().copied().collect();
+    let tau = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+    format!(
+        "question {} ({}): {} turns, {tokens} tokens in {secs:.1} s ({:.1} tok/s), τ {tau:.2}",
+        a.question_id,
+        a.category,
+        c.turns.len(),
+        tokens as f64 / secs.max(1e-9)
+    )
+}

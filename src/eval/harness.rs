@@ -1,0 +1,105 @@
+//! Answers benchmark questions the way the reference evaluation does: each question's turns in
+//! the chat template, turn t seeing the earlier turns and their generated answers; warm-up runs
+//! first; one answer line per question appended as soon as it is done, so a run can be resumed.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::eval::answers::{append_answer, read_answers, Answer, Choice};
+use crate::eval::decoder::Decoder;
+use crate::eval::questions::Question;
+use crate::model::{ChatMessage, Llama, TextTokenizer};
+use crate::spec::engine::GenerationConfig;
+
+pub struct EvalRun<'a, B: Backend> {
+    pub model: &'a Llama<B>,
+    pub tokenizer: &'a TextTokenizer,
+    pub decoder: Decoder<B>,
+    /// `seed` is the run's seed; each turn derives its own from it (`turn_seed`).
+    pub cfg: GenerationConfig,
+    pub model_id: String,
+    /// Untimed runs of the first question before any answer is recorded.
+    pub warmup: usize,
+}
+
+impl<B: Backend> EvalRun<'_, B> {
+    /// Answers every question not already in `out`; `on_answer` sees each new answer.
+    pub fn run(&mut self, questions: &[Question], out: &Path, mut on_answer: impl FnMut(&Answer)) -> Result<()> {
+        let done: HashSet<u64> =
+            if out.exists() { read_answers(out)?.iter().map(|a| a.question_id).collect() } else { HashSet::new() };
+        let todo: Vec<&Question> = questions.iter().filter(|q| !done.contains(&q.question_id)).collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        for _ in 0..self.warmup {
+            self.answer(&questions[0])?;
+        }
+        for q in todo {
+            let answer = self.answer(q)?;
+            append_answer(out, &answer)?;
+            on_answer(&answer);
+        }
+        Ok(())
+    }
+
+    pub fn answer(&mut self, q: &Question) -> Result<Answer> {
+        let n = q.turns.len();
+        let mut choice = Choice {
+            index: 0,
+            turns: Vec::with_capacity(n),
+            idxs: Vec::with_capacity(n),
+            new_tokens: Vec::with_capacity(n),
+            wall_time: Vec::with_capacity(n),
+            accept_lengths: None,
+        };
+        let mut accept_lengths = Vec::with_capacity(n);
+        let mut messages = Vec::new();
+        for (t, turn) in q.turns.iter().enumerate() {
+            messages.push(ChatMessage::new("user", turn));
+            let prompt = self.tokenizer.encode(&self.tokenizer.render_chat(&messages, true)?, false)?;
+            let cfg = GenerationConfig { seed: turn_seed(self.cfg.seed, q.question_id, t), ..self.cfg.clone() };
+            let d = self.decoder.decode(self.model, &prompt, &cfg)?;
+            let text_ids = match d.ids.split_last() {
+                Some((last, rest)) if cfg.stop_ids.contains(last) => rest,
+                _ => &d.ids[..],
+            };
+            let text = self.tokenizer.decode(text_ids)?.trim().to_string();
+            messages.push(ChatMessage::new("assistant", &text));
+            choice.turns.push(text);
+            choice.idxs.push(d.steps.len().saturating_sub(1));
+            choice.new_tokens.push(d.ids.len());
+            choice.wall_time.push(d.wall_secs);
+            accept_lengths.push(d.steps.iter().map(|s| s.committed).collect());
+        }
+        choice.accept_lengths = Some(accept_lengths);
+        Ok(Answer {
+            question_id: q.question_id,
+            category: q.category.clone(),
+            answer_id: answer_id(q.question_id),
+            model_id: self.model_id.clone(),
+            choices: vec![choice],
+            tstamp: unix_time(),
+        })
+    }
+}
+
+/// Turn t of question q uses its own seed, so at T > 0 an answer does not depend on which
+/// questions ran before it (a resumed run reproduces it).
+fn turn_seed(seed: u64, question_id: u64, turn: usize) -> u64 {
+    seed.wrapping_add(question_id.wrapping_mul(1000)).wrapping_add(turn as u64)
+}
+
+fn unix_time() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A random 16-hex-digit id (the reference uses a shortuuid); std's hasher keys are random per
+/// process, which is all the uniqueness an answer id needs.
+fn answer_id(question_id: u64) -> String {
+    use std::hash::BuildHasher;
+    let hash = std::collections::hash_map::RandomState::new().hash_one((question_id, unix_time().to_bits()));
+    format!("{hash:016x}")
+}

@@ -1,0 +1,233 @@
+//! `eval` and `bench` as a user runs them: answers in the reference format, resume, greedy
+//! answers equal across methods, the bench report, and clear errors for bad question files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn engine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clover-engine")).args(args).output().expect("run clover-engine")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+/// Two questions: one with two turns (the second refers to the first answer), one with one.
+fn write_questions(dir: &Path) -> PathBuf {
+    let path = dir.join("questions.jsonl");
+    let lines = [
+        r#"{"question_id": 81, "category": "writing", "turns": ["Name a colour.", "Now name another one."]}"#,
+        r#"{"question_id": 321, "category": "qa", "turns": ["What is the capital of France?"]}"#,
+    ];
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+}
+
+#[test]
+fn eval_missing_bench_file_is_named() {
+    let dir = common::temp_dir("eval-missing");
+    let o = engine(&["eval", "--bench", "/nonexistent/questions.jsonl", "--out", s(&dir.join("a.jsonl"))]);
+    assert_clean_error(&o, &["/nonexistent/questions.jsonl"]);
+    assert!(!dir.join("a.jsonl").exists());
+}
+
+#[test]
+fn eval_malformed_line_names_file_and_line() {
+    let dir = common::temp_dir("eval-malformed");
+    let path = dir.join("bad.jsonl");
+    let good = r#"{"question_id": 1, "category": "qa", "turns": ["hi"]}"#;
+    std::fs::write(&path, format!("{good}\n{{\"question_id\": 2, \"category\": \"qa\"}}\n")).unwrap();
+    let o = engine(&["eval", "--bench", s(&path), "--out", s(&dir.join("a.jsonl"))]);
+    assert_clean_error(&o, &["bad.jsonl: line 2", "turns"]);
+    std::fs::write(&path, format!("{good}\n\n{good}\nnot json\n")).unwrap();
+    let o = engine(&["eval", "--bench", s(&path), "--out", s(&dir.join("a.jsonl"))]);
+    assert_clean_error(&o, &["bad.jsonl: line 4"]);
+}
+
+#[test]
+fn eval_question_range_out_of_bounds() {
+    let dir = common::temp_dir("eval-range");
+    let q = write_questions(&dir);
+    let out = dir.join("a.jsonl");
+    let o = engine(&["eval", "--bench", s(&q), "--out", s(&out), "--question-end", "5"]);
+    assert_clean_error(&o, &["0..5", "2 questions", "questions.jsonl"]);
+    let o = engine(&["eval", "--bench", s(&q), "--out", s(&out), "--question-begin", "2"]);
+    assert_clean_error(&o, &["2..2", "2 questions"]);
+}
+
+#[test]
+fn eval_answers_resumes_and_matches_across_methods() {
+    let Some(model) = common::default_model() else {
+        return;
+    };
+    let dir = common::temp_dir("eval-e2e");
+    let q = write_questions(&dir);
+    let plain = dir.join("plain.jsonl");
+    let args = |out: &Path| -> Vec<String> {
+        ["eval", "--model", s(&model), "--bench", s(&q), "--out", s(out), "--max-new-tokens", "6", "--warmup", "1"]
+            .map(String::from)
+            .to_vec()
+    };
+    let run = |extra: &[&str], out: &Path| {
+        let mut a = args(out);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let o = Command::new(env!("CARGO_BIN_EXE_clover-engine")).args(&a).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    run(&[], &plain);
+    let answers = read_jsonl(&plain);
+    assert_eq!(answers.len(), 2);
+    assert_eq!((answers[0]["question_id"].as_u64(), answers[1]["category"].as_str()), (Some(81), Some("qa")));
+    assert_eq!(answers[0]["model_id"], "SmolLM2-135M-Instruct-plain");
+    for a in &answers {
+        let c = &a["choices"][0];
+        let turns = c["turns"].as_array().unwrap().len();
+        let (idxs, new_tokens) = (usizes(&c["idxs"]), usizes(&c["new_tokens"]));
+        let lengths: Vec<Vec<usize>> = c["accept_lengths"].as_array().unwrap().iter().map(usizes).collect();
+        assert_eq!((idxs.len(), new_tokens.len(), lengths.len()), (turns, turns, turns));
+        for t in 0..turns {
+            // Plain decoding: the prefill gives the first token, each later one takes a step.
+            assert!(new_tokens[t] >= 1 && new_tokens[t] <= 6);
+            assert_eq!(lengths[t], vec![1; new_tokens[t] - 1]);
+            assert_eq!(idxs[t], (new_tokens[t] - 1).saturating_sub(1));
+            assert!(c["wall_time"][t].as_f64().unwrap() > 0.0);
+        }
+    }
+
+    let before = std::fs::read(&plain).unwrap();
+    let o = run(&[], &plain);
+    assert_eq!(std::fs::read(&plain).unwrap(), before, "a resumed run rewrote finished answers");
+    assert!(stderr(&o).contains("0 new answers"), "{}", stderr(&o));
+
+    let head = dir.join("head");
+    let o = engine(&["init-head", "--kind", "eagle", "--model", s(&model), "--out", s(&head)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eagle = dir.join("eagle.jsonl");
+    run(&["--draft", "eagle", "--draft-model", s(&head)], &eagle);
+    let spec = read_jsonl(&eagle);
+    for (p, e) in answers.iter().zip(&spec) {
+        assert_eq!(p["choices"][0]["turns"], e["choices"][0]["turns"], "greedy answers differ");
+        assert_eq!(p["choices"][0]["new_tokens"], e["choices"][0]["new_tokens"]);
+    }
+    assert_eq!(spec[0]["model_id"], "SmolLM2-135M-Instruct-eagle");
+
+    let o = engine(&["metrics", "--answers", s(&eagle), "--baseline", s(&plain)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("mt_bench") && table.contains("overall"), "{table}");
+}
+
+#[test]
+fn bench_reports_every_method() {
+    let Some(model) = common::default_model() else {
+        return;
+    };
+    let dir = common::temp_dir("bench-smoke");
+    let q = write_questions(&dir);
+    let json = dir.join("bench.json");
+    let o = engine(&[
+        "bench",
+        "--model",
+        s(&model),
+        "--drafts",
+        "eagle:init",
+        "--prompts",
+        s(&q),
+        "--num-prompts",
+        "2",
+        "--steps",
+        "4",
+        "--json",
+        s(&json),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("verify ms") && stdout.contains("eagle"), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let methods = report["methods"].as_array().unwrap();
+    let names: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(names, ["plain", "eagle"]);
+    for m in methods {
+        assert_eq!(m["prompts"], 2);
+        assert_eq!(m["mismatched_prompts"], 0, "greedy output differs from plain decoding");
+        assert!(m["steps"].as_u64().unwrap() > 0 && m["tokens_per_sec"].as_f64().unwrap() > 0.0);
+        assert!(m["latency"]["verify"]["p50_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(methods[0]["speedup"], 1.0);
+    assert!(methods[1]["latency"]["draft"]["p50_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_on_random_weights() {
+    let Some(model) = common::default_model() else {
+        return;
+    };
+    let dir = common::temp_dir("bench-random");
+    let q = write_questions(&dir);
+    let config = dir.join("config.json");
+    let tiny = clover_engine::model::random::tiny_llama_config(300);
+    std::fs::write(&config, tiny.to_string()).unwrap();
+    let o = engine(&[
+        "bench",
+        "--model",
+        s(&model),
+        "--random-weights",
+        s(&config),
+        "--drafts",
+        "eagle:init",
+        "--prompts",
+        s(&q),
+        "--steps",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("random weights") && stdout.contains("eagle"), "{stdout}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+}
+
+#[test]
+fn bench_bad_options_are_named() {
+    let dir = common::temp_dir("bench-bad");
+    let q = write_questions(&dir);
+    let o = engine(&["bench", "--drafts", "medusa:/x", "--prompts", s(&q)]);
+    assert_clean_error(&o, &["medusa"]);
+    let o = engine(&["bench", "--drafts", "eagle", "--prompts", s(&q)]);
+    assert_clean_error(&o, &["KIND:DIR"]);
+    let o = engine(&["bench", "--prompts", "/nonexistent/prompts.jsonl"]);
+    assert_clean_error(&o, &["/nonexistent/prompts.jsonl"]);
+}
+
+#[test]
+fn eval_draft_model_without_draft_kind_is_refused() {
+    let dir = common::temp_dir("eval-draft-kind");
+    let q = write_questions(&dir);
+    let o = engine(&["eval", "--bench", s(&q), "--out", s(&dir.join("a.jsonl")), "--draft-model", "/x"]);
+    assert_clean_error(&o, &["--draft"]);
+}

@@ -10,9 +10,8 @@ mod oracle;
 use std::path::Path;
 
 use clover_engine::backend::cpu::CpuBackend;
-use clover_engine::draft::eagle::EagleHead;
 use clover_engine::draft::init::init_head;
-use clover_engine::draft::DraftKind;
+use clover_engine::draft::{load_head, DraftKind};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
 use clover_engine::model::Llama;
 use clover_engine::sampling::SamplingParams;
@@ -33,17 +32,21 @@ fn greedy(max_new_tokens: usize) -> GenerationConfig {
 }
 
 fn check_prompts(model: &Llama<CpuBackend>, head_dir: &Path, prompts: &[Vec<u32>], new_tokens: usize) {
-    let mut head = EagleHead::load(head_dir, model).unwrap();
+    check_head(model, DraftKind::Eagle, head_dir, prompts, new_tokens);
+}
+
+fn check_head(model: &Llama<CpuBackend>, kind: DraftKind, head_dir: &Path, prompts: &[Vec<u32>], new_tokens: usize) {
+    let mut head = load_head(kind, head_dir, model).unwrap();
     let cfg = greedy(new_tokens);
     for (name, tree) in tree_kinds() {
         let mut steps = 0;
         for prompt in prompts {
             let (plain, _) = generate_plain(model, prompt, &cfg, |_| {}).unwrap();
-            let (spec, stats) = generate_speculative(model, &mut head, &tree, prompt, &cfg, |_| {}).unwrap();
-            assert_eq!(spec, plain, "tree {name}, prompt {prompt:?}");
+            let (spec, stats) = generate_speculative(model, head.as_mut(), &tree, prompt, &cfg, |_| {}).unwrap();
+            assert_eq!(spec, plain, "{} head, tree {name}, prompt {prompt:?}", kind.name());
             steps += stats.base.steps;
         }
-        eprintln!("{name}: {} prompts equal, {steps} verification steps", prompts.len());
+        eprintln!("{} head, {name}: {} prompts equal, {steps} verification steps", kind.name(), prompts.len());
     }
 }
 
@@ -97,14 +100,16 @@ fn eagle_untrained_default_model() {
     check_prompts(&model, &dir, &prompts, 32);
 }
 
-/// The full-size check (20 prompts × 128 tokens on the default model, every tree kind): about an
-/// hour of CPU here, so it runs by hand: `cargo test --release --test lossless_greedy -- --ignored`.
+/// The full-size check (20 prompts × 128 tokens on the default model, every tree kind, both head
+/// kinds): most of an hour of CPU here, so it runs by hand:
+/// `cargo test --release --test lossless_greedy -- --ignored --nocapture`.
 #[test]
 #[ignore]
-fn eagle_untrained_default_model_20_prompts_128_tokens() {
+fn untrained_heads_default_model_20_prompts_128_tokens() {
     let Some(base) = common::default_model() else { return };
     let dir = common::temp_dir("lossless-default-full");
-    init_head(DraftKind::Eagle, &base, &dir, 1).unwrap();
+    init_head(DraftKind::Eagle, &base, &dir.join("eagle"), 1).unwrap();
+    init_head(DraftKind::Clover2, &base, &dir.join("clover2"), 1).unwrap();
     let model = Llama::load(&base, CpuBackend).unwrap();
     let tok = clover_engine::model::TextTokenizer::load(&base).unwrap();
     let questions =
@@ -120,5 +125,6 @@ fn eagle_untrained_default_model_20_prompts_128_tokens() {
             tok.encode(&tok.render_chat(&[msg], true).unwrap(), false).unwrap()
         })
         .collect();
-    check_prompts(&model, &dir, &prompts, 128);
+    check_head(&model, DraftKind::Eagle, &dir.join("eagle"), &prompts, 128);
+    check_head(&model, DraftKind::Clover2, &dir.join("clover2"), &prompts, 128);
 }

@@ -45,6 +45,14 @@ fn check_head(model: &Llama<CpuBackend>, kind: DraftKind, head_dir: &Path, promp
             let (spec, stats) = generate_speculative(model, head.as_mut(), &tree, prompt, &cfg, |_| {}).unwrap();
             assert_eq!(spec, plain, "{} head, tree {name}, prompt {prompt:?}", kind.name());
             steps += stats.base.steps;
+            if new_tokens >= 128 {
+                eprintln!(
+                    "  {} head, {name}: prompt of {} tokens equal (tau {:.2})",
+                    kind.name(),
+                    prompt.len(),
+                    stats.tau()
+                );
+            }
         }
         eprintln!("{} head, {name}: {} prompts equal, {steps} verification steps", kind.name(), prompts.len());
     }

@@ -3,28 +3,11 @@
 
 mod common;
 
+use common::{assert_clean_error, engine, stderr};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
-
-fn engine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clover-engine")).args(args).output().expect("run clover-engine")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Fails with a message containing every `needle`, and without a panic.
-fn assert_clean_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-}
 
 /// A copy of the default model folder whose files the test may break; weights are linked,
 /// not copied, unless the test replaces them.

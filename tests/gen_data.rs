@@ -4,8 +4,9 @@
 
 mod common;
 
+use common::engine;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::backend::Backend;
@@ -108,10 +109,6 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     out.sort();
     out
-}
-
-fn engine(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_clover-engine")).args(args).output().expect("run clover-engine")
 }
 
 #[test]

@@ -1,0 +1,73 @@
+//! The CPU matmul on the default model's shapes (bf16 weights) for the row counts a step can
+//! have: 1 (plain decode), 2..64 (tree verification, draft heads, prefill chunks). A 256 MiB copy
+//! in the same run gives this machine's memory bandwidth to compare the m = 1 rows against.
+//!
+//! Groups: `memory` (copy, bytes/s); `gemv_bf16` (m = 1, weight bytes/s); `gemm_bf16/<k>x<n>`
+//! (every m, multiply-adds/s as "elements"): the m = 26 / m = 1 time ratio says how much a
+//! 26-node tree verification costs over one decode step.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::time::Duration;
+
+use clover_engine::backend::cpu::matmul::matmul;
+use clover_engine::backend::cpu::CpuWeight;
+use clover_engine::weights::{DType, HostTensor};
+
+const COPY_BYTES: usize = 256 << 20;
+/// `(k, n)`: attention projection, MLP up/gate, MLP down, LM head.
+const SHAPES: [(usize, usize); 4] = [(576, 576), (576, 1536), (1536, 576), (576, 49152)];
+const ROWS: [usize; 8] = [1, 2, 4, 8, 16, 26, 32, 64];
+
+fn values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+fn bf16_weight(n: usize, k: usize) -> CpuWeight {
+    let bits = values(n * k, 7).iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+    CpuWeight::new(HostTensor::from_bits("w", DType::BF16, vec![n, k], bits)).unwrap()
+}
+
+fn copy_bandwidth(c: &mut Criterion) {
+    let src = vec![1u8; COPY_BYTES];
+    let mut dst = vec![0u8; COPY_BYTES];
+    let mut g = c.benchmark_group("memory");
+    g.throughput(Throughput::Bytes(COPY_BYTES as u64));
+    g.sample_size(10);
+    g.bench_function("copy_256MiB", |b| b.iter(|| dst.copy_from_slice(std::hint::black_box(&src))));
+    g.finish();
+}
+
+fn gemv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemv_bf16");
+    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    for (k, n) in SHAPES {
+        let w = bf16_weight(n, k);
+        let x = values(k, 1);
+        let mut out = vec![0.0; n];
+        g.throughput(Throughput::Bytes(w.bytes() as u64));
+        g.bench_function(format!("{k}x{n}"), |b| b.iter(|| matmul(std::hint::black_box(&x), 1, &w, &mut out)));
+    }
+    g.finish();
+}
+
+fn gemm(c: &mut Criterion) {
+    for (k, n) in SHAPES {
+        let w = bf16_weight(n, k);
+        let mut g = c.benchmark_group(format!("gemm_bf16/{k}x{n}"));
+        g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(800));
+        for m in ROWS {
+            let x = values(m * k, 1);
+            let mut out = vec![0.0; m * n];
+            g.throughput(Throughput::Elements((m * n * k) as u64));
+            g.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
+                b.iter(|| matmul(std::hint::black_box(&x), m, &w, &mut out))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, copy_bandwidth, gemv, gemm);
+criterion_main!(benches);

@@ -1,0 +1,331 @@
+//! GEMM / GEMV with f32 accumulation over weights kept in their stored dtype:
+//! `out[m, n] = x[m, k] · wᵀ`, `w` `[n, k]` in f32, bf16 or f16.
+//!
+//! One kernel serves every `m`. Rayon tasks own blocks of output columns; a task walks its
+//! columns `C` weight rows at a time and runs each block against the input rows in register tiles
+//! of `R` rows × `C` columns (`kernel.rs`), so every weight is read from memory once per call and
+//! a tree of 26 tokens costs little more than one token while the weights dominate.
+//!
+//! Instruction sets, picked once at first use: AVX-512 F/BW/VL (16 lanes, 6×4 tiles) or AVX2 +
+//! FMA + F16C (8 lanes, 3×4 tiles) on x86-64, NEON (8 lanes in two registers, 2×4 tiles) on
+//! aarch64, and the portable kernel (8 lanes, 4×1 tiles, no FMA) everywhere else. Setting
+//! `CLOVER_MATMUL_ISA` to `avx512`, `avx2`, `neon` or `scalar` selects that set instead if the
+//! CPU has it, to compare them on one machine.
+//!
+//! Numerics: each output is a fixed-order f32 sum (see `kernel.rs`) that does not depend on `m`,
+//! on the tiling or on the thread count, so a row's result is bit-identical whether it was
+//! computed alone (decode) or among others (tree verification): speculative greedy decoding
+//! reproduces plain greedy decoding token for token. The order does depend on the instruction
+//! set (lane count; FMA skips the product's rounding), so results differ between sets, and from
+//! the earlier kernel, by summation order and rounding only: each is within
+//! `(k / 8 + 4) · 2⁻²⁴ · Σ|x·w|` of the exact sum (the bound the tests check).
+
+mod kernel;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::weight::CpuWeight;
+use crate::weights::DType;
+use kernel::{Job, OutPtr, Weights};
+
+/// Rayon tasks per thread: a few, so a thread slowed by another process is caught up by the rest.
+const TASKS_PER_THREAD: usize = 4;
+/// Multiply-adds below which splitting a task further costs more in scheduling than it gains.
+const MIN_TASK_MACS: usize = 1 << 15;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+}
+
+impl Isa {
+    /// The best set this CPU has, or the one `CLOVER_MATMUL_ISA` names if the CPU has it;
+    /// detected once.
+    fn get() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let sets = Isa::available();
+            let named =
+                std::env::var("CLOVER_MATMUL_ISA").ok().and_then(|v| sets.iter().find(|s| s.name() == v).copied());
+            named.unwrap_or(sets[sets.len() - 1])
+        })
+    }
+
+    /// The sets this CPU supports, worst first.
+    fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut sets = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                sets.push(Isa::Avx2);
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                {
+                    sets.push(Isa::Avx512);
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        sets.push(Isa::Neon);
+        sets
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx512",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// # Safety
+    /// `self` came from `available()`; `c0 ≤ c1 ≤ job.n`; no other task writes these columns.
+    unsafe fn columns(self, job: &Job, c0: usize, c1: usize) {
+        match self {
+            Isa::Scalar => scalar::columns(job, c0, c1),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::columns_avx2(job, c0, c1),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86::columns_avx512(job, c0, c1),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::columns(job, c0, c1),
+        }
+    }
+
+    fn dot(self, x: &[f32], w: Weights) -> f32 {
+        match self {
+            Isa::Scalar => scalar::dot(x, w),
+            // SAFETY: every `Isa` value comes from `available()`, so the CPU supports it.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::dot_avx2(x, w) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::dot_avx512(x, w) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::dot(x, w),
+        }
+    }
+}
+
+/// out[m, n] = x[m, k] · wᵀ, w `[n, k]`.
+pub fn matmul(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
+    matmul_with(Isa::get(), x, m, w, out)
+}
+
+fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
+    let (n, k) = w.matrix_shape();
+    assert_eq!(x.len(), m * k, "matmul: x is not [{m}, {k}]");
+    assert_eq!(out.len(), m * n, "matmul: out is not [{m}, {n}]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let job = Job { x, m, k, n, w: weights(w), out: OutPtr(out.as_mut_ptr()) };
+    // Column blocks in multiples of 16 keep tasks' output writes on separate cache lines.
+    let by_threads = n.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD);
+    let by_work = MIN_TASK_MACS.div_ceil(m * k.max(1));
+    let per_task = by_threads.max(by_work).next_multiple_of(16);
+    let task = |t: usize| {
+        let c0 = t * per_task;
+        // SAFETY: `isa` is supported; tasks cover disjoint column ranges within `n`, and `out`
+        // (checked to be [m, n]) stays mutably borrowed until they all finish.
+        unsafe { isa.columns(&job, c0, n.min(c0 + per_task)) }
+    };
+    let tasks = n.div_ceil(per_task);
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// The weight's rows as one slice.
+fn weights(w: &CpuWeight) -> Weights<'_> {
+    fn whole<'a, E>(w: &CpuWeight, row: impl Fn(usize) -> &'a [E]) -> &'a [E] {
+        let (n, k) = w.matrix_shape();
+        let (first, last) = (row(0), row(n - 1));
+        assert_eq!(last.as_ptr(), first.as_ptr().wrapping_add((n - 1) * k), "weight rows are not contiguous");
+        // SAFETY: `first` and `last` are rows of the one buffer `w` holds, `last` starting
+        // (n - 1) rows of k after `first` (checked), so the n · k elements between them are in it.
+        unsafe { std::slice::from_raw_parts(first.as_ptr(), n * k) }
+    }
+    match w.dtype() {
+        DType::F32 => Weights::F32(whole(w, |r| w.f32_row(r))),
+        DType::BF16 => Weights::BF16(whole(w, |r| w.bf16_row(r))),
+        DType::F16 => Weights::F16(whole(w, |r| w.f16_row(r))),
+    }
+}
+
+pub fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((s.to_bits() as u32) << 16);
+    }
+}
+
+pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+}
+
+/// `x · w` in the matmul kernel's summation order.
+pub fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
+    Isa::get().dot(x, Weights::F32(w))
+}
+
+/// `x · w` in the matmul kernel's summation order.
+pub fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
+    Isa::get().dot(x, Weights::BF16(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::weights::HostTensor;
+
+    fn random(len: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..len).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
+    }
+
+    /// A weight of `dtype` from `values`, and the values it actually holds after rounding.
+    fn weight(dtype: DType, n: usize, k: usize, values: &[f32]) -> (CpuWeight, Vec<f32>) {
+        let (tensor, exact) = match dtype {
+            DType::F32 => (HostTensor::from_f32("w", vec![n, k], values), values.to_vec()),
+            DType::BF16 => {
+                let b: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+                let bits = b.iter().map(|v| v.to_bits()).collect();
+                (HostTensor::from_bits("w", dtype, vec![n, k], bits), b.iter().map(|v| v.to_f32()).collect())
+            }
+            DType::F16 => {
+                let h: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+                let bits = h.iter().map(|v| v.to_bits()).collect();
+                (HostTensor::from_bits("w", dtype, vec![n, k], bits), h.iter().map(|v| v.to_f32()).collect())
+            }
+        };
+        (CpuWeight::new(tensor).unwrap(), exact)
+    }
+
+    fn run(isa: Isa, x: &[f32], m: usize, w: &CpuWeight) -> Vec<f32> {
+        let mut out = vec![f32::NAN; m * w.matrix_shape().0];
+        matmul_with(isa, x, m, w, &mut out);
+        out
+    }
+
+    const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+    /// Every instruction set, dtype, tile remainder (m past two full row tiles of every set, n not a
+    /// multiple of the 4-column block or the 16-column task step) and k tail (not a multiple of
+    /// 8 or 16) against an f64 reference, within the f32 summation bound of the module docs.
+    #[test]
+    fn matches_f64_reference() {
+        let mut rng = Rng::new(1);
+        let mut shapes = vec![(1, 1, 1), (40, 5, 17), (64, 70, 64), (26, 130, 576), (3, 49, 1536)];
+        for m in 1..=13 {
+            for &(n, k) in &[(7, 3), (37, 23), (18, 100)] {
+                shapes.push((m, n, k));
+            }
+        }
+        for isa in Isa::available() {
+            for &(m, n, k) in &shapes {
+                let x = random(m * k, &mut rng);
+                let values = random(n * k, &mut rng);
+                for dtype in DTYPES {
+                    let (w, exact) = weight(dtype, n, k, &values);
+                    let out = run(isa, &x, m, &w);
+                    for r in 0..m {
+                        for c in 0..n {
+                            let terms = (0..k).map(|i| x[r * k + i] as f64 * exact[c * k + i] as f64);
+                            let want: f64 = terms.clone().sum();
+                            let scale: f64 = terms.map(f64::abs).sum();
+                            let tol = (k as f64 / 8.0 + 4.0) * 2f64.powi(-24) * scale;
+                            let got = out[r * n + c] as f64;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{isa:?} {dtype:?} m={m} n={n} k={k} [{r},{c}]: {got} vs {want} (tol {tol:e})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The speculative engine's invariant: a row's result does not depend on the other rows of
+    /// the call, nor on the thread count.
+    #[test]
+    fn rows_are_bit_identical_whatever_m_and_threads() {
+        let mut rng = Rng::new(2);
+        let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let many = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for isa in Isa::available() {
+            for &(n, k) in &[(576, 576), (200, 1536), (50, 37)] {
+                let values = random(n * k, &mut rng);
+                for dtype in DTYPES {
+                    let (w, _) = weight(dtype, n, k, &values);
+                    let x = random(26 * k, &mut rng);
+                    let all = many.install(|| run(isa, &x, 26, &w));
+                    for m in [1, 2, 3, 5, 9] {
+                        for first in [0, 26 - m] {
+                            let part = single.install(|| run(isa, &x[first * k..(first + m) * k], m, &w));
+                            let want = &all[first * n..(first + m) * n];
+                            assert!(
+                                part.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{isa:?} {dtype:?} n={n} k={k}: rows {first}..{} of m=26 differ at m={m}",
+                                first + m
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dot_*` (one-column tiles, single-vector lane sums) gives the matmul's bits (four-column
+    /// tiles, batched lane sums).
+    #[test]
+    fn dot_matches_matmul_bits() {
+        let mut rng = Rng::new(3);
+        let (n, k) = (8, 301);
+        let values = random(n * k, &mut rng);
+        let x = random(k, &mut rng);
+        for isa in Isa::available() {
+            let (w, _) = weight(DType::F32, n, k, &values);
+            let out = run(isa, &x, 1, &w);
+            for (c, o) in out.iter().enumerate() {
+                assert_eq!(isa.dot(&x, Weights::F32(w.f32_row(c))).to_bits(), o.to_bits(), "{isa:?} f32 column {c}");
+            }
+            let (w, _) = weight(DType::BF16, n, k, &values);
+            let out = run(isa, &x, 1, &w);
+            for (c, o) in out.iter().enumerate() {
+                assert_eq!(isa.dot(&x, Weights::BF16(w.bf16_row(c))).to_bits(), o.to_bits(), "{isa:?} bf16 column {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn this_machine_uses_its_best_instruction_set() {
+        let sets = Isa::available();
+        if std::env::var("CLOVER_MATMUL_ISA").is_err() {
+            assert_eq!(Isa::get(), sets[sets.len() - 1]);
+        }
+        eprintln!("matmul instruction sets here: {sets:?}");
+    }
+}

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod rng;
 pub mod sampling;
 pub mod spec;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

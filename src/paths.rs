@@ -19,3 +19,10 @@ pub fn cache_dir() -> PathBuf {
 pub fn default_model_dir() -> PathBuf {
     cache_dir().join("models").join(DEFAULT_MODEL_NAME)
 }
+
+pub const SHAREGPT_FILE: &str = "ShareGPT_V3_unfiltered_cleaned_split.json";
+
+/// Where tools/fetch-sharegpt.sh puts the ShareGPT conversations.
+pub fn sharegpt_file() -> PathBuf {
+    cache_dir().join("data").join(SHAREGPT_FILE)
+}

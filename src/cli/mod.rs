@@ -1,5 +1,6 @@
 //! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
 
+mod gen_data;
 mod generate;
 mod import;
 mod init_head;
@@ -31,6 +32,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Write an untrained draft head for a base model, initialised as the reference does.
     InitHead(init_head::InitHeadArgs),
+    /// Run the base model over conversations and store features for draft-head training.
+    GenData(gen_data::GenDataArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
 }
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::InitHead(a) => init_head::run(a),
+        Command::GenData(a) => gen_data::run(a),
     }
 }
 

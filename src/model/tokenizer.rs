@@ -1,6 +1,7 @@
 //! Text ↔ token ids (HF `tokenizer.json`) and the model's own chat template
 //! (`tokenizer_config.json`), rendered with a Jinja engine exactly as the model ships it.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -73,6 +74,13 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Ids of raw text (no BOS: chat templates write their own) with each token's byte range in
+    /// the text, so callers can tell which tokens came from which part of a rendered template.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Range<usize>>)> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::input(format!("tokenizer: {e}")))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().iter().map(|&(start, end)| start..end).collect()))
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| Error::input(format!("tokenizer: {e}")))
     }
@@ -88,6 +96,10 @@ impl TextTokenizer {
     /// The id of the end-of-sequence token named in tokenizer_config.json, if any.
     pub fn eos_id(&self) -> Option<u32> {
         self.eos_token.as_deref().and_then(|t| self.inner.token_to_id(t))
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
     }
 
     /// Renders a conversation with the model's chat template. The template's BOS handling is

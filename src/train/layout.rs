@@ -1,0 +1,128 @@
+//! The on-disk layout of distillation data, shared by the writer (`gen-data`) and `ShardReader`.
+//!
+//! ```text
+//! OUT/index.json                  DataIndex: parameters, per-shard conversations and token counts
+//! OUT/shard-00000.safetensors     conversations of shard 0, for each conversation index i:
+//!     c{i}.input_ids              i64  [T]     token ids of the rendered conversation
+//!     c{i}.hidden_state           bf16 [T, H]  base features after the final RMSNorm (h_t)
+//!     c{i}.hidden_state_prenorm   bf16 [T, H]  last decoder layer output before it (u_t)
+//!     c{i}.loss_mask              u8   [T]     1 on assistant tokens
+//! ```
+//!
+//! `i` is the conversation's position among the usable conversations of the data file (file order),
+//! so a record can be traced back to its source. index.json is written before the first shard; a
+//! shard listed there but missing means gen-data has not finished.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomically;
+
+pub const INDEX_FILE: &str = "index.json";
+pub const FORMAT: &str = "clover-engine distillation data v1";
+
+pub const INPUT_IDS: &str = "input_ids";
+pub const HIDDEN_STATE: &str = "hidden_state";
+pub const HIDDEN_STATE_PRENORM: &str = "hidden_state_prenorm";
+pub const LOSS_MASK: &str = "loss_mask";
+
+pub fn shard_file(k: usize) -> String {
+    format!("shard-{k:05}.safetensors")
+}
+
+pub fn tensor_name(conversation: usize, field: &str) -> String {
+    format!("c{conversation}.{field}")
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataIndex {
+    pub format: String,
+    /// Folder name of the base model and the shape of its features.
+    pub model: String,
+    pub hidden_size: usize,
+    /// File name and size of the conversations file and how many usable conversations it holds.
+    pub data: String,
+    pub data_bytes: u64,
+    pub usable_conversations: usize,
+    /// Conversations `[start, end)` of the usable ones, in file order.
+    pub start: usize,
+    pub end: usize,
+    pub max_len: usize,
+    pub shard_tokens: usize,
+    pub conversations: usize,
+    pub tokens: usize,
+    pub masked_tokens: usize,
+    /// Conversations cut at `max_len`.
+    pub truncated: usize,
+    pub shards: Vec<ShardEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub file: String,
+    pub tokens: usize,
+    pub masked_tokens: usize,
+    pub conversations: Vec<ConversationEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConversationEntry {
+    pub index: usize,
+    pub id: String,
+    pub tokens: usize,
+    pub masked_tokens: usize,
+}
+
+impl DataIndex {
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map(|s| s + "\n").map_err(|e| Error::input(format!("index.json: {e}")))
+    }
+
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(INDEX_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let index: DataIndex =
+            serde_json::from_str(&text).map_err(|e| Error::format(&path, "(json)", e.to_string()))?;
+        if index.format != FORMAT {
+            return Err(Error::format(&path, "format", format!("{:?}, expected {FORMAT:?}", index.format)));
+        }
+        Ok(index)
+    }
+}
+
+/// One conversation's record as it is written: features already rounded to bf16 bits.
+pub struct ShardRecord {
+    pub index: usize,
+    pub input_ids: Vec<u32>,
+    pub hidden_state: Vec<u16>,
+    pub hidden_state_prenorm: Vec<u16>,
+    pub loss_mask: Vec<u8>,
+}
+
+/// Writes one shard atomically. The bytes depend only on the records: safetensors orders the
+/// tensors itself and the single metadata entry leaves no map order to vary.
+pub fn write_shard(path: &Path, hidden: usize, records: &[ShardRecord]) -> Result<()> {
+    let bad = |e: safetensors::SafeTensorError| Error::format(path, "(safetensors)", e.to_string());
+    let ids: Vec<Vec<u8>> =
+        records.iter().map(|r| r.input_ids.iter().flat_map(|&t| i64::from(t).to_le_bytes()).collect()).collect();
+    let mut views = Vec::with_capacity(records.len() * 4);
+    for (r, ids) in records.iter().zip(&ids) {
+        let t = r.input_ids.len();
+        let fields: [(&str, Dtype, Vec<usize>, &[u8]); 4] = [
+            (INPUT_IDS, Dtype::I64, vec![t], ids),
+            (HIDDEN_STATE, Dtype::BF16, vec![t, hidden], bytemuck::cast_slice(&r.hidden_state)),
+            (HIDDEN_STATE_PRENORM, Dtype::BF16, vec![t, hidden], bytemuck::cast_slice(&r.hidden_state_prenorm)),
+            (LOSS_MASK, Dtype::U8, vec![t], &r.loss_mask),
+        ];
+        for (field, dtype, shape, bytes) in fields {
+            views.push((tensor_name(r.index, field), TensorView::new(dtype, shape, bytes).map_err(bad)?));
+        }
+    }
+    let metadata = HashMap::from([("format".to_string(), FORMAT.to_string())]);
+    let bytes = safetensors::serialize(views, &Some(metadata)).map_err(bad)?;
+    write_atomically(path, &bytes)
+}

@@ -1,5 +1,6 @@
 //! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
 
+mod distill;
 mod gen_data;
 mod generate;
 mod import;
@@ -34,6 +35,8 @@ enum Command {
     InitHead(init_head::InitHeadArgs),
     /// Run the base model over conversations and store features for draft-head training.
     GenData(gen_data::GenDataArgs),
+    /// Train a draft head by distillation from gen-data features (resumable).
+    Distill(distill::DistillArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
 }
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score::run(a),
         Command::InitHead(a) => init_head::run(a),
         Command::GenData(a) => gen_data::run(a),
+        Command::Distill(a) => distill::run(a),
     }
 }
 

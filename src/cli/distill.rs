@@ -33,9 +33,9 @@ pub struct DistillArgs {
     #[arg(long)]
     resume: bool,
     /// Train until this many optimiser steps in all (a resumed run counts the earlier ones).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     steps: u64,
-    /// Tokens per optimiser step (whole conversations, at least one) [default: 2048].
+    /// Tokens per optimiser step (whole conversations, at least one) [default: 1024].
     #[arg(long)]
     batch_tokens: Option<usize>,
     /// Peak learning rate [default: the reference's: clover2 1e-3, eagle 3e-5].
@@ -51,10 +51,10 @@ pub struct DistillArgs {
     #[arg(long)]
     max_len: Option<usize>,
     /// Held-out evaluation and checkpoint every this many steps (and at the end).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 25)]
     eval_every: u64,
     /// Held-out tokens evaluated each time.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 1024)]
     eval_tokens: usize,
     /// Seed of the data order, the fresh head's initialisation and EAGLE's input noise [default: 0].
     #[arg(long)]
@@ -105,9 +105,14 @@ pub fn run(a: DistillArgs) -> Result<()> {
         let t = s.timers.get(phase).as_secs_f64();
         println!("  {:<18} {:>9.2} s  {:>5.1}%", phase.name(), t, 100.0 * t / total);
     }
-    if let Some(e) = &s.last_eval {
-        let top1: Vec<String> = e.top1.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
-        println!("held-out loss {:.4}, top-1 agreement with the base model per head: {}", e.loss, top1.join(" "));
+    match &s.last_eval {
+        Some(e) => {
+            let top1: Vec<String> = e.top1.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
+            println!("held-out loss {:.4}, top-1 agreement with the base model per head: {}", e.loss, top1.join(" "));
+        }
+        None => println!(
+            "no held-out evaluation: no held-out conversation (the last 5%) has assistant tokens within --max-len"
+        ),
     }
     println!("head in {} (generate --draft {} --draft-model {0})", opts.out.display(), opts.head.name());
     Ok(())

@@ -54,14 +54,10 @@ impl Aligned {
         self.len.saturating_sub(head)
     }
 
-    /// The tokens head i embeds, one per row: row t's newest token x_{t+1+i}.
+    /// The tokens head i embeds, one per row: row t's newest token x_{t+1+i}. Row t of head i
+    /// has consumed row t of heads 0..=i: x_{t+1} ..= x_{t+1+i}.
     pub fn head_tokens(&self, head: usize) -> &[u32] {
         &self.next_ids[head.min(self.len)..]
-    }
-
-    /// The true tokens row t of head i has consumed, oldest first: x_{t+1} ..= x_{t+1+i}.
-    pub fn consumed(&self, head: usize, t: usize) -> &[u32] {
-        &self.next_ids[t..=t + head]
     }
 
     /// The row of `target` that row t of head i regresses onto (and whose teacher it learns).
@@ -111,10 +107,12 @@ mod tests {
                 let want = if t + i + 1 < 6 { (t + i + 1) as f32 } else { 0.0 };
                 assert_eq!(a.target[j * h], want);
                 assert_eq!(a.row_mask(i, t), if t + i == 5 { 0 } else { rec.loss_mask[t + i] });
+                let consumed: Vec<u32> = (0..=i).map(|k| a.head_tokens(k)[t]).collect();
                 if t + 1 + i < 6 {
-                    assert_eq!(a.consumed(i, t), &rec.input_ids[t + 1..=t + 1 + i]);
+                    assert_eq!(consumed, &rec.input_ids[t + 1..=t + 1 + i]);
+                } else {
+                    assert_eq!(consumed.last(), Some(&0), "past the end: the padding token");
                 }
-                assert_eq!(a.head_tokens(i)[t], *a.consumed(i, t).last().unwrap());
             }
             assert_eq!(a.row_mask(i, a.rows(i) - 1), 0, "head {i}: the last row is masked");
             assert_eq!(a.mask_sum(i), (0..a.rows(i)).map(|t| a.row_mask(i, t) as usize).sum::<usize>());

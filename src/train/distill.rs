@@ -38,8 +38,9 @@ use crate::weights::safetensors::SafetensorsFiles;
 
 /// The held-out tail of the conversations (both references: 95 % / 5 %).
 pub const HELDOUT_FRACTION: f64 = 0.05;
-/// Tokens per optimiser step unless told: about 4 ShareGPT conversations, the references' batch.
-pub const DEFAULT_BATCH_TOKENS: usize = 2048;
+/// Tokens per optimiser step unless told: a few ShareGPT conversations (the references' batch is
+/// 4 to 16 conversations of up to 2048 tokens), sized so a Clover-2 step takes seconds on a CPU.
+pub const DEFAULT_BATCH_TOKENS: usize = 1024;
 /// Warm-up steps unless told: the references' 8000 (Clover-2) and 2000 (EAGLE-1) steps are longer
 /// than a whole CPU run.
 pub const DEFAULT_WARMUP: u64 = 10;
@@ -130,40 +131,6 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
             ),
         ));
     }
-    let resumed = find_checkpoint(opts)?;
-    let run = resolve_run(opts, &reader.index, resumed.as_ref())?;
-    let b = &base.backend;
-    let source = HeadSource::new(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()))?;
-    let head = load_head(b, opts, &base, &source, run.seed)?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-
-    let (optimizer, state, metrics) = match &resumed {
-        Some((dir, ckpt)) => {
-            let files = SafetensorsFiles::open(&[dir.join(OPTIMIZER_FILE)])?;
-            let moment = |prefix: &str| -> Result<Vec<B::Buf>> {
-                let mut read = from_files(&files);
-                let set = ParamSet::load(b, head.params.specs.clone(), |name, shape| {
-                    read(&format!("{prefix}{name}"), shape)
-                })?;
-                Ok(set.values)
-            };
-            let optimizer = Optimizer { m: moment(EXP_AVG)?, v: moment(EXP_AVG_SQ)?, steps: ckpt.state.step };
-            (optimizer, ckpt.state.clone(), MetricsLog::resume(&opts.out, ckpt.state.step)?)
-        }
-        None => {
-            let zeros = || head.params.zeros_like(b);
-            let optimizer = Optimizer { m: zeros(), v: zeros(), steps: 0 };
-            let state = TrainState {
-                step: 0,
-                rng: Rng::new(run.seed ^ NOISE_STREAM).state(),
-                data: DataPosition::default(),
-                tokens: 0,
-            };
-            (optimizer, state, MetricsLog::create(&opts.out)?)
-        }
-    };
-    write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
-
     let split = reader.split(HELDOUT_FRACTION);
     if split.train.is_empty() {
         return Err(Error::format(
@@ -172,16 +139,16 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
             "no conversation is left for training after the held-out tail",
         ));
     }
-    let mut eval_set = Vec::new();
-    let mut eval_tokens = 0;
-    for &i in &split.heldout {
-        let t = reader.tokens(i).min(run.max_len);
-        if !eval_set.is_empty() && eval_tokens + t > opts.eval_tokens {
-            break;
-        }
-        eval_tokens += t;
-        eval_set.push(i);
-    }
+    let resumed = find_checkpoint(opts)?;
+    let run = resolve_run(opts, &reader.index, resumed.as_ref())?;
+    let b = &base.backend;
+    let source = HeadSource::new(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()))?;
+    let head = load_head(b, opts, &base, &source, run.seed)?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
+    write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
+
+    let eval_set = eval_set(&reader, &split.heldout, run.max_len, opts.eval_tokens);
     let batcher = Batcher::new(split.train, run.seed, run.batch_tokens, state.data);
     let r = Run {
         opts,
@@ -204,6 +171,31 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     r.train(started)
 }
 
+/// AdamW's moments, the training state and the metrics log: the checkpoint's when resuming, else
+/// fresh ones.
+fn optimizer_and_state<B: Backend>(
+    b: &B,
+    opts: &DistillOptions,
+    params: &ParamSet<B>,
+    run: &RunConfig,
+    resumed: Option<&(PathBuf, CheckpointState)>,
+) -> Result<(Optimizer<B>, TrainState, MetricsLog)> {
+    let Some((dir, ckpt)) = resumed else {
+        let optimizer = Optimizer { m: params.zeros_like(b), v: params.zeros_like(b), steps: 0 };
+        let rng = Rng::new(run.seed ^ NOISE_STREAM).state();
+        let state = TrainState { step: 0, rng, data: DataPosition::default(), tokens: 0 };
+        return Ok((optimizer, state, MetricsLog::create(&opts.out)?));
+    };
+    let files = SafetensorsFiles::open(&[dir.join(OPTIMIZER_FILE)])?;
+    let moment = |prefix: &str| -> Result<Vec<B::Buf>> {
+        let mut read = from_files(&files);
+        let set = ParamSet::load(b, params.specs.clone(), |name, shape| read(&format!("{prefix}{name}"), shape))?;
+        Ok(set.values)
+    };
+    let optimizer = Optimizer { m: moment(EXP_AVG)?, v: moment(EXP_AVG_SQ)?, steps: ckpt.state.step };
+    Ok((optimizer, ckpt.state.clone(), MetricsLog::resume(&opts.out, ckpt.state.step)?))
+}
+
 /// The noise generator's seed is the run's seed with this mixed in, so it does not replay the
 /// stream that initialised the head.
 const NOISE_STREAM: u64 = 0x6e6f_6973_6520_7374;
@@ -221,6 +213,24 @@ fn open_data(dir: &Path) -> Result<ShardReader> {
         return Err(Error::format(dir.join(INDEX_FILE), "conversations", "the data holds no conversation"));
     }
     Ok(reader)
+}
+
+/// The first held-out records up to `budget` tokens (at least one), skipping those with nothing
+/// to learn within `max_len` (a long first user turn): they would count tokens and no rows.
+fn eval_set(reader: &ShardReader, heldout: &[usize], max_len: usize, budget: usize) -> Vec<usize> {
+    let mut set = Vec::new();
+    let mut tokens = 0;
+    for &i in heldout {
+        let t = reader.tokens(i).min(max_len);
+        if !set.is_empty() && tokens + t > budget {
+            break;
+        }
+        if reader.record(i).loss_mask[..t.saturating_sub(1)].iter().any(|&m| m != 0) {
+            tokens += t;
+            set.push(i);
+        }
+    }
+    set
 }
 
 /// With `--resume`, the newest checkpoint in `--out` (which must exist); without, `--out` must

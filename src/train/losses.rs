@@ -142,7 +142,7 @@ pub fn head_losses<B: Backend>(
     // so it goes first and the cross-entropy's is added to it.
     for (i, fi) in f.iter().enumerate() {
         let rows = a.rows(i);
-        let target_i = b.slice_rows(target, hidden, i, rows);
+        let target_i = b.slice_rows(target, hidden, a.target_row(i, 0), rows);
         let weights: Vec<f32> = (0..rows).map(|t| a.row_mask(i, t) as f32 * scales[i].vloss).collect();
         let mut d = b.zeros(rows * hidden);
         sums[i].vloss = b.smooth_l1(fi, &target_i, &weights, &mut d) as f64;

@@ -110,6 +110,15 @@ pub trait Backend: Send + Sync {
 
     /// x ← 0.
     fn zero(&self, x: &mut Self::Buf);
+    /// A weight holding the values of an f32 buffer laid out as `shape` (`[n]` or `[out, in]`):
+    /// how trained parameters, kept as f32 buffers that the optimiser updates in place, reach the
+    /// forward ops, which read weights. Called once per parameter and optimiser step. The CPU
+    /// backend copies the values into an owned f32 tensor (a copy of the head's parameters per
+    /// step, negligible beside the step's GEMMs); a device backend may wrap the buffer instead.
+    fn weight_from_buf(&self, name: &str, shape: &[usize], buf: &Self::Buf) -> Result<Self::Weight>;
+    /// Backward of `gather_rows`: dst[rows[i]] += src[i] for a `? × width` dst (a row listed
+    /// twice receives both).
+    fn scatter_add_rows(&self, dst: &mut Self::Buf, width: usize, rows: &[usize], src: &Self::Buf);
     /// Backward of `rmsnorm` for `rows` rows: dx += dL/dx, d_gain += dL/dgain (summed over rows),
     /// for d_out = dL/dout. The row statistics are recomputed from x.
     #[allow(clippy::too_many_arguments)]

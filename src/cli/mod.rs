@@ -1,6 +1,7 @@
 //! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
 
 mod bench;
+mod distill;
 mod eval;
 mod gen_data;
 mod generate;
@@ -37,6 +38,8 @@ enum Command {
     InitHead(init_head::InitHeadArgs),
     /// Run the base model over conversations and store features for draft-head training.
     GenData(gen_data::GenDataArgs),
+    /// Train a draft head by distillation from gen-data features (resumable).
+    Distill(distill::DistillArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
     /// Answer benchmark questions (MT-bench / Spec-Bench JSONL) into a resumable answers file.
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Metrics(a) => metrics::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Distill(a) => distill::run(a),
     }
 }
 

@@ -112,13 +112,13 @@ pub fn clover2_tensors(rng: &mut Rng, c: &ModelConfig, base: &SafetensorsFiles, 
     Ok(t)
 }
 
-/// Writes `out_dir/config.json` and `out_dir/model.safetensors` for an untrained head.
-pub fn init_head(kind: DraftKind, base_dir: &Path, out_dir: &Path, seed: u64) -> Result<()> {
+/// An untrained head for the base model in `base_dir`: its tensors and its `config.json`.
+pub fn fresh_head(kind: DraftKind, base_dir: &Path, seed: u64) -> Result<(Tensors, serde_json::Value)> {
     let base_path = base_dir.join("config.json");
     let base_json = read_json(&base_path)?;
     let base = ModelConfig::from_json(&base_json, &base_path)?;
     let mut rng = Rng::new(seed);
-    let (tensors, config) = match kind {
+    Ok(match kind {
         DraftKind::Eagle => (eagle_tensors(&mut rng, &base), head_config_json(&base_json, kind.name(), 1, 10000.0)),
         DraftKind::Clover2 => {
             let files = SafetensorsFiles::open_dir(base_dir)?;
@@ -129,9 +129,19 @@ pub fn init_head(kind: DraftKind, base_dir: &Path, out_dir: &Path, seed: u64) ->
             }
             (clover2_tensors(&mut rng, &base, &files, clover.num_layers)?, config)
         }
-    };
+    })
+}
+
+/// Writes `out_dir/config.json` and `out_dir/model.safetensors` for an untrained head.
+pub fn init_head(kind: DraftKind, base_dir: &Path, out_dir: &Path, seed: u64) -> Result<()> {
+    let (tensors, config) = fresh_head(kind, base_dir, seed)?;
+    write_head(out_dir, &tensors, &config)
+}
+
+/// Writes a head folder: `config.json` and `model.safetensors` (f32), each atomically.
+pub fn write_head(out_dir: &Path, tensors: &Tensors, config: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    write_f32_safetensors(&out_dir.join("model.safetensors"), &tensors)?;
-    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::input(e.to_string()))?;
+    write_f32_safetensors(&out_dir.join("model.safetensors"), tensors)?;
+    let text = serde_json::to_string_pretty(config).map_err(|e| Error::input(e.to_string()))?;
     crate::fsutil::write_atomically(&out_dir.join("config.json"), text.as_bytes())
 }

@@ -19,7 +19,9 @@ pub fn soft_cross_entropy(logits: &[f32], teacher: &[f32], row_weight: &[f32], d
     assert!(v > 0 && logits.len() == rows * v, "soft_cross_entropy: logits are not {rows} rows");
     assert!(teacher.len() == rows * v && d_logits.len() == rows * v, "soft_cross_entropy: shapes differ");
     let max = |row: &[f32]| row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = d_logits
+    // The row losses are collected and summed in row order: a parallel sum's association depends
+    // on work stealing, and a resumed training run must replay the same loss values bit for bit.
+    let row_losses: Vec<f64> = d_logits
         .par_chunks_mut(v)
         .zip(logits.par_chunks(v).zip(teacher.par_chunks(v)))
         .zip(row_weight.par_iter())
@@ -44,8 +46,8 @@ pub fn soft_cross_entropy(logits: &[f32], teacher: &[f32], row_weight: &[f32], d
             }
             (w * (zmax + zsum.ln() - tz / tsum)) as f64
         })
-        .sum();
-    total as f32
+        .collect();
+    row_losses.iter().sum::<f64>() as f32
 }
 
 /// SmoothL1 with β = 1 (`0.5·d²` for |d| < 1, else `|d| − 0.5`) of `pred − target`, averaged over

@@ -19,7 +19,7 @@ pub mod gradcheck;
 pub use weight::CpuWeight;
 
 use super::{AttnMask, AttnShape, Backend, CloverCellParams, KvLayout};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::weights::HostTensor;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -95,6 +95,21 @@ impl Backend for CpuBackend {
 
     fn zero(&self, x: &mut Vec<f32>) {
         x.fill(0.0);
+    }
+
+    fn weight_from_buf(&self, name: &str, shape: &[usize], buf: &Vec<f32>) -> Result<CpuWeight> {
+        if shape.iter().product::<usize>() != buf.len() {
+            return Err(Error::input(format!("{name}: {} values do not fill the shape {shape:?}", buf.len())));
+        }
+        CpuWeight::new(HostTensor::from_f32(name, shape.to_vec(), buf))
+    }
+
+    fn scatter_add_rows(&self, dst: &mut Vec<f32>, width: usize, rows: &[usize], src: &Vec<f32>) {
+        for (&r, s) in rows.iter().zip(src.chunks_exact(width)) {
+            for (d, v) in dst[r * width..(r + 1) * width].iter_mut().zip(s) {
+                *d += v;
+            }
+        }
     }
 
     fn rmsnorm_backward(
@@ -241,5 +256,36 @@ impl Backend for CpuBackend {
     ) {
         let dy = dy.map(|v| v.as_mut_slice());
         clover_cell::clover_cell_backward(cell, n_heads, eps, x, y, rows, d_out, dx, dy, grads);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// scatter_add_rows is the adjoint of gather_rows: <gather(x), g> = <x, scatter(g)>, with a
+    /// row gathered twice receiving both gradients.
+    #[test]
+    fn scatter_add_rows_is_the_backward_of_gather_rows() {
+        let b = CpuBackend;
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let rows = [2, 0, 2];
+        let g = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let gathered = b.gather_rows(&x, 2, &rows);
+        let mut dx = vec![0.5; 12];
+        b.scatter_add_rows(&mut dx, 2, &rows, &g);
+        assert_eq!(dx, [3.5, 4.5, 0.5, 0.5, 6.5, 8.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
+        let lhs: f32 = gathered.iter().zip(&g).map(|(a, b)| a * b).sum();
+        let rhs: f32 = x.iter().zip(&dx).map(|(a, d)| a * (d - 0.5)).sum();
+        assert_eq!(lhs, rhs);
+    }
+
+    #[test]
+    fn weight_from_buf_copies_the_values_and_checks_the_shape() {
+        let b = CpuBackend;
+        let w = b.weight_from_buf("w", &[2, 3], &vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!((w.matrix_shape(), w.to_f32()), ((2, 3), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let err = b.weight_from_buf("fc.weight", &[2, 3], &vec![0.0; 5]).expect_err("5 values for 6");
+        assert!(err.to_string().contains("fc.weight"), "{err}");
     }
 }

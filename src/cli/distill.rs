@@ -1,0 +1,119 @@
+use std::path::PathBuf;
+
+use clap::Args;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::error::Result;
+use clover_engine::train::distill::{
+    distill, reference_schedule, DistillOptions, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
+};
+use clover_engine::train::timers::Phase;
+
+use super::generate::DraftArg;
+
+#[derive(Args)]
+pub struct DistillArgs {
+    /// Base model folder (default: the model fetched by tools/fetch-default-model.sh).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Folder written by gen-data (index.json and its shards).
+    #[arg(long)]
+    data: PathBuf,
+    /// The head kind to train.
+    #[arg(long, value_enum)]
+    head: DraftArg,
+    /// Output folder: the trained head (config.json, model.safetensors), checkpoints, metrics.jsonl,
+    /// loss.svg and accuracy.svg.
+    #[arg(long)]
+    out: PathBuf,
+    /// Start from this head folder instead of a freshly initialised head.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Train until this many optimiser steps in all (a resumed run counts the earlier ones).
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Tokens per optimiser step (whole conversations, at least one) [default: 1024].
+    #[arg(long)]
+    batch_tokens: Option<usize>,
+    /// Peak learning rate [default: the reference's: clover2 1e-3, eagle 3e-5].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Linear warm-up steps [default: 10].
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Step at which the linear decay reaches 0 [default: the reference's: clover2 1600000, eagle 800000].
+    #[arg(long)]
+    total_steps: Option<u64>,
+    /// Conversations are cut to this many tokens [default: 2048].
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Held-out evaluation and checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 25)]
+    eval_every: u64,
+    /// Held-out tokens evaluated each time.
+    #[arg(long, default_value_t = 1024)]
+    eval_tokens: usize,
+    /// Seed of the data order, the fresh head's initialisation and EAGLE's input noise [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+pub fn run(a: DistillArgs) -> Result<()> {
+    let opts = DistillOptions {
+        model_dir: super::model_dir(a.model)?,
+        data_dir: a.data,
+        head: a.head.into(),
+        out: a.out,
+        init: a.init,
+        resume: a.resume,
+        steps: a.steps,
+        batch_tokens: a.batch_tokens,
+        lr: a.lr,
+        warmup: a.warmup,
+        total_steps: a.total_steps,
+        max_len: a.max_len,
+        seed: a.seed,
+        eval_every: a.eval_every,
+        eval_tokens: a.eval_tokens,
+        progress: true,
+    };
+    let (lr, _) = reference_schedule(opts.head);
+    if !opts.resume {
+        println!(
+            "training a {} head: lr {}, {} tokens per step, conversations cut at {}",
+            opts.head.name(),
+            opts.lr.unwrap_or(lr),
+            opts.batch_tokens.unwrap_or(DEFAULT_BATCH_TOKENS),
+            opts.max_len.unwrap_or(DEFAULT_MAX_LEN)
+        );
+    }
+    let s = distill(&opts, CpuBackend)?;
+    println!(
+        "steps {} → {} ({} parameters): {} training tokens in {:.1} s, {:.1} training tokens/s",
+        s.start_step,
+        s.step,
+        s.parameters,
+        s.tokens,
+        s.seconds,
+        s.train_tokens_per_s()
+    );
+    let total = s.timers.total().as_secs_f64().max(1e-9);
+    for phase in Phase::ALL {
+        let t = s.timers.get(phase).as_secs_f64();
+        println!("  {:<18} {:>9.2} s  {:>5.1}%", phase.name(), t, 100.0 * t / total);
+    }
+    match &s.last_eval {
+        Some(e) => {
+            let top1: Vec<String> = e.top1.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
+            println!("held-out loss {:.4}, top-1 agreement with the base model per head: {}", e.loss, top1.join(" "));
+        }
+        None => println!(
+            "no held-out evaluation: no held-out conversation (the last 5%) has assistant tokens within --max-len"
+        ),
+    }
+    println!("head in {} (generate --draft {} --draft-model {0})", opts.out.display(), opts.head.name());
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The distillation losses of every head of a record (clover2.md §8, eagle.md §5): SmoothL1 of the
+//! head output against the post-norm target, and soft cross-entropy of lm_head(head output)
+//! against the teacher softmax(lm_head(target)), masked sums over the batch divided by
+//! (Σ mask + offset), weighted per head.
+//!
+//! The lm_head projections dominate a training step (T × V × H multiply-adds per head for the
+//! student, as many again for its input gradient, V = 49152 against H = 576), so:
+//! - only masked-in rows are projected (gathered; their gradients scattered back);
+//! - rows go through in chunks of `LM_HEAD_ROWS`, bounding the `[chunk, V]` logits buffers;
+//! - the teacher logits are computed once per target row and shared by every head: the teacher of
+//!   head i at row t is lm_head(target[t+i]), so for a given target row j the heads' rows
+//!   t = j − i all learn the same distribution.
+
+use crate::backend::Backend;
+use crate::train::align::Aligned;
+
+/// Target rows per lm_head pass: three `[rows, V]` buffers (teacher, student, gradient) of 50 MB
+/// each at V = 49152, and 256 rows keep the GEMMs' row tiles busy on every core.
+pub const LM_HEAD_ROWS: usize = 256;
+
+/// How a head kind weighs its loss terms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossSpec {
+    /// Per head, the weights of its vloss and ploss in the total (decay included).
+    pub vloss: Vec<f32>,
+    pub ploss: Vec<f32>,
+    /// Added to Σ mask in the denominators.
+    pub offset: f32,
+}
+
+/// Row weights of one head's two loss terms: mask × scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeadScale {
+    pub vloss: f32,
+    pub ploss: f32,
+}
+
+/// One head's masked sums over some rows: Σ m·vloss_row and Σ m·ploss_row, each times its scale,
+/// the masked-in rows and, when asked, how many of them have the base model's top-1 token on top.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeadSums {
+    pub vloss: f64,
+    pub ploss: f64,
+    pub rows: usize,
+    pub top1: usize,
+}
+
+impl HeadSums {
+    pub fn add(&mut self, o: &HeadSums) {
+        self.vloss += o.vloss;
+        self.ploss += o.ploss;
+        self.rows += o.rows;
+        self.top1 += o.top1;
+    }
+}
+
+impl LossSpec {
+    /// eagle.md §5: 1.0·vloss + 0.1·ploss, denominators Σ mask + 1e-5.
+    pub fn eagle() -> Self {
+        LossSpec { vloss: vec![1.0], ploss: vec![0.1], offset: 1e-5 }
+    }
+
+    /// clover2.md §8: head i weighs (10·vloss_i + 1·ploss_i)·coefficient·decay^i, denominators
+    /// Σ mask_i + 1.
+    pub fn clover(heads: usize, coefficient: f64, decay: f64) -> Self {
+        let w: Vec<f64> = (0..heads).map(|i| coefficient * decay.powi(i as i32)).collect();
+        LossSpec {
+            vloss: w.iter().map(|w| (10.0 * w) as f32).collect(),
+            ploss: w.iter().map(|&w| w as f32).collect(),
+            offset: 1.0,
+        }
+    }
+
+    pub fn heads(&self) -> usize {
+        self.vloss.len()
+    }
+
+    /// Training scales for a batch whose heads have `mask_sums` masked-in rows: the returned sums
+    /// are then the heads' terms of the total loss, and their gradients the loss's.
+    pub fn batch_scales(&self, mask_sums: &[usize]) -> Vec<HeadScale> {
+        (0..self.heads())
+            .map(|i| {
+                let denom = mask_sums[i] as f32 + self.offset;
+                HeadScale { vloss: self.vloss[i] / denom, ploss: self.ploss[i] / denom }
+            })
+            .collect()
+    }
+
+    /// Scales 1: plain masked sums, for evaluation over many records (`total` combines them).
+    pub fn unit_scales(&self) -> Vec<HeadScale> {
+        vec![HeadScale { vloss: 1.0, ploss: 1.0 }; self.heads()]
+    }
+
+    /// Per head (vloss_i, ploss_i) as the spec defines them: masked mean over the rows, from
+    /// sums taken with `batch_scales` (`unit = false`) or `unit_scales` (`unit = true`).
+    pub fn per_head(&self, sums: &[HeadSums], unit: bool) -> Vec<(f64, f64)> {
+        sums.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if unit {
+                    let denom = s.rows as f64 + self.offset as f64;
+                    (s.vloss / denom, s.ploss / denom)
+                } else {
+                    (s.vloss / self.vloss[i] as f64, s.ploss / self.ploss[i] as f64)
+                }
+            })
+            .collect()
+    }
+
+    /// The total loss from per-head (vloss_i, ploss_i).
+    pub fn total(&self, losses: &[(f64, f64)]) -> f64 {
+        losses.iter().enumerate().map(|(i, (v, p))| self.vloss[i] as f64 * v + self.ploss[i] as f64 * p).sum()
+    }
+}
+
+/// What to compute besides the loss sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wants {
+    /// dL/df for every head.
+    pub grads: bool,
+    /// Top-1 agreement with the base model (downloads the logits).
+    pub top1: bool,
+}
+
+/// The losses of heads 0..n of one record, head i's output `f[i]` being `[rows(i), H]`. Returns
+/// the sums per head and, with `wants.grads`, dL/df[i] for each.
+#[allow(clippy::too_many_arguments)]
+pub fn head_losses<B: Backend>(
+    b: &B,
+    lm_head: &B::Weight,
+    vocab: usize,
+    hidden: usize,
+    a: &Aligned,
+    target: &B::Buf,
+    f: &[B::Buf],
+    scales: &[HeadScale],
+    wants: Wants,
+) -> (Vec<HeadSums>, Vec<B::Buf>) {
+    let mut sums = vec![HeadSums::default(); f.len()];
+    let mut grads = Vec::with_capacity(f.len());
+    // SmoothL1 over every row (masked rows get weight 0): cheap, H wide. It writes its gradient,
+    // so it goes first and the cross-entropy's is added to it.
+    for (i, fi) in f.iter().enumerate() {
+        let rows = a.rows(i);
+        let target_i = b.slice_rows(target, hidden, a.target_row(i, 0), rows);
+        let weights: Vec<f32> = (0..rows).map(|t| a.row_mask(i, t) as f32 * scales[i].vloss).collect();
+        let mut d = b.zeros(rows * hidden);
+        sums[i].vloss = b.smooth_l1(fi, &target_i, &weights, &mut d) as f64;
+        sums[i].rows = a.mask_sum(i);
+        grads.push(d);
+    }
+    let active: Vec<usize> = (0..a.len).filter(|&j| a.mask[j] != 0).collect();
+    for chunk in active.chunks(LM_HEAD_ROWS) {
+        let teacher_in = b.gather_rows(target, hidden, chunk);
+        let mut teacher = b.zeros(chunk.len() * vocab);
+        b.matmul(&teacher_in, chunk.len(), lm_head, &mut teacher);
+        let teacher_top1 = wants.top1.then(|| argmax_rows(&b.download(&teacher), vocab));
+        for (i, fi) in f.iter().enumerate() {
+            // Target rows j < i have no row in head i; they lead the (sorted) chunk.
+            let skip = chunk.iter().take_while(|&&j| j < i).count();
+            let rows: Vec<usize> = chunk[skip..].iter().map(|&j| j - i).collect();
+            let n = rows.len();
+            if n == 0 {
+                continue;
+            }
+            let x = b.gather_rows(fi, hidden, &rows);
+            let mut logits = b.zeros(n * vocab);
+            b.matmul(&x, n, lm_head, &mut logits);
+            let shifted = (skip > 0).then(|| b.slice_rows(&teacher, vocab, skip, n));
+            let mut d_logits = b.zeros(n * vocab);
+            let weights = vec![scales[i].ploss; n];
+            sums[i].ploss +=
+                b.soft_cross_entropy(&logits, shifted.as_ref().unwrap_or(&teacher), &weights, &mut d_logits) as f64;
+            if let Some(want) = &teacher_top1 {
+                let got = argmax_rows(&b.download(&logits), vocab);
+                sums[i].top1 += got.iter().zip(&want[skip..]).filter(|(g, w)| g == w).count();
+            }
+            if wants.grads {
+                let mut dx = b.zeros(n * hidden);
+                b.matmul_backward(&x, &d_logits, n, lm_head, Some(&mut dx), None);
+                b.scatter_add_rows(&mut grads[i], hidden, &rows, &dx);
+            }
+        }
+    }
+    if !wants.grads {
+        grads.clear();
+    }
+    (sums, grads)
+}
+
+/// The index of each row's largest value (the first on ties, as the base model's greedy choice).
+fn argmax_rows(values: &[f32], width: usize) -> Vec<usize> {
+    values
+        .chunks_exact(width)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (k, &v)| if v > best.1 { (k, v) } else { best })
+                .0
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clover2.md §17 test 4 (the loss ops themselves are checked by hand in backend/cpu/loss.rs):
+    /// head 1 of a record whose two positions have masks 1 and 0 weighs its terms
+    /// 10·0.7/(1 + 1) and 0.7/(1 + 1); EAGLE's denominators add 1e-5 and weigh ploss 0.1.
+    #[test]
+    fn spec_weights_and_denominators() {
+        let clover = LossSpec::clover(5, 1.0, 0.7);
+        let s = clover.batch_scales(&[2, 1, 0, 0, 0]);
+        assert!((s[1].vloss - 3.5).abs() < 1e-6 && (s[1].ploss - 0.35).abs() < 1e-7, "{:?}", s[1]);
+        assert!((s[0].vloss - 10.0 / 3.0).abs() < 1e-6 && (s[4].ploss - 0.7f32.powi(4)).abs() < 1e-7);
+        let eagle = LossSpec::eagle().batch_scales(&[4]);
+        assert!((eagle[0].vloss - 1.0 / 4.00001).abs() < 1e-9 && (eagle[0].ploss - 0.1 / 4.00001).abs() < 1e-9);
+        // One masked-in row with SmoothL1 0.65625 and cross-entropy 1.4582 sums to 3.5·0.65625 and
+        // 0.35·1.4582 under these scales; they read back as the spec's vloss_1 = 0.65625/(1 + 1)
+        // and ploss_1 = 1.4582/2, the same as plain sums divided by (Σ mask + 1); the total
+        // weighs them back.
+        let spec = LossSpec::clover(2, 1.0, 0.7);
+        let scaled =
+            vec![HeadSums::default(), HeadSums { vloss: 3.5 * 0.65625, ploss: 0.35 * 1.4582, rows: 1, top1: 0 }];
+        let plain = vec![HeadSums::default(), HeadSums { vloss: 0.65625, ploss: 1.4582, rows: 1, top1: 0 }];
+        for per_head in [spec.per_head(&scaled, false), spec.per_head(&plain, true)] {
+            assert!((per_head[1].0 - 0.328125).abs() < 1e-6 && (per_head[1].1 - 0.7291).abs() < 1e-6, "{per_head:?}");
+            assert!((spec.total(&per_head) - 0.7 * (10.0 * 0.328125 + 0.7291)).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_ties() {
+        assert_eq!(argmax_rows(&[1.0, 3.0, 3.0, -1.0, -2.0, -1.0], 3), [1, 0]);
+    }
+}

@@ -1,0 +1,266 @@
+//! distill on a tiny random model and a small synthetic data set written with the gen-data layout:
+//! the held-out loss falls, the trained head loads for drafting, an interrupted run resumed gives
+//! exactly the losses and weights of an uninterrupted one, and bad input fails with messages that
+//! name the file and field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::Backend;
+use clover_engine::draft::init::init_head;
+use clover_engine::draft::{load_head, DraftKind};
+use clover_engine::model::random::{tiny_llama_config, write_random_model};
+use clover_engine::model::{Llama, LogitRows};
+use clover_engine::rng::Rng;
+use clover_engine::train::distill::{distill, DistillOptions, DistillSummary};
+use clover_engine::train::layout::{
+    shard_file, write_shard, ConversationEntry, DataIndex, ShardEntry, ShardRecord, FORMAT, INDEX_FILE,
+};
+use clover_engine::train::metrics::{MetricsLine, HELDOUT, METRICS_FILE, TRAIN};
+
+const VOCAB: usize = 64;
+
+fn tiny_model(dir: &Path, hidden: usize) {
+    let mut config = tiny_llama_config(VOCAB);
+    config["hidden_size"] = hidden.into();
+    write_random_model(dir, &config, 7).unwrap();
+}
+
+/// `n` conversations of random tokens run through the model, as gen-data would store them: the
+/// first quarter of each is the "user" (mask 0), the rest the "assistant" (mask 1).
+fn write_data(model_dir: &Path, dir: &Path, n: usize) {
+    let model = Llama::load(model_dir, CpuBackend).unwrap();
+    let h = model.config.hidden_size;
+    let mut rng = Rng::new(11);
+    let mut cache = model.new_cache(64);
+    let records: Vec<ShardRecord> = (0..n)
+        .map(|i| {
+            let len = 16 + (rng.next_u64() % 24) as usize;
+            let ids: Vec<u32> = (0..len).map(|_| (rng.next_u64() % VOCAB as u64) as u32).collect();
+            cache.clear();
+            let out = model.prefill(&mut cache, &ids, LogitRows::None).unwrap();
+            let bf16 = |buf: &Vec<f32>| buf.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+            ShardRecord {
+                index: i,
+                input_ids: ids,
+                hidden_state: bf16(&model.backend.download(&out.postnorm)),
+                hidden_state_prenorm: bf16(&model.backend.download(&out.prenorm)),
+                loss_mask: (0..len).map(|t| (t >= len / 4) as u8).collect(),
+            }
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    let mut shards = Vec::new();
+    for (k, chunk) in records.chunks(10).enumerate() {
+        write_shard(&dir.join(shard_file(k)), h, chunk).unwrap();
+        let conversations: Vec<ConversationEntry> = chunk
+            .iter()
+            .map(|r| ConversationEntry {
+                index: r.index,
+                id: format!("synthetic-{}", r.index),
+                tokens: r.input_ids.len(),
+                masked_tokens: r.loss_mask.iter().map(|&m| m as usize).sum(),
+            })
+            .collect();
+        shards.push(ShardEntry {
+            file: shard_file(k),
+            tokens: conversations.iter().map(|c| c.tokens).sum(),
+            masked_tokens: conversations.iter().map(|c| c.masked_tokens).sum(),
+            conversations,
+        });
+    }
+    let index = DataIndex {
+        format: FORMAT.to_string(),
+        model: "tiny".into(),
+        hidden_size: h,
+        data: "synthetic.json".into(),
+        data_bytes: 0,
+        usable_conversations: n,
+        start: 0,
+        end: n,
+        max_len: 64,
+        shard_tokens: 0,
+        conversations: n,
+        tokens: shards.iter().map(|s| s.tokens).sum(),
+        masked_tokens: shards.iter().map(|s| s.masked_tokens).sum(),
+        truncated: 0,
+        shards,
+    };
+    std::fs::write(dir.join(INDEX_FILE), index.to_json().unwrap()).unwrap();
+}
+
+/// A tiny model and 40 conversations (2 held out) in a fresh folder.
+fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let root = common::temp_dir(name);
+    let (model, data) = (root.join("model"), root.join("data"));
+    tiny_model(&model, 32);
+    write_data(&model, &data, 40);
+    (root, model, data)
+}
+
+fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u64) -> DistillOptions {
+    DistillOptions {
+        model_dir: model.to_path_buf(),
+        data_dir: data.to_path_buf(),
+        head,
+        out: out.to_path_buf(),
+        init: None,
+        resume: false,
+        steps,
+        batch_tokens: Some(80),
+        lr: Some(2e-3),
+        warmup: Some(3),
+        total_steps: Some(200),
+        max_len: None,
+        seed: Some(5),
+        eval_every: 10,
+        eval_tokens: 1000,
+        progress: false,
+    }
+}
+
+fn metrics(out: &Path) -> Vec<MetricsLine> {
+    let text = std::fs::read_to_string(out.join(METRICS_FILE)).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn heldout_losses(out: &Path) -> Vec<(u64, f64)> {
+    metrics(out).iter().filter(|l| l.split == HELDOUT).map(|l| (l.step, l.loss)).collect()
+}
+
+fn learns(kind: DraftKind) -> DistillSummary {
+    let (root, model, data) = setup(&format!("learns-{}", kind.name()));
+    let out = root.join("out");
+    let summary = distill(&options(&model, &data, kind, &out, 30), CpuBackend).unwrap();
+    let heldout = heldout_losses(&out);
+    assert_eq!(heldout.iter().map(|h| h.0).collect::<Vec<_>>(), [0, 10, 20, 30]);
+    let (first, last) = (heldout[0].1, heldout[3].1);
+    assert!(last < 0.8 * first, "{kind:?}: held-out loss {first} → {last} over 30 steps: {heldout:?}");
+    let lines = metrics(&out);
+    assert_eq!(lines.iter().filter(|l| l.split == TRAIN).count(), 30);
+    let heads = if kind == DraftKind::Clover2 { 5 } else { 1 };
+    assert!(lines.iter().all(|l| l.vloss.len() == heads && l.ploss.len() == heads));
+    let top1 = &summary.last_eval.as_ref().unwrap().top1;
+    assert!(top1.len() == heads && top1.iter().all(|a| (0.0..=1.0).contains(a)), "{top1:?}");
+    for file in ["loss.svg", "accuracy.svg", "config.json", "model.safetensors"] {
+        assert!(out.join(file).exists(), "{file} is written");
+    }
+    // The trained head drafts for the base model it was trained on.
+    let base = Llama::load(&model, CpuBackend).unwrap();
+    load_head(kind, &out, &base).unwrap();
+    summary
+}
+
+#[test]
+fn clover2_heldout_loss_falls() {
+    let s = learns(DraftKind::Clover2);
+    assert_eq!((s.start_step, s.step), (0, 30));
+}
+
+#[test]
+fn eagle_heldout_loss_falls() {
+    learns(DraftKind::Eagle);
+}
+
+/// 20 steps in one go, and 10 steps then `--resume` to 20: the same training and held-out losses
+/// at every step, and the same final weights, optimiser moments and metrics.
+fn resume_is_exact(kind: DraftKind) {
+    let (root, model, data) = setup(&format!("resume-{}", kind.name()));
+    let (whole, split) = (root.join("whole"), root.join("split"));
+    distill(&options(&model, &data, kind, &whole, 20), CpuBackend).unwrap();
+    distill(&options(&model, &data, kind, &split, 10), CpuBackend).unwrap();
+    // A run that went on past its checkpoint before being killed leaves lines the resume drops.
+    let mut stale = std::fs::read_to_string(split.join(METRICS_FILE)).unwrap();
+    stale.push_str(&stale.lines().find(|l| l.contains(TRAIN)).unwrap().replace("\"step\":1,", "\"step\":11,"));
+    stale.push('\n');
+    std::fs::write(split.join(METRICS_FILE), stale).unwrap();
+    let mut resumed = options(&model, &data, kind, &split, 20);
+    resumed.resume = true;
+    resumed.lr = None;
+    let s = distill(&resumed, CpuBackend).unwrap();
+    assert_eq!((s.start_step, s.step), (10, 20));
+
+    // Every number but the measured speed.
+    let numbers = |out: &Path| -> Vec<MetricsLine> {
+        metrics(out).into_iter().map(|l| MetricsLine { tokens_per_s: None, ..l }).collect()
+    };
+    assert_eq!(numbers(&whole), numbers(&split));
+    let bytes = |dir: &Path, file: &str| std::fs::read(dir.join(file)).unwrap();
+    assert!(bytes(&whole, "model.safetensors") == bytes(&split, "model.safetensors"), "the same weights");
+    let ckpt = |dir: &Path| dir.join("checkpoints").join("step-00000020");
+    assert!(bytes(&ckpt(&whole), "optimizer.safetensors") == bytes(&ckpt(&split), "optimizer.safetensors"));
+
+    // A resumed run keeps its settings.
+    let mut changed = resumed.clone();
+    changed.steps = 25;
+    changed.lr = Some(1e-2);
+    let err = distill(&changed, CpuBackend).expect_err("--lr cannot change on resume").to_string();
+    assert!(err.contains("state.json") && err.contains("schedule.lr"), "{err}");
+    // Without --resume, a folder holding a run is not overwritten.
+    let err = distill(&options(&model, &data, kind, &split, 5), CpuBackend).expect_err("a run is there").to_string();
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn clover2_resume_is_exact() {
+    resume_is_exact(DraftKind::Clover2);
+}
+
+#[test]
+fn eagle_resume_is_exact() {
+    resume_is_exact(DraftKind::Eagle);
+}
+
+fn engine(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_clover-engine")).args(args).output().expect("run clover-engine")
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = engine(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(needles.iter().all(|n| err.contains(n)), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn cli_errors_name_the_file_and_field() {
+    let (root, model, data) = setup("cli-errors");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let out = root.join("out");
+
+    let not_data = root.join("not-data");
+    std::fs::create_dir_all(&not_data).unwrap();
+    fails_with(
+        &["distill", "--model", &s(&model), "--data", &s(&not_data), "--head", "eagle", "--out", &s(&out)],
+        &["index.json", "gen-data"],
+    );
+
+    let eagle_head = root.join("eagle-head");
+    init_head(DraftKind::Eagle, &model, &eagle_head, 0).unwrap();
+    let args = ["distill", "--model", &s(&model), "--data", &s(&data), "--head", "clover2", "--out", &s(&out)];
+    let mut with_init = args.to_vec();
+    let init = s(&eagle_head);
+    with_init.extend(["--init", &init]);
+    fails_with(&with_init, &["config.json", "draft.kind", "eagle", "clover2"]);
+
+    let wide = root.join("wide-model");
+    tiny_model(&wide, 48);
+    fails_with(
+        &["distill", "--model", &s(&wide), "--data", &s(&data), "--head", "eagle", "--out", &s(&out)],
+        &["index.json", "hidden_size", "48", "another base model"],
+    );
+    fails_with(&args.iter().copied().chain(["--resume"]).collect::<Vec<_>>(), &["--resume", "no checkpoint"]);
+    assert!(!out.join("model.safetensors").exists(), "a failed run writes no head");
+
+    // A short run through the command line reports its speed and where the time went.
+    let ok = engine(&[&args[..], &["--steps", "2", "--eval-every", "2", "--batch-tokens", "64"]].concat());
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    for needle in ["training tokens/s", "forward", "backward", "lm_head", "optimiser", "held-out loss"] {
+        assert!(text.contains(needle), "{needle} missing from: {text}");
+    }
+}

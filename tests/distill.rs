@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::engine;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::backend::Backend;
@@ -20,6 +21,8 @@ use clover_engine::train::layout::{
     shard_file, write_shard, ConversationEntry, DataIndex, ShardEntry, ShardRecord, FORMAT, INDEX_FILE,
 };
 use clover_engine::train::metrics::{MetricsLine, HELDOUT, METRICS_FILE, TRAIN};
+use clover_engine::weights::safetensors::SafetensorsFiles;
+use clover_engine::weights::DType;
 
 const VOCAB: usize = 64;
 
@@ -214,16 +217,8 @@ fn eagle_resume_is_exact() {
     resume_is_exact(DraftKind::Eagle);
 }
 
-fn engine(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_clover-engine")).args(args).output().expect("run clover-engine")
-}
-
 fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = engine(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(needles.iter().all(|n| err.contains(n)), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
+    common::assert_clean_error(&engine(args), needles);
 }
 
 #[test]
@@ -263,4 +258,23 @@ fn cli_errors_name_the_file_and_field() {
     for needle in ["training tokens/s", "forward", "backward", "lm_head", "optimiser", "held-out loss"] {
         assert!(text.contains(needle), "{needle} missing from: {text}");
     }
+
+    // export-head: the trained head in bf16, each value the bf16 rounding of the f32 one; it loads.
+    let shipped = root.join("shipped");
+    let o = engine(&["export-head", "--from", &s(&out), "--out", &s(&shipped)]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let (trained, exported) =
+        (SafetensorsFiles::open_dir(&out).unwrap(), SafetensorsFiles::open_dir(&shipped).unwrap());
+    assert_eq!(trained.names().count(), exported.names().count());
+    for name in trained.names() {
+        let shape = trained.shape(name).unwrap();
+        let (a, b) = (trained.get(name, shape).unwrap(), exported.get(name, shape).unwrap());
+        assert_eq!(b.dtype, DType::BF16, "{name}");
+        let rounded: Vec<f32> = a.to_f32().iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+        assert_eq!(b.to_f32(), rounded, "{name}");
+    }
+    load_head(DraftKind::Clover2, &shipped, &Llama::load(&model, CpuBackend).unwrap()).unwrap();
+    fails_with(&["export-head", "--from", &s(&not_data), "--out", &s(&root.join("x"))], &["config.json"]);
+    fails_with(&["export-head", "--from", &s(&model), "--out", &s(&root.join("x"))], &["config.json", "draft.kind"]);
+    assert!(!root.join("x").exists(), "a failed export writes nothing");
 }

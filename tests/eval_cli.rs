@@ -63,6 +63,8 @@ fn eval_question_range_out_of_bounds() {
     assert_clean_error(&o, &["0..5", "2 questions", "questions.jsonl"]);
     let o = engine(&["eval", "--bench", s(&q), "--out", s(&out), "--question-begin", "2"]);
     assert_clean_error(&o, &["2..2", "2 questions"]);
+    let o = engine(&["eval", "--bench", s(&q), "--out", s(&out), "--max-turns", "0"]);
+    assert_clean_error(&o, &["--max-turns"]);
 }
 
 #[test]
@@ -126,6 +128,15 @@ fn eval_answers_resumes_and_matches_across_methods() {
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("mt_bench") && table.contains("overall"), "{table}");
+
+    // --max-turns 1: the first turn only, and it is the same answer as in the two-turn run.
+    let first = dir.join("first.jsonl");
+    run(&["--max-turns", "1"], &first);
+    let firsts = read_jsonl(&first);
+    for (p, f) in answers.iter().zip(&firsts) {
+        assert_eq!(f["choices"][0]["turns"].as_array().unwrap().len(), 1);
+        assert_eq!(f["choices"][0]["turns"][0], p["choices"][0]["turns"][0]);
+    }
 }
 
 #[test]

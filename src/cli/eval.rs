@@ -33,6 +33,10 @@ pub struct EvalArgs {
     temperature: f32,
     #[arg(long, default_value_t = 1024)]
     max_new_tokens: usize,
+    /// Answer only the first N turns of each question (1 = first turn only, as the τ figures of
+    /// the EAGLE and Clover papers on MT-bench are often quoted); default: every turn.
+    #[arg(long)]
+    max_turns: Option<usize>,
     /// First question (0-based index into the file).
     #[arg(long)]
     question_begin: Option<usize>,
@@ -51,10 +55,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    if a.temperature < 0.0 || a.max_new_tokens == 0 {
-        return Err(Error::input("--temperature must be ≥ 0 and --max-new-tokens ≥ 1"));
+    if a.temperature < 0.0 || a.max_new_tokens == 0 || a.max_turns == Some(0) {
+        return Err(Error::input("--temperature must be ≥ 0, --max-new-tokens ≥ 1 and --max-turns ≥ 1"));
     }
-    let questions = select(read_questions(&a.bench)?, a.question_begin, a.question_end, &a.bench)?;
+    let mut questions = select(read_questions(&a.bench)?, a.question_begin, a.question_end, &a.bench)?;
+    if let Some(n) = a.max_turns {
+        questions.iter_mut().for_each(|q| q.turns.truncate(n));
+    }
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, CpuBackend)?;
     let tokenizer = TextTokenizer::load(&dir)?;

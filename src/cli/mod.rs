@@ -3,6 +3,7 @@
 mod bench;
 mod distill;
 mod eval;
+mod export_head;
 mod gen_data;
 mod generate;
 mod import;
@@ -40,6 +41,8 @@ enum Command {
     GenData(gen_data::GenDataArgs),
     /// Train a draft head by distillation from gen-data features (resumable).
     Distill(distill::DistillArgs),
+    /// Re-encode a head folder (e.g. a distill output) as bf16, f16 or f32 for shipping.
+    ExportHead(export_head::ExportHeadArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
     /// Answer benchmark questions (MT-bench / Spec-Bench JSONL) into a resumable answers file.
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Metrics(a) => metrics::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Distill(a) => distill::run(a),
+        Command::ExportHead(a) => export_head::run(a),
     }
 }
 

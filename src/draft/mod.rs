@@ -4,6 +4,7 @@
 pub mod clover2;
 pub mod config;
 pub mod eagle;
+pub mod export;
 pub mod init;
 
 use crate::backend::Backend;

@@ -91,12 +91,36 @@ impl HostTensor {
 
 /// Writes f32 tensors as one safetensors file, atomically (temp name, then rename).
 pub fn write_f32_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> crate::Result<()> {
+    write_safetensors(path, tensors, DType::F32)
+}
+
+/// Writes f32 values as one safetensors file of `dtype` (16-bit types rounded to nearest even),
+/// atomically (temp name, then rename).
+pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    dtype: DType,
+) -> crate::Result<()> {
     use ::safetensors::tensor::{Dtype, TensorView};
     let bad = |e: ::safetensors::SafeTensorError| crate::Error::format(path, "(safetensors)", e.to_string());
+    let encoded: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, values)| match dtype {
+            DType::F32 => bytemuck::cast_slice(values).to_vec(),
+            DType::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+            DType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        })
+        .collect();
+    let st_dtype = match dtype {
+        DType::F32 => Dtype::F32,
+        DType::BF16 => Dtype::BF16,
+        DType::F16 => Dtype::F16,
+    };
     let views = tensors
         .iter()
-        .map(|(name, shape, values)| {
-            Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values)).map_err(bad)?))
+        .zip(&encoded)
+        .map(|((name, shape, _), bytes)| {
+            Ok((name.as_str(), TensorView::new(st_dtype, shape.clone(), bytes).map_err(bad)?))
         })
         .collect::<crate::Result<Vec<_>>>()?;
     let bytes = ::safetensors::serialize(views, &None).map_err(bad)?;

@@ -96,6 +96,11 @@ impl SafetensorsFiles {
         self.entries.contains_key(name)
     }
 
+    /// The stored shape of `name`, if the files have it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }

@@ -104,11 +104,16 @@ fn accumulate(group: &mut [f32], k: usize, src: &[f32], coef: impl Fn(usize, usi
         }
     }
     #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX-512F and FMA (checked above).
+        return unsafe { accumulate_avx512(group, k, src, &active[..len]) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA (checked above).
         return unsafe { accumulate_avx2(group, k, src, &active[..len]) };
     }
-    accumulate_strips::<Separate>(group, k, src, &active[..len])
+    accumulate_strips::<Separate, STRIP>(group, k, src, &active[..len])
 }
 
 /// Source rows per kernel call: the callers' W chunks and x tiles.
@@ -116,23 +121,54 @@ const MAX_SRC_ROWS: usize = if W_ROWS_PER_CHUNK > X_ROWS_PER_TILE { W_ROWS_PER_C
 /// Output columns per register tile: 4 rows × 16 columns are 8 AVX2 accumulators, which leaves
 /// registers for the source strip and the four broadcast coefficients.
 const STRIP: usize = 16;
+/// With AVX-512's 32 registers: 4 rows × 64 columns are 16 accumulators, 4 more for the source
+/// strip (twice the AVX2 kernel's multiply-adds per cycle; the lm_head's input gradient is a
+/// quarter of a Clover-2 training step).
+const STRIP_AVX512: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn accumulate_avx2(group: &mut [f32], k: usize, src: &[f32], active: &[(usize, [f32; 4])]) {
-    accumulate_strips::<Fused>(group, k, src, active)
+    accumulate_strips::<Fused, STRIP>(group, k, src, active)
 }
 
-/// The register-blocked kernel: a 4 × STRIP tile of the output is summed in registers over every
-/// active source row, then added to memory once, so the inner loop has no stores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn accumulate_avx512(group: &mut [f32], k: usize, src: &[f32], active: &[(usize, [f32; 4])]) {
+    let done = strips::<Fused, STRIP_AVX512>(group, k, src, active, 0);
+    let done = strips::<Fused, STRIP>(group, k, src, active, done);
+    columns::<Fused>(group, k, src, active, done);
+}
+
+/// The register-blocked kernel: W-wide strips of the output, each a 4 × W tile summed in registers
+/// over every active source row, then added to memory once (no stores in the inner loop); then
+/// the columns left over, one at a time.
 #[inline(always)]
-fn accumulate_strips<M: MulAdd>(group: &mut [f32], k: usize, src: &[f32], active: &[(usize, [f32; 4])]) {
+fn accumulate_strips<M: MulAdd, const W: usize>(
+    group: &mut [f32],
+    k: usize,
+    src: &[f32],
+    active: &[(usize, [f32; 4])],
+) {
+    let done = strips::<M, W>(group, k, src, active, 0);
+    columns::<M>(group, k, src, active, done);
+}
+
+/// The W-wide strips from column `first` on; returns the first column it left.
+#[inline(always)]
+fn strips<M: MulAdd, const W: usize>(
+    group: &mut [f32],
+    k: usize,
+    src: &[f32],
+    active: &[(usize, [f32; 4])],
+    first: usize,
+) -> usize {
     let rows = group.len() / k;
-    let strips = k / STRIP;
-    for c0 in (0..strips).map(|s| s * STRIP) {
-        let mut acc = [[0.0f32; STRIP]; 4];
+    let count = (k - first) / W;
+    for c0 in (0..count).map(|s| first + s * W) {
+        let mut acc = [[0.0f32; W]; 4];
         for &(j, a) in active {
-            let s = &src[j * k + c0..][..STRIP];
+            let s = &src[j * k + c0..][..W];
             for (acc_q, &a_q) in acc.iter_mut().zip(&a) {
                 for (t, &v) in acc_q.iter_mut().zip(s) {
                     *t = M::mul_add(a_q, v, *t);
@@ -140,12 +176,19 @@ fn accumulate_strips<M: MulAdd>(group: &mut [f32], k: usize, src: &[f32], active
             }
         }
         for (q, acc_q) in acc.iter().enumerate().take(rows) {
-            for (d, t) in group[q * k + c0..][..STRIP].iter_mut().zip(acc_q) {
+            for (d, t) in group[q * k + c0..][..W].iter_mut().zip(acc_q) {
                 *d += t;
             }
         }
     }
-    for c in strips * STRIP..k {
+    first + count * W
+}
+
+/// Columns `first..k` one at a time (the same sum order as the strips: source rows in order).
+#[inline(always)]
+fn columns<M: MulAdd>(group: &mut [f32], k: usize, src: &[f32], active: &[(usize, [f32; 4])], first: usize) {
+    let rows = group.len() / k;
+    for c in first..k {
         for q in 0..rows {
             group[q * k + c] += active.iter().fold(0.0, |sum, &(j, a)| M::mul_add(a[q], src[j * k + c], sum));
         }
@@ -216,11 +259,18 @@ mod tests {
         assert_grad("db", &db, &numeric(&b64, |v| loss(&x64, &w64, v)));
     }
 
-    /// Shapes that cross every tile boundary, f32 and bf16 weights, gradients added to what the
-    /// buffers already hold; the reference is the f64 product of the same (rounded) weights.
+    /// Shapes that cross every tile boundary (k = 85: one 64-wide AVX-512 strip, one 16-wide
+    /// strip, 5 single columns), f32 and bf16 weights, gradients added to what the buffers
+    /// already hold; the reference is the f64 product of the same (rounded) weights.
     #[test]
     fn accumulates_over_tiles_for_f32_and_bf16_weights() {
-        let (m, n, k) = (133, 141, 37);
+        for k in [37, 85] {
+            accumulates_over_tiles(k);
+        }
+    }
+
+    fn accumulates_over_tiles(k: usize) {
+        let (m, n) = (133, 141);
         let mut rng = crate::rng::Rng::new(16);
         let x = gc::random(&mut rng, m * k, 1.0);
         let mut dy = gc::random(&mut rng, m * n, 1.0);

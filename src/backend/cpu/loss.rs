@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use super::vexp::{exp_lanes, sum_lanes, LANES};
+
 /// Soft cross-entropy of the student logits z against the teacher distribution p = softmax(t) of
 /// the teacher logits, per row of width V = `logits.len() / rows`:
 /// loss_r = −Σ_v p_v·log_softmax(z)_v = logsumexp(z) − Σ_v p_v·z_v (Σ p = 1), and
@@ -18,36 +20,95 @@ pub fn soft_cross_entropy(logits: &[f32], teacher: &[f32], row_weight: &[f32], d
     let v = logits.len() / rows;
     assert!(v > 0 && logits.len() == rows * v, "soft_cross_entropy: logits are not {rows} rows");
     assert!(teacher.len() == rows * v && d_logits.len() == rows * v, "soft_cross_entropy: shapes differ");
-    let max = |row: &[f32]| row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     // The row losses are collected and summed in row order: a parallel sum's association depends
     // on work stealing, and a resumed training run must replay the same loss values bit for bit.
     let row_losses: Vec<f64> = d_logits
         .par_chunks_mut(v)
         .zip(logits.par_chunks(v).zip(teacher.par_chunks(v)))
         .zip(row_weight.par_iter())
-        .map(|((dz, (z, t)), &w)| {
+        .map_init(Vec::new, |teacher_exp, ((dz, (z, t)), &w)| {
             if w == 0.0 {
                 dz.fill(0.0);
                 return 0.0;
             }
-            let (zmax, tmax) = (max(z), max(t));
-            // Unnormalised student probabilities go to dz; the teacher's are recomputed below.
-            let (mut zsum, mut tsum, mut tz) = (0.0f32, 0.0f32, 0.0f32);
-            for ((d, &zv), &tv) in dz.iter_mut().zip(z).zip(t) {
-                *d = (zv - zmax).exp();
-                zsum += *d;
-                let e = (tv - tmax).exp();
-                tsum += e;
-                tz += e * zv;
-            }
-            let (zscale, tscale) = (w / zsum, w / tsum);
-            for (d, &tv) in dz.iter_mut().zip(t) {
-                *d = *d * zscale - (tv - tmax).exp() * tscale;
-            }
-            (w * (zmax + zsum.ln() - tz / tsum)) as f64
+            row_with_widest_vectors(dz, z, t, w, teacher_exp)
         })
         .collect();
     row_losses.iter().sum::<f64>() as f32
+}
+
+/// `soft_cross_entropy_row` compiled for the widest vectors the CPU has. The code has no fused
+/// multiply-adds for the compiler to form, so every instruction set gives the same bits.
+fn row_with_widest_vectors(dz: &mut [f32], z: &[f32], t: &[f32], w: f32, teacher_exp: &mut Vec<f32>) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(dz: &mut [f32], z: &[f32], t: &[f32], w: f32, scratch: &mut Vec<f32>) -> f64 {
+            soft_cross_entropy_row(dz, z, t, w, scratch)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(dz: &mut [f32], z: &[f32], t: &[f32], w: f32, scratch: &mut Vec<f32>) -> f64 {
+            soft_cross_entropy_row(dz, z, t, w, scratch)
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            return unsafe { avx512(dz, z, t, w, teacher_exp) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { avx2(dz, z, t, w, teacher_exp) };
+        }
+    }
+    soft_cross_entropy_row(dz, z, t, w, teacher_exp)
+}
+
+/// One row: 16-lane partial sums (a fixed order, so results do not depend on threads), the
+/// student's unnormalised probabilities parked in `dz` and the teacher's in `teacher_exp`, then
+/// both scaled into the gradient.
+#[inline(always)]
+fn soft_cross_entropy_row(dz: &mut [f32], z: &[f32], t: &[f32], w: f32, teacher_exp: &mut Vec<f32>) -> f64 {
+    let v = z.len();
+    let (zmax, tmax) = (row_max(z), row_max(t));
+    teacher_exp.resize(v.next_multiple_of(LANES), 0.0);
+    let (mut zsum, mut tsum, mut tz) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+    for start in (0..v).step_by(LANES) {
+        let n = LANES.min(v - start);
+        // The last chunk is padded with entries whose exponentials are dropped below.
+        let (mut zl, mut tl) = ([zmax; LANES], [tmax; LANES]);
+        zl[..n].copy_from_slice(&z[start..start + n]);
+        tl[..n].copy_from_slice(&t[start..start + n]);
+        let ze = exp_lanes(std::array::from_fn(|l| zl[l] - zmax));
+        let mut te = exp_lanes(std::array::from_fn(|l| tl[l] - tmax));
+        let mut ze_kept = ze;
+        ze_kept[n..].fill(0.0);
+        te[n..].fill(0.0);
+        for l in 0..LANES {
+            zsum[l] += ze_kept[l];
+            tsum[l] += te[l];
+            tz[l] += te[l] * zl[l];
+        }
+        dz[start..start + n].copy_from_slice(&ze[..n]);
+        teacher_exp[start..start + LANES].copy_from_slice(&te);
+    }
+    let (zsum, tsum, tz) = (sum_lanes(zsum), sum_lanes(tsum), sum_lanes(tz));
+    let (zscale, tscale) = (w / zsum, w / tsum);
+    for (d, &e) in dz.iter_mut().zip(teacher_exp.iter()) {
+        *d = *d * zscale - e * tscale;
+    }
+    (w * (zmax + zsum.ln() - tz / tsum)) as f64
+}
+
+/// The row's largest value, by 16-lane maxima (NaN entries are skipped, as by `f32::max`; their
+/// exponentials then make the loss NaN).
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for chunk in row.chunks(LANES) {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(x);
+        }
+    }
+    lanes.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// SmoothL1 with β = 1 (`0.5·d²` for |d| < 1, else `|d| − 0.5`) of `pred − target`, averaged over
@@ -116,7 +177,14 @@ mod tests {
 
     #[test]
     fn soft_cross_entropy_matches_finite_differences() {
-        let (rows, v) = (3, 7);
+        // V = 7: one padded chunk of 16 lanes; V = 53: three whole chunks and a padded one.
+        for v in [7, 53] {
+            soft_cross_entropy_against_f64(v);
+        }
+    }
+
+    fn soft_cross_entropy_against_f64(v: usize) {
+        let rows = 3;
         let mut rng = crate::rng::Rng::new(17);
         // Large logits: the max subtraction is what keeps exp finite here.
         let z: Vec<f32> = gc::random(&mut rng, rows * v, 3.0).iter().map(|x| x + 100.0).collect();

@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod rope;
+pub mod vexp;
 pub mod weight;
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub fn exp_lanes(x: [f32; LANES]) -> [f32; LANES] {
         let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
             + 1.666_666_5e-1)
             * r
-            + 5.000_000_1e-1;
+            + 0.5;
         let e = p * r * r + r + 1.0;
         // The integer n is in the low bits of `shifted`; 2ⁿ is n + 127 in the exponent field.
         let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());

@@ -20,14 +20,8 @@ const ROUND: f32 = 12_582_912.0;
 pub fn exp_lanes(x: [f32; LANES]) -> [f32; LANES] {
     let mut out = [0.0f32; LANES];
     for (o, &v) in out.iter_mut().zip(&x) {
-        // Comparisons are false for NaN, so NaN goes through and comes out NaN.
-        let v = if v < -87.0 {
-            -87.0
-        } else if v > 88.0 {
-            88.0
-        } else {
-            v
-        };
+        // `clamp` keeps NaN, which then comes out NaN.
+        let v = v.clamp(-87.0, 88.0);
         let shifted = v * LOG2E + ROUND;
         let n = shifted - ROUND;
         let r = v - n * LN2_HI - n * LN2_LO;

@@ -27,5 +27,8 @@ for head in clover2 eagle; do
   "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512" --head "$head" --out "$runs/$head" \
     --steps "$steps" --batch-tokens 2048 --lr 1e-3 --warmup 20 --total-steps 240 --max-len 512 \
     --eval-every 20 --eval-tokens 2048 --seed 0 "${resume[@]}"
-  "$engine" export-head --from "$runs/$head" --out "assets/smollm2-135m-instruct/$head"
+  shipped="assets/smollm2-135m-instruct/$head"
+  "$engine" export-head --from "$runs/$head" --out "$shipped"
+  cp "$runs/$head/loss.svg" "$runs/$head/accuracy.svg" "$shipped/"
+  cp "$runs/$head/metrics.jsonl" "$shipped/training-metrics.jsonl"
 done

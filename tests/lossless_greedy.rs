@@ -20,12 +20,18 @@ use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig};
 use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
 
+/// Every tree kind, or only those named in `LOSSLESS_TREES` (comma-separated), so that a by-hand
+/// full-size run can be split across processes or finish what an earlier run did not reach.
 pub fn tree_kinds() -> Vec<(&'static str, TreeSpec)> {
-    vec![
+    let all = vec![
         ("mc_sim_7b_63", TreeSpec::Static(StaticTree::mc_sim_7b_63())),
         ("clover", TreeSpec::Clover(CloverTreeParams::default())),
         ("eagle2", TreeSpec::Eagle2(Eagle2Params { max_depth: 5, total_tokens: 26, ..Eagle2Params::default() })),
-    ]
+    ];
+    let Ok(names) = std::env::var("LOSSLESS_TREES") else { return all };
+    let chosen: Vec<_> = all.into_iter().filter(|(name, _)| names.split(',').any(|n| n.trim() == *name)).collect();
+    assert!(!chosen.is_empty(), "LOSSLESS_TREES={names:?} names no tree kind");
+    chosen
 }
 
 fn greedy(max_new_tokens: usize) -> GenerationConfig {

@@ -169,6 +169,10 @@ impl DraftHead<CpuBackend> for CacheChecked<'_> {
         self.inner.max_depth()
     }
 
+    fn draft_vocab(&self) -> Option<&[u32]> {
+        self.inner.draft_vocab()
+    }
+
     fn reset(&mut self) {
         self.inner.reset();
         assert_eq!(self.inner.stable_len(), 0);

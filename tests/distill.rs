@@ -278,3 +278,37 @@ fn cli_errors_name_the_file_and_field() {
     fails_with(&["export-head", "--from", &s(&model), "--out", &s(&root.join("x"))], &["config.json", "draft.kind"]);
     assert!(!root.join("x").exists(), "a failed export writes nothing");
 }
+
+/// `draft-vocab` counts the assistant tokens of the training split (the last 5% of records are
+/// held out) and writes the most frequent ones, most frequent first, into the head folder.
+#[test]
+fn draft_vocab_lists_the_most_frequent_assistant_tokens_of_the_training_split() {
+    let (root, model, data) = setup("draft-vocab");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let head = root.join("head");
+    init_head(DraftKind::Eagle, &model, &head, 0).unwrap();
+    let out = engine(&["draft-vocab", "--data", &s(&data), "--head", &s(&head), "--size", "10"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    let reader = clover_engine::train::shards::ShardReader::open(&data).unwrap();
+    let train = &reader.split(0.05).train;
+    assert_eq!(train.len(), 38);
+    let mut counts = vec![0u64; VOCAB];
+    for &i in train {
+        let r = reader.record(i);
+        r.input_ids.iter().zip(&r.loss_mask).filter(|(_, &m)| m == 1).for_each(|(&t, _)| counts[t as usize] += 1);
+    }
+    let vocab = clover_engine::draft::vocab::DraftVocab::load(&head, VOCAB).unwrap().expect("draft_vocab.json");
+    assert_eq!(vocab.ids.len(), 10);
+    let listed: Vec<u64> = vocab.ids.iter().map(|&t| counts[t as usize]).collect();
+    assert!(listed.windows(2).all(|w| w[0] >= w[1]), "{listed:?}");
+    let least_listed = *listed.last().unwrap();
+    assert!((0..VOCAB as u32).filter(|t| !vocab.ids.contains(t)).all(|t| counts[t as usize] <= least_listed));
+    let covered = listed.iter().sum::<u64>() as f64 / counts.iter().sum::<u64>() as f64;
+    assert!((vocab.meta["train_coverage"].as_f64().unwrap() - covered).abs() < 1e-12);
+    load_head(DraftKind::Eagle, &head, &Llama::load(&model, CpuBackend).unwrap()).unwrap();
+
+    let not_head = root.join("not-a-head");
+    std::fs::create_dir_all(&not_head).unwrap();
+    fails_with(&["draft-vocab", "--data", &s(&data), "--head", &s(&not_head)], &["config.json"]);
+}

@@ -115,11 +115,15 @@ fn sample_runs(
     tree: &TreeSpec,
     params: &SamplingParams,
     rule: AcceptRule,
+    draft_vocab: Option<&[u32]>,
 ) -> HashMap<[u32; 3], usize> {
     let mut counts = HashMap::new();
     for run in 0..RUNS {
         let cfg = GenerationConfig { max_new_tokens: 3, sampling: *params, seed: run as u64, stop_ids: vec![] };
         let mut head = oracle::OracleHead::new(PROMPT[0], 1.0, run as u64 ^ 0xABCD);
+        if let Some(ids) = draft_vocab {
+            head = head.with_draft_vocab(ids.to_vec());
+        }
         let (out, _) = generate_speculative_with(model, &mut head, tree, &PROMPT, &cfg, rule, |_| {}).unwrap();
         *counts.entry([out[0], out[1], out[2]]).or_insert(0) += 1;
     }
@@ -158,7 +162,7 @@ fn check(params: SamplingParams) {
     let exact = exact(&model, &params);
     eprintln!("{} continuations have probability > 0", exact.len());
     for (name, tree) in trees() {
-        let (stat, df) = chi2(&sample_runs(&model, &tree, &params, accept_lossless), &exact, RUNS);
+        let (stat, df) = chi2(&sample_runs(&model, &tree, &params, accept_lossless, None), &exact, RUNS);
         let critical = chi2_critical(df);
         eprintln!(
             "{name} T={} top-p={}: chi2 {stat:.1}, df {df}, critical {critical:.1}",
@@ -166,7 +170,7 @@ fn check(params: SamplingParams) {
         );
         assert!(stat < critical, "{name}: the engine's samples do not follow the base distribution");
 
-        let (bad, bad_df) = chi2(&sample_runs(&model, &tree, &params, accept_first_plausible), &exact, RUNS);
+        let (bad, bad_df) = chi2(&sample_runs(&model, &tree, &params, accept_first_plausible, None), &exact, RUNS);
         eprintln!("{name} negative control: chi2 {bad:.1}, critical {:.1}", chi2_critical(bad_df));
         assert!(bad > chi2_critical(bad_df), "{name}: the chi-square test missed a wrong acceptance rule");
     }
@@ -180,4 +184,21 @@ fn temperature_one() {
 #[test]
 fn temperature_0_7_top_p_0_9() {
     check(SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9 });
+}
+
+/// A reduced draft vocabulary (here 7 of the 12 tokens, in shuffled order) leaves the output
+/// distribution exact: q is zero outside it, and the residual max(p − q, 0) keeps those tokens'
+/// whole base probability.
+#[test]
+fn reduced_draft_vocabulary_temperature_one() {
+    let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 };
+    let model = model();
+    let exact = exact(&model, &params);
+    let ids = [5, 0, 9, 2, 11, 7, 3];
+    for (name, tree) in trees() {
+        let (stat, df) = chi2(&sample_runs(&model, &tree, &params, accept_lossless, Some(&ids)), &exact, RUNS);
+        let critical = chi2_critical(df);
+        eprintln!("{name}, draft vocabulary of {}: chi2 {stat:.1}, df {df}, critical {critical:.1}", ids.len());
+        assert!(stat < critical, "{name}: with a draft vocabulary the samples do not follow the base distribution");
+    }
 }

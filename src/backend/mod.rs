@@ -86,6 +86,9 @@ pub trait Backend: Send + Sync {
 
     /// out[r] = table[ids[r]] as f32.
     fn embedding(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);
+    /// A new weight of rows `ids` of `w` (`[n, k]` → `[ids.len(), k]`) in w's own dtype: the
+    /// lm_head restricted to a reduced draft vocabulary.
+    fn gather_weight_rows(&self, w: &Self::Weight, ids: &[u32], name: &str) -> Result<Self::Weight>;
     /// out[rows, n] = x[rows, k] · wᵀ with w `[n, k]`.
     fn matmul(&self, x: &Self::Buf, rows: usize, w: &Self::Weight, out: &mut Self::Buf);
     /// x[r] += bias for every row.

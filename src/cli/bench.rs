@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::draft::init::init_head;
-use clover_engine::draft::{load_head, DraftKind};
+use clover_engine::draft::vocab::DraftVocabChoice;
+use clover_engine::draft::{load_head_with, DraftKind};
 use clover_engine::error::{Error, Result};
 use clover_engine::eval::bench::{self, Method, MethodReport};
 use clover_engine::eval::decoder::Decoder;
@@ -25,9 +26,14 @@ pub struct BenchArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Draft heads as KIND:DIR, comma-separated (clover2:DIR,eagle:DIR); KIND:init is an
-    /// untrained head made for the model. Empty: plain decoding only.
+    /// untrained head made for the model. Empty: plain decoding only. Each may add its own
+    /// settings as `:key=value` (tree, budget, top_p, vocab), to compare them in one run:
+    /// `eagle:DIR:tree=eagle2:budget=4:vocab=4096`.
     #[arg(long, default_value = "")]
     drafts: String,
+    /// The vocabulary heads draft over: head, full or N (see `generate --help`).
+    #[arg(long, default_value = "head")]
+    draft_vocab: DraftVocabChoice,
     /// Questions (JSONL, first turn used) [default: ../shared/data/spec_bench/question.jsonl
     /// beside the repository, when it exists].
     #[arg(long)]
@@ -79,10 +85,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.temperature < 0.0 || a.num_prompts == 0 || a.steps == 0 {
         return Err(Error::input("--temperature must be ≥ 0, --num-prompts and --steps ≥ 1"));
     }
-    let drafts = parse_drafts(&a.drafts)?;
+    let drafts = parse_drafts(&a.drafts, &a.tree)?;
     let prompts_path = prompts_file(a.prompts)?;
     let questions = read_questions(&prompts_path)?;
-    let tree = a.tree.tree_spec()?;
+    a.tree.tree_spec()?; // a bad --tree fails before the model loads
     let dir = super::model_dir(a.model)?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let tmp = TempDir(std::env::temp_dir().join(format!("clover-engine-bench-{}", std::process::id())));
@@ -111,22 +117,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .collect::<Result<Vec<Vec<u32>>>>()?;
 
     let mut methods = vec![Method { label: "plain".to_string(), decoder: Decoder::Plain }];
-    for (i, (kind, source)) in drafts.iter().enumerate() {
-        let head_dir = match source {
-            Some(d) => d.clone(),
+    for (i, d) in drafts.iter().enumerate() {
+        let head_dir = match &d.dir {
+            Some(dir) => dir.clone(),
             None => {
-                let d = tmp.0.join(format!("head-{i}"));
-                init_head(*kind, &base_dir, &d, a.seed)?;
-                d
+                let dir = tmp.0.join(format!("head-{i}"));
+                init_head(d.kind, &base_dir, &dir, a.seed)?;
+                dir
             }
         };
-        let label = if drafts.iter().filter(|(k, _)| k == kind).count() > 1 {
-            format!("{}-{}", kind.name(), i + 1)
-        } else {
-            kind.name().to_string()
+        let same_kind = drafts.iter().filter(|o| o.kind == d.kind).count();
+        let label = match (&d.settings, same_kind) {
+            (Some(settings), _) => format!("{}[{settings}]", d.kind.name()),
+            (None, 1) => d.kind.name().to_string(),
+            (None, _) => format!("{}-{}", d.kind.name(), i + 1),
         };
-        let head = load_head(*kind, &head_dir, &model)?;
-        methods.push(Method { label, decoder: Decoder::Speculative { head, tree: tree.clone() } });
+        let tree_args = d.tree.as_ref().unwrap_or(&a.tree);
+        let head = load_head_with(d.kind, &head_dir, &model, d.vocab.unwrap_or(a.draft_vocab))?;
+        methods.push(Method { label, decoder: Decoder::Speculative { head, tree: tree_args.tree_spec()? } });
     }
     let cfg = GenerationConfig {
         max_new_tokens: a.steps,
@@ -164,20 +172,54 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `KIND:DIR` or `KIND:init`, comma-separated; None stands for an untrained head.
-fn parse_drafts(spec: &str) -> Result<Vec<(DraftKind, Option<PathBuf>)>> {
+/// One `--drafts` item: a head, and the settings it overrides.
+struct DraftMethod {
+    kind: DraftKind,
+    /// None: an untrained head made for the model.
+    dir: Option<PathBuf>,
+    tree: Option<TreeArgs>,
+    vocab: Option<DraftVocabChoice>,
+    /// The overrides as written, for the method's label.
+    settings: Option<String>,
+}
+
+/// `KIND:DIR[:key=value…]` or `KIND:init[:key=value…]`, comma-separated.
+fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
     spec.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|item| {
-            let (kind, dir) = item
-                .split_once(':')
-                .ok_or_else(|| Error::input(format!("--drafts {item}: expected KIND:DIR, e.g. eagle:heads/eagle")))?;
-            let kind = match kind.trim() {
+            let bad = |why: String| Error::input(format!("--drafts {item}: {why}"));
+            let mut parts = item.trim().split(':');
+            let kind = match parts.next().unwrap_or_default() {
                 "eagle" => DraftKind::Eagle,
                 "clover2" => DraftKind::Clover2,
-                other => return Err(Error::input(format!("--drafts {item}: unknown kind {other} (clover2 or eagle)"))),
+                other => return Err(bad(format!("unknown kind `{other}` (clover2 or eagle)"))),
             };
-            Ok((kind, (dir != "init").then(|| PathBuf::from(dir))))
+            let dir = parts.next().ok_or_else(|| bad("expected KIND:DIR, e.g. eagle:heads/eagle".into()))?;
+            let mut method = DraftMethod {
+                kind,
+                dir: (dir != "init").then(|| PathBuf::from(dir)),
+                tree: None,
+                vocab: None,
+                settings: None,
+            };
+            let settings: Vec<&str> = parts.collect();
+            for setting in &settings {
+                let (key, value) =
+                    setting.split_once('=').ok_or_else(|| bad(format!("`{setting}` is not key=value")))?;
+                let t = method.tree.get_or_insert_with(|| tree.clone());
+                match key {
+                    "tree" => t.tree = value.to_string(),
+                    "budget" => t.tree_budget = value.parse().map_err(|_| bad(format!("budget `{value}`")))?,
+                    "top_p" => t.tree_top_p = value.parse().map_err(|_| bad(format!("top_p `{value}`")))?,
+                    "vocab" => method.vocab = Some(value.parse().map_err(bad)?),
+                    other => return Err(bad(format!("unknown setting `{other}` (tree, budget, top_p, vocab)"))),
+                }
+            }
+            if !settings.is_empty() {
+                method.settings = Some(settings.join(","));
+            }
+            Ok(method)
         })
         .collect()
 }

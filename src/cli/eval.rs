@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use clover_engine::backend::cpu::CpuBackend;
-use clover_engine::draft::load_head;
+use clover_engine::draft::load_head_with;
 use clover_engine::error::{Error, Result};
 use clover_engine::eval::answers::Answer;
 use clover_engine::eval::decoder::Decoder;
@@ -66,9 +66,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let model = Llama::load(&dir, CpuBackend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let decoder = match (a.spec.draft, &a.spec.draft_model) {
-        (Some(kind), Some(head_dir)) => {
-            Decoder::Speculative { head: load_head(kind.into(), head_dir, &model)?, tree: a.spec.tree.tree_spec()? }
-        }
+        (Some(kind), Some(head_dir)) => Decoder::Speculative {
+            head: load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?,
+            tree: a.spec.tree.tree_spec()?,
+        },
         _ => Decoder::Plain,
     };
     let model_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use clover_engine::backend::cpu::CpuBackend;
-use clover_engine::draft::{load_head, DraftKind};
+use clover_engine::draft::vocab::DraftVocabChoice;
+use clover_engine::draft::{load_head_with, DraftKind};
 use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
@@ -37,6 +38,10 @@ pub struct SpecArgs {
     /// The draft head's folder (config.json + model.safetensors).
     #[arg(long, requires = "draft")]
     pub draft_model: Option<PathBuf>,
+    /// The vocabulary the head drafts over: `head` (its draft_vocab.json if it has one, else
+    /// the full vocabulary), `full`, or N (the N most frequent tokens of its draft_vocab.json).
+    #[arg(long, default_value = "head")]
+    pub draft_vocab: DraftVocabChoice,
     #[command(flatten)]
     pub tree: TreeArgs,
 }
@@ -127,7 +132,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let tree = a.spec.tree.tree_spec()?;
-            let mut head = load_head(kind.into(), head_dir, &model)?;
+            let mut head = load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?;
             let (_, stats) = generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| stream.push(ids))?;
             println!();
             print_speed(&stats.base);

@@ -2,6 +2,7 @@
 
 mod bench;
 mod distill;
+mod draft_vocab;
 mod eval;
 mod export_head;
 mod gen_data;
@@ -43,6 +44,8 @@ enum Command {
     Distill(distill::DistillArgs),
     /// Re-encode a head folder (e.g. a distill output) as bf16, f16 or f32 for shipping.
     ExportHead(export_head::ExportHeadArgs),
+    /// Give a head a reduced draft vocabulary: the N most frequent assistant tokens of gen-data output.
+    DraftVocab(draft_vocab::DraftVocabArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
     /// Answer benchmark questions (MT-bench / Spec-Bench JSONL) into a resumable answers file.
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Distill(a) => distill::run(a),
         Command::ExportHead(a) => export_head::run(a),
+        Command::DraftVocab(a) => draft_vocab::run(a),
     }
 }
 

@@ -26,6 +26,7 @@ use std::path::Path;
 
 use crate::backend::{AttnMask, Backend, CloverCellParams, KvLayout};
 use crate::draft::config::{check_compatible, declared_kind, read_json, CloverConfig};
+use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
 use crate::model::layer::{DecoderLayer, Rope};
@@ -73,6 +74,8 @@ pub struct Clover2Head<B: Backend> {
     fc_embed: B::Weight,
     fc_bias: B::Weight,
     head_norm: B::Weight,
+    /// The base lm_head, or its rows for the head's draft vocabulary.
+    lm_head: DraftLmHead<B>,
     rope: Rope,
     /// The Augmenting Block's cache: one entry per committed base position, never rolled back.
     stable_kv: KvCache<B>,
@@ -134,6 +137,7 @@ impl<B: Backend> Clover2Head<B> {
             fc_embed: b.weight(fc_embed)?,
             fc_bias: get(&format!("{HEADS_FC}.bias"), &[h])?,
             head_norm: get(HEAD_NORM, &[h])?,
+            lm_head: DraftLmHead::full(),
             rope: Rope::plain(CLOVER_ROPE_THETA, config.head_dim),
             stable_kv: KvCache::with_layout(b, clover.num_layers, layout),
             level_states: b.zeros(0),
@@ -142,6 +146,11 @@ impl<B: Backend> Clover2Head<B> {
             config,
             clover,
         })
+    }
+
+    /// Drafts through `lm_head` (a reduced draft vocabulary) instead of the full base lm_head.
+    pub fn with_lm_head(self, lm_head: DraftLmHead<B>) -> Self {
+        Clover2Head { lm_head, ..self }
     }
 
     /// Entries in the Augmenting Block's cache: after every cycle, the number of committed base
@@ -183,7 +192,7 @@ impl<B: Backend> Clover2Head<B> {
         let b = &model.backend;
         let mut f = b.zeros(rows * self.config.hidden_size);
         b.rmsnorm(pre, rows, &self.head_norm, self.config.rms_norm_eps, &mut f);
-        model.project(&f, rows)
+        self.lm_head.project(model, &f, rows)
     }
 }
 
@@ -205,6 +214,10 @@ impl<B: Backend> DraftHead<B> for Clover2Head<B> {
 
     fn max_depth(&self) -> usize {
         self.clover.num_heads
+    }
+
+    fn draft_vocab(&self) -> Option<&[u32]> {
+        self.lm_head.ids()
     }
 
     fn reset(&mut self) {

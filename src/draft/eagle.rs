@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::backend::{AttnMask, Backend, KvLayout};
 use crate::draft::config::{check_compatible, declared_kind, read_json};
+use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
 use crate::model::layer::{DecoderLayer, Rope};
@@ -27,6 +28,8 @@ pub struct EagleHead<B: Backend> {
     fc_feature: B::Weight,
     fc_bias: B::Weight,
     layer: DecoderLayer<B>,
+    /// The base lm_head, or its rows for the head's draft vocabulary.
+    lm_head: DraftLmHead<B>,
     rope: Rope,
     cache: KvCache<B>,
     /// Committed pairs in the cache; tree entries live after them.
@@ -82,12 +85,18 @@ impl<B: Backend> EagleHead<B> {
             fc_feature: b.weight(fc_feature)?,
             fc_bias,
             layer,
+            lm_head: DraftLmHead::full(),
             config,
             pairs: 0,
             level_states: b.zeros(0),
             level_paths: Vec::new(),
             level: 0,
         })
+    }
+
+    /// Drafts through `lm_head` (a reduced draft vocabulary) instead of the full base lm_head.
+    pub fn with_lm_head(self, lm_head: DraftLmHead<B>) -> Self {
+        EagleHead { lm_head, ..self }
     }
 
     /// x = fc([E[tokens] ; features]) + b for `rows` rows.
@@ -112,6 +121,10 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
 
     fn max_depth(&self) -> usize {
         EAGLE_MAX_DEPTH
+    }
+
+    fn draft_vocab(&self) -> Option<&[u32]> {
+        self.lm_head.ids()
     }
 
     fn reset(&mut self) {
@@ -143,7 +156,7 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         self.level_states = b.slice_rows(&x, h, rows.len() - 1, 1);
         self.level_paths = vec![Vec::new()];
         self.level = 0;
-        Ok(model.project(&self.level_states, 1))
+        Ok(self.lm_head.project(model, &self.level_states, 1))
     }
 
     fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>> {
@@ -178,7 +191,7 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         self.layer.forward(b, &mut x, n, self.cache.layer(0), &cos_sin, mask);
         self.cache.advance(n);
         self.level_paths = paths;
-        let logits = model.project(&x, n);
+        let logits = self.lm_head.project(model, &x, n);
         self.level_states = x;
         Ok(logits)
     }

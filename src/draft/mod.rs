@@ -6,11 +6,13 @@ pub mod config;
 pub mod eagle;
 pub mod export;
 pub mod init;
+pub mod vocab;
 
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::model::{ForwardOutput, Llama};
 use crate::weights::HostTensor;
+use vocab::{DraftLmHead, DraftVocabChoice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DraftKind {
@@ -33,12 +35,16 @@ pub trait DraftHead<B: Backend> {
     /// The deepest tree level this head can draft (levels below the root).
     fn max_depth(&self) -> usize;
 
+    /// The token id of each logit column this head returns, when it drafts over a reduced
+    /// vocabulary (`draft_vocab.json`); `None`: columns are the full vocabulary's token ids.
+    fn draft_vocab(&self) -> Option<&[u32]>;
+
     /// Forgets the sequence (a new prompt).
     fn reset(&mut self);
 
     /// Consumes newly committed positions: rows `rows` of a base forward's features, each paired
     /// with the token that follows it (for the newest, the next root). Returns the draft logits
-    /// of the root's children, `[vocab]`.
+    /// of the root's children, one per draft-vocabulary column (see `draft_vocab`).
     fn begin(
         &mut self,
         model: &Llama<B>,
@@ -48,20 +54,32 @@ pub trait DraftHead<B: Backend> {
     ) -> Result<Vec<f32>>;
 
     /// Drafts one more tree level: node i has token `tokens[i]` and its parent is node
-    /// `parents[i]` of the previous level (level 1: the root, index 0). Returns `[n, vocab]`
-    /// logits, one row per node, for their children.
+    /// `parents[i]` of the previous level (level 1: the root, index 0). `tokens` are token ids of
+    /// the full vocabulary. Returns `[n, columns]` logits, one row per node, for their children.
     fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>>;
 }
 
-/// Loads a head of the given kind from `dir` for `base`.
+/// Loads a head of the given kind from `dir` for `base`, drafting over its own draft vocabulary
+/// if it has one.
 pub fn load_head<B: Backend + 'static>(
     kind: DraftKind,
     dir: &std::path::Path,
     base: &Llama<B>,
 ) -> Result<Box<dyn DraftHead<B>>> {
+    load_head_with(kind, dir, base, DraftVocabChoice::FromHead)
+}
+
+/// Loads a head, choosing the vocabulary it drafts over.
+pub fn load_head_with<B: Backend + 'static>(
+    kind: DraftKind,
+    dir: &std::path::Path,
+    base: &Llama<B>,
+    vocab: DraftVocabChoice,
+) -> Result<Box<dyn DraftHead<B>>> {
+    let lm_head = || DraftLmHead::load(dir, base, vocab);
     match kind {
-        DraftKind::Eagle => Ok(Box::new(eagle::EagleHead::load(dir, base)?)),
-        DraftKind::Clover2 => Ok(Box::new(clover2::Clover2Head::load(dir, base)?)),
+        DraftKind::Eagle => Ok(Box::new(eagle::EagleHead::load(dir, base)?.with_lm_head(lm_head()?))),
+        DraftKind::Clover2 => Ok(Box::new(clover2::Clover2Head::load(dir, base)?.with_lm_head(lm_head()?))),
     }
 }
 

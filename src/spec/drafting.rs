@@ -68,48 +68,81 @@ pub fn draft_tree<B: Backend, H: DraftHead<B> + ?Sized>(
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Result<DraftedTree> {
+    let columns = Columns::of(head, model.config.vocab_size);
     match spec {
-        TreeSpec::Static(tree) => draft_static(tree, model, head, root, first_row, params, rng),
+        TreeSpec::Static(tree) => draft_static(tree, model, head, &columns, root, first_row, params, rng),
         TreeSpec::Clover(p) => {
-            let mut expander = CloverTreeExpander::new(root, model.config.vocab_size, *p)?;
-            grow(model, head, first_row, params, |rows| expander.expand_level(rows))?;
-            Ok(dynamic(expander.finish()))
+            let mut expander = CloverTreeExpander::new(root, columns.width(), *p)?;
+            grow(model, head, &columns, first_row, params, |rows| expander.expand_level(rows))?;
+            Ok(dynamic(expander.finish(), &columns))
         }
         TreeSpec::Eagle2(p) => {
             let mut expander = Eagle2Expander::new(root, *p)?;
-            grow(model, head, first_row, params, |rows| expander.expand_level(rows))?;
-            Ok(dynamic(expander.finish()))
+            grow(model, head, &columns, first_row, params, |rows| expander.expand_level(rows))?;
+            Ok(dynamic(expander.finish(), &columns))
         }
     }
 }
 
-fn dynamic(tree: crate::spec::tree::DynamicTree) -> DraftedTree {
-    let n = tree.buffers().num_nodes();
-    DraftedTree {
-        tokens: tree.tokens().to_vec(),
-        buffers: tree.buffers().clone(),
-        q_rows: vec![None; n],
-        q_tilde: vec![0.0; n],
+/// What the columns of the head's logit rows are: the full vocabulary, or a draft vocabulary
+/// whose column i is token `ids[i]`. Trees are grown over columns and mapped to token ids here.
+struct Columns {
+    vocab: usize,
+    ids: Option<Vec<u32>>,
+}
+
+impl Columns {
+    fn of<B: Backend, H: DraftHead<B> + ?Sized>(head: &H, vocab: usize) -> Self {
+        Columns { vocab, ids: head.draft_vocab().map(<[u32]>::to_vec) }
     }
+
+    fn width(&self) -> usize {
+        self.ids.as_ref().map_or(self.vocab, Vec::len)
+    }
+
+    fn token(&self, column: u32) -> u32 {
+        self.ids.as_ref().map_or(column, |ids| ids[column as usize])
+    }
+
+    /// A distribution over the columns as one over the full vocabulary (zero elsewhere), which
+    /// is what the rejection sampler's residual p − q needs.
+    fn to_full(&self, q: Vec<f32>) -> Vec<f32> {
+        let Some(ids) = &self.ids else { return q };
+        let mut full = vec![0.0; self.vocab];
+        for (&id, &p) in ids.iter().zip(&q) {
+            full[id as usize] = p;
+        }
+        full
+    }
+}
+
+fn dynamic(tree: crate::spec::tree::DynamicTree, columns: &Columns) -> DraftedTree {
+    let n = tree.buffers().num_nodes();
+    let mut tokens = tree.tokens().to_vec();
+    for t in &mut tokens[1..] {
+        *t = columns.token(*t);
+    }
+    DraftedTree { tokens, buffers: tree.buffers().clone(), q_rows: vec![None; n], q_tilde: vec![0.0; n] }
 }
 
 /// Runs the head on each frontier the expander asks for until the tree is complete.
 fn grow<B: Backend, H: DraftHead<B> + ?Sized>(
     model: &Llama<B>,
     head: &mut H,
+    columns: &Columns,
     first_row: Vec<f32>,
     params: &SamplingParams,
     mut expand: impl FnMut(&[Vec<f32>]) -> Result<crate::spec::tree::Frontier>,
 ) -> Result<()> {
-    let vocab = model.config.vocab_size;
     let mut rows = vec![draft_distribution(&first_row, params)];
     loop {
         let frontier = expand(&rows)?;
         if frontier.is_empty() {
             return Ok(());
         }
-        let logits = head.expand(model, &frontier.parent_slots, &frontier.tokens)?;
-        rows = logits.chunks_exact(vocab).map(|r| draft_distribution(r, params)).collect();
+        let tokens: Vec<u32> = frontier.tokens.iter().map(|&c| columns.token(c)).collect();
+        let logits = head.expand(model, &frontier.parent_slots, &tokens)?;
+        rows = logits.chunks_exact(columns.width()).map(|r| draft_distribution(r, params)).collect();
     }
 }
 
@@ -121,39 +154,44 @@ struct RowDraws {
     q: Option<Vec<f32>>,
 }
 
-fn draw_row(logits: &[f32], k: usize, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
+fn draw_row(logits: &[f32], k: usize, columns: &Columns, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
     if params.is_greedy() {
-        let tokens = sampling::top_k_indices(logits, k).into_iter().map(|t| t as u32).collect();
+        let mut tokens: Vec<u32> =
+            sampling::top_k_indices(logits, k).into_iter().map(|c| columns.token(c as u32)).collect();
+        // A draft vocabulary smaller than k: the padding is drafted, and verified, like any token.
+        tokens.resize(k, 0);
         return RowDraws { tokens, q_tilde: vec![1.0; k], q: None };
     }
     let q = sampling::process(logits, params);
     let draws = sampling::sample_without_replacement(&q, k, rng);
-    let mut tokens: Vec<u32> = draws.iter().map(|&(t, _)| t as u32).collect();
+    let mut tokens: Vec<u32> = draws.iter().map(|&(c, _)| columns.token(c as u32)).collect();
     let mut q_tilde: Vec<f32> = draws.iter().map(|&(_, qt)| qt).collect();
     tokens.resize(k, 0);
     q_tilde.resize(k, 0.0);
-    RowDraws { tokens, q_tilde, q: Some(q) }
+    RowDraws { tokens, q_tilde, q: Some(columns.to_full(q)) }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
     tree: &StaticTree,
     model: &Llama<B>,
     head: &mut H,
+    columns: &Columns,
     root: u32,
     first_row: Vec<f32>,
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Result<DraftedTree> {
     let buffers = tree.buffers();
-    let (k, vocab) = (tree.top_k(), model.config.vocab_size);
-    let mut rows = vec![draw_row(&first_row, k, params, rng)];
+    let k = tree.top_k();
+    let mut rows = vec![draw_row(&first_row, k, columns, params, rng)];
     let mut level_rows_start = 0;
     for level in buffers.levels() {
         let prev = &rows[level_rows_start..];
         let tokens: Vec<u32> = level.topk_indices.iter().map(|&i| prev[i / k].tokens[i % k]).collect();
         let logits = head.expand(model, &level.parent_slots, &tokens)?;
         level_rows_start = rows.len();
-        rows.extend(logits.chunks_exact(vocab).map(|r| draw_row(r, k, params, rng)));
+        rows.extend(logits.chunks_exact(columns.width()).map(|r| draw_row(r, k, columns, params, rng)));
     }
     if rows.len() != buffers.draft_rows().len() {
         return Err(Error::input("static tree: drafted rows do not match the tree's draft rows"));

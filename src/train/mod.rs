@@ -15,6 +15,7 @@ pub mod conversations;
 pub mod curves;
 pub mod data;
 pub mod distill;
+pub mod draft_vocab;
 pub mod eagle_train;
 pub mod head;
 #[cfg(test)]

@@ -132,6 +132,18 @@ impl ShardReader {
         self.records[i].tokens
     }
 
+    /// Token ids and loss mask of record `i`, without reading its features.
+    pub fn ids_and_mask(&self, i: usize) -> (Vec<u32>, Vec<u8>) {
+        let loc = &self.records[i];
+        let map = &self.maps[loc.shard];
+        // Ids were written from u32 values, so the narrowing is exact.
+        let ids = map[loc.input_ids.clone()]
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
+            .collect();
+        (ids, map[loc.loss_mask.clone()].to_vec())
+    }
+
     /// Record `i` (0..len, index.json order), features widened to f32.
     pub fn record(&self, i: usize) -> Record {
         let loc = &self.records[i];
@@ -142,16 +154,13 @@ impl ShardReader {
                 .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
                 .collect()
         };
+        let (input_ids, loss_mask) = self.ids_and_mask(i);
         Record {
             index: loc.index,
-            // Ids were written from u32 values, so the narrowing is exact.
-            input_ids: map[loc.input_ids.clone()]
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
-                .collect(),
+            input_ids,
             hidden_state: bf16(&loc.hidden_state),
             hidden_state_prenorm: bf16(&loc.hidden_state_prenorm),
-            loss_mask: map[loc.loss_mask.clone()].to_vec(),
+            loss_mask,
         }
     }
 

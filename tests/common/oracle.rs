@@ -16,12 +16,27 @@ pub struct OracleHead {
     noise: f32,
     rng: Rng,
     first_token: u32,
+    /// Draft only these tokens (columns of the rows returned), like a reduced draft vocabulary.
+    draft_vocab: Option<Vec<u32>>,
 }
 
 impl OracleHead {
     /// `first_token`: the prompt's first token (the head is told only about later ones).
     pub fn new(first_token: u32, noise: f32, seed: u64) -> Self {
-        OracleHead { committed: Vec::new(), level_paths: Vec::new(), noise, rng: Rng::new(seed), first_token }
+        OracleHead {
+            committed: Vec::new(),
+            level_paths: Vec::new(),
+            noise,
+            rng: Rng::new(seed),
+            first_token,
+            draft_vocab: None,
+        }
+    }
+
+    /// Returns logits for `ids` only, as a head with that draft vocabulary does.
+    #[allow(dead_code)]
+    pub fn with_draft_vocab(self, ids: Vec<u32>) -> Self {
+        OracleHead { draft_vocab: Some(ids), ..self }
     }
 
     fn row(&mut self, model: &Llama<CpuBackend>, path: &[u32]) -> Result<Vec<f32>> {
@@ -31,7 +46,10 @@ impl OracleHead {
         for l in logits.iter_mut() {
             *l += self.noise * (2.0 * self.rng.uniform_f32() - 1.0);
         }
-        Ok(logits)
+        Ok(match &self.draft_vocab {
+            Some(ids) => ids.iter().map(|&t| logits[t as usize]).collect(),
+            None => logits,
+        })
     }
 }
 
@@ -42,6 +60,10 @@ impl DraftHead<CpuBackend> for OracleHead {
 
     fn max_depth(&self) -> usize {
         8
+    }
+
+    fn draft_vocab(&self) -> Option<&[u32]> {
+        self.draft_vocab.as_deref()
     }
 
     fn reset(&mut self) {

@@ -38,6 +38,10 @@ impl Backend for CpuBackend {
         CpuWeight::new(tensor)
     }
 
+    fn gather_weight_rows(&self, w: &CpuWeight, ids: &[u32], name: &str) -> Result<CpuWeight> {
+        w.gather_rows(ids, name)
+    }
+
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }

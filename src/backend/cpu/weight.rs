@@ -59,6 +59,29 @@ impl CpuWeight {
         }
     }
 
+    /// Rows `ids` copied as they are stored (no rounding), as a new `[ids.len(), cols]` weight.
+    pub fn gather_rows(&self, ids: &[u32], name: &str) -> Result<CpuWeight> {
+        let row_bytes = self.cols * self.dtype().size();
+        let bytes = self.tensor.bytes.as_slice();
+        let mut out = Vec::with_capacity(ids.len() * row_bytes);
+        for &id in ids {
+            let r = id as usize;
+            if r >= self.rows {
+                return Err(Error::input(format!(
+                    "{name}: row {r} of {} is past its {} rows",
+                    self.tensor.name, self.rows
+                )));
+            }
+            out.extend_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+        }
+        CpuWeight::new(HostTensor {
+            name: name.to_string(),
+            dtype: self.dtype(),
+            shape: vec![ids.len(), self.cols],
+            bytes: crate::weights::Bytes::Owned(std::sync::Arc::new(out)),
+        })
+    }
+
     /// The whole tensor as f32 (small tensors: norms, biases).
     pub fn to_f32(&self) -> Vec<f32> {
         self.tensor.to_f32()

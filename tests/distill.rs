@@ -119,6 +119,7 @@ fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u64) -
         total_steps: Some(200),
         max_len: None,
         seed: Some(5),
+        draft_vocab: None,
         eval_every: 10,
         eval_tokens: 1000,
         progress: false,
@@ -311,4 +312,44 @@ fn draft_vocab_lists_the_most_frequent_assistant_tokens_of_the_training_split() 
     let not_head = root.join("not-a-head");
     std::fs::create_dir_all(&not_head).unwrap();
     fails_with(&["draft-vocab", "--data", &s(&data), "--head", &s(&not_head)], &["config.json"]);
+}
+
+/// `--draft-vocab`: the losses run over the list, which is saved beside the head (and in its
+/// checkpoints) so the trained head drafts over it; the held-out loss falls, and resuming is
+/// exact and refuses another list size.
+#[test]
+fn draft_vocabulary_run_learns_resumes_exactly_and_ships_its_list() {
+    let (root, model, data) = setup("distill-draft-vocab");
+    let kind = DraftKind::Clover2;
+    let with_vocab =
+        |out: &Path, steps: u64| DistillOptions { draft_vocab: Some(24), ..options(&model, &data, kind, out, steps) };
+    let (whole, split) = (root.join("whole"), root.join("split"));
+    distill(&with_vocab(&whole, 20), CpuBackend).unwrap();
+    let heldout = heldout_losses(&whole);
+    assert!(heldout[2].1 < 0.8 * heldout[0].1, "held-out loss {heldout:?}");
+    let head = load_head(kind, &whole, &Llama::load(&model, CpuBackend).unwrap()).unwrap();
+    assert_eq!(head.draft_vocab().map(<[u32]>::len), Some(24));
+    let list = std::fs::read(whole.join("draft_vocab.json")).unwrap();
+    let ckpt = whole.join("checkpoints").join("step-00000020");
+    assert_eq!(std::fs::read(ckpt.join("draft_vocab.json")).unwrap(), list);
+    let shipped = root.join("shipped");
+    let o = engine(&["export-head", "--from", &ckpt.to_string_lossy(), "--out", &shipped.to_string_lossy()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(std::fs::read(shipped.join("draft_vocab.json")).unwrap(), list, "export-head ships the list");
+
+    distill(&with_vocab(&split, 10), CpuBackend).unwrap();
+    let mut resumed = with_vocab(&split, 20);
+    resumed.resume = true;
+    distill(&resumed, CpuBackend).unwrap();
+    let numbers = |out: &Path| -> Vec<MetricsLine> {
+        metrics(out).into_iter().map(|l| MetricsLine { tokens_per_s: None, ..l }).collect()
+    };
+    assert_eq!(numbers(&whole), numbers(&split));
+    let bytes = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(bytes(&whole) == bytes(&split), "the same weights");
+
+    let mut other = DistillOptions { draft_vocab: Some(30), ..resumed };
+    other.steps = 25;
+    let err = distill(&other, CpuBackend).expect_err("another draft vocabulary on resume").to_string();
+    assert!(err.contains("run.draft_vocab") && err.contains("24 tokens"), "{err}");
 }

@@ -5,12 +5,13 @@
 use std::path::Path;
 
 use crate::draft::config::{declared_kind, read_json};
+use crate::draft::vocab::DRAFT_VOCAB_FILE;
 use crate::error::{Error, Result};
 use crate::weights::safetensors::SafetensorsFiles;
 use crate::weights::{write_safetensors, DType};
 
-/// Writes `out/config.json` (copied) and `out/model.safetensors` (every tensor of `from`, in
-/// `dtype`); returns the number of tensors. Each file is written under a temporary name and
+/// Writes `out/config.json` and `out/draft_vocab.json` if there is one (copied), and
+/// `out/model.safetensors` (every tensor of `from`, in `dtype`); returns the number of tensors. Each file is written under a temporary name and
 /// renamed, so a failure leaves no half-written file.
 pub fn export_head(from: &Path, out: &Path, dtype: DType) -> Result<usize> {
     let config_path = from.join("config.json");
@@ -36,5 +37,13 @@ pub fn export_head(from: &Path, out: &Path, dtype: DType) -> Result<usize> {
     write_safetensors(&out.join("model.safetensors"), &tensors, dtype)?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::input(e.to_string()))?;
     crate::fsutil::write_atomically(&out.join("config.json"), text.as_bytes())?;
+    let vocab_path = from.join(DRAFT_VOCAB_FILE);
+    if vocab_path.exists() {
+        let bytes = std::fs::read(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
+        crate::fsutil::write_atomically(&out.join(DRAFT_VOCAB_FILE), &bytes)?;
+    } else if out.join(DRAFT_VOCAB_FILE).exists() {
+        // A list left by an earlier export would change what the new head drafts over.
+        std::fs::remove_file(out.join(DRAFT_VOCAB_FILE)).map_err(|e| Error::io(out, e))?;
+    }
     Ok(tensors.len())
 }

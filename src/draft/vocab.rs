@@ -138,6 +138,16 @@ impl<B: Backend> DraftLmHead<B> {
         Ok(DraftLmHead { rows: Some(rows), ids: Some(ids) })
     }
 
+    /// The projection weight: the gathered rows, or the base lm_head.
+    pub fn weight<'a>(&'a self, base: &'a Llama<B>) -> &'a B::Weight {
+        self.rows.as_ref().unwrap_or(base.lm_head())
+    }
+
+    /// Logit columns: the draft vocabulary's size, or the base vocabulary's.
+    pub fn width(&self, base: &Llama<B>) -> usize {
+        self.ids.as_ref().map_or(base.config.vocab_size, Vec::len)
+    }
+
     /// The token id of each logit column, or `None` for the full vocabulary.
     pub fn ids(&self) -> Option<&[u32]> {
         self.ids.as_deref()
@@ -147,11 +157,12 @@ impl<B: Backend> DraftLmHead<B> {
     /// Each column is computed exactly as the full projection computes it (same kernel, same
     /// summation order), so it equals the full logit of its token.
     pub fn project(&self, model: &Llama<B>, x: &B::Buf, rows: usize) -> Vec<f32> {
-        let Some(w) = &self.rows else { return model.project(x, rows) };
+        if self.rows.is_none() {
+            return model.project(x, rows);
+        }
         let b = &model.backend;
-        let n = self.ids.as_ref().map_or(0, Vec::len);
-        let mut logits = b.zeros(rows * n);
-        b.matmul(x, rows, w, &mut logits);
+        let mut logits = b.zeros(rows * self.width(model));
+        b.matmul(x, rows, self.weight(model), &mut logits);
         b.download(&logits)
     }
 }

@@ -130,8 +130,9 @@ fn quantiles(mut secs: Vec<f64>) -> Quantiles {
 impl BenchReport {
     /// One row per method: figures, then each phase's median / p90 in milliseconds.
     pub fn table(&self) -> String {
+        let w = self.methods.iter().map(|m| m.method.chars().count()).max().unwrap_or(0).max(12);
         let mut s = format!(
-            "{:<12} {:>7} {:>7} {:>6} {:>9} {:>8} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
+            "{:<w$} {:>7} {:>7} {:>6} {:>9} {:>8} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
             "method",
             "tokens",
             "steps",
@@ -148,7 +149,7 @@ impl BenchReport {
             let l = &m.latency;
             let cell = |q: &Quantiles| format!("{:.3}/{:.3}", q.p50_ms, q.p90_ms);
             s += &format!(
-                "{:<12} {:>7} {:>7} {:>6.3} {:>9.2} {:>8.3} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
+                "{:<w$} {:>7} {:>7} {:>6.3} {:>9.2} {:>8.3} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
                 m.method,
                 m.new_tokens,
                 m.steps,

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::draft::vocab::DraftVocab;
+
 use crate::draft::init::{write_head, Tensors};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
@@ -38,6 +40,10 @@ pub struct RunConfig {
     pub max_len: usize,
     pub seed: u64,
     pub data: DataId,
+    /// Tokens of the reduced draft vocabulary the lm_head losses run over (None: the full one).
+    /// Absent in checkpoints written before the option existed.
+    #[serde(default)]
+    pub draft_vocab: Option<usize>,
 }
 
 /// Enough of the data's index.json to tell another data set from this one.
@@ -73,6 +79,8 @@ pub struct CheckpointFiles<'a> {
     pub params: &'a Tensors,
     /// Both moments, names already prefixed.
     pub moments: &'a Tensors,
+    /// Written beside the head, so a checkpoint folder is a complete head.
+    pub draft_vocab: Option<&'a DraftVocab>,
 }
 
 fn step_dir_name(step: u64) -> String {
@@ -109,6 +117,9 @@ pub fn save(out: &Path, state: &CheckpointState, files: &CheckpointFiles) -> Res
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     write_head(&tmp, files.params, files.config)?;
+    if let Some(vocab) = files.draft_vocab {
+        vocab.save(&tmp)?;
+    }
     crate::weights::write_f32_safetensors(&tmp.join(OPTIMIZER_FILE), files.moments)?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::input(format!("{STATE_FILE}: {e}")))?;
     write_atomically(&tmp.join(STATE_FILE), json.as_bytes())?;

@@ -17,6 +17,7 @@
 use crate::backend::{Backend, CloverCellParams};
 use crate::draft::clover2::{AD0, AD1, CLOVER_NORM, CLOVER_ROPE_THETA, HEAD0_FC, HEADS_FC, HEAD_NORM};
 use crate::draft::config::CloverConfig;
+use crate::draft::vocab::DraftLmHead;
 use crate::draft::DraftKind;
 use crate::model::layer::{DecoderLayer, LayerActs, LayerGrads, Rope};
 use crate::model::{Llama, ModelConfig};
@@ -289,12 +290,13 @@ impl<B: Backend> TrainHead<B> for CloverTrainee<B> {
         &mut self,
         b: &B,
         base: &Llama<B>,
+        lm: &DraftLmHead<B>,
         rec: &Record,
         scales: &[HeadScale],
         mode: Mode,
         timers: &mut Timers,
     ) -> Vec<HeadSums> {
-        let (h, v) = (self.config.hidden_size, self.config.vocab_size);
+        let h = self.config.hidden_size;
         let a = Aligned::new(rec, h);
         let mut sums = vec![HeadSums::default(); self.clover.num_heads];
         if a.len == 0 {
@@ -307,7 +309,7 @@ impl<B: Backend> TrainHead<B> for CloverTrainee<B> {
         let (outs, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, &a));
         let (head_sums, grads) = timers.time(Phase::LmHead, || {
             let target = b.upload(&a.target);
-            head_losses(b, base.lm_head(), v, h, &a, &target, &outs, &scales[..outs.len()], wants)
+            head_losses(b, base, lm, &a, &target, &outs, &scales[..outs.len()], wants)
         });
         if wants.grads {
             timers.time(Phase::Backward, || self.backward(b, a.len, &saved, grads));

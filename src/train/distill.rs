@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::Backend;
 use crate::draft::config::{check_compatible, declared_kind, read_json, CloverConfig};
 use crate::draft::init::{fresh_head, write_head};
+use crate::draft::vocab::{DraftLmHead, DraftVocab};
 use crate::draft::DraftKind;
 use crate::error::{Error, Result};
 use crate::model::{Llama, ModelConfig};
@@ -24,6 +25,7 @@ use crate::train::checkpoint::{
     self, CheckpointFiles, CheckpointState, DataId, RunConfig, TrainState, EXP_AVG, EXP_AVG_SQ, OPTIMIZER_FILE,
 };
 use crate::train::clover_train::{clover_specs, CloverTrainee};
+use crate::train::draft_vocab::build_draft_vocab;
 use crate::train::eagle_train::{eagle_specs, EagleTrainee};
 use crate::train::head::{Mode, TrainHead};
 use crate::train::layout::{DataIndex, INDEX_FILE};
@@ -65,6 +67,9 @@ pub struct DistillOptions {
     pub total_steps: Option<u64>,
     pub max_len: Option<usize>,
     pub seed: Option<u64>,
+    /// Train over a reduced draft vocabulary of this many tokens (the most frequent assistant
+    /// tokens of the training split), saved beside the head as draft_vocab.json.
+    pub draft_vocab: Option<usize>,
     /// Held-out evaluation and checkpoint every this many steps (and at the end).
     pub eval_every: u64,
     /// Held-out tokens evaluated (the first conversations of the held-out tail).
@@ -147,6 +152,18 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
+    // Recounted from the data on resume too: same data (checked above), same split, same list.
+    let draft_vocab = match run.draft_vocab {
+        Some(n) => Some(build_draft_vocab(&opts.data_dir, base.config.vocab_size, n)?),
+        None => None,
+    };
+    let lm = match &draft_vocab {
+        Some(v) => {
+            v.save(&opts.out)?;
+            DraftLmHead::from_ids(&base, v.ids.clone())?
+        }
+        None => DraftLmHead::full(),
+    };
 
     let eval_set = eval_set(&reader, &split.heldout, run.max_len, opts.eval_tokens);
     let batcher = Batcher::new(split.train, run.seed, run.batch_tokens, state.data);
@@ -158,6 +175,8 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         params: head.params,
         config: head.config,
         trainee: head.trainee,
+        lm,
+        draft_vocab,
         optimizer,
         rng: Rng::from_state(state.rng),
         batcher,
@@ -281,7 +300,11 @@ fn resolve_run(
             max_len: opts.max_len.unwrap_or(DEFAULT_MAX_LEN),
             seed: opts.seed.unwrap_or(0),
             data,
+            draft_vocab: opts.draft_vocab,
         };
+        if run.draft_vocab == Some(0) {
+            return Err(Error::input("--draft-vocab must be at least 1"));
+        }
         if run.batch_tokens == 0 || run.max_len < 2 || run.schedule.lr.is_nan() || run.schedule.lr <= 0.0 {
             return Err(Error::input("--batch-tokens must be at least 1, --max-len at least 2 and --lr positive"));
         }
@@ -309,6 +332,8 @@ fn resolve_run(
     check("batch_tokens", opts.batch_tokens.map(|v| v.to_string()), stored.batch_tokens.to_string())?;
     check("max_len", opts.max_len.map(|v| v.to_string()), stored.max_len.to_string())?;
     check("seed", opts.seed.map(|v| v.to_string()), stored.seed.to_string())?;
+    let vocab_name = |v: Option<usize>| v.map_or("the full vocabulary".to_string(), |n| format!("{n} tokens"));
+    check("draft_vocab", opts.draft_vocab.map(|v| vocab_name(Some(v))), vocab_name(stored.draft_vocab))?;
     if stored.data != data {
         return Err(differs("data", format!("{data:?} ({})", opts.data_dir.display()), format!("{:?}", stored.data)));
     }
@@ -406,6 +431,9 @@ struct Run<'a, B: Backend> {
     params: ParamSet<B>,
     config: serde_json::Value,
     trainee: Box<dyn TrainHead<B>>,
+    /// The lm_head the losses project through (full, or the draft vocabulary's rows).
+    lm: DraftLmHead<B>,
+    draft_vocab: Option<DraftVocab>,
     optimizer: Optimizer<B>,
     /// EAGLE-1's input noise.
     rng: Rng,
@@ -526,7 +554,7 @@ impl<B: Backend> Run<'_, B> {
         let mut sums = vec![HeadSums::default(); heads];
         for rec in &records {
             let mode = Mode::Train { noise: &mut self.rng };
-            let rec_sums = self.trainee.pass(b, self.base, rec, &scales, mode, &mut self.timers);
+            let rec_sums = self.trainee.pass(b, self.base, &self.lm, rec, &scales, mode, &mut self.timers);
             sums.iter_mut().zip(&rec_sums).for_each(|(s, r)| s.add(r));
         }
         let lr = self.run.schedule.lr_at(self.step + 1);
@@ -572,7 +600,7 @@ impl<B: Backend> Run<'_, B> {
             let mut rec = self.reader.record(i);
             truncate(&mut rec, self.run.max_len, self.reader.hidden_size());
             tokens += rec.len() as u64;
-            let rec_sums = self.trainee.pass(b, self.base, &rec, &scales, Mode::Eval, &mut scratch);
+            let rec_sums = self.trainee.pass(b, self.base, &self.lm, &rec, &scales, Mode::Eval, &mut scratch);
             sums.iter_mut().zip(&rec_sums).for_each(|(s, r)| s.add(r));
         }
         let spec = self.trainee.loss_spec();
@@ -609,7 +637,12 @@ impl<B: Backend> Run<'_, B> {
             run: self.run.clone(),
             state: TrainState { step: self.step, rng: self.rng.state(), data: self.batcher.pos, tokens: self.tokens },
         };
-        let files = CheckpointFiles { config: &self.config, params: &params, moments: &moments };
+        let files = CheckpointFiles {
+            config: &self.config,
+            params: &params,
+            moments: &moments,
+            draft_vocab: self.draft_vocab.as_ref(),
+        };
         checkpoint::save(&self.opts.out, &state, &files)?;
         write_head(&self.opts.out, &params, &self.config)?;
         self.metrics.write_curves(&self.opts.out)?;

@@ -5,6 +5,7 @@
 //! 1.0·SmoothL1(f̂, target) + 0.1·softCE(lm_head f̂, softmax(lm_head target)), / (Σ mask + 1e-5).
 
 use crate::backend::Backend;
+use crate::draft::vocab::DraftLmHead;
 use crate::draft::DraftKind;
 use crate::model::layer::{DecoderLayer, LayerActs, LayerGrads, Rope};
 use crate::model::{Llama, ModelConfig};
@@ -154,12 +155,13 @@ impl<B: Backend> TrainHead<B> for EagleTrainee<B> {
         &mut self,
         b: &B,
         base: &Llama<B>,
+        lm: &DraftLmHead<B>,
         rec: &Record,
         scales: &[HeadScale],
         mode: Mode,
         timers: &mut Timers,
     ) -> Vec<HeadSums> {
-        let (h, v) = (self.config.hidden_size, self.config.vocab_size);
+        let h = self.config.hidden_size;
         let a = Aligned::new(rec, h);
         if a.len == 0 {
             return vec![HeadSums::default()];
@@ -171,7 +173,7 @@ impl<B: Backend> TrainHead<B> for EagleTrainee<B> {
         let (out, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, &a, noise));
         let (sums, mut grads) = timers.time(Phase::LmHead, || {
             let target = b.upload(&a.target);
-            head_losses(b, base.lm_head(), v, h, &a, &target, std::slice::from_ref(&out), scales, wants)
+            head_losses(b, base, lm, &a, &target, std::slice::from_ref(&out), scales, wants)
         });
         if let Some(d_out) = grads.pop() {
             timers.time(Phase::Backward, || self.backward(b, a.len, &saved, d_out));

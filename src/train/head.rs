@@ -3,6 +3,7 @@
 //! backward, which adds to the head's gradient buffers).
 
 use crate::backend::Backend;
+use crate::draft::vocab::DraftLmHead;
 use crate::draft::DraftKind;
 use crate::model::Llama;
 use crate::rng::Rng;
@@ -28,12 +29,15 @@ pub trait TrainHead<B: Backend> {
     /// The gradient buffers, in parameter order.
     fn grads(&mut self) -> Vec<&mut B::Buf>;
 
-    /// One record, truncated already: returns the loss sums per head under `scales`. In
-    /// `Mode::Train` the gradients of those sums are added to the gradient buffers.
+    /// One record, truncated already: returns the loss sums per head under `scales`, the lm_head
+    /// losses over `lm`'s vocabulary. In `Mode::Train` the gradients of those sums are added to
+    /// the gradient buffers.
+    #[allow(clippy::too_many_arguments)]
     fn pass(
         &mut self,
         b: &B,
         base: &Llama<B>,
+        lm: &DraftLmHead<B>,
         rec: &Record,
         scales: &[HeadScale],
         mode: Mode,

@@ -18,6 +18,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::draft::clover2::{AD0, AD1, CLOVER_NORM, HEAD0_FC, HEADS_FC, HEAD_NORM};
 use crate::draft::config::CloverConfig;
 use crate::draft::init::{fresh_head, Tensors};
+use crate::draft::vocab::DraftLmHead;
 use crate::draft::DraftKind;
 use crate::model::layer::{LayerDims, Rope};
 use crate::model::random::{tiny_llama_config, write_random_model};
@@ -129,7 +130,8 @@ fn cell(p: &P64, prefix: &str, x: &[f64], y: &[f64], h: usize, heads: usize, eps
     out
 }
 
-/// Σ_t m_t·(wv·mean SmoothL1(f_t − target_t) + wp·softCE(lm f_t, softmax(lm target_t))) / (Σ m + offset).
+/// Σ_t m_t·(wv·mean SmoothL1(f_t − target_t) + wp·softCE(lm f_t, softmax(lm target_t))) / (Σ m + offset),
+/// over the rows of `lm` (the whole lm_head or a draft vocabulary's).
 fn head_loss(f: &[f64], targets: &[f64], mask: &[u8], lm: &[f64], h: usize, (wv, wp): (f64, f64), offset: f64) -> f64 {
     let denom = mask.iter().map(|&m| m as f64).sum::<f64>() + offset;
     let lse = |z: &[f64]| {
@@ -146,7 +148,8 @@ fn head_loss(f: &[f64], targets: &[f64], mask: &[u8], lm: &[f64], h: usize, (wv,
             .map(|d| if d < 1.0 { 0.5 * d * d } else { d - 0.5 })
             .sum::<f64>()
             / h as f64;
-        let (z, tz) = (gc::linear(ft, lm, VOCAB), gc::linear(tt, lm, VOCAB));
+        let rows = lm.len() / h;
+        let (z, tz) = (gc::linear(ft, lm, rows), gc::linear(tt, lm, rows));
         let (lz, lt) = (lse(&z), lse(&tz));
         let ce: f64 = -z.iter().zip(&tz).map(|(zv, tv)| (tv - lt).exp() * (zv - lz)).sum::<f64>();
         total += m as f64 * (wv * vl + wp * ce);
@@ -165,6 +168,7 @@ fn shifted(rec: &Record, h: usize) -> (Vec<u32>, Vec<f64>, Vec<u8>) {
     (ids, targets, mask)
 }
 
+/// `lm`: the rows of the lm_head the losses project through (all of it, or a draft vocabulary's).
 fn eagle_loss(p: &P64, c: &ModelConfig, rec: &Record, noisy: &[f32], embed: &[f64], lm: &[f64], cs: &[f64]) -> f64 {
     let h = c.hidden_size;
     let (ids, targets, mask) = shifted(rec, h);
@@ -174,7 +178,9 @@ fn eagle_loss(p: &P64, c: &ModelConfig, rec: &Record, noisy: &[f32], embed: &[f6
     head_loss(&f, &targets, &mask, lm, h, (1.0, 0.1), 1e-5)
 }
 
-fn clover_loss(p: &P64, c: &ModelConfig, k: usize, rec: &Record, lm: &[f64], cs: &[f64]) -> f64 {
+/// `lm`: the full lm_head (E); `proj`: the rows the losses project through.
+#[allow(clippy::too_many_arguments)]
+fn clover_loss(p: &P64, c: &ModelConfig, k: usize, rec: &Record, lm: &[f64], proj: &[f64], cs: &[f64]) -> f64 {
     let (h, eps, heads) = (c.hidden_size, c.rms_norm_eps as f64, c.num_heads);
     let (ids, targets, mask) = shifted(rec, h);
     let mut z = cell(p, AD0, &gc::to_f64(&rec.hidden_state_prenorm), &gather(lm, h, &ids), h, heads, eps);
@@ -184,7 +190,7 @@ fn clover_loss(p: &P64, c: &ModelConfig, k: usize, rec: &Record, lm: &[f64], cs:
     let mut s = gc::rmsnorm(&z, get(p, CLOVER_NORM), eps);
     let pre = add_bias(gc::linear(&s, get(p, &format!("{HEAD0_FC}.weight")), h), get(p, &format!("{HEAD0_FC}.bias")));
     let f = gc::rmsnorm(&pre, get(p, HEAD_NORM), eps);
-    let mut total = head_loss(&f, &targets, &mask, lm, h, (10.0, 1.0), 1.0);
+    let mut total = head_loss(&f, &targets, &mask, proj, h, (10.0, 1.0), 1.0);
     for i in 1..k {
         let rows = T - i;
         let e = gather(lm, h, &ids[i..]);
@@ -195,15 +201,20 @@ fn clover_loss(p: &P64, c: &ModelConfig, k: usize, rec: &Record, lm: &[f64], cs:
         );
         let f = gc::rmsnorm(&pre, get(p, HEAD_NORM), eps);
         let decay = 0.7f64.powi(i as i32);
-        total += head_loss(&f, &rows_of(&targets, h, i..T), &mask[i..], lm, h, (10.0 * decay, decay), 1.0);
+        total += head_loss(&f, &rows_of(&targets, h, i..T), &mask[i..], proj, h, (10.0 * decay, decay), 1.0);
     }
     total
 }
 
 /// Trains one pass and compares the loss and every parameter tensor's gradient (at sampled
-/// elements) with the f64 reference.
-fn check(kind: DraftKind, seed: u64) {
-    let (model, lm, embed, dir) = tiny_base(kind.name());
+/// elements) with the f64 reference; with `draft_vocab`, the losses run over those tokens only.
+fn check(kind: DraftKind, seed: u64, draft_vocab: Option<Vec<u32>>) {
+    let (model, lm, embed, dir) = tiny_base(&format!("{}-{seed}", kind.name()));
+    let h = model.config.hidden_size;
+    let (lm_rows, proj) = match draft_vocab {
+        Some(ids) => (gather(&lm, h, &ids), DraftLmHead::from_ids(&model, ids).unwrap()),
+        None => (lm.clone(), DraftLmHead::full()),
+    };
     let b = CpuBackend;
     let mut rng = Rng::new(seed);
     let (tensors, json) = fresh_head(kind, &dir, seed).unwrap();
@@ -225,7 +236,7 @@ fn check(kind: DraftKind, seed: u64) {
     let mut noise = Rng::new(seed + 1);
     let mut noisy = rec.hidden_state.clone();
     add_noise(&mut noisy, T, &mut noise.clone());
-    let sums = head.pass(&b, &model, &rec, &scales, Mode::Train { noise: &mut noise }, &mut Timers::default());
+    let sums = head.pass(&b, &model, &proj, &rec, &scales, Mode::Train { noise: &mut noise }, &mut Timers::default());
     let loss32: f64 = sums.iter().map(|s| s.vloss + s.ploss).sum();
     let grads: Vec<Vec<f32>> = head.grads().into_iter().map(|g| g.clone()).collect();
     let grads = params.tensors(&b, &grads, "");
@@ -233,8 +244,8 @@ fn check(kind: DraftKind, seed: u64) {
     let positions: Vec<u32> = (0..T as u32).collect();
     let cs = gc::to_f64(&Rope::plain(10000.0, config.head_dim).cos_sin(&positions));
     let loss = |p: &P64| match kind {
-        DraftKind::Eagle => eagle_loss(p, &config, &rec, &noisy, &embed, &lm, &cs),
-        DraftKind::Clover2 => clover_loss(p, &config, clover.num_heads, &rec, &lm, &cs),
+        DraftKind::Eagle => eagle_loss(p, &config, &rec, &noisy, &embed, &lm_rows, &cs),
+        DraftKind::Clover2 => clover_loss(p, &config, clover.num_heads, &rec, &lm, &lm_rows, &cs),
     };
     let mut p: P64 = tensors.iter().map(|(n, _, v)| (n.clone(), gc::to_f64(v))).collect();
     let loss64 = loss(&p);
@@ -266,10 +277,18 @@ fn check(kind: DraftKind, seed: u64) {
 
 #[test]
 fn eagle_head_gradients_match_finite_differences() {
-    check(DraftKind::Eagle, 41);
+    check(DraftKind::Eagle, 41, None);
 }
 
 #[test]
 fn clover2_head_gradients_match_finite_differences() {
-    check(DraftKind::Clover2, 42);
+    check(DraftKind::Clover2, 42, None);
+}
+
+/// A draft vocabulary of 7 tokens (out of order): the teacher is renormalised over them.
+#[test]
+fn draft_vocabulary_gradients_match_finite_differences() {
+    let ids = vec![9, 2, 14, 0, 5, 11, 3];
+    check(DraftKind::Eagle, 43, Some(ids.clone()));
+    check(DraftKind::Clover2, 44, Some(ids));
 }

@@ -12,6 +12,8 @@
 //!   t = j − i all learn the same distribution.
 
 use crate::backend::Backend;
+use crate::draft::vocab::DraftLmHead;
+use crate::model::Llama;
 use crate::train::align::Aligned;
 
 /// Target rows per lm_head pass: three `[rows, V]` buffers (teacher, student, gradient) of 50 MB
@@ -122,20 +124,24 @@ pub struct Wants {
     pub top1: bool,
 }
 
-/// The losses of heads 0..n of one record, head i's output `f[i]` being `[rows(i), H]`. Returns
+/// The losses of heads 0..n of one record, head i's output `f[i]` being `[rows(i), H]`, over
+/// the vocabulary of `lm` (the base lm_head, or its rows for a draft vocabulary: the teacher is
+/// then the base distribution renormalised over those tokens, the only ones the head can draft).
+/// Top-1 agreement is always against the base model's argmax over the full vocabulary. Returns
 /// the sums per head and, with `wants.grads`, dL/df[i] for each.
 #[allow(clippy::too_many_arguments)]
 pub fn head_losses<B: Backend>(
     b: &B,
-    lm_head: &B::Weight,
-    vocab: usize,
-    hidden: usize,
+    base: &Llama<B>,
+    lm: &DraftLmHead<B>,
     a: &Aligned,
     target: &B::Buf,
     f: &[B::Buf],
     scales: &[HeadScale],
     wants: Wants,
 ) -> (Vec<HeadSums>, Vec<B::Buf>) {
+    let hidden = base.config.hidden_size;
+    let (lm_head, vocab) = (lm.weight(base), lm.width(base));
     let mut sums = vec![HeadSums::default(); f.len()];
     let mut grads = Vec::with_capacity(f.len());
     // SmoothL1 over every row (masked rows get weight 0): cheap, H wide. It writes its gradient,
@@ -154,7 +160,10 @@ pub fn head_losses<B: Backend>(
         let teacher_in = b.gather_rows(target, hidden, chunk);
         let mut teacher = b.zeros(chunk.len() * vocab);
         b.matmul(&teacher_in, chunk.len(), lm_head, &mut teacher);
-        let teacher_top1 = wants.top1.then(|| argmax_rows(&b.download(&teacher), vocab));
+        let teacher_top1 = wants.top1.then(|| match lm.ids() {
+            None => argmax_rows(&b.download(&teacher), vocab),
+            Some(_) => argmax_rows(&base.project(&teacher_in, chunk.len()), base.config.vocab_size),
+        });
         for (i, fi) in f.iter().enumerate() {
             // Target rows j < i have no row in head i; they lead the (sorted) chunk.
             let skip = chunk.iter().take_while(|&&j| j < i).count();
@@ -173,7 +182,8 @@ pub fn head_losses<B: Backend>(
                 b.soft_cross_entropy(&logits, shifted.as_ref().unwrap_or(&teacher), &weights, &mut d_logits) as f64;
             if let Some(want) = &teacher_top1 {
                 let got = argmax_rows(&b.download(&logits), vocab);
-                sums[i].top1 += got.iter().zip(&want[skip..]).filter(|(g, w)| g == w).count();
+                let token = |column: usize| lm.ids().map_or(column, |ids| ids[column] as usize);
+                sums[i].top1 += got.iter().zip(&want[skip..]).filter(|(&g, &w)| token(g) == w).count();
             }
             if wants.grads {
                 let mut dx = b.zeros(n * hidden);

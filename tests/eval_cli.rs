@@ -208,6 +208,44 @@ fn bench_on_random_weights() {
     assert!(!stdout.contains("warning"), "{stdout}");
 }
 
+/// Methods with their own settings, compared in one run; `budget=auto` plans the EAGLE-2 budget
+/// (a random model: the plan means nothing, but every part of it runs and is reported).
+#[test]
+fn bench_per_method_settings_and_auto_budget() {
+    let Some(model) = common::default_model() else {
+        return;
+    };
+    let dir = common::temp_dir("bench-settings");
+    let q = write_questions(&dir);
+    let config = dir.join("config.json");
+    std::fs::write(&config, clover_engine::model::random::tiny_llama_config(300).to_string()).unwrap();
+    let json = dir.join("bench.json");
+    let drafts = "eagle:init:tree=eagle2:budget=auto,clover2:init:tree=eagle2:budget=3:vocab=full";
+    let args = ["bench", "--model", s(&model), "--random-weights", s(&config), "--prompts", s(&q), "--steps", "6"];
+    let o = engine(&[&args[..], &["--drafts", drafts, "--num-prompts", "1", "--json", s(&json)]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("tree budget auto") && stdout.contains("← chosen"), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let names: Vec<&str> =
+        report["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(names[0], "plain");
+    assert!(names[1].starts_with("eagle[tree=eagle2,budget=auto]→"), "{names:?}");
+    assert_eq!(names[2], "clover2[tree=eagle2,budget=3,vocab=full]");
+    let plans = report["budget_plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 1);
+    let rows = plans[0][1]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 33, "plain and budgets 1..=32");
+    assert!(rows.iter().all(|r| r["verify_ms"].as_f64().unwrap() > 0.0));
+
+    let o = engine(&[&args[..], &["--drafts", "eagle:init:budget=auto"]].concat());
+    assert_clean_error(&o, &["--tree-budget auto", "eagle2"]);
+    let o = engine(&[&args[..], &["--drafts", "eagle:init:vocab=0"]].concat());
+    assert_clean_error(&o, &["vocab=0"]);
+    let o = engine(&[&args[..], &["--drafts", "eagle:init:depth=3"]].concat());
+    assert_clean_error(&o, &["depth"]);
+}
+
 #[test]
 fn bench_bad_options_are_named() {
     let dir = common::temp_dir("bench-bad");

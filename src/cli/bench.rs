@@ -15,6 +15,7 @@ use clover_engine::fsutil::write_atomically;
 use clover_engine::model::random::write_random_model;
 use clover_engine::model::{ChatMessage, Llama, ModelConfig, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::auto_budget::BudgetPlan;
 use clover_engine::spec::engine::GenerationConfig;
 
 use super::generate::{stop_ids, TreeArgs};
@@ -70,6 +71,8 @@ struct BenchJson<'a> {
     tree: &'a str,
     temperature: f32,
     methods: &'a [MethodReport],
+    /// `--tree-budget auto`: each such method's plan (verify latencies, τ by budget, the choice).
+    budget_plans: Vec<(String, BudgetPlan)>,
 }
 
 /// A folder removed when the run ends, for the random model and untrained heads.
@@ -116,7 +119,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         })
         .collect::<Result<Vec<Vec<u32>>>>()?;
 
+    let cfg = GenerationConfig {
+        max_new_tokens: a.steps,
+        sampling: SamplingParams::with_temperature(a.temperature),
+        seed: a.seed,
+        stop_ids: if a.random_weights.is_some() { Vec::new() } else { stop_ids(&model, &tokenizer) },
+    };
     let mut methods = vec![Method { label: "plain".to_string(), decoder: Decoder::Plain }];
+    let mut plans = Vec::new();
     for (i, d) in drafts.iter().enumerate() {
         let head_dir = match &d.dir {
             Some(dir) => dir.clone(),
@@ -133,15 +143,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (None, _) => format!("{}-{}", d.kind.name(), i + 1),
         };
         let tree_args = d.tree.as_ref().unwrap_or(&a.tree);
-        let head = load_head_with(d.kind, &head_dir, &model, d.vocab.unwrap_or(a.draft_vocab))?;
-        methods.push(Method { label, decoder: Decoder::Speculative { head, tree: tree_args.tree_spec()? } });
+        let mut head = load_head_with(d.kind, &head_dir, &model, d.vocab.unwrap_or(a.draft_vocab))?;
+        let (tree, plan) = tree_args.resolve(&model, head.as_mut(), &tokenizer, &cfg)?;
+        let label = match &plan {
+            Some(plan) => {
+                println!("{label}: {}", plan.table());
+                format!("{label}→{}", plan.budget)
+            }
+            None => label,
+        };
+        plans.push((label.clone(), plan));
+        methods.push(Method { label, decoder: Decoder::Speculative { head, tree } });
     }
-    let cfg = GenerationConfig {
-        max_new_tokens: a.steps,
-        sampling: SamplingParams::with_temperature(a.temperature),
-        seed: a.seed,
-        stop_ids: if a.random_weights.is_some() { Vec::new() } else { stop_ids(&model, &tokenizer) },
-    };
     let n = prompts.len();
     let report = bench::run(&model, &mut methods, &prompts, &cfg, |i| eprintln!("[{}/{n}] prompt done", i + 1))?;
     let weights = match &a.random_weights {
@@ -165,6 +178,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             tree: &a.tree.tree,
             temperature: a.temperature,
             methods: &report.methods,
+            budget_plans: plans.into_iter().filter_map(|(label, plan)| Some((label, plan?))).collect(),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
         write_atomically(path, text.as_bytes())?;
@@ -210,7 +224,7 @@ fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
                 let t = method.tree.get_or_insert_with(|| tree.clone());
                 match key {
                     "tree" => t.tree = value.to_string(),
-                    "budget" => t.tree_budget = value.parse().map_err(|_| bad(format!("budget `{value}`")))?,
+                    "budget" => t.tree_budget = value.to_string(),
                     "top_p" => t.tree_top_p = value.parse().map_err(|_| bad(format!("top_p `{value}`")))?,
                     "vocab" => method.vocab = Some(value.parse().map_err(bad)?),
                     other => return Err(bad(format!("unknown setting `{other}` (tree, budget, top_p, vocab)"))),

@@ -65,21 +65,25 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, CpuBackend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
-    let decoder = match (a.spec.draft, &a.spec.draft_model) {
-        (Some(kind), Some(head_dir)) => Decoder::Speculative {
-            head: load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?,
-            tree: a.spec.tree.tree_spec()?,
-        },
-        _ => Decoder::Plain,
-    };
-    let model_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let model_id = a.model_id.unwrap_or_else(|| format!("{model_name}-{}", decoder.name()));
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingParams::with_temperature(a.temperature),
         seed: a.seed,
         stop_ids: stop_ids(&model, &tokenizer),
     };
+    let decoder = match (a.spec.draft, &a.spec.draft_model) {
+        (Some(kind), Some(head_dir)) => {
+            let mut head = load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?;
+            let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), &tokenizer, &cfg)?;
+            if let Some(plan) = plan {
+                eprint!("{}", plan.table());
+            }
+            Decoder::Speculative { head, tree }
+        }
+        _ => Decoder::Plain,
+    };
+    let model_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_id = a.model_id.unwrap_or_else(|| format!("{model_name}-{}", decoder.name()));
     let mut run = EvalRun { model: &model, tokenizer: &tokenizer, decoder, cfg, model_id, warmup: a.warmup };
     let total = questions.len();
     let mut written = 0;

@@ -3,11 +3,16 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::Backend;
 use clover_engine::draft::vocab::DraftVocabChoice;
+use clover_engine::draft::DraftHead;
 use clover_engine::draft::{load_head_with, DraftKind};
 use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::auto_budget::{
+    plan_budget, BudgetPlan, CALIBRATION_CHATS, CALIBRATION_TOKENS, MAX_AUTO_BUDGET,
+};
 use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig, GenerationStats};
 use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
@@ -53,34 +58,84 @@ pub struct TreeArgs {
     /// or eagle2 (dynamic, cumulative confidence).
     #[arg(long, default_value = "mc_sim_7b_63")]
     pub tree: String,
-    /// Draft nodes per step for the dynamic trees (root excluded).
-    #[arg(long, default_value_t = 25)]
-    pub tree_budget: usize,
+    /// Draft nodes per step for the dynamic trees (root excluded), or `auto` (eagle2 tree): time
+    /// verification on this machine, calibrate the head on a few built-in chat prompts, and take
+    /// the budget with the highest expected tokens/s (the table of that choice is printed).
+    #[arg(long, default_value = "25")]
+    pub tree_budget: String,
     /// Per-parent cumulative probability of the clover tree.
     #[arg(long, default_value_t = 0.95)]
     pub tree_top_p: f32,
 }
 
 impl TreeArgs {
+    /// The budget given, or None for `auto`.
+    fn budget(&self) -> Result<Option<usize>> {
+        if self.tree_budget == "auto" {
+            return Ok(None);
+        }
+        match self.tree_budget.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(Error::input(format!("--tree-budget {}: expected a positive number or auto", self.tree_budget))),
+        }
+    }
+
+    /// The tree; with `--tree-budget auto`, the EAGLE-2 tree at the largest budget auto considers
+    /// (`resolve` then picks the budget).
     pub fn tree_spec(&self) -> Result<TreeSpec> {
+        let budget = self.budget()?;
+        if budget.is_none() && self.tree != "eagle2" {
+            return Err(Error::input(format!(
+                "--tree-budget auto plans the eagle2 tree's budget; --tree {} is not eagle2",
+                self.tree
+            )));
+        }
+        let budget = budget.unwrap_or(MAX_AUTO_BUDGET);
         match self.tree.as_str() {
             "mc_sim_7b_63" => Ok(TreeSpec::Static(StaticTree::mc_sim_7b_63())),
-            "clover" => Ok(TreeSpec::Clover(CloverTreeParams {
-                budget: self.tree_budget,
-                top_p: self.tree_top_p,
-                ..CloverTreeParams::default()
-            })),
-            "eagle2" => Ok(TreeSpec::Eagle2(Eagle2Params {
-                total_tokens: self.tree_budget + 1,
-                max_depth: 5,
-                ..Eagle2Params::default()
-            })),
+            "clover" => {
+                Ok(TreeSpec::Clover(CloverTreeParams { budget, top_p: self.tree_top_p, ..CloverTreeParams::default() }))
+            }
+            "eagle2" => Ok(TreeSpec::Eagle2(eagle2(budget))),
             file if file.ends_with(".json") => Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?)),
             other => {
                 Err(Error::input(format!("--tree {other}: expected mc_sim_7b_63, clover, eagle2 or a .json file")))
             }
         }
     }
+
+    /// The tree to decode with: `tree_spec`, or with `--tree-budget auto` the EAGLE-2 tree at the
+    /// budget planned for this head on this machine, and that plan.
+    pub fn resolve<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        head: &mut dyn DraftHead<B>,
+        tokenizer: &TextTokenizer,
+        cfg: &GenerationConfig,
+    ) -> Result<(TreeSpec, Option<BudgetPlan>)> {
+        let tree = self.tree_spec()?;
+        if self.budget()?.is_some() {
+            return Ok((tree, None));
+        }
+        // A random-weight model (bench --random-weights) may have a smaller vocabulary than the
+        // tokenizer; its ids are folded into it, as bench does with its prompts.
+        let vocab = model.config.vocab_size as u32;
+        let prompts = CALIBRATION_CHATS
+            .iter()
+            .map(|c| {
+                let ids = tokenizer.encode(&tokenizer.render_chat(&[ChatMessage::new("user", c)], true)?, false)?;
+                Ok(ids.into_iter().map(|id| id % vocab).collect())
+            })
+            .collect::<Result<Vec<Vec<u32>>>>()?;
+        let calibration = GenerationConfig { max_new_tokens: CALIBRATION_TOKENS, ..cfg.clone() };
+        let plan = plan_budget(model, head, eagle2(MAX_AUTO_BUDGET), &prompts, &calibration)?;
+        Ok((TreeSpec::Eagle2(eagle2(plan.budget)), Some(plan)))
+    }
+}
+
+/// The EAGLE-2 tree the CLI builds: `budget` draft nodes, 5 levels, top-10 expansion.
+fn eagle2(budget: usize) -> Eagle2Params {
+    Eagle2Params { total_tokens: budget + 1, max_depth: 5, ..Eagle2Params::default() }
 }
 
 #[derive(Args)]
@@ -131,8 +186,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut stream = TextStream::new(&tokenizer);
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
-            let tree = a.spec.tree.tree_spec()?;
             let mut head = load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?;
+            let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), &tokenizer, &cfg)?;
+            if let Some(plan) = plan {
+                eprint!("{}", plan.table());
+            }
             let (_, stats) = generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| stream.push(ids))?;
             println!();
             print_speed(&stats.base);

@@ -50,6 +50,8 @@ pub struct DraftedTree {
     pub q_rows: Vec<Option<Vec<f32>>>,
     /// Static tree at T > 0: q̃ of each node's draw (≤ 0 for padding).
     pub q_tilde: Vec<f32>,
+    /// EAGLE-2 tree: the rerank's admission order of each node (see `DynamicTree::budget_ranks`).
+    pub budget_ranks: Option<Vec<usize>>,
 }
 
 /// The distribution a dynamic tree ranks candidates by: the processed draft distribution, or at
@@ -122,7 +124,13 @@ fn dynamic(tree: crate::spec::tree::DynamicTree, columns: &Columns) -> DraftedTr
     for t in &mut tokens[1..] {
         *t = columns.token(*t);
     }
-    DraftedTree { tokens, buffers: tree.buffers().clone(), q_rows: vec![None; n], q_tilde: vec![0.0; n] }
+    DraftedTree {
+        tokens,
+        buffers: tree.buffers().clone(),
+        q_rows: vec![None; n],
+        q_tilde: vec![0.0; n],
+        budget_ranks: tree.budget_ranks().map(<[usize]>::to_vec),
+    }
 }
 
 /// Runs the head on each frontier the expander asks for until the tree is complete.
@@ -208,5 +216,5 @@ fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
     for (row, &node) in rows.iter_mut().zip(buffers.draft_rows()) {
         q_rows[node] = row.q.take();
     }
-    Ok(DraftedTree { buffers: buffers.clone(), tokens, q_rows, q_tilde })
+    Ok(DraftedTree { buffers: buffers.clone(), tokens, q_rows, q_tilde, budget_ranks: None })
 }

@@ -135,6 +135,9 @@ pub struct SpecStats {
     pub draft_secs: f64,
     pub verify_secs: f64,
     pub accept_secs: f64,
+    /// EAGLE-2 trees: accepted drafts counted by the rank the rerank admitted them at
+    /// (`accepted_by_rank[r]`, r ≥ 1), which predicts τ at every smaller budget.
+    pub accepted_by_rank: Vec<usize>,
 }
 
 impl SpecStats {
@@ -234,6 +237,15 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         });
         let a = accepted.accepted_drafts;
         stats.accepted_hist[a] += 1;
+        if let Some(ranks) = &drafted.budget_ranks {
+            for &node in &accepted.path_nodes[1..] {
+                let r = ranks[node];
+                if stats.accepted_by_rank.len() <= r {
+                    stats.accepted_by_rank.resize(r + 1, 0);
+                }
+                stats.accepted_by_rank[r] += 1;
+            }
+        }
         stats.base.steps += 1;
         root = accepted.next_root as u32;
         let new: Vec<u32> = accepted.path_nodes[1..].iter().map(|&n| drafted.tokens[n]).chain([root]).collect();

@@ -1,5 +1,6 @@
 //! Speculative decoding: candidate trees, verification, and the decoding loops.
 
+pub mod auto_budget;
 pub mod drafting;
 pub mod engine;
 pub mod tree;

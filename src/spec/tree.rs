@@ -417,6 +417,7 @@ pub struct DynamicTree {
     buffers: TreeBuffers,
     tokens: Vec<u32>,
     draft_probs: Vec<f32>,
+    budget_ranks: Option<Vec<usize>>,
 }
 
 impl DynamicTree {
@@ -433,6 +434,13 @@ impl DynamicTree {
     /// deterministic-draft acceptance rule needs (eagle.md §11.3).
     pub fn draft_probs(&self) -> &[f32] {
         &self.draft_probs
+    }
+
+    /// EAGLE-2 trees: the order in which the rerank admitted each node (root 0, then 1, 2, …), so
+    /// the tree of a smaller budget B is exactly the nodes of rank ≤ B. `--tree-budget auto`
+    /// counts accepted nodes by rank to predict τ at every smaller budget from one run.
+    pub fn budget_ranks(&self) -> Option<&[usize]> {
+        self.budget_ranks.as_deref()
     }
 }
 
@@ -501,6 +509,7 @@ impl TreeBuilder {
             buffers: TreeBuffers::new(self.parents, self.ranks, self.row_width),
             tokens: self.tokens,
             draft_probs: self.draft_probs,
+            budget_ranks: None,
         }
     }
 }
@@ -799,13 +808,15 @@ impl Eagle2Expander {
     pub fn finish(self) -> DynamicTree {
         let mut kept = vec![false; self.cands.len()];
         kept[0] = true;
+        let mut admitted = vec![0usize; self.cands.len()];
         let mut heap: BinaryHeap<Ranked> = self.ranked(&self.cands[0].children).collect();
-        for _ in 1..self.params.total_tokens {
+        for rank in 1..self.params.total_tokens {
             let Some(best) = heap.pop() else { break };
             kept[best.id] = true;
+            admitted[best.id] = rank;
             heap.extend(self.ranked(&self.cands[best.id].children));
         }
-        self.build(&kept)
+        self.build(&kept, &admitted)
     }
 
     fn ranked<'a>(&'a self, ids: &'a [usize]) -> impl Iterator<Item = Ranked> + 'a {
@@ -813,16 +824,18 @@ impl Eagle2Expander {
     }
 
     /// Breadth-first over kept candidates gives node order; children lists are in rank order.
-    fn build(&self, kept: &[bool]) -> DynamicTree {
+    fn build(&self, kept: &[bool], admitted: &[usize]) -> DynamicTree {
         let mut tree = TreeBuilder::with_root(self.cands[0].token, self.params.top_k);
+        let mut ranks = vec![0];
         let mut queue = std::collections::VecDeque::from([(0, 0)]);
         while let Some((id, node)) = queue.pop_front() {
             for &child in self.cands[id].children.iter().filter(|&&c| kept[c]) {
                 let c = &self.cands[child];
                 queue.push_back((child, tree.push(node, c.token, c.rank, c.q)));
+                ranks.push(admitted[child]);
             }
         }
-        tree.build()
+        DynamicTree { budget_ranks: Some(ranks), ..tree.build() }
     }
 }
 
@@ -1108,6 +1121,46 @@ mod tests {
 
         let everything = eagle2_tie_tree(100);
         assert_eq!(everything.buffers().num_nodes(), 1 + 2 + 4 + 4);
+    }
+
+    /// A budget-B tree is the nodes of rank ≤ B of any larger tree grown from the same rows.
+    #[test]
+    fn eagle2_budget_ranks_give_every_smaller_tree() {
+        let grow = |total_tokens: usize| {
+            let params = Eagle2Params { top_k: 3, max_depth: 3, total_tokens };
+            let mut e = Eagle2Expander::new(9, params).unwrap();
+            e.expand_level(&[[0.5, 0.3, 0.15, 0.05, 0.0]]).unwrap();
+            e.expand_level(&[[0.1, 0.6, 0.2, 0.05, 0.05], [0.7, 0.1, 0.1, 0.1, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2]])
+                .unwrap();
+            e.expand_level(&[[0.9, 0.1, 0.0, 0.0, 0.0], [0.3, 0.3, 0.4, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0]]).unwrap();
+            e.finish()
+        };
+        let big = grow(12);
+        let ranks = big.budget_ranks().unwrap();
+        let mut sorted = ranks.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, (0..12).collect::<Vec<_>>());
+        // (parent token path, token) of every node: the tree's content regardless of node order.
+        let content = |t: &DynamicTree, keep: &dyn Fn(usize) -> bool| {
+            let mut nodes: Vec<Vec<u32>> = (0..t.buffers().num_nodes())
+                .filter(|&n| keep(n))
+                .map(|n| {
+                    let mut path = vec![t.tokens()[n]];
+                    let mut p = t.buffers().parents()[n];
+                    while let Some(q) = p {
+                        path.push(t.tokens()[q]);
+                        p = t.buffers().parents()[q];
+                    }
+                    path
+                })
+                .collect();
+            nodes.sort();
+            nodes
+        };
+        for budget in 1..12 {
+            let small = grow(budget + 1);
+            assert_eq!(content(&small, &|_| true), content(&big, &|n| ranks[n] <= budget), "budget {budget}");
+        }
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! `--tree-budget auto` for the EAGLE-2 tree: the draft budget that maximises expected tokens per
+//! second on this machine, from two measurements taken at start-up.
+//!
+//! - Verify latency against tree size: the model itself timed on chains of 1..=N nodes after a
+//!   prefix, sizes interleaved and repeated so that drifts of a shared machine spread evenly.
+//! - The head's acceptance by rerank rank: speculative runs on calibration prompts with the
+//!   largest budget count accepted drafts by the order the rerank admitted them. The tree of a
+//!   smaller budget B is exactly the nodes of rank ≤ B (`DynamicTree::budget_ranks`), and a
+//!   greedy node is accepted or not whatever else is in the tree, so τ(B) = 1 + Σ_{r ≤ B} a_r with
+//!   a_r the accepted drafts of rank r per step — every budget's τ from one run.
+//!
+//! Expected tokens/s at B = τ(B) / (draft + verify(B + 1) + accept), with the draft and accept
+//! times per step measured in the calibration runs (the expansion, and so the draft time, does not
+//! depend on B). Budget 0 stands for plain decoding: τ = 1 at verify(1).
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::draft::DraftHead;
+use crate::error::{Error, Result};
+use crate::model::{Llama, LogitRows};
+use crate::spec::drafting::TreeSpec;
+use crate::spec::engine::{generate_speculative, GenerationConfig};
+use crate::spec::tree::Eagle2Params;
+
+/// Chat prompts the head is calibrated on: generic requests, none taken from a benchmark.
+pub const CALIBRATION_CHATS: [&str; 4] = [
+    "Explain how a refrigerator keeps food cold, in a few short paragraphs.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "What are the main differences between lists and tuples in Python? Give examples.",
+    "Give me a three-day itinerary for a first visit to Rome.",
+];
+
+/// Tokens generated per calibration prompt.
+pub const CALIBRATION_TOKENS: usize = 96;
+
+/// The largest budget `auto` considers (and calibrates with).
+pub const MAX_AUTO_BUDGET: usize = 32;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BudgetRow {
+    /// Draft nodes verified per step (0: plain decoding).
+    pub budget: usize,
+    pub tau: f64,
+    pub verify_ms: f64,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BudgetPlan {
+    /// The chosen budget (≥ 1 even when plain decoding would be faster; `plain_is_faster` says so).
+    pub budget: usize,
+    pub plain_is_faster: bool,
+    pub draft_ms: f64,
+    pub accept_ms: f64,
+    pub calibration_steps: usize,
+    pub rows: Vec<BudgetRow>,
+}
+
+impl BudgetPlan {
+    /// From per-size verify latencies (`verify_ms[n - 1]` for n nodes), accepted drafts by rank
+    /// over `steps` steps, and the per-step draft and accept times.
+    pub fn new(verify_ms: &[f64], accepted_by_rank: &[usize], steps: usize, draft_ms: f64, accept_ms: f64) -> Self {
+        let plain = BudgetRow {
+            budget: 0,
+            tau: 1.0,
+            verify_ms: verify_ms[0],
+            step_ms: verify_ms[0],
+            tokens_per_s: 1000.0 / verify_ms[0],
+        };
+        let mut rows = vec![plain];
+        let mut tau = 1.0;
+        for budget in 1..verify_ms.len() {
+            tau += accepted_by_rank.get(budget).copied().unwrap_or(0) as f64 / steps.max(1) as f64;
+            let step_ms = draft_ms + verify_ms[budget] + accept_ms;
+            rows.push(BudgetRow {
+                budget,
+                tau,
+                verify_ms: verify_ms[budget],
+                step_ms,
+                tokens_per_s: 1000.0 * tau / step_ms,
+            });
+        }
+        let best = |rows: &[BudgetRow]| {
+            rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).map_or(1, |r| r.budget)
+        };
+        let budget = best(&rows[1..]).max(1);
+        BudgetPlan { budget, plain_is_faster: best(&rows) == 0, draft_ms, accept_ms, calibration_steps: steps, rows }
+    }
+
+    /// The plan as a table, with the choice and why.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "tree budget auto: {} calibration steps; draft {:.2} ms and accept {:.2} ms per step\n\
+             {:>6} {:>7} {:>10} {:>9} {:>11}\n",
+            self.calibration_steps, self.draft_ms, self.accept_ms, "budget", "τ", "verify ms", "step ms", "exp. tok/s"
+        );
+        for r in &self.rows {
+            let mark = if r.budget == self.budget { "  ← chosen" } else { "" };
+            let name = if r.budget == 0 { "plain".to_string() } else { r.budget.to_string() };
+            s += &format!(
+                "{name:>6} {:>7.3} {:>10.2} {:>9.2} {:>11.2}{mark}\n",
+                r.tau, r.verify_ms, r.step_ms, r.tokens_per_s
+            );
+        }
+        let chosen = &self.rows[self.budget];
+        s += &format!(
+            "chosen budget {}: expected {:.2} tok/s, {:.2}× plain decoding's {:.2}{}\n",
+            self.budget,
+            chosen.tokens_per_s,
+            chosen.tokens_per_s / self.rows[0].tokens_per_s,
+            self.rows[0].tokens_per_s,
+            if self.plain_is_faster { " (plain decoding is expected to be faster here)" } else { "" }
+        );
+        s
+    }
+}
+
+/// Median time in ms of verifying a chain of n nodes after `prefix`, for n = 1..=max_nodes.
+pub fn verify_latency_ms<B: Backend>(
+    model: &Llama<B>,
+    prefix: &[u32],
+    max_nodes: usize,
+    reps: usize,
+) -> Result<Vec<f64>> {
+    if prefix.is_empty() || max_nodes == 0 || reps == 0 {
+        return Err(Error::input("verify latency: needs a prefix, at least one node and one repetition"));
+    }
+    let mut cache = model.new_cache(prefix.len() + max_nodes);
+    model.prefill(&mut cache, prefix, LogitRows::None)?;
+    let base = cache.len();
+    let mut times = vec![Vec::with_capacity(reps); max_nodes];
+    for _ in 0..reps {
+        for n in 1..=max_nodes {
+            let tokens: Vec<u32> = (0..n).map(|i| prefix[i % prefix.len()]).collect();
+            let depths: Vec<usize> = (0..n).collect();
+            let mask: Vec<u8> = (0..n * n).map(|k| (k % n <= k / n) as u8).collect();
+            let t = Instant::now();
+            model.verify_tree(&mut cache, &tokens, &depths, &mask)?;
+            times[n - 1].push(t.elapsed().as_secs_f64() * 1000.0);
+            cache.truncate(base);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
+}
+
+/// Calibrates `head` on `prompts` with an EAGLE-2 tree of `max` (its `total_tokens` − 1 is the
+/// largest budget considered), times verification on this machine, and plans the budget.
+pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
+    model: &Llama<B>,
+    head: &mut H,
+    max: Eagle2Params,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<BudgetPlan> {
+    let Some(first) = prompts.first() else {
+        return Err(Error::input("tree budget auto: no calibration prompt"));
+    };
+    let tree = TreeSpec::Eagle2(max);
+    let (mut steps, mut draft, mut accept) = (0, 0.0, 0.0);
+    let mut accepted_by_rank = Vec::new();
+    for prompt in prompts {
+        let (_, stats) = generate_speculative(model, head, &tree, prompt, cfg, |_| {})?;
+        steps += stats.base.steps;
+        draft += stats.draft_secs;
+        accept += stats.accept_secs;
+        if accepted_by_rank.len() < stats.accepted_by_rank.len() {
+            accepted_by_rank.resize(stats.accepted_by_rank.len(), 0);
+        }
+        accepted_by_rank.iter_mut().zip(&stats.accepted_by_rank).for_each(|(a, b)| *a += b);
+    }
+    let verify = verify_latency_ms(model, first, max.total_tokens, 3)?;
+    let per_step = |secs: f64| 1000.0 * secs / steps.max(1) as f64;
+    Ok(BudgetPlan::new(&verify, &accepted_by_rank, steps, per_step(draft), per_step(accept)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_takes_tau_from_ranks_and_maximises_tokens_per_second() {
+        // 10 steps; rank 1 accepted 6 times, rank 2 three times, rank 3 once.
+        let verify = [10.0, 11.0, 12.0, 20.0];
+        let plan = BudgetPlan::new(&verify, &[0, 6, 3, 1], 10, 1.0, 0.5);
+        let taus: Vec<f64> = plan.rows.iter().map(|r| r.tau).collect();
+        assert_eq!(taus, [1.0, 1.6, 1.9, 2.0]);
+        // Budget 1: 1.6 / 12.5 ms = 128 tok/s; 2: 1.9 / 13.5 = 140.7; 3: 2.0 / 21.5 = 93; plain 100.
+        assert_eq!(plan.budget, 2);
+        assert!(!plan.plain_is_faster);
+        assert!((plan.rows[2].tokens_per_s - 1900.0 / 13.5).abs() < 1e-9);
+        assert!(plan.table().contains("← chosen"));
+        // A head that is never right: plain decoding wins, the budget stays 1.
+        let plan = BudgetPlan::new(&verify, &[0, 0, 0, 0], 10, 1.0, 0.5);
+        assert!(plan.plain_is_faster && plan.budget == 1);
+    }
+}

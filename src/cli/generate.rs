@@ -11,11 +11,11 @@ use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::auto_budget::{
-    plan_budget, BudgetPlan, CALIBRATION_CHATS, CALIBRATION_TOKENS, MAX_AUTO_BUDGET,
+    eagle2_tree, plan_budget, BudgetPlan, CALIBRATION_CHATS, CALIBRATION_TOKENS, MAX_AUTO_BUDGET,
 };
 use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig, GenerationStats};
-use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
+use clover_engine::spec::tree::{CloverTreeParams, StaticTree};
 
 use super::stream::TextStream;
 
@@ -96,7 +96,7 @@ impl TreeArgs {
             "clover" => {
                 Ok(TreeSpec::Clover(CloverTreeParams { budget, top_p: self.tree_top_p, ..CloverTreeParams::default() }))
             }
-            "eagle2" => Ok(TreeSpec::Eagle2(eagle2(budget))),
+            "eagle2" => Ok(TreeSpec::Eagle2(eagle2_tree(budget))),
             file if file.ends_with(".json") => Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?)),
             other => {
                 Err(Error::input(format!("--tree {other}: expected mc_sim_7b_63, clover, eagle2 or a .json file")))
@@ -128,14 +128,9 @@ impl TreeArgs {
             })
             .collect::<Result<Vec<Vec<u32>>>>()?;
         let calibration = GenerationConfig { max_new_tokens: CALIBRATION_TOKENS, ..cfg.clone() };
-        let plan = plan_budget(model, head, eagle2(MAX_AUTO_BUDGET), &prompts, &calibration)?;
-        Ok((TreeSpec::Eagle2(eagle2(plan.budget)), Some(plan)))
+        let plan = plan_budget(model, head, MAX_AUTO_BUDGET, &prompts, &calibration)?;
+        Ok((TreeSpec::Eagle2(eagle2_tree(plan.budget)), Some(plan)))
     }
-}
-
-/// The EAGLE-2 tree the CLI builds: `budget` draft nodes, 5 levels, top-10 expansion.
-fn eagle2(budget: usize) -> Eagle2Params {
-    Eagle2Params { total_tokens: budget + 1, max_depth: 5, ..Eagle2Params::default() }
 }
 
 #[derive(Args)]

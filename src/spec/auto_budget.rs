@@ -9,9 +9,11 @@
 //!   greedy node is accepted or not whatever else is in the tree, so τ(B) = 1 + Σ_{r ≤ B} a_r with
 //!   a_r the accepted drafts of rank r per step — every budget's τ from one run.
 //!
-//! Expected tokens/s at B = τ(B) / (draft + verify(B + 1) + accept), with the draft and accept
-//! times per step measured in the calibration runs (the expansion, and so the draft time, does not
-//! depend on B). Budget 0 stands for plain decoding: τ = 1 at verify(1).
+//! Expected tokens/s at B = τ(B) / (draft(B) + verify(B + 1) + accept). A budget of B needs only
+//! min(10, B) candidates per level and min(5, B) levels to find the same top-B tree
+//! (`eagle2_tree`), so the draft time is the head's update on accepted tokens plus the tree
+//! expansion measured at the largest budget, scaled by the rows the smaller expansion forwards.
+//! Budget 0 stands for plain decoding: τ = 1 at verify(1).
 
 use std::time::Instant;
 
@@ -37,11 +39,26 @@ pub const CALIBRATION_TOKENS: usize = 96;
 /// The largest budget `auto` considers (and calibrates with).
 pub const MAX_AUTO_BUDGET: usize = 32;
 
+/// The EAGLE-2 tree for `budget` draft nodes: the reference's top-10 expansion over 5 levels of
+/// drafts, narrowed for small budgets. A node of the top-B tree has at most B − 1 better
+/// siblings and its parent is in the tree, so it is among the top-B children of a top-B frontier
+/// node, at depth ≤ B: the narrowed expansion finds the same tree (up to ties) for less drafting.
+pub fn eagle2_tree(budget: usize) -> Eagle2Params {
+    Eagle2Params { top_k: budget.clamp(1, 10), max_depth: budget.clamp(1, 5), total_tokens: budget + 1 }
+}
+
+/// Rows an EAGLE-2 expansion forwards through the head after the root's: top_k per level but
+/// the last.
+pub fn expansion_rows(p: Eagle2Params) -> usize {
+    p.top_k * (p.max_depth - 1)
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BudgetRow {
     /// Draft nodes verified per step (0: plain decoding).
     pub budget: usize,
     pub tau: f64,
+    pub draft_ms: f64,
     pub verify_ms: f64,
     pub step_ms: f64,
     pub tokens_per_s: f64,
@@ -52,56 +69,81 @@ pub struct BudgetPlan {
     /// The chosen budget (≥ 1 even when plain decoding would be faster; `plain_is_faster` says so).
     pub budget: usize,
     pub plain_is_faster: bool,
-    pub draft_ms: f64,
+    /// Per step: the head's update on accepted tokens, and growing the largest budget's tree.
+    pub begin_ms: f64,
+    pub expand_ms: f64,
     pub accept_ms: f64,
     pub calibration_steps: usize,
     pub rows: Vec<BudgetRow>,
 }
 
 impl BudgetPlan {
-    /// From per-size verify latencies (`verify_ms[n - 1]` for n nodes), accepted drafts by rank
-    /// over `steps` steps, and the per-step draft and accept times.
-    pub fn new(verify_ms: &[f64], accepted_by_rank: &[usize], steps: usize, draft_ms: f64, accept_ms: f64) -> Self {
+    /// From per-size verify latencies (`verify_ms[n - 1]` for n nodes, n up to the largest
+    /// budget + 1), accepted drafts by rank over `steps` steps, and the per-step times.
+    pub fn new(
+        verify_ms: &[f64],
+        accepted_by_rank: &[usize],
+        steps: usize,
+        begin_ms: f64,
+        expand_ms: f64,
+        accept_ms: f64,
+    ) -> Self {
         let plain = BudgetRow {
             budget: 0,
             tau: 1.0,
+            draft_ms: 0.0,
             verify_ms: verify_ms[0],
             step_ms: verify_ms[0],
             tokens_per_s: 1000.0 / verify_ms[0],
         };
+        let max_rows = expansion_rows(eagle2_tree(verify_ms.len() - 1)).max(1) as f64;
         let mut rows = vec![plain];
         let mut tau = 1.0;
         for budget in 1..verify_ms.len() {
             tau += accepted_by_rank.get(budget).copied().unwrap_or(0) as f64 / steps.max(1) as f64;
+            let draft_ms = begin_ms + expand_ms * expansion_rows(eagle2_tree(budget)) as f64 / max_rows;
             let step_ms = draft_ms + verify_ms[budget] + accept_ms;
-            rows.push(BudgetRow {
-                budget,
-                tau,
-                verify_ms: verify_ms[budget],
-                step_ms,
-                tokens_per_s: 1000.0 * tau / step_ms,
-            });
+            let tokens_per_s = 1000.0 * tau / step_ms;
+            rows.push(BudgetRow { budget, tau, draft_ms, verify_ms: verify_ms[budget], step_ms, tokens_per_s });
         }
         let best = |rows: &[BudgetRow]| {
             rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).map_or(1, |r| r.budget)
         };
         let budget = best(&rows[1..]).max(1);
-        BudgetPlan { budget, plain_is_faster: best(&rows) == 0, draft_ms, accept_ms, calibration_steps: steps, rows }
+        BudgetPlan {
+            budget,
+            plain_is_faster: best(&rows) == 0,
+            begin_ms,
+            expand_ms,
+            accept_ms,
+            calibration_steps: steps,
+            rows,
+        }
     }
 
     /// The plan as a table, with the choice and why.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "tree budget auto: {} calibration steps; draft {:.2} ms and accept {:.2} ms per step\n\
-             {:>6} {:>7} {:>10} {:>9} {:>11}\n",
-            self.calibration_steps, self.draft_ms, self.accept_ms, "budget", "τ", "verify ms", "step ms", "exp. tok/s"
+            "tree budget auto: {} calibration steps at budget {}; per step: head update {:.2} ms, tree \
+             expansion {:.2} ms, accept {:.2} ms\n{:>6} {:>7} {:>9} {:>10} {:>9} {:>11}\n",
+            self.calibration_steps,
+            self.rows.len() - 1,
+            self.begin_ms,
+            self.expand_ms,
+            self.accept_ms,
+            "budget",
+            "τ",
+            "draft ms",
+            "verify ms",
+            "step ms",
+            "exp. tok/s"
         );
         for r in &self.rows {
             let mark = if r.budget == self.budget { "  ← chosen" } else { "" };
             let name = if r.budget == 0 { "plain".to_string() } else { r.budget.to_string() };
             s += &format!(
-                "{name:>6} {:>7.3} {:>10.2} {:>9.2} {:>11.2}{mark}\n",
-                r.tau, r.verify_ms, r.step_ms, r.tokens_per_s
+                "{name:>6} {:>7.3} {:>9.2} {:>10.2} {:>9.2} {:>11.2}{mark}\n",
+                r.tau, r.draft_ms, r.verify_ms, r.step_ms, r.tokens_per_s
             );
         }
         let chosen = &self.rows[self.budget];
@@ -151,25 +193,27 @@ pub fn verify_latency_ms<B: Backend>(
         .collect())
 }
 
-/// Calibrates `head` on `prompts` with an EAGLE-2 tree of `max` (its `total_tokens` − 1 is the
-/// largest budget considered), times verification on this machine, and plans the budget.
+/// Calibrates `head` on `prompts` with the EAGLE-2 tree of `max_budget`, times verification on
+/// this machine, and plans the budget.
 pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
     model: &Llama<B>,
     head: &mut H,
-    max: Eagle2Params,
+    max_budget: usize,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
 ) -> Result<BudgetPlan> {
     let Some(first) = prompts.first() else {
         return Err(Error::input("tree budget auto: no calibration prompt"));
     };
+    let max = eagle2_tree(max_budget);
     let tree = TreeSpec::Eagle2(max);
-    let (mut steps, mut draft, mut accept) = (0, 0.0, 0.0);
+    let (mut steps, mut draft, mut begin, mut accept) = (0, 0.0, 0.0, 0.0);
     let mut accepted_by_rank = Vec::new();
     for prompt in prompts {
         let (_, stats) = generate_speculative(model, head, &tree, prompt, cfg, |_| {})?;
         steps += stats.base.steps;
         draft += stats.draft_secs;
+        begin += stats.begin_secs;
         accept += stats.accept_secs;
         if accepted_by_rank.len() < stats.accepted_by_rank.len() {
             accepted_by_rank.resize(stats.accepted_by_rank.len(), 0);
@@ -178,7 +222,7 @@ pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
     }
     let verify = verify_latency_ms(model, first, max.total_tokens, 3)?;
     let per_step = |secs: f64| 1000.0 * secs / steps.max(1) as f64;
-    Ok(BudgetPlan::new(&verify, &accepted_by_rank, steps, per_step(draft), per_step(accept)))
+    Ok(BudgetPlan::new(&verify, &accepted_by_rank, steps, per_step(begin), per_step(draft - begin), per_step(accept)))
 }
 
 #[cfg(test)]
@@ -189,16 +233,65 @@ mod tests {
     fn plan_takes_tau_from_ranks_and_maximises_tokens_per_second() {
         // 10 steps; rank 1 accepted 6 times, rank 2 three times, rank 3 once.
         let verify = [10.0, 11.0, 12.0, 20.0];
-        let plan = BudgetPlan::new(&verify, &[0, 6, 3, 1], 10, 1.0, 0.5);
+        // Expansions forward 0, 2 and 6 rows at budgets 1, 2, 3; at 3 they take 1.2 ms.
+        assert_eq!([1, 2, 3].map(|b| expansion_rows(eagle2_tree(b))), [0, 2, 6]);
+        let plan = BudgetPlan::new(&verify, &[0, 6, 3, 1], 10, 0.5, 1.2, 0.5);
         let taus: Vec<f64> = plan.rows.iter().map(|r| r.tau).collect();
-        assert_eq!(taus, [1.0, 1.6, 1.9, 2.0]);
-        // Budget 1: 1.6 / 12.5 ms = 128 tok/s; 2: 1.9 / 13.5 = 140.7; 3: 2.0 / 21.5 = 93; plain 100.
+        assert!(taus.iter().zip([1.0, 1.6, 1.9, 2.0]).all(|(t, want)| (t - want).abs() < 1e-12), "{taus:?}");
+        let drafts: Vec<f64> = plan.rows.iter().map(|r| r.draft_ms).collect();
+        assert!((drafts[1] - 0.5).abs() < 1e-12 && (drafts[2] - 0.9).abs() < 1e-12 && (drafts[3] - 1.7).abs() < 1e-12);
+        // Budget 1: 1.6 / 12.0 ms = 133 tok/s; 2: 1.9 / 13.4 = 141.8; 3: 2.0 / 22.2 = 90; plain 100.
         assert_eq!(plan.budget, 2);
         assert!(!plan.plain_is_faster);
-        assert!((plan.rows[2].tokens_per_s - 1900.0 / 13.5).abs() < 1e-9);
+        assert!((plan.rows[2].tokens_per_s - 1900.0 / 13.4).abs() < 1e-9);
         assert!(plan.table().contains("← chosen"));
         // A head that is never right: plain decoding wins, the budget stays 1.
-        let plan = BudgetPlan::new(&verify, &[0, 0, 0, 0], 10, 1.0, 0.5);
+        let plan = BudgetPlan::new(&verify, &[0, 0, 0, 0], 10, 0.5, 1.2, 0.5);
         assert!(plan.plain_is_faster && plan.budget == 1);
+    }
+
+    /// Grows an EAGLE-2 tree whose rows are a fixed pseudo-random function of each node's path,
+    /// and returns its nodes as (token path) sets.
+    fn grow(params: Eagle2Params) -> Vec<Vec<u32>> {
+        use crate::spec::tree::Eagle2Expander;
+        let row = |path: &[u32]| -> Vec<f32> {
+            let mut rng =
+                crate::rng::Rng::new(path.iter().fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64 + 1)));
+            let raw: Vec<f32> = (0..12).map(|_| rng.uniform_f32().powi(3)).collect();
+            let sum: f32 = raw.iter().sum();
+            raw.iter().map(|x| x / sum).collect()
+        };
+        let mut e = Eagle2Expander::new(0, params).unwrap();
+        let mut paths: Vec<Vec<u32>> = vec![vec![]];
+        loop {
+            let rows: Vec<Vec<f32>> = paths.iter().map(|p| row(p)).collect();
+            let f = e.expand_level(&rows).unwrap();
+            if f.is_empty() {
+                break;
+            }
+            paths = f.parent_slots.iter().zip(&f.tokens).map(|(&s, &t)| [paths[s].clone(), vec![t]].concat()).collect();
+        }
+        let tree = e.finish();
+        let mut nodes: Vec<Vec<u32>> = (1..tree.buffers().num_nodes())
+            .map(|mut n| {
+                let mut path = Vec::new();
+                while let Some(p) = tree.buffers().parents()[n] {
+                    path.push(tree.tokens()[n]);
+                    n = p;
+                }
+                path.reverse();
+                path
+            })
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    #[test]
+    fn narrowed_expansions_find_the_same_tree() {
+        for budget in 1..=24 {
+            let full = Eagle2Params { top_k: 10, max_depth: 5, total_tokens: budget + 1 };
+            assert_eq!(grow(eagle2_tree(budget)), grow(full), "budget {budget}");
+        }
     }
 }

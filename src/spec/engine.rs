@@ -133,6 +133,9 @@ pub struct SpecStats {
     /// `accepted_hist[a]`: steps that accepted `a` drafts.
     pub accepted_hist: Vec<usize>,
     pub draft_secs: f64,
+    /// The part of `draft_secs` spent in the head's update on accepted tokens (`begin`), not
+    /// growing trees.
+    pub begin_secs: f64,
     pub verify_secs: f64,
     pub accept_secs: f64,
     /// EAGLE-2 trees: accepted drafts counted by the rank the rerank admitted them at
@@ -261,6 +264,7 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
             let tb = Instant::now();
             first_row = nvtx::scoped(c"draft", || head.begin(model, &verified, &accepted.path_nodes, &new))?;
             t_draft += tb.elapsed().as_secs_f64();
+            stats.begin_secs += tb.elapsed().as_secs_f64();
         }
         stats.draft_secs += t_draft;
         stats.verify_secs += t_verify;

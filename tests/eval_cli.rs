@@ -65,6 +65,8 @@ fn eval_question_range_out_of_bounds() {
     assert_clean_error(&o, &["2..2", "2 questions"]);
     let o = engine(&["eval", "--bench", s(&q), "--out", s(&out), "--max-turns", "0"]);
     assert_clean_error(&o, &["--max-turns"]);
+    let o = engine(&["eval", "--bench", s(&q), "--out", s(&out), "--per-category", "0"]);
+    assert_clean_error(&o, &["--per-category"]);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use clover_engine::error::{Error, Result};
 use clover_engine::eval::answers::Answer;
 use clover_engine::eval::decoder::Decoder;
 use clover_engine::eval::harness::EvalRun;
-use clover_engine::eval::questions::{read_questions, select};
+use clover_engine::eval::questions::{first_per_category, read_questions, select};
 use clover_engine::model::{Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::engine::GenerationConfig;
@@ -43,6 +43,9 @@ pub struct EvalArgs {
     /// One past the last question (default: the end of the file).
     #[arg(long)]
     question_end: Option<usize>,
+    /// Only the first N questions of each category (of the range): a sample of every category.
+    #[arg(long)]
+    per_category: Option<usize>,
     /// Turn t of question q is sampled with seed S + 1000·q + t.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -55,10 +58,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    if a.temperature < 0.0 || a.max_new_tokens == 0 || a.max_turns == Some(0) {
-        return Err(Error::input("--temperature must be ≥ 0, --max-new-tokens ≥ 1 and --max-turns ≥ 1"));
+    if a.temperature < 0.0 || a.max_new_tokens == 0 || a.max_turns == Some(0) || a.per_category == Some(0) {
+        return Err(Error::input("--temperature must be ≥ 0, --max-new-tokens, --max-turns and --per-category ≥ 1"));
     }
     let mut questions = select(read_questions(&a.bench)?, a.question_begin, a.question_end, &a.bench)?;
+    if let Some(n) = a.per_category {
+        questions = first_per_category(questions, n);
+    }
     if let Some(n) = a.max_turns {
         questions.iter_mut().for_each(|q| q.turns.truncate(n));
     }

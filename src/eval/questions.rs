@@ -48,3 +48,30 @@ pub fn select(
     }
     Ok(questions.into_iter().skip(begin).take(end - begin).collect())
 }
+
+/// The first `n` questions of each category, in file order: a sample of every category at a
+/// fraction of the cost (Spec-Bench's categories are blocks of 80).
+pub fn first_per_category(questions: Vec<Question>, n: usize) -> Vec<Question> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    questions
+        .into_iter()
+        .filter(|q| {
+            let count = seen.entry(q.category.clone()).or_insert(0);
+            *count += 1;
+            *count <= n
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_per_category_keeps_file_order() {
+        let q = |id: u64, c: &str| Question { question_id: id, category: c.into(), turns: vec!["t".into()] };
+        let all = vec![q(1, "a"), q(2, "b"), q(3, "a"), q(4, "a"), q(5, "b"), q(6, "c")];
+        let ids: Vec<u64> = first_per_category(all, 2).iter().map(|q| q.question_id).collect();
+        assert_eq!(ids, [1, 2, 3, 5, 6]);
+    }
+}

@@ -224,7 +224,8 @@ fn bench_per_method_settings_and_auto_budget() {
     let json = dir.join("bench.json");
     let drafts = "eagle:init:tree=eagle2:budget=auto,clover2:init:tree=eagle2:budget=3:vocab=full";
     let args = ["bench", "--model", s(&model), "--random-weights", s(&config), "--prompts", s(&q), "--steps", "6"];
-    let o = engine(&[&args[..], &["--drafts", drafts, "--num-prompts", "1", "--json", s(&json)]].concat());
+    let more = ["--drafts", drafts, "--num-prompts", "1", "--json", s(&json), "--verify-latency", "5"];
+    let o = engine(&[&args[..], &more[..]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("tree budget auto") && stdout.contains("← chosen"), "{stdout}");
@@ -239,6 +240,8 @@ fn bench_per_method_settings_and_auto_budget() {
     let rows = plans[0][1]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 33, "plain and budgets 1..=32");
     assert!(rows.iter().all(|r| r["verify_ms"].as_f64().unwrap() > 0.0));
+    assert_eq!(report["verify_ms_by_nodes"].as_array().unwrap().len(), 5);
+    assert!(stdout.contains("verify latency by tree size"), "{stdout}");
 
     let o = engine(&[&args[..], &["--drafts", "eagle:init:budget=auto"]].concat());
     assert_clean_error(&o, &["--tree-budget auto", "eagle2"]);

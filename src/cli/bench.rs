@@ -15,7 +15,7 @@ use clover_engine::fsutil::write_atomically;
 use clover_engine::model::random::write_random_model;
 use clover_engine::model::{ChatMessage, Llama, ModelConfig, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
-use clover_engine::spec::auto_budget::BudgetPlan;
+use clover_engine::spec::auto_budget::{verify_latency_ms, BudgetPlan};
 use clover_engine::spec::engine::GenerationConfig;
 
 use super::generate::{stop_ids, TreeArgs};
@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// f32: 4 bytes a parameter) instead of --model's weights.
     #[arg(long)]
     random_weights: Option<PathBuf>,
+    /// Also time tree verification alone for 1..=N nodes (a chain after the first prompt, median
+    /// of 3 interleaved runs), against one node: how verify cost grows with the tree on this machine.
+    #[arg(long)]
+    verify_latency: Option<usize>,
 }
 
 /// The report as written by --json: the run's settings, then one entry per method.
@@ -73,6 +77,8 @@ struct BenchJson<'a> {
     methods: &'a [MethodReport],
     /// `--tree-budget auto`: each such method's plan (verify latencies, τ by budget, the choice).
     budget_plans: Vec<(String, BudgetPlan)>,
+    /// `--verify-latency N`: verify time in ms of 1..=N nodes.
+    verify_ms_by_nodes: Vec<f64>,
 }
 
 /// A folder removed when the run ends, for the random model and untrained heads.
@@ -169,6 +175,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.temperature
     );
     print!("{}", report.table());
+    let verify_latency = match a.verify_latency {
+        Some(max_nodes) => {
+            let ms = verify_latency_ms(&model, &prompts[0], max_nodes, 3)?;
+            println!("verify latency by tree size (median of 3, after a {}-token prompt):", prompts[0].len());
+            println!("{:>6} {:>10} {:>8}", "nodes", "verify ms", "× 1 node");
+            for (i, t) in ms.iter().enumerate() {
+                println!("{:>6} {:>10.2} {:>8.2}", i + 1, t, t / ms[0]);
+            }
+            ms
+        }
+        None => Vec::new(),
+    };
     if let Some(path) = &a.json {
         let json = BenchJson {
             model: &weights,
@@ -179,6 +197,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             temperature: a.temperature,
             methods: &report.methods,
             budget_plans: plans.into_iter().filter_map(|(label, plan)| Some((label, plan?))).collect(),
+            verify_ms_by_nodes: verify_latency,
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
         write_atomically(path, text.as_bytes())?;

@@ -3,13 +3,14 @@
 #   1. gen-data over ShareGPT conversations [0, 1000), cut at 512 tokens (the last 5% held out);
 #   2. distill Clover-2 and EAGLE-1 on that same data with the same batches (2048 tokens a step),
 #      learning rate (1e-3), warm-up (20 steps) and linear decay to 0 at step 240 (about one epoch);
-#   3. round 2: continue each head (--init from round 1) for STEPS2 more steps (default 480, about
-#      two epochs) over a reduced draft vocabulary of the 8192 most frequent assistant tokens, same
-#      settings but the data order (seed 1) and the schedule (warm-up 20, decay to 0 at STEPS2);
+#   3. round 2: continue each head (--init from round 1) for STEPS2 more steps (default 320, about
+#      1.4 epochs) over a reduced draft vocabulary of the 8192 most frequent assistant tokens, same
+#      settings but the data order (seed 1) and the schedule (peak lr 3e-4: fresh AdamW moments at
+#      1e-3 undid much of round 1 in a trial; warm-up 20, decay to 0 at STEPS2);
 #   4. export both heads as bf16 into assets/smollm2-135m-instruct/{clover2,eagle}.
 # Every stage resumes: rerun the script (with a larger STEPS / STEPS2) to continue training.
 # Environment: STEPS (round 1: train until this many steps, default 240), STEPS2 (round 2, default
-# 480), RUNS (work folder, default runs/), THREADS (CPU threads per distill run, default all cores).
+# 320), RUNS (work folder, default runs/), THREADS (CPU threads per distill run, default all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,12 +33,12 @@ for head in clover2 eagle; do
     --eval-every 20 --eval-tokens 2048 --seed 0 "${resume[@]}"
 done
 
-steps2="${STEPS2:-480}"
+steps2="${STEPS2:-320}"
 for head in clover2 eagle; do
   from=(--init "$runs/$head")
   [ -f "$runs/$head-r2/config.json" ] && from=(--resume)
   "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512" --head "$head" --out "$runs/$head-r2" \
-    --steps "$steps2" --batch-tokens 2048 --lr 1e-3 --warmup 20 --total-steps "$steps2" --max-len 512 \
+    --steps "$steps2" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps "$steps2" --max-len 512 \
     --eval-every 40 --eval-tokens 2048 --seed 1 --draft-vocab 8192 "${from[@]}"
   shipped="assets/smollm2-135m-instruct/$head"
   "$engine" export-head --from "$runs/$head-r2" --out "$shipped"

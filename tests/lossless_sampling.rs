@@ -19,7 +19,7 @@ use clover_engine::sampling::{self, SamplingParams};
 use clover_engine::spec::drafting::{DraftedTree, TreeSpec};
 use clover_engine::spec::engine::{accept_lossless, generate_speculative_with, AcceptRule, GenerationConfig};
 use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
-use clover_engine::spec::verify::Accepted;
+use clover_engine::spec::verify::{Accepted, BaseRows};
 
 const VOCAB: usize = 12;
 const RUNS: usize = 20_000;
@@ -134,8 +134,7 @@ fn sample_runs(
 /// ignoring the draft's probability and never touching the residual.
 fn accept_first_plausible(
     tree: &DraftedTree,
-    logits: &[f32],
-    vocab: usize,
+    base: &mut dyn BaseRows,
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Accepted {
@@ -143,7 +142,7 @@ fn accept_first_plausible(
     let mut path = vec![0];
     let mut node = 0;
     loop {
-        let p = sampling::process(&logits[node * vocab..(node + 1) * vocab], params);
+        let p = sampling::process(base.row(node), params);
         match bufs.children(node).first() {
             Some(&child) if p[tree.tokens[child] as usize] > 0.05 => {
                 path.push(child);

@@ -190,11 +190,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             println!();
             print_speed(&stats.base);
             let per_depth: Vec<String> = stats.acceptance_per_depth().iter().map(|r| format!("{r:.2}")).collect();
+            let steps = stats.base.steps.max(1) as f64;
             eprintln!(
-                "steps: {}  tau: {:.2} tokens/step  acceptance per depth: [{}]",
+                "steps: {}  tau: {:.2} tokens/step  acceptance per depth: [{}]  lm_head rows/step: {:.2} ({:.2} off the main chain)",
                 stats.base.steps,
                 stats.tau(),
-                per_depth.join(", ")
+                per_depth.join(", "),
+                stats.logit_rows as f64 / steps,
+                stats.off_chain_rows as f64 / steps,
             );
         }
         _ => {

@@ -114,8 +114,9 @@ impl<B: Backend> Llama<B> {
 
     /// One forward over a candidate tree written after the cache: node i (root first) sits at
     /// position `len + depths[i]` and attends to the whole prefix and to the nodes marked in row
-    /// i of the `N × N` ancestor mask. Returns logits and both features for every node; the
-    /// caller then keeps the accepted path with `KvCache::compact`.
+    /// i of the `N × N` ancestor mask. Returns both features for every node and no logits: the
+    /// caller projects the rows verification reaches (`spec::node_logits`), then keeps the
+    /// accepted path with `KvCache::compact`.
     pub fn verify_tree(
         &self,
         cache: &mut KvCache<B>,
@@ -130,7 +131,7 @@ impl<B: Backend> Llama<B> {
         let base = cache.len();
         let positions: Vec<u32> = depths.iter().map(|&d| (base + d) as u32).collect();
         let mask = AttnMask::Tree { bits: ancestor_mask, first_key: base };
-        self.forward(cache, tokens, &positions, mask, LogitRows::All)
+        self.forward(cache, tokens, &positions, mask, LogitRows::None)
     }
 
     /// One forward over new tokens written at cache slots `len..len + rows`, at `positions`,

@@ -11,7 +11,8 @@ use crate::nvtx;
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
 use crate::spec::drafting::{draft_tree, DraftedTree, TreeSpec};
-use crate::spec::verify::{self, Accepted};
+use crate::spec::node_logits::{main_chain, NodeLogits};
+use crate::spec::verify::{self, Accepted, BaseRows};
 
 #[derive(Clone, Debug)]
 pub struct GenerationConfig {
@@ -141,6 +142,10 @@ pub struct SpecStats {
     /// EAGLE-2 trees: accepted drafts counted by the rank the rerank admitted them at
     /// (`accepted_by_rank[r]`, r ≥ 1), which predicts τ at every smaller budget.
     pub accepted_by_rank: Vec<usize>,
+    /// Tree nodes projected to the vocabulary, all steps together (`node_logits`), and those of
+    /// them projected off the main chain, when verification left it.
+    pub logit_rows: usize,
+    pub off_chain_rows: usize,
 }
 
 impl SpecStats {
@@ -174,9 +179,9 @@ pub fn generate_speculative<B: Backend, H: DraftHead<B> + ?Sized>(
     generate_speculative_with(model, head, tree, prompt, cfg, accept_lossless, on_tokens)
 }
 
-/// How a verified tree is accepted: `(tree, base logits [nodes, vocab], vocab, params, rng)`.
+/// How a verified tree is accepted: `(tree, the base logits of its nodes, params, rng)`.
 /// Only `accept_lossless` is correct; tests pass deliberately wrong rules as negative controls.
-pub type AcceptRule = fn(&DraftedTree, &[f32], usize, &SamplingParams, &mut Rng) -> Accepted;
+pub type AcceptRule = fn(&DraftedTree, &mut dyn BaseRows, &SamplingParams, &mut Rng) -> Accepted;
 
 /// `generate_speculative` with the acceptance rule as a parameter.
 pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
@@ -229,15 +234,22 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
 
         let base_len = cache.len();
         let bufs = &drafted.buffers;
-        let verified =
-            nvtx::scoped(c"verify", || model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask()))?;
+        let (verified, mut logits) = nvtx::scoped(c"verify", || {
+            let verified = model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask())?;
+            let mut logits = NodeLogits::new(model, &verified.postnorm, bufs.num_nodes());
+            logits.project(&main_chain(|n| bufs.children(n).first().copied()));
+            Ok::<_, Error>((verified, logits))
+        })?;
         let t_verify = t.elapsed().as_secs_f64() - t_draft;
+        let chain_rows = logits.projected();
 
         let accepted = nvtx::scoped(c"accept", || {
-            let accepted = accept(&drafted, &verified.logits, model.config.vocab_size, &cfg.sampling, &mut rng);
+            let accepted = accept(&drafted, &mut logits, &cfg.sampling, &mut rng);
             cache.compact(&model.backend, base_len, &accepted.path_nodes);
             accepted
         });
+        stats.logit_rows += logits.projected();
+        stats.off_chain_rows += logits.projected() - chain_rows;
         let a = accepted.accepted_drafts;
         stats.accepted_hist[a] += 1;
         if let Some(ranks) = &drafted.budget_ranks {
@@ -289,8 +301,7 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
 /// for dynamic (deterministic) trees, the deterministic-draft rule.
 pub fn accept_lossless(
     tree: &DraftedTree,
-    logits: &[f32],
-    vocab: usize,
+    base: &mut dyn BaseRows,
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Accepted {
@@ -298,18 +309,16 @@ pub fn accept_lossless(
     let retrieve: Vec<Vec<i64>> = bufs.retrieve_rows().map(|r| r.to_vec()).collect();
     let mut tokens_ext: Vec<i64> = tree.tokens.iter().map(|&t| t as i64).collect();
     tokens_ext.push(-1);
-    let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
     if params.is_greedy() {
-        let argmax: Vec<usize> = rows.iter().map(|r| sampling::argmax(r)).collect();
-        return verify::verify_greedy(&retrieve, &tokens_ext, &argmax);
+        return verify::verify_greedy(&retrieve, &tokens_ext, |node| sampling::argmax(base.row(node)));
     }
     let children: Vec<Vec<usize>> = (0..bufs.num_nodes()).map(|n| bufs.children(n).to_vec()).collect();
     let view = verify::Tree { tokens: &tokens_ext, children: &children, retrieve: &retrieve };
     if tree.q_rows.iter().all(Option::is_none) {
-        return verify::verify_deterministic_drafts(&view, &rows, params, rng);
+        return verify::verify_deterministic_drafts(&view, base, params, rng);
     }
     let empty: Vec<f32> = Vec::new();
     let q: Vec<&[f32]> = tree.q_rows.iter().map(|q| q.as_deref().unwrap_or(&empty)).collect();
     let drafts = verify::SampledDrafts { q: &q, q_tilde: &tree.q_tilde };
-    verify::verify_sampled_drafts(&view, &drafts, &rows, params, rng)
+    verify::verify_sampled_drafts(&view, &drafts, base, params, rng)
 }

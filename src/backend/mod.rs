@@ -6,6 +6,7 @@
 //! PyTorch's `nn.Linear`; every reduction accumulates in f32.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::weights::HostTensor;

@@ -1,0 +1,176 @@
+//! Every GEMM on cuBLAS (`cublasGemmEx`, f32 accumulation). Row-major `[r, c]` buffers are
+//! column-major `c × r` matrices to cuBLAS, so `y = x · wᵀ` (x `[rows, k]`, w `[n, k]`) is the
+//! column-major `Y (n × rows) = Wᵀ · X` with W the `k × n` view of w: op(A) = T on w, op(B) = N on x.
+//! bf16 weights multiply bf16 inputs (the f32 activations rounded once, by the `f32_to_bf16`
+//! kernel), f32 weights f32 inputs; the output is f32 either way.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::result::gemm_ex;
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::device::Device;
+use super::weight::{CudaWeight, WeightData};
+
+/// One column-major `C = α·op(A)·op(B) + β·C` with f32 α, β and accumulation.
+struct Gemm {
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    beta: f32,
+    dtype: cudaDataType,
+}
+
+fn int(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or_else(|_| panic!("CUDA backend: size {n} exceeds the 32-bit range of the kernels"))
+}
+
+fn op(t: bool) -> cublasOperation_t {
+    if t {
+        cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+impl Gemm {
+    /// # Safety
+    /// `a`, `b`, `c` are device pointers to matrices of the shapes and leading dimensions given,
+    /// `a` and `b` of `self.dtype`, `c` f32, all valid until the stream has run the call.
+    unsafe fn run(&self, dev: &Device, a: u64, b: u64, c: u64) {
+        let (alpha, beta) = (1.0f32, self.beta);
+        gemm_ex(
+            *dev.blas.handle(),
+            op(self.trans_a),
+            op(self.trans_b),
+            int(self.m),
+            int(self.n),
+            int(self.k),
+            (&alpha as *const f32).cast::<c_void>(),
+            a as *const c_void,
+            self.dtype,
+            int(self.lda),
+            b as *const c_void,
+            self.dtype,
+            int(self.ldb),
+            (&beta as *const f32).cast::<c_void>(),
+            c as *mut c_void,
+            cudaDataType::CUDA_R_32F,
+            int(self.ldc),
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .unwrap_or_else(|e| panic!("CUDA backend: cublasGemmEx {}×{}×{}: {e}", self.m, self.n, self.k));
+    }
+}
+
+/// x rounded to bf16 (raw bits), for a product with bf16 weights.
+pub fn to_bf16(dev: &Device, x: &CudaSlice<f32>, len: usize) -> CudaSlice<u16> {
+    let mut out = dev.stream.alloc_zeros::<u16>(len.max(1)).expect("CUDA backend: allocating a bf16 copy");
+    let n = int(len);
+    let cfg = LaunchConfig {
+        grid_dim: (len.div_ceil(256).max(1) as u32, 1, 1), /* len ≥ 1 where called */
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = dev.stream.launch_builder(dev.function("f32_to_bf16"));
+    b.arg(&mut out).arg(x).arg(&n);
+    // SAFETY: the kernel reads n floats of x and writes n values of out, both at least that long.
+    unsafe { b.launch(cfg) }.expect("CUDA backend: f32_to_bf16");
+    out
+}
+
+/// out[rows, n] = x[rows, k] · wᵀ (`beta = 0`) or out += that (`beta = 1`).
+pub fn matmul(dev: &Device, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>, beta: f32) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(x.len() >= rows * k && out.len() >= rows * n, "matmul: buffers shorter than [{rows}, {k}] / [{rows}, {n}]");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let shape = |dtype| Gemm { trans_a: true, trans_b: false, m: n, n: rows, k, lda: k, ldb: k, ldc: n, beta, dtype };
+    let stream = &dev.stream;
+    match &w.data {
+        WeightData::F32(wd) => {
+            let (a, _ra) = wd.device_ptr(stream);
+            let (b, _rb) = x.device_ptr(stream);
+            let (c, _rc) = out.device_ptr_mut(stream);
+            // SAFETY: shapes checked above; the guards keep the buffers' events in order.
+            unsafe { shape(cudaDataType::CUDA_R_32F).run(dev, a, b, c) }
+        }
+        WeightData::Bf16(wd) => {
+            let xb = to_bf16(dev, x, rows * k);
+            let (a, _ra) = wd.device_ptr(stream);
+            let (b, _rb) = xb.device_ptr(stream);
+            let (c, _rc) = out.device_ptr_mut(stream);
+            // SAFETY: as above.
+            unsafe { shape(cudaDataType::CUDA_R_16BF).run(dev, a, b, c) }
+        }
+    }
+}
+
+/// dx[rows, k] += dy[rows, n] · w: column-major DX (k × rows) += W (k × n) · DY (n × rows).
+pub fn matmul_input_grad(dev: &Device, dy: &CudaSlice<f32>, rows: usize, w: &CudaWeight, dx: &mut CudaSlice<f32>) {
+    let (n, k) = (w.rows, w.cols);
+    if rows == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let shape =
+        |dtype| Gemm { trans_a: false, trans_b: false, m: k, n: rows, k: n, lda: k, ldb: n, ldc: k, beta: 1.0, dtype };
+    let stream = &dev.stream;
+    match &w.data {
+        WeightData::F32(wd) => {
+            let (a, _ra) = wd.device_ptr(stream);
+            let (b, _rb) = dy.device_ptr(stream);
+            let (c, _rc) = dx.device_ptr_mut(stream);
+            // SAFETY: w is [n, k], dy [rows, n], dx [rows, k].
+            unsafe { shape(cudaDataType::CUDA_R_32F).run(dev, a, b, c) }
+        }
+        WeightData::Bf16(wd) => {
+            let dyb = to_bf16(dev, dy, rows * n);
+            let (a, _ra) = wd.device_ptr(stream);
+            let (b, _rb) = dyb.device_ptr(stream);
+            let (c, _rc) = dx.device_ptr_mut(stream);
+            // SAFETY: as above.
+            unsafe { shape(cudaDataType::CUDA_R_16BF).run(dev, a, b, c) }
+        }
+    }
+}
+
+/// dw[n, k] += dyᵀ · x (f32): column-major DW (k × n) += X (k × rows) · DYᵀ (rows × n).
+pub fn matmul_weight_grad(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    rows: usize,
+    n: usize,
+    k: usize,
+    dw: &mut CudaSlice<f32>,
+) {
+    if rows == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let g = Gemm {
+        trans_a: false,
+        trans_b: true,
+        m: k,
+        n,
+        k: rows,
+        lda: k,
+        ldb: n,
+        ldc: k,
+        beta: 1.0,
+        dtype: cudaDataType::CUDA_R_32F,
+    };
+    let stream = &dev.stream;
+    let (a, _ra) = x.device_ptr(stream);
+    let (b, _rb) = dy.device_ptr(stream);
+    let (c, _rc) = dw.device_ptr_mut(stream);
+    // SAFETY: x is [rows, k], dy [rows, n], dw [n, k].
+    unsafe { g.run(dev, a, b, c) }
+}

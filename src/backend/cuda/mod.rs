@@ -1,0 +1,489 @@
+//! The CUDA backend: the op set of `Backend` on one NVIDIA GPU, with the engine's own kernels
+//! (`kernels/*.cu`, compiled and embedded by build.rs) and cuBLAS for every GEMM (`gemm.rs`).
+//! It is checked op by op against the CPU backend (`tests/cuda_parity.rs`).
+//!
+//! Everything runs in order on one stream; `download` waits for it. The trait's ops cannot
+//! return errors, so a failing CUDA call (out of memory, a faulted kernel) panics with the call's
+//! name: those are device failures, not bad input, which `CudaBackend::new` and the loaders
+//! report as errors before any op runs.
+
+mod device;
+mod gemm;
+mod weight;
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::{AdamW, AttnMask, AttnShape, Backend, CloverCellParams, KvLayout};
+use crate::error::Result;
+use crate::weights::HostTensor;
+pub use device::built_with_kernels;
+use device::Device;
+pub use weight::CudaWeight;
+use weight::WeightData;
+
+pub struct CudaBackend {
+    dev: Device,
+}
+
+impl CudaBackend {
+    /// GPU `ordinal` (`cuda:N`), or an error naming what is missing: kernels in this build, the
+    /// driver or cuBLAS library, the device.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(CudaBackend { dev: Device::open(ordinal)? })
+    }
+}
+
+fn int(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or_else(|_| panic!("CUDA backend: size {n} exceeds the 32-bit range of the kernels"))
+}
+
+/// 256 threads per block, enough blocks for `n` items.
+fn linear(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// An `x × y` grid of blocks of `threads`.
+fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (x as u32, y as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Launches kernel `$name` with `$cfg` and the arguments in the kernel's order; an empty grid
+/// (no rows) launches nothing.
+macro_rules! launch {
+    ($dev:expr, $name:literal, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let dev: &Device = $dev;
+        let cfg: LaunchConfig = $cfg;
+        if cfg.grid_dim.0 > 0 && cfg.grid_dim.1 > 0 {
+            let mut builder = dev.stream.launch_builder(dev.function($name));
+            $( builder.arg($arg); )*
+            // SAFETY: each call site passes buffers at least as long as the sizes it passes, in
+            // the order and types of the kernel's signature in kernels/*.cu.
+            unsafe { builder.launch(cfg) }.unwrap_or_else(|e| panic!("CUDA backend: kernel {}: {e}", $name));
+        }
+    }};
+}
+
+impl CudaBackend {
+    fn upload_u32(&self, v: &[u32]) -> CudaSlice<u32> {
+        self.dev.stream.clone_htod(v).expect("CUDA backend: upload")
+    }
+
+    fn alloc(&self, len: usize) -> CudaSlice<f32> {
+        self.dev.stream.alloc_zeros::<f32>(len.max(1)).expect("CUDA backend: allocation")
+    }
+
+    fn row_losses(&self, row_loss: &CudaSlice<f32>, rows: usize) -> f32 {
+        let host = self.dev.stream.clone_dtoh(row_loss).expect("CUDA backend: download");
+        host[..rows].iter().sum()
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaSlice<f32>;
+    type Weight = CudaWeight;
+
+    fn name(&self) -> String {
+        format!("cuda:{}", self.dev.ordinal)
+    }
+
+    fn weight(&self, tensor: HostTensor) -> Result<CudaWeight> {
+        CudaWeight::upload(&self.dev.stream, &tensor)
+    }
+
+    fn zeros(&self, len: usize) -> CudaSlice<f32> {
+        self.alloc(len)
+    }
+
+    fn upload(&self, data: &[f32]) -> CudaSlice<f32> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
+        self.dev.stream.clone_htod(data).expect("CUDA backend: upload")
+    }
+
+    fn download(&self, buf: &CudaSlice<f32>) -> Vec<f32> {
+        self.dev.stream.clone_dtoh(buf).expect("CUDA backend: download")
+    }
+
+    fn slice_rows(&self, buf: &CudaSlice<f32>, width: usize, start: usize, rows: usize) -> CudaSlice<f32> {
+        let mut out = self.alloc(rows * width);
+        if rows * width > 0 {
+            let src = buf.slice(start * width..(start + rows) * width);
+            self.dev.stream.memcpy_dtod(&src, &mut out).expect("CUDA backend: copy");
+        }
+        out
+    }
+
+    fn gather_rows(&self, buf: &CudaSlice<f32>, width: usize, rows: &[usize]) -> CudaSlice<f32> {
+        let mut out = self.alloc(rows.len() * width);
+        let idx = self.upload_u32(&rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
+        let (n, w) = (int(rows.len()), int(width));
+        launch!(&self.dev, "gather_rows", grid(rows.len(), 1, 256); &mut out, buf, &idx, &n, &w);
+        out
+    }
+
+    fn embedding(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaSlice<f32>) {
+        let idx = self.upload_u32(ids);
+        let (rows, width) = (int(ids.len()), int(table.cols));
+        let cfg = grid(ids.len(), 1, 256);
+        match &table.data {
+            WeightData::F32(t) => launch!(&self.dev, "embedding_f32", cfg; out, t, &idx, &rows, &width),
+            WeightData::Bf16(t) => launch!(&self.dev, "embedding_bf16", cfg; out, t, &idx, &rows, &width),
+        }
+    }
+
+    fn gather_weight_rows(&self, w: &CudaWeight, ids: &[u32], name: &str) -> Result<CudaWeight> {
+        let idx = self.upload_u32(ids);
+        let (n, width) = (int(ids.len()), int(w.cols));
+        let cfg = grid(ids.len(), 1, 256);
+        let data = match &w.data {
+            WeightData::F32(t) => {
+                let mut out = self.alloc(ids.len() * w.cols);
+                launch!(&self.dev, "gather_rows", cfg; &mut out, t, &idx, &n, &width);
+                WeightData::F32(out)
+            }
+            WeightData::Bf16(t) => {
+                let mut out =
+                    self.dev.stream.alloc_zeros::<u16>((ids.len() * w.cols).max(1)).expect("CUDA backend: allocation");
+                launch!(&self.dev, "gather_rows_u16", cfg; &mut out, t, &idx, &n, &width);
+                WeightData::Bf16(out)
+            }
+        };
+        Ok(CudaWeight { name: name.to_string(), data, rows: ids.len(), cols: w.cols })
+    }
+
+    fn matmul(&self, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>) {
+        gemm::matmul(&self.dev, x, rows, w, out, 0.0);
+    }
+
+    fn add_bias(&self, x: &mut CudaSlice<f32>, rows: usize, bias: &CudaWeight) {
+        let (r, w) = (int(rows), int(bias.cols));
+        launch!(&self.dev, "add_bias", linear(rows * bias.cols); x, bias.f32(), &r, &w);
+    }
+
+    fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>) {
+        let n = int(x.len());
+        launch!(&self.dev, "add", linear(x.len()); x, y, &n);
+    }
+
+    fn rmsnorm(&self, x: &CudaSlice<f32>, rows: usize, gain: &CudaWeight, eps: f32, out: &mut CudaSlice<f32>) {
+        let (r, w) = (int(rows), int(gain.cols));
+        launch!(&self.dev, "rmsnorm", grid(rows, 1, 256); out, x, gain.f32(), &r, &w, &eps);
+    }
+
+    fn rope(&self, x: &mut CudaSlice<f32>, rows: usize, n_heads: usize, head_dim: usize, cos_sin: &CudaSlice<f32>) {
+        let (r, h, d) = (int(rows), int(n_heads), int(head_dim));
+        launch!(&self.dev, "rope", grid(rows, n_heads, 64); x, cos_sin, &r, &h, &d);
+    }
+
+    fn swiglu(&self, gate: &CudaSlice<f32>, up: &CudaSlice<f32>, out: &mut CudaSlice<f32>) {
+        let n = int(gate.len());
+        launch!(&self.dev, "swiglu", linear(gate.len()); out, gate, up, &n);
+    }
+
+    fn zero(&self, x: &mut CudaSlice<f32>) {
+        self.dev.stream.memset_zeros(x).expect("CUDA backend: memset");
+    }
+
+    fn weight_from_buf(&self, name: &str, shape: &[usize], buf: &CudaSlice<f32>) -> Result<CudaWeight> {
+        let (rows, cols) = match shape {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            other => {
+                return Err(crate::error::Error::input(format!("weight {name}: expected 1 or 2 dims, got {other:?}")))
+            }
+        };
+        if rows * cols != buf.len() {
+            return Err(crate::error::Error::input(format!(
+                "weight {name}: shape {shape:?} does not match a buffer of {} values",
+                buf.len()
+            )));
+        }
+        let mut copy = self.alloc(buf.len());
+        self.dev.stream.memcpy_dtod(buf, &mut copy).expect("CUDA backend: copy");
+        Ok(CudaWeight { name: name.to_string(), data: WeightData::F32(copy), rows, cols })
+    }
+
+    fn scatter_add_rows(&self, dst: &mut CudaSlice<f32>, width: usize, rows: &[usize], src: &CudaSlice<f32>) {
+        let idx = self.upload_u32(&rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
+        let (n, w) = (int(rows.len()), int(width));
+        launch!(&self.dev, "scatter_add_rows", grid(rows.len(), 1, 256); dst, src, &idx, &n, &w);
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        gain: &CudaWeight,
+        eps: f32,
+        d_out: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+        d_gain: &mut CudaSlice<f32>,
+    ) {
+        let (r, w) = (int(rows), int(gain.cols));
+        launch!(&self.dev, "rmsnorm_backward", grid(rows, 1, 256); dx, d_gain, x, gain.f32(), d_out, &r, &w, &eps);
+    }
+
+    fn rope_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        cos_sin: &CudaSlice<f32>,
+    ) {
+        let (r, h, d) = (int(rows), int(n_heads), int(head_dim));
+        launch!(&self.dev, "rope_backward", grid(rows, n_heads, 64); dx, cos_sin, &r, &h, &d);
+    }
+
+    fn swiglu_backward(
+        &self,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+        d_out: &CudaSlice<f32>,
+        d_gate: &mut CudaSlice<f32>,
+        d_up: &mut CudaSlice<f32>,
+    ) {
+        let n = int(gate.len());
+        launch!(&self.dev, "swiglu_backward", linear(gate.len()); d_gate, d_up, gate, up, d_out, &n);
+    }
+
+    fn matmul_backward(
+        &self,
+        x: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        rows: usize,
+        w: &CudaWeight,
+        dx: Option<&mut CudaSlice<f32>>,
+        dw: Option<&mut CudaSlice<f32>>,
+    ) {
+        if let Some(dx) = dx {
+            gemm::matmul_input_grad(&self.dev, dy, rows, w, dx);
+        }
+        if let Some(dw) = dw {
+            gemm::matmul_weight_grad(&self.dev, x, dy, rows, w.rows, w.cols, dw);
+        }
+    }
+
+    fn bias_backward(&self, dy: &CudaSlice<f32>, rows: usize, d_bias: &mut CudaSlice<f32>) {
+        let width = d_bias.len();
+        let (r, w) = (int(rows), int(width));
+        launch!(&self.dev, "bias_backward", linear(width); d_bias, dy, &r, &w);
+    }
+
+    fn attention_backward(
+        &self,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        shape: AttnShape,
+        rows: usize,
+        d_out: &CudaSlice<f32>,
+        dq: &mut CudaSlice<f32>,
+        dk: &mut CudaSlice<f32>,
+        dv: &mut CudaSlice<f32>,
+    ) {
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let (r, h, kvh, d) = (int(rows), int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim));
+        launch!(&self.dev, "attention_backward", grid(rows, shape.n_heads, 128);
+            dq, dk, dv, q, k, v, d_out, &r, &h, &kvh, &d, &scale);
+    }
+
+    fn soft_cross_entropy(
+        &self,
+        logits: &CudaSlice<f32>,
+        teacher_logits: &CudaSlice<f32>,
+        row_weight: &[f32],
+        d_logits: &mut CudaSlice<f32>,
+    ) -> f32 {
+        let rows = row_weight.len();
+        if rows == 0 {
+            return 0.0;
+        }
+        let vocab = logits.len() / rows;
+        let weights = self.upload(row_weight);
+        let mut row_loss = self.alloc(rows);
+        let (r, v) = (int(rows), int(vocab));
+        launch!(&self.dev, "soft_cross_entropy", grid(rows, 1, 1024);
+            d_logits, &mut row_loss, logits, teacher_logits, &weights, &r, &v);
+        self.row_losses(&row_loss, rows)
+    }
+
+    fn smooth_l1(
+        &self,
+        pred: &CudaSlice<f32>,
+        target: &CudaSlice<f32>,
+        row_weight: &[f32],
+        d_pred: &mut CudaSlice<f32>,
+    ) -> f32 {
+        let rows = row_weight.len();
+        if rows == 0 {
+            return 0.0;
+        }
+        let width = pred.len() / rows;
+        let weights = self.upload(row_weight);
+        let mut row_loss = self.alloc(rows);
+        let (r, w) = (int(rows), int(width));
+        launch!(&self.dev, "smooth_l1", grid(rows, 1, 256); d_pred, &mut row_loss, pred, target, &weights, &r, &w);
+        self.row_losses(&row_loss, rows)
+    }
+
+    fn clip_by_value(&self, x: &mut CudaSlice<f32>, limit: f32) {
+        let n = int(x.len());
+        launch!(&self.dev, "clip_by_value", linear(x.len()); x, &limit, &n);
+    }
+
+    fn adamw(
+        &self,
+        param: &mut CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        hp: &AdamW,
+        step: u64,
+    ) {
+        assert!(step >= 1, "adamw: steps count from 1");
+        // The bias corrections in f64, as the CPU backend computes them.
+        let t = step as f64;
+        let bc1 = (1.0 - (hp.beta1 as f64).powf(t)) as f32;
+        let bc2 = (1.0 - (hp.beta2 as f64).powf(t)) as f32;
+        let n = int(param.len());
+        launch!(&self.dev, "adamw", linear(param.len());
+            param, grad, m, v, &hp.lr, &hp.beta1, &hp.beta2, &hp.eps, &hp.weight_decay, &bc1, &bc2, &n);
+    }
+
+    fn kv_write(&self, cache: &mut CudaSlice<f32>, layout: KvLayout, new: &CudaSlice<f32>, rows: usize, start: usize) {
+        let (r, s) = (int(rows), int(start));
+        let (h, cap, d) = (int(layout.n_kv_heads), int(layout.capacity), int(layout.head_dim));
+        launch!(&self.dev, "kv_write", grid(rows, layout.n_kv_heads, 128); cache, new, &r, &s, &h, &cap, &d);
+    }
+
+    fn kv_move(&self, cache: &mut CudaSlice<f32>, layout: KvLayout, moves: &[(usize, usize)]) {
+        if moves.is_empty() {
+            return;
+        }
+        let pairs: Vec<i32> = moves.iter().flat_map(|&(from, to)| [int(from), int(to)]).collect();
+        let pairs = self.dev.stream.clone_htod(&pairs).expect("CUDA backend: upload");
+        let n = int(moves.len());
+        let (h, cap, d) = (int(layout.n_kv_heads), int(layout.capacity), int(layout.head_dim));
+        launch!(&self.dev, "kv_move", grid(layout.n_kv_heads, 1, 128); cache, &pairs, &n, &h, &cap, &d);
+    }
+
+    fn attention(
+        &self,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        layout: KvLayout,
+        shape: AttnShape,
+        rows: usize,
+        past: usize,
+        mask: AttnMask,
+        out: &mut CudaSlice<f32>,
+    ) {
+        assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let (r, p) = (int(rows), int(past));
+        let (h, kvh, d, cap) = (int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim), int(layout.capacity));
+        let cfg = grid(rows, shape.n_heads, 128);
+        match mask {
+            AttnMask::Causal => {
+                let (null, first, width) = (0u64, 0i32, 0i32);
+                launch!(&self.dev, "attention", cfg;
+                    out, q, k_cache, v_cache, &null, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &width);
+            }
+            AttnMask::Tree { bits, first_key } => {
+                let width = past + rows - first_key;
+                let bits = self.dev.stream.clone_htod(&bits[..rows * width]).expect("CUDA backend: upload");
+                let (first, w) = (int(first_key), int(width));
+                launch!(&self.dev, "attention", cfg;
+                    out, q, k_cache, v_cache, &bits, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w);
+            }
+        }
+    }
+
+    fn clover_cell(
+        &self,
+        cell: &CloverCellParams<CudaWeight>,
+        n_heads: usize,
+        eps: f32,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        rows: usize,
+        out: &mut CudaSlice<f32>,
+    ) {
+        let p = self.cell_projections(cell, eps, x, y, rows);
+        let (r, hid, heads) = (int(rows), int(cell.gain.cols), int(n_heads));
+        launch!(&self.dev, "clover_combine", grid(rows, n_heads, 128); out, x, &p.q, &p.k, &p.v, &r, &hid, &heads, &eps);
+    }
+
+    fn clover_cell_backward(
+        &self,
+        cell: &CloverCellParams<CudaWeight>,
+        n_heads: usize,
+        eps: f32,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        rows: usize,
+        d_out: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+        dy: Option<&mut CudaSlice<f32>>,
+        grads: &mut CloverCellParams<CudaSlice<f32>>,
+    ) {
+        let h = cell.gain.cols;
+        let p = self.cell_projections(cell, eps, x, y, rows);
+        let (mut dq, mut dk, mut dv) = (self.alloc(rows * h), self.alloc(rows * h), self.alloc(rows * h));
+        let (r, hid, heads) = (int(rows), int(h), int(n_heads));
+        launch!(&self.dev, "clover_cell_grads", grid(rows, n_heads, 128);
+            &mut dq, &mut dk, &mut dv, &p.q, &p.k, &p.v, d_out, &r, &hid, &heads, &eps);
+        // The residual.
+        let n = int(rows * h);
+        launch!(&self.dev, "add", linear(rows * h); &mut *dx, d_out, &n);
+        self.bias_backward(&dq, rows, &mut grads.bq);
+        self.bias_backward(&dk, rows, &mut grads.bk);
+        self.bias_backward(&dv, rows, &mut grads.bv);
+        gemm::matmul_weight_grad(&self.dev, &p.normed, &dq, rows, h, h, &mut grads.wq);
+        gemm::matmul_weight_grad(&self.dev, y, &dk, rows, h, h, &mut grads.wk);
+        gemm::matmul_weight_grad(&self.dev, y, &dv, rows, h, h, &mut grads.wv);
+        if let Some(dy) = dy {
+            gemm::matmul_input_grad(&self.dev, &dk, rows, &cell.wk, dy);
+            gemm::matmul_input_grad(&self.dev, &dv, rows, &cell.wv, dy);
+        }
+        let mut d_normed = self.alloc(rows * h);
+        gemm::matmul_input_grad(&self.dev, &dq, rows, &cell.wq, &mut d_normed);
+        self.rmsnorm_backward(x, rows, &cell.gain, eps, &d_normed, dx, &mut grads.gain);
+    }
+}
+
+/// What both directions of the Clover cell compute from its inputs (clover2.md §3).
+struct CellProjections {
+    normed: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+}
+
+impl CudaBackend {
+    fn cell_projections(
+        &self,
+        cell: &CloverCellParams<CudaWeight>,
+        eps: f32,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        rows: usize,
+    ) -> CellProjections {
+        let h = cell.gain.cols;
+        let mut normed = self.alloc(rows * h);
+        self.rmsnorm(x, rows, &cell.gain, eps, &mut normed);
+        let project = |input: &CudaSlice<f32>, w: &CudaWeight, b: &CudaWeight| {
+            let mut out = self.alloc(rows * h);
+            self.matmul(input, rows, w, &mut out);
+            self.add_bias(&mut out, rows, b);
+            out
+        };
+        let q = project(&normed, &cell.wq, &cell.bq);
+        let k = project(y, &cell.wk, &cell.bk);
+        let v = project(y, &cell.wv, &cell.bv);
+        CellProjections { normed, q, k, v }
+    }
+}

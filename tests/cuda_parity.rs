@@ -1,0 +1,483 @@
+//! The CUDA backend against the CPU backend (the reference), op by op, then the whole model.
+//! Every test opens `cuda:0` first and, where that fails (no GPU, no driver, a build without
+//! kernels), prints why and passes without checking anything: CI runs on machines without a GPU,
+//! and `tools/gpu-check.sh` runs these on one.
+//!
+//! Tolerances: f32 ops differ from the CPU by summation order and FMA contraction only (1e-4
+//! relative to the largest value); GEMMs with bf16 weights round their inputs to bf16 on the GPU
+//! (cuBLAS multiplies two bf16 operands), so they get 1e-2.
+
+mod common;
+
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::cuda::CudaBackend;
+use clover_engine::backend::{AdamW, AttnMask, AttnShape, Backend, CloverCellParams, KvLayout};
+use clover_engine::rng::Rng;
+use clover_engine::weights::{DType, HostTensor};
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("skipped (no GPU to compare with): {e}");
+            None
+        }
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
+}
+
+fn tensor(name: &str, shape: &[usize], values: &[f32], dtype: DType) -> HostTensor {
+    match dtype {
+        DType::F32 => HostTensor::from_f32(name, shape.to_vec(), values),
+        DType::BF16 => HostTensor::from_bits(
+            name,
+            dtype,
+            shape.to_vec(),
+            values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
+        ),
+        DType::F16 => HostTensor::from_bits(
+            name,
+            dtype,
+            shape.to_vec(),
+            values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
+        ),
+    }
+}
+
+/// max |a − b| ≤ tol · max(1, max |b|).
+#[track_caller]
+fn close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths differ");
+    let scale = cpu.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = gpu.iter().zip(cpu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= tol * scale, "{what}: max difference {worst:e} > {tol:e} × {scale}");
+    eprintln!("{what}: max difference {worst:e} (scale {scale})");
+}
+
+const F32_TOL: f32 = 1e-4;
+const BF16_TOL: f32 = 1e-2;
+
+/// Both backends with the same weights and inputs.
+struct Pair {
+    gpu: CudaBackend,
+    cpu: CpuBackend,
+}
+
+impl Pair {
+    fn new() -> Option<Pair> {
+        gpu().map(|gpu| Pair { gpu, cpu: CpuBackend })
+    }
+    fn weights(&self, t: HostTensor) -> (<CudaBackend as Backend>::Weight, <CpuBackend as Backend>::Weight) {
+        (self.gpu.weight(t.clone()).unwrap(), self.cpu.weight(t).unwrap())
+    }
+    fn bufs(&self, v: &[f32]) -> (<CudaBackend as Backend>::Buf, Vec<f32>) {
+        (self.gpu.upload(v), v.to_vec())
+    }
+    fn down(&self, b: &<CudaBackend as Backend>::Buf) -> Vec<f32> {
+        self.gpu.download(b)
+    }
+}
+
+#[test]
+fn embedding_and_row_copies() {
+    let Some(p) = Pair::new() else { return };
+    let (vocab, width) = (50, 24);
+    let table = random(vocab * width, 1);
+    let ids = [3u32, 0, 49, 3, 17];
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let (gw, cw) = p.weights(tensor("embed", &[vocab, width], &table, dtype));
+        let (mut go, mut co) = p.bufs(&vec![0.0; ids.len() * width]);
+        p.gpu.embedding(&gw, &ids, &mut go);
+        p.cpu.embedding(&cw, &ids, &mut co);
+        close(&format!("embedding {dtype:?}"), &p.down(&go), &co, 0.0);
+        let gathered = p.gpu.gather_weight_rows(&gw, &ids, "rows").unwrap();
+        let (mut go, mut co) = p.bufs(&vec![0.0; ids.len() * width]);
+        p.gpu.embedding(&gathered, &[0, 1, 2, 3, 4], &mut go);
+        p.cpu.embedding(&p.cpu.gather_weight_rows(&cw, &ids, "rows").unwrap(), &[0, 1, 2, 3, 4], &mut co);
+        close(&format!("gather_weight_rows {dtype:?}"), &p.down(&go), &co, 0.0);
+    }
+    let src = random(6 * width, 2);
+    let (gs, cs) = p.bufs(&src);
+    let rows = [5usize, 1, 1, 0];
+    close("gather_rows", &p.down(&p.gpu.gather_rows(&gs, width, &rows)), &p.cpu.gather_rows(&cs, width, &rows), 0.0);
+    close("slice_rows", &p.down(&p.gpu.slice_rows(&gs, width, 2, 3)), &p.cpu.slice_rows(&cs, width, 2, 3), 0.0);
+    let add = random(rows.len() * width, 3);
+    let (ga, ca) = p.bufs(&add);
+    let (mut gd, mut cd) = p.bufs(&src);
+    p.gpu.scatter_add_rows(&mut gd, width, &rows, &ga);
+    p.cpu.scatter_add_rows(&mut cd, width, &rows, &ca);
+    close("scatter_add_rows", &p.down(&gd), &cd, F32_TOL);
+}
+
+#[test]
+fn matmul_and_its_backward() {
+    let Some(p) = Pair::new() else { return };
+    for (rows, n, k) in [(1, 576, 576), (26, 1536, 576), (7, 49, 37)] {
+        let x = random(rows * k, 4);
+        let w = random(n * k, 5);
+        let dy = random(rows * n, 6);
+        for dtype in [DType::F32, DType::BF16] {
+            let tol = if dtype == DType::F32 { F32_TOL } else { BF16_TOL };
+            let (gw, cw) = p.weights(tensor("w", &[n, k], &w, dtype));
+            let (gx, cx) = p.bufs(&x);
+            let (mut go, mut co) = p.bufs(&vec![0.0; rows * n]);
+            p.gpu.matmul(&gx, rows, &gw, &mut go);
+            p.cpu.matmul(&cx, rows, &cw, &mut co);
+            close(&format!("matmul {dtype:?} {rows}×{n}×{k}"), &p.down(&go), &co, tol);
+
+            let (gdy, cdy) = p.bufs(&dy);
+            let (mut gdx, mut cdx) = p.bufs(&random(rows * k, 7));
+            let (mut gdw, mut cdw) = p.bufs(&random(n * k, 8));
+            let want_dw = dtype == DType::F32;
+            p.gpu.matmul_backward(&gx, &gdy, rows, &gw, Some(&mut gdx), want_dw.then_some(&mut gdw));
+            p.cpu.matmul_backward(&cx, &cdy, rows, &cw, Some(&mut cdx), want_dw.then_some(&mut cdw));
+            close(&format!("matmul dx {dtype:?} {rows}×{n}×{k}"), &p.down(&gdx), &cdx, tol);
+            close(&format!("matmul dw {dtype:?} {rows}×{n}×{k}"), &p.down(&gdw), &cdw, tol);
+        }
+    }
+}
+
+#[test]
+fn elementwise_ops_and_their_backward() {
+    let Some(p) = Pair::new() else { return };
+    let (rows, width) = (9, 300);
+    let n = rows * width;
+    let (gate, up, dout) = (random(n, 9), random(n, 10), random(n, 11));
+    let (gg, cg) = p.bufs(&gate);
+    let (gu, cu) = p.bufs(&up);
+    let (gd, cd) = p.bufs(&dout);
+    let (mut go, mut co) = p.bufs(&vec![0.0; n]);
+    p.gpu.swiglu(&gg, &gu, &mut go);
+    p.cpu.swiglu(&cg, &cu, &mut co);
+    close("swiglu", &p.down(&go), &co, F32_TOL);
+    let (mut gdg, mut cdg) = p.bufs(&random(n, 12));
+    let (mut gdu, mut cdu) = p.bufs(&random(n, 13));
+    p.gpu.swiglu_backward(&gg, &gu, &gd, &mut gdg, &mut gdu);
+    p.cpu.swiglu_backward(&cg, &cu, &cd, &mut cdg, &mut cdu);
+    close("swiglu_backward d_gate", &p.down(&gdg), &cdg, F32_TOL);
+    close("swiglu_backward d_up", &p.down(&gdu), &cdu, F32_TOL);
+
+    let bias = random(width, 14);
+    let (gb, cb) = p.weights(tensor("b", &[width], &bias, DType::BF16));
+    let (mut gx, mut cx) = p.bufs(&gate);
+    p.gpu.add_bias(&mut gx, rows, &gb);
+    p.cpu.add_bias(&mut cx, rows, &cb);
+    close("add_bias", &p.down(&gx), &cx, F32_TOL);
+    p.gpu.add(&mut gx, &gu);
+    p.cpu.add(&mut cx, &cu);
+    close("add", &p.down(&gx), &cx, F32_TOL);
+    let (mut gdb, mut cdb) = p.bufs(&random(width, 15));
+    p.gpu.bias_backward(&gd, rows, &mut gdb);
+    p.cpu.bias_backward(&cd, rows, &mut cdb);
+    close("bias_backward", &p.down(&gdb), &cdb, F32_TOL);
+    p.gpu.clip_by_value(&mut gx, 0.3);
+    p.cpu.clip_by_value(&mut cx, 0.3);
+    close("clip_by_value", &p.down(&gx), &cx, 0.0);
+    p.gpu.zero(&mut gx);
+    assert!(p.down(&gx).iter().all(|&v| v == 0.0), "zero");
+}
+
+#[test]
+fn rmsnorm_and_rope_with_backward() {
+    let Some(p) = Pair::new() else { return };
+    let (rows, heads, d) = (5, 9, 64);
+    let width = heads * d;
+    let x = random(rows * width, 16);
+    let dout = random(rows * width, 17);
+    let (gain_g, gain_c) = p.weights(tensor("g", &[width], &random(width, 18), DType::BF16));
+    let (gx, cx) = p.bufs(&x);
+    let (gd, cd) = p.bufs(&dout);
+    let (mut go, mut co) = p.bufs(&vec![0.0; rows * width]);
+    p.gpu.rmsnorm(&gx, rows, &gain_g, 1e-5, &mut go);
+    p.cpu.rmsnorm(&cx, rows, &gain_c, 1e-5, &mut co);
+    close("rmsnorm", &p.down(&go), &co, F32_TOL);
+    let (mut gdx, mut cdx) = p.bufs(&random(rows * width, 19));
+    let (mut gdg, mut cdg) = p.bufs(&random(width, 20));
+    p.gpu.rmsnorm_backward(&gx, rows, &gain_g, 1e-5, &gd, &mut gdx, &mut gdg);
+    p.cpu.rmsnorm_backward(&cx, rows, &gain_c, 1e-5, &cd, &mut cdx, &mut cdg);
+    close("rmsnorm_backward dx", &p.down(&gdx), &cdx, F32_TOL);
+    close("rmsnorm_backward d_gain", &p.down(&gdg), &cdg, F32_TOL);
+
+    let cos_sin: Vec<f32> = (0..rows)
+        .flat_map(|r| {
+            let ang: Vec<f32> =
+                (0..d / 2).map(|i| (r as f32 + 3.0) * 10000f32.powf(-2.0 * i as f32 / d as f32)).collect();
+            ang.iter().map(|a| a.cos()).chain(ang.iter().map(|a| a.sin())).collect::<Vec<_>>()
+        })
+        .collect();
+    let (gcs, ccs) = p.bufs(&cos_sin);
+    let (mut gr, mut cr) = p.bufs(&x);
+    p.gpu.rope(&mut gr, rows, heads, d, &gcs);
+    p.cpu.rope(&mut cr, rows, heads, d, &ccs);
+    close("rope", &p.down(&gr), &cr, F32_TOL);
+    p.gpu.rope_backward(&mut gr, rows, heads, d, &gcs);
+    p.cpu.rope_backward(&mut cr, rows, heads, d, &ccs);
+    close("rope_backward", &p.down(&gr), &cr, F32_TOL);
+}
+
+#[test]
+fn losses_and_adamw() {
+    let Some(p) = Pair::new() else { return };
+    let (rows, vocab) = (4, 49152);
+    let logits: Vec<f32> = random(rows * vocab, 21).iter().map(|v| v * 8.0).collect();
+    let teacher: Vec<f32> = random(rows * vocab, 22).iter().map(|v| v * 8.0).collect();
+    let weights = [0.5, 0.0, 1.0, 0.25];
+    let (gl, cl) = p.bufs(&logits);
+    let (gt, ct) = p.bufs(&teacher);
+    let (mut gd, mut cd) = p.bufs(&vec![0.0; rows * vocab]);
+    let g_loss = p.gpu.soft_cross_entropy(&gl, &gt, &weights, &mut gd);
+    let c_loss = p.cpu.soft_cross_entropy(&cl, &ct, &weights, &mut cd);
+    close("soft_cross_entropy loss", &[g_loss], &[c_loss], F32_TOL);
+    close("soft_cross_entropy d_logits", &p.down(&gd), &cd, F32_TOL);
+
+    let width = 576;
+    let (pred, target) = (random(rows * width, 23), random(rows * width, 24));
+    let (gp, cp) = p.bufs(&pred);
+    let (gtg, ctg) = p.bufs(&target);
+    let (mut gdp, mut cdp) = p.bufs(&vec![0.0; rows * width]);
+    let g_loss = p.gpu.smooth_l1(&gp, &gtg, &weights, &mut gdp);
+    let c_loss = p.cpu.smooth_l1(&cp, &ctg, &weights, &mut cdp);
+    close("smooth_l1 loss", &[g_loss], &[c_loss], F32_TOL);
+    close("smooth_l1 d_pred", &p.down(&gdp), &cdp, F32_TOL);
+
+    let n = 1000;
+    let hp = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 };
+    let (mut gpar, mut cpar) = p.bufs(&random(n, 25));
+    let (mut gm, mut cm) = p.bufs(&vec![0.0; n]);
+    let (mut gv, mut cv) = p.bufs(&vec![0.0; n]);
+    for step in 1..=3 {
+        let grad = random(n, 30 + step);
+        let (gg, cg) = p.bufs(&grad);
+        p.gpu.adamw(&mut gpar, &gg, &mut gm, &mut gv, &hp, step);
+        p.cpu.adamw(&mut cpar, &cg, &mut cm, &mut cv, &hp, step);
+    }
+    close("adamw param", &p.down(&gpar), &cpar, 1e-6);
+    close("adamw m", &p.down(&gm), &cm, 1e-6);
+    close("adamw v", &p.down(&gv), &cv, 1e-6);
+}
+
+#[test]
+fn kv_cache_and_attention_over_a_prefix_and_a_tree() {
+    let Some(p) = Pair::new() else { return };
+    let shape = AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
+    let layout = KvLayout { n_kv_heads: 3, capacity: 80, head_dim: 64 };
+    let kv_width = shape.n_kv_heads * shape.head_dim;
+    let cache_len = layout.n_kv_heads * layout.capacity * layout.head_dim;
+    let (mut gk, mut ck) = p.bufs(&vec![0.0; cache_len]);
+    let (mut gv, mut cv) = p.bufs(&vec![0.0; cache_len]);
+    let (past, rows) = (40, 7);
+    for (start, n, seed) in [(0, past, 40), (past, rows, 41)] {
+        let (gnk, cnk) = p.bufs(&random(n * kv_width, seed));
+        let (gnv, cnv) = p.bufs(&random(n * kv_width, seed + 100));
+        p.gpu.kv_write(&mut gk, layout, &gnk, n, start);
+        p.cpu.kv_write(&mut ck, layout, &cnk, n, start);
+        p.gpu.kv_write(&mut gv, layout, &gnv, n, start);
+        p.cpu.kv_write(&mut cv, layout, &cnv, n, start);
+    }
+    close("kv_write", &p.down(&gk), &ck, 0.0);
+    let q = random(rows * shape.n_heads * shape.head_dim, 42);
+    let (gq, cq) = p.bufs(&q);
+    // A tree over the new rows: row i sees itself and row (i − 1) / 2 (its parent) transitively.
+    let mut bits = vec![0u8; rows * rows];
+    for i in 0..rows {
+        let mut j = i;
+        loop {
+            bits[i * rows + j] = 1;
+            if j == 0 {
+                break;
+            }
+            j = (j - 1) / 2;
+        }
+    }
+    for (name, mask) in [("causal", AttnMask::Causal), ("tree", AttnMask::Tree { bits: &bits, first_key: past })] {
+        let (mut go, mut co) = p.bufs(&vec![0.0; q.len()]);
+        p.gpu.attention(&gq, &gk, &gv, layout, shape, rows, past, mask, &mut go);
+        p.cpu.attention(&cq, &ck, &cv, layout, shape, rows, past, mask, &mut co);
+        close(&format!("attention {name}"), &p.down(&go), &co, F32_TOL);
+    }
+    let moves = [(past + 2, past), (past + 5, past + 1), (past + 6, past + 2)];
+    p.gpu.kv_move(&mut gk, layout, &moves);
+    p.cpu.kv_move(&mut ck, layout, &moves);
+    close("kv_move", &p.down(&gk), &ck, 0.0);
+}
+
+#[test]
+fn attention_backward_matches() {
+    let Some(p) = Pair::new() else { return };
+    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 32 };
+    let rows = 37;
+    let (qw, kw) = (shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim);
+    let (gq, cq) = p.bufs(&random(rows * qw, 50));
+    let (gk, ck) = p.bufs(&random(rows * kw, 51));
+    let (gv, cv) = p.bufs(&random(rows * kw, 52));
+    let (gd, cd) = p.bufs(&random(rows * qw, 53));
+    let (mut gdq, mut cdq) = p.bufs(&random(rows * qw, 54));
+    let (mut gdk, mut cdk) = p.bufs(&random(rows * kw, 55));
+    let (mut gdv, mut cdv) = p.bufs(&random(rows * kw, 56));
+    p.gpu.attention_backward(&gq, &gk, &gv, shape, rows, &gd, &mut gdq, &mut gdk, &mut gdv);
+    p.cpu.attention_backward(&cq, &ck, &cv, shape, rows, &cd, &mut cdq, &mut cdk, &mut cdv);
+    close("attention_backward dq", &p.down(&gdq), &cdq, F32_TOL);
+    close("attention_backward dk", &p.down(&gdk), &cdk, F32_TOL);
+    close("attention_backward dv", &p.down(&gdv), &cdv, F32_TOL);
+}
+
+#[test]
+fn clover_cell_and_its_backward() {
+    let Some(p) = Pair::new() else { return };
+    let (h, heads, rows) = (64, 4, 6);
+    let make = |dtype: DType| {
+        let t =
+            |name: &str, shape: &[usize], seed: u64| tensor(name, shape, &random(shape.iter().product(), seed), dtype);
+        [
+            t("gain", &[h], 60),
+            t("wq", &[h, h], 61),
+            t("bq", &[h], 62),
+            t("wk", &[h, h], 63),
+            t("bk", &[h], 64),
+            t("wv", &[h, h], 65),
+            t("bv", &[h], 66),
+        ]
+    };
+    let [gain, wq, bq, wk, bk, wv, bv] = make(DType::F32);
+    let gcell = CloverCellParams {
+        gain: p.gpu.weight(gain.clone()).unwrap(),
+        wq: p.gpu.weight(wq.clone()).unwrap(),
+        bq: p.gpu.weight(bq.clone()).unwrap(),
+        wk: p.gpu.weight(wk.clone()).unwrap(),
+        bk: p.gpu.weight(bk.clone()).unwrap(),
+        wv: p.gpu.weight(wv.clone()).unwrap(),
+        bv: p.gpu.weight(bv.clone()).unwrap(),
+    };
+    let ccell = CloverCellParams {
+        gain: p.cpu.weight(gain).unwrap(),
+        wq: p.cpu.weight(wq).unwrap(),
+        bq: p.cpu.weight(bq).unwrap(),
+        wk: p.cpu.weight(wk).unwrap(),
+        bk: p.cpu.weight(bk).unwrap(),
+        wv: p.cpu.weight(wv).unwrap(),
+        bv: p.cpu.weight(bv).unwrap(),
+    };
+    let (gx, cx) = p.bufs(&random(rows * h, 67));
+    let (gy, cy) = p.bufs(&random(rows * h, 68));
+    let (mut go, mut co) = p.bufs(&vec![0.0; rows * h]);
+    p.gpu.clover_cell(&gcell, heads, 1e-5, &gx, &gy, rows, &mut go);
+    p.cpu.clover_cell(&ccell, heads, 1e-5, &cx, &cy, rows, &mut co);
+    close("clover_cell", &p.down(&go), &co, F32_TOL);
+
+    let (gd, cd) = p.bufs(&random(rows * h, 69));
+    let (mut gdx, mut cdx) = p.bufs(&vec![0.0; rows * h]);
+    let (mut gdy, mut cdy) = p.bufs(&vec![0.0; rows * h]);
+    let sizes = [h, h * h, h, h * h, h, h * h, h];
+    let g: Vec<_> = sizes.iter().map(|&n| p.gpu.upload(&vec![0.0; n])).collect();
+    let c: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+    let (mut ggrads, mut cgrads) = (params(g), params(c));
+    p.gpu.clover_cell_backward(&gcell, heads, 1e-5, &gx, &gy, rows, &gd, &mut gdx, Some(&mut gdy), &mut ggrads);
+    p.cpu.clover_cell_backward(&ccell, heads, 1e-5, &cx, &cy, rows, &cd, &mut cdx, Some(&mut cdy), &mut cgrads);
+    close("clover_cell_backward dx", &p.down(&gdx), &cdx, F32_TOL);
+    close("clover_cell_backward dy", &p.down(&gdy), &cdy, F32_TOL);
+    for (name, gbuf, cbuf) in [
+        ("gain", &ggrads.gain, &cgrads.gain),
+        ("wq", &ggrads.wq, &cgrads.wq),
+        ("bq", &ggrads.bq, &cgrads.bq),
+        ("wk", &ggrads.wk, &cgrads.wk),
+        ("bk", &ggrads.bk, &cgrads.bk),
+        ("wv", &ggrads.wv, &cgrads.wv),
+        ("bv", &ggrads.bv, &cgrads.bv),
+    ] {
+        close(&format!("clover_cell_backward d{name}"), &p.down(gbuf), cbuf, F32_TOL);
+    }
+}
+
+/// Seven values in `CloverCellParams` field order.
+fn params<T>(v: Vec<T>) -> CloverCellParams<T> {
+    let mut it = v.into_iter();
+    let mut next = || it.next().expect("seven parts");
+    CloverCellParams { gain: next(), wq: next(), bq: next(), wk: next(), bk: next(), wv: next(), bv: next() }
+}
+
+#[test]
+fn weight_from_buf_round_trips() {
+    let Some(p) = Pair::new() else { return };
+    let v = random(12, 70);
+    let (gb, _) = p.bufs(&v);
+    let w = p.gpu.weight_from_buf("w", &[3, 4], &gb).unwrap();
+    let (mut go, _) = p.bufs(&vec![0.0; 3 * 4]);
+    p.gpu.embedding(&w, &[0, 1, 2], &mut go);
+    close("weight_from_buf", &p.down(&go), &v, 0.0);
+    assert!(p.gpu.weight_from_buf("w", &[5, 4], &gb).is_err(), "a wrong shape is refused");
+}
+
+// ---- Whole model and training ------------------------------------------------------------------
+
+#[path = "common/tiny_training.rs"]
+mod tiny_training;
+
+use clover_engine::model::tokenizer::{ChatMessage, TextTokenizer};
+use clover_engine::model::{Llama, LogitRows};
+use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::engine::{generate_plain, GenerationConfig};
+
+/// The default model on both backends: logits of a chat prompt agree (the GPU's GEMMs take bf16
+/// inputs, so top-1 and a loose value bound are checked), and greedy decoding gives the same 64
+/// tokens.
+#[test]
+fn default_model_logits_and_greedy_generation() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::default_model() else { return };
+    let tokenizer = TextTokenizer::load(&dir).unwrap();
+    let chat = tokenizer
+        .render_chat(&[ChatMessage::new("user", "Explain how a refrigerator keeps food cold.")], true)
+        .unwrap();
+    let prompt = tokenizer.encode(&chat, false).unwrap();
+    let g = Llama::load(&dir, gpu).unwrap();
+    let c = Llama::load(&dir, CpuBackend).unwrap();
+    let vocab = c.config.vocab_size;
+    let gl = g.prefill(&mut g.new_cache(prompt.len()), &prompt, LogitRows::All).unwrap().logits;
+    let cl = c.prefill(&mut c.new_cache(prompt.len()), &prompt, LogitRows::All).unwrap().logits;
+    let argmax = |r: &[f32]| clover_engine::sampling::argmax(r);
+    let same = gl.chunks(vocab).zip(cl.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    eprintln!("top-1 equal at {same} of {} positions", prompt.len());
+    assert!(same * 100 >= prompt.len() * 98, "top-1 agreement below 98%");
+    close("default model logits", &gl, &cl, 5e-2);
+
+    let cfg = GenerationConfig {
+        max_new_tokens: 64,
+        sampling: SamplingParams::with_temperature(0.0),
+        seed: 0,
+        stop_ids: vec![],
+    };
+    let (gt, _) = generate_plain(&g, &prompt, &cfg, |_| {}).unwrap();
+    let (ct, _) = generate_plain(&c, &prompt, &cfg, |_| {}).unwrap();
+    assert_eq!(gt, ct, "greedy generation differs between the GPU and the CPU");
+}
+
+/// Ten distillation steps of each head kind on a tiny model: the GPU's held-out loss after them
+/// stays within 1e-2 (relative) of the CPU's.
+#[test]
+fn distillation_losses_match_after_ten_steps() {
+    use clover_engine::draft::DraftKind;
+    use clover_engine::train::distill::distill;
+    let Some(gpu_probe) = gpu() else { return };
+    drop(gpu_probe);
+    for kind in [DraftKind::Eagle, DraftKind::Clover2] {
+        let (root, model, data) = tiny_training::setup(&format!("cuda-distill-{}", kind.name()));
+        let mut losses = Vec::new();
+        for (name, on_gpu) in [("cpu", false), ("gpu", true)] {
+            let mut opts = tiny_training::options(&model, &data, kind, &root.join(name), 10);
+            opts.eval_every = 10;
+            let summary = if on_gpu {
+                distill(&opts, CudaBackend::new(0).unwrap()).unwrap()
+            } else {
+                distill(&opts, CpuBackend).unwrap()
+            };
+            losses.push(summary.last_eval.expect("an evaluation at step 10").loss);
+        }
+        let (cpu, gpu) = (losses[0], losses[1]);
+        eprintln!("{}: loss after 10 steps cpu {cpu} gpu {gpu}", kind.name());
+        assert!((gpu - cpu).abs() <= 1e-2 * cpu.abs(), "{}: GPU loss {gpu} vs CPU {cpu}", kind.name());
+    }
+}

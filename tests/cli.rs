@@ -178,3 +178,17 @@ fn truncated_gguf_is_reported() {
     let o = engine(&["import-gguf", path.to_str().unwrap(), dir.join("out").to_str().unwrap()]);
     assert_clean_error(&o, &["trunc.gguf"]);
 }
+
+/// `--device`: an unknown name is refused; `cuda` either runs (a GPU machine) or says what is
+/// missing, never panics.
+#[test]
+fn device_option_is_checked() {
+    let dir = common::temp_dir("device-model");
+    write_random_model(&dir, &tiny_llama_config(64), 3).unwrap();
+    let o = engine(&["--device", "tpu", "score", "--model", dir.to_str().unwrap(), "--text-file", "nope.txt"]);
+    assert_clean_error(&o, &["--device tpu", "cpu, cuda or cuda:N"]);
+    let o = engine(&["--device", "cuda:7", "generate", "--model", dir.to_str().unwrap(), "--prompt", "x"]);
+    if !o.status.success() {
+        assert_clean_error(&o, &["CUDA backend"]);
+    }
+}

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 
-use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::Backend;
 use clover_engine::draft::init::init_head;
 use clover_engine::draft::vocab::DraftVocabChoice;
 use clover_engine::draft::{load_head_with, DraftKind};
@@ -90,7 +90,7 @@ impl Drop for TempDir {
     }
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
     if a.temperature < 0.0 || a.num_prompts == 0 || a.steps == 0 {
         return Err(Error::input("--temperature must be ≥ 0, --num-prompts and --steps ≥ 1"));
     }
@@ -113,7 +113,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         None => dir.clone(),
     };
-    let model = Llama::load(&base_dir, CpuBackend)?;
+    let model = Llama::load(&base_dir, backend)?;
     let vocab = model.config.vocab_size as u32;
     let prompts = questions
         .iter()

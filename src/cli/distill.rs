@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::Backend;
 use clover_engine::error::Result;
 use clover_engine::train::distill::{
     distill, reference_schedule, DistillOptions, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
@@ -66,7 +66,7 @@ pub struct DistillArgs {
     draft_vocab: Option<usize>,
 }
 
-pub fn run(a: DistillArgs) -> Result<()> {
+pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
     let opts = DistillOptions {
         model_dir: super::model_dir(a.model)?,
         data_dir: a.data,
@@ -96,7 +96,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
             opts.max_len.unwrap_or(DEFAULT_MAX_LEN)
         );
     }
-    let s = distill(&opts, CpuBackend)?;
+    let s = distill(&opts, backend)?;
     println!(
         "steps {} → {} ({} parameters): {} training tokens in {:.1} s, {:.1} training tokens/s",
         s.start_step,

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::Backend;
 use clover_engine::draft::load_head_with;
 use clover_engine::error::{Error, Result};
 use clover_engine::eval::answers::Answer;
@@ -57,7 +57,7 @@ pub struct EvalArgs {
     model_id: Option<String>,
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
+pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     if a.temperature < 0.0 || a.max_new_tokens == 0 || a.max_turns == Some(0) || a.per_category == Some(0) {
         return Err(Error::input("--temperature must be ≥ 0, --max-new-tokens, --max-turns and --per-category ≥ 1"));
     }
@@ -69,7 +69,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         questions.iter_mut().for_each(|q| q.turns.truncate(n));
     }
     let dir = super::model_dir(a.model)?;
-    let model = Llama::load(&dir, CpuBackend)?;
+    let model = Llama::load(&dir, backend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,

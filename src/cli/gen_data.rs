@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::Backend;
 use clover_engine::error::{Error, Result};
 use clover_engine::paths;
 use clover_engine::train::data::{gen_data, GenDataOptions};
@@ -32,7 +32,7 @@ pub struct GenDataArgs {
     shard_tokens: usize,
 }
 
-pub fn run(a: GenDataArgs) -> Result<()> {
+pub fn run<B: Backend + 'static>(a: GenDataArgs, backend: B) -> Result<()> {
     let model_dir = super::model_dir(a.model)?;
     let data = match a.data {
         Some(path) => path,
@@ -56,7 +56,7 @@ pub fn run(a: GenDataArgs) -> Result<()> {
         max_len: a.max_len,
         shard_tokens: a.shard_tokens,
     };
-    let s = gen_data(&opts, CpuBackend)?;
+    let s = gen_data(&opts, backend)?;
     let i = &s.index;
     println!("{}: {}", opts.data.display(), s.report);
     println!(

@@ -2,7 +2,6 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::backend::Backend;
 use clover_engine::draft::vocab::DraftVocabChoice;
 use clover_engine::draft::DraftHead;
@@ -164,12 +163,12 @@ pub struct GenerateArgs {
     spec: SpecArgs,
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
+pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     if a.temperature < 0.0 || !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(Error::input("--temperature must be ≥ 0 and --top-p in (0, 1]"));
     }
     let dir = super::model_dir(a.model)?;
-    let model = Llama::load(&dir, CpuBackend)?;
+    let model = Llama::load(&dir, backend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let prompt = prompt_ids(&tokenizer, a.prompt.as_deref(), a.chat.as_deref(), a.system.as_deref())?;
     let cfg = GenerationConfig {

@@ -17,8 +17,49 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use clover_engine::backend::cuda::CudaBackend;
 use clover_engine::error::{Error, Result};
 use clover_engine::paths;
+
+/// `--device`: the backend a command runs its model on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl Device {
+    /// `cpu`, `cuda`, `cuda:N`; without the option, cuda:0 when it opens, else cpu.
+    fn parse(arg: Option<&str>) -> Result<Device> {
+        match arg {
+            None => Ok(if CudaBackend::new(0).is_ok() { Device::Cuda(0) } else { Device::Cpu }),
+            Some("cpu") => Ok(Device::Cpu),
+            Some("cuda") => Ok(Device::Cuda(0)),
+            Some(other) => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| Error::input(format!("--device {other}: expected cpu, cuda or cuda:N"))),
+        }
+    }
+}
+
+/// Runs `$body` with `$b` bound to the backend of `$device` (the body is compiled for each
+/// backend; a GPU that cannot be opened is a clean error).
+macro_rules! with_backend {
+    ($device:expr, $b:ident => $body:expr) => {
+        match $device {
+            Device::Cpu => {
+                let $b = clover_engine::backend::cpu::CpuBackend;
+                $body
+            }
+            Device::Cuda(n) => {
+                let $b = CudaBackend::new(n)?;
+                $body
+            }
+        }
+    };
+}
 
 #[derive(Parser)]
 #[command(name = "clover-engine", version, about = "Speculative decoding with Clover-2 and EAGLE-1 draft heads")]
@@ -26,6 +67,10 @@ pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where the model runs: cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's
+    /// kernels are there, else cpu).
+    #[arg(long, global = true)]
+    device: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,16 +108,17 @@ pub fn run(cli: Cli) -> Result<()> {
             .build_global()
             .map_err(|e| Error::input(format!("--threads: {e}")))?;
     }
+    let device = || Device::parse(cli.device.as_deref());
     match cli.command {
         Command::ImportGguf(a) => import::run(a),
-        Command::Generate(a) => generate::run(a),
-        Command::Score(a) => score::run(a),
+        Command::Generate(a) => with_backend!(device()?, b => generate::run(a, b)),
+        Command::Score(a) => with_backend!(device()?, b => score::run(a, b)),
         Command::InitHead(a) => init_head::run(a),
-        Command::GenData(a) => gen_data::run(a),
-        Command::Eval(a) => eval::run(a),
+        Command::GenData(a) => with_backend!(device()?, b => gen_data::run(a, b)),
+        Command::Eval(a) => with_backend!(device()?, b => eval::run(a, b)),
         Command::Metrics(a) => metrics::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Distill(a) => distill::run(a),
+        Command::Bench(a) => with_backend!(device()?, b => bench::run(a, b)),
+        Command::Distill(a) => with_backend!(device()?, b => distill::run(a, b)),
         Command::ExportHead(a) => export_head::run(a),
         Command::DraftVocab(a) => draft_vocab::run(a),
     }

@@ -2,7 +2,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::backend::Backend;
 use clover_engine::error::{Error, Result};
 use clover_engine::eval::score::{log_softmax_at, write_logits};
@@ -23,10 +22,10 @@ pub struct ScoreArgs {
     logits_out: Option<PathBuf>,
 }
 
-pub fn run(a: ScoreArgs) -> Result<()> {
+pub fn run<B: Backend + 'static>(a: ScoreArgs, backend: B) -> Result<()> {
     let dir = super::model_dir(a.model)?;
     let text = std::fs::read_to_string(&a.text_file).map_err(|e| Error::io(&a.text_file, e))?;
-    let model = Llama::load(&dir, CpuBackend)?;
+    let model = Llama::load(&dir, backend)?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let ids = if a.chat {
         tokenizer.encode(&tokenizer.render_chat(&[ChatMessage::new("user", &text)], false)?, false)?

@@ -210,6 +210,30 @@ fn bench_on_random_weights() {
     assert!(!stdout.contains("warning"), "{stdout}");
 }
 
+/// Random weights on a machine with no model folder at all (a GPU box that has only the binary):
+/// the prompts are random token ids, and `--tree-budget auto`, which needs a tokenizer, says so.
+#[test]
+fn bench_on_random_weights_without_any_model_folder() {
+    let dir = common::temp_dir("bench-random-no-model");
+    let config = dir.join("config.json");
+    std::fs::write(&config, clover_engine::model::random::tiny_llama_config(300).to_string()).unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clover-engine"))
+            .args(
+                [&["bench", "--random-weights", s(&config), "--steps", "6", "--num-prompts", "2"][..], extra].concat(),
+            )
+            .env("CLOVER_ENGINE_HOME", dir.join("empty-cache"))
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--drafts", "clover2:init"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("random token ids") && stdout.contains("clover2"), "{stdout}");
+    let o = run(&["--drafts", "eagle:init:tree=eagle2:budget=auto"]);
+    common::assert_clean_error(&o, &["--tree-budget auto", "tokenizer"]);
+}
+
 /// Methods with their own settings, compared in one run; `budget=auto` plans the EAGLE-2 budget
 /// (a random model: the plan means nothing, but every part of it runs and is reported).
 #[test]

@@ -12,8 +12,9 @@ use clover_engine::eval::bench::{self, Method, MethodReport};
 use clover_engine::eval::decoder::Decoder;
 use clover_engine::eval::questions::read_questions;
 use clover_engine::fsutil::write_atomically;
-use clover_engine::model::random::write_random_model;
+use clover_engine::model::random::write_random_model_bf16_sharded;
 use clover_engine::model::{ChatMessage, Llama, ModelConfig, TextTokenizer};
+use clover_engine::rng::Rng;
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::auto_budget::{verify_latency_ms, BudgetPlan};
 use clover_engine::spec::engine::GenerationConfig;
@@ -55,8 +56,8 @@ pub struct BenchArgs {
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Measure a model with random weights of this config.json (written to a temporary folder,
-    /// f32: 4 bytes a parameter) instead of --model's weights.
+    /// Measure a model with random weights of this config.json (written to a temporary folder as
+    /// bf16, one shard per layer: 2 bytes a parameter) instead of --model's weights.
     #[arg(long)]
     random_weights: Option<PathBuf>,
     /// Also time tree verification alone for 1..=N nodes (a chain after the first prompt, median
@@ -69,7 +70,10 @@ pub struct BenchArgs {
 #[derive(Serialize)]
 struct BenchJson<'a> {
     model: &'a str,
-    prompts_file: &'a Path,
+    /// The questions file, or a note that the prompts were random token ids.
+    prompts_file: &'a str,
+    /// The backend the model ran on (`cpu (N threads)`, `cuda:N`).
+    device: String,
     prompts: usize,
     max_new_tokens: usize,
     tree: &'a str,
@@ -90,46 +94,72 @@ impl Drop for TempDir {
     }
 }
 
+/// Prompt length when bench makes random prompts (random weights and no tokenizer).
+const SYNTHETIC_PROMPT_TOKENS: usize = 64;
+
 pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
     if a.temperature < 0.0 || a.num_prompts == 0 || a.steps == 0 {
         return Err(Error::input("--temperature must be ≥ 0, --num-prompts and --steps ≥ 1"));
     }
     let drafts = parse_drafts(&a.drafts, &a.tree)?;
-    let prompts_path = prompts_file(a.prompts)?;
-    let questions = read_questions(&prompts_path)?;
     a.tree.tree_spec()?; // a bad --tree fails before the model loads
-    let dir = super::model_dir(a.model)?;
-    let tokenizer = TextTokenizer::load(&dir)?;
+                         // The tokenizer of --model (or the default model) makes the prompts. Random weights need no
+                         // model folder: without one, the prompts are random token ids (a GPU machine that has only
+                         // the binary can still measure per-step latency).
+    let tokenizer_dir = match (&a.random_weights, super::model_dir(a.model.clone())) {
+        (_, Ok(dir)) => Some(dir),
+        (Some(_), Err(_)) if a.model.is_none() => None,
+        (_, Err(e)) => return Err(e),
+    };
+    let tokenizer = tokenizer_dir.as_deref().map(TextTokenizer::load).transpose()?;
     let tmp = TempDir(std::env::temp_dir().join(format!("clover-engine-bench-{}", std::process::id())));
-    let base_dir = match &a.random_weights {
-        Some(config_path) => {
+    let base_dir = match (&a.random_weights, &tokenizer_dir) {
+        (Some(config_path), _) => {
             let text = std::fs::read_to_string(config_path).map_err(|e| Error::io(config_path, e))?;
             let config: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::format(config_path, "(json)", e.to_string()))?;
             ModelConfig::from_json(&config, config_path)?;
             eprintln!("writing a random-weight model of {} ...", config_path.display());
-            write_random_model(&tmp.0.join("base"), &config, a.seed)?;
+            write_random_model_bf16_sharded(&tmp.0.join("base"), &config, a.seed)?;
             tmp.0.join("base")
         }
-        None => dir.clone(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => unreachable!("checked above"),
     };
     let model = Llama::load(&base_dir, backend)?;
     let vocab = model.config.vocab_size as u32;
-    let prompts = questions
-        .iter()
-        .take(a.num_prompts)
-        .map(|q| {
-            let text = tokenizer.render_chat(&[ChatMessage::new("user", &q.turns[0])], true)?;
-            // A random model's vocabulary need not be the tokenizer's; only the lengths matter.
-            Ok(tokenizer.encode(&text, false)?.into_iter().map(|id| id % vocab).collect())
-        })
-        .collect::<Result<Vec<Vec<u32>>>>()?;
+    let (prompts, prompts_from) = match &tokenizer {
+        Some(tokenizer) => {
+            let prompts_path = prompts_file(a.prompts.clone())?;
+            let questions = read_questions(&prompts_path)?;
+            let prompts = questions
+                .iter()
+                .take(a.num_prompts)
+                .map(|q| {
+                    let text = tokenizer.render_chat(&[ChatMessage::new("user", &q.turns[0])], true)?;
+                    // A random model's vocabulary need not be the tokenizer's; only the lengths matter.
+                    Ok(tokenizer.encode(&text, false)?.into_iter().map(|id| id % vocab).collect())
+                })
+                .collect::<Result<Vec<Vec<u32>>>>()?;
+            (prompts, prompts_path.display().to_string())
+        }
+        None => {
+            let mut rng = Rng::new(a.seed);
+            let prompts = (0..a.num_prompts)
+                .map(|_| (0..SYNTHETIC_PROMPT_TOKENS).map(|_| (rng.next_u64() % vocab as u64) as u32).collect())
+                .collect();
+            (prompts, format!("random token ids ({SYNTHETIC_PROMPT_TOKENS} each; no tokenizer)"))
+        }
+    };
 
     let cfg = GenerationConfig {
         max_new_tokens: a.steps,
         sampling: SamplingParams::with_temperature(a.temperature),
         seed: a.seed,
-        stop_ids: if a.random_weights.is_some() { Vec::new() } else { stop_ids(&model, &tokenizer) },
+        stop_ids: match (&a.random_weights, &tokenizer) {
+            (None, Some(tokenizer)) => stop_ids(&model, tokenizer),
+            _ => Vec::new(),
+        },
     };
     let mut methods = vec![Method { label: "plain".to_string(), decoder: Decoder::Plain }];
     let mut plans = Vec::new();
@@ -150,7 +180,7 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         };
         let tree_args = d.tree.as_ref().unwrap_or(&a.tree);
         let mut head = load_head_with(d.kind, &head_dir, &model, d.vocab.unwrap_or(a.draft_vocab))?;
-        let (tree, plan) = tree_args.resolve(&model, head.as_mut(), &tokenizer, &cfg)?;
+        let (tree, plan) = tree_args.resolve(&model, head.as_mut(), tokenizer.as_ref(), &cfg)?;
         let label = match &plan {
             Some(plan) => {
                 println!("{label}: {}", plan.table());
@@ -165,11 +195,11 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
     let report = bench::run(&model, &mut methods, &prompts, &cfg, |i| eprintln!("[{}/{n}] prompt done", i + 1))?;
     let weights = match &a.random_weights {
         Some(c) => format!("random weights of {}", c.display()),
-        None => dir.display().to_string(),
+        None => base_dir.display().to_string(),
     };
     println!(
-        "model: {weights}  prompts: {n} from {}  tokens per prompt: ≤ {}  tree: {}  temperature: {}",
-        prompts_path.display(),
+        "model: {weights}  on {}  prompts: {n} from {prompts_from}  tokens per prompt: ≤ {}  tree: {}  temperature: {}",
+        model.backend.name(),
         a.steps,
         a.tree.tree,
         a.temperature
@@ -190,7 +220,8 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
     if let Some(path) = &a.json {
         let json = BenchJson {
             model: &weights,
-            prompts_file: &prompts_path,
+            prompts_file: &prompts_from,
+            device: model.backend.name(),
             prompts: n,
             max_new_tokens: a.steps,
             tree: &a.tree.tree,

@@ -80,7 +80,7 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     let decoder = match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?;
-            let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), &tokenizer, &cfg)?;
+            let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), Some(&tokenizer), &cfg)?;
             if let Some(plan) = plan {
                 eprint!("{}", plan.table());
             }

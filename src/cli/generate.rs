@@ -109,13 +109,16 @@ impl TreeArgs {
         &self,
         model: &Llama<B>,
         head: &mut dyn DraftHead<B>,
-        tokenizer: &TextTokenizer,
+        tokenizer: Option<&TextTokenizer>,
         cfg: &GenerationConfig,
     ) -> Result<(TreeSpec, Option<BudgetPlan>)> {
         let tree = self.tree_spec()?;
         if self.budget()?.is_some() {
             return Ok((tree, None));
         }
+        let Some(tokenizer) = tokenizer else {
+            return Err(Error::input("--tree-budget auto calibrates on chat prompts and needs a tokenizer (--model)"));
+        };
         // A random-weight model (bench --random-weights) may have a smaller vocabulary than the
         // tokenizer; its ids are folded into it, as bench does with its prompts.
         let vocab = model.config.vocab_size as u32;
@@ -181,7 +184,7 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?;
-            let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), &tokenizer, &cfg)?;
+            let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), Some(&tokenizer), &cfg)?;
             if let Some(plan) = plan {
                 eprint!("{}", plan.table());
             }

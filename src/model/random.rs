@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
 use crate::model::config::ModelConfig;
 use crate::rng::Rng;
-use crate::weights::write_f32_safetensors;
+use crate::weights::{write_f32_safetensors, write_safetensors, DType};
 
 /// Every tensor name and shape a base model with this config has, in a stable order.
 pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -70,6 +70,58 @@ pub fn write_random_model_scaled(dir: &Path, config: &serde_json::Value, seed: u
     write_atomically(&config_path, text.as_bytes())
 }
 
+/// A full-size random model for latency benchmarks (`bench --random-weights`): bf16 weights,
+/// one safetensors shard per decoder layer (plus one for the embedding, final norm and lm_head)
+/// and `model.safetensors.index.json`, so a 7B model never needs more than one layer's values in
+/// memory. Values come from `seed`, a tensor's index and a chunk of it (chunks generated in
+/// parallel), with the scales of `write_random_model`.
+pub fn write_random_model_bf16_sharded(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<()> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 20;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(config).map_err(|e| Error::input(e.to_string()))?;
+    let parsed = ModelConfig::from_json(config, &config_path)?;
+    let shapes = tensor_shapes(&parsed);
+    // Shard of each tensor: its layer + 1, or 0 outside the layers.
+    let shard_of = |name: &str| -> usize {
+        name.strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok())
+            .map_or(0, |l| l + 1)
+    };
+    let shards = parsed.num_layers + 1;
+    let file = |s: usize| format!("model-{:05}-of-{shards:05}.safetensors", s + 1);
+    let mut weight_map = serde_json::Map::new();
+    for s in 0..shards {
+        let mut tensors = Vec::new();
+        for (t, (name, shape)) in shapes.iter().enumerate().filter(|(_, (n, _))| shard_of(n) == s) {
+            let n: usize = shape.iter().product();
+            let norm = name.ends_with("norm.weight");
+            let scale = if name.contains("embed") || name.contains("lm_head") {
+                2.0
+            } else {
+                1.7 / (*shape.last().unwrap_or(&1) as f32).sqrt()
+            };
+            let mut values = vec![0f32; n];
+            values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+                let mut rng = Rng::new(seed ^ ((t as u64) << 32) ^ c as u64);
+                for v in chunk {
+                    let u = rng.uniform_f32();
+                    *v = if norm { 0.8 + 0.4 * u } else { (2.0 * u - 1.0) * scale };
+                }
+            });
+            weight_map.insert(name.clone(), file(s).into());
+            tensors.push((name.clone(), shape.clone(), values));
+        }
+        write_safetensors(&dir.join(file(s)), &tensors, DType::BF16)?;
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    let index_text = serde_json::to_string_pretty(&index).map_err(|e| Error::input(e.to_string()))?;
+    write_atomically(&dir.join("model.safetensors.index.json"), index_text.as_bytes())?;
+    write_atomically(&config_path, text.as_bytes())
+}
+
 /// A llama config small enough for unit tests to run many forwards in milliseconds.
 pub fn tiny_llama_config(vocab: usize) -> serde_json::Value {
     serde_json::json!({
@@ -78,4 +130,28 @@ pub fn tiny_llama_config(vocab: usize) -> serde_json::Value {
         "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true,
         "bos_token_id": 1, "eos_token_id": 2
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::{Llama, LogitRows};
+
+    #[test]
+    fn sharded_bf16_model_loads_and_runs() {
+        let dir = std::env::temp_dir().join(format!("clover-random-bf16-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = tiny_llama_config(64);
+        config["tie_word_embeddings"] = false.into();
+        write_random_model_bf16_sharded(&dir, &config, 3).unwrap();
+        assert!(dir.join("model-00003-of-00003.safetensors").exists(), "one shard per layer and one more");
+        let model = Llama::load(&dir, CpuBackend).unwrap();
+        let mut cache = model.new_cache(8);
+        let logits = model.prefill(&mut cache, &[1, 5, 9], LogitRows::Last).unwrap().logits;
+        assert_eq!(logits.len(), 64);
+        assert!(logits.iter().all(|v| v.is_finite()));
+        assert!(logits.iter().any(|&v| v != logits[0]), "the weights are not all equal");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

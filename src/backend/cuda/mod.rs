@@ -31,6 +31,16 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self> {
         Ok(CudaBackend { dev: Device::open(ordinal)? })
     }
+
+    /// Waits until every op issued so far has run (for timing; `download` waits by itself).
+    pub fn synchronize(&self) {
+        self.dev.stream.synchronize().expect("CUDA backend: synchronize");
+    }
+
+    /// dst ← src on the device (the copy-bandwidth reference of the kernel benchmarks).
+    pub fn copy(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) {
+        self.dev.stream.memcpy_dtod(src, dst).expect("CUDA backend: copy");
+    }
 }
 
 fn int(n: usize) -> i32 {

@@ -1,5 +1,6 @@
-//! NVTX ranges around the decoding phases, so an Nsight Systems timeline shows draft, verify and
-//! accept per step. With the `nvtx` feature the library is loaded at run time (`libnvToolsExt.so`),
+//! NVTX ranges around the decoding phases and the CUDA backend's kernel groups (GEMMs, attention,
+//! the Clover cell), so an Nsight Systems timeline shows draft, verify and accept per step and
+//! what each spends on the GPU. With the `nvtx` feature the library is loaded at run time (`libnvToolsExt.so`),
 //! so building needs no CUDA and a machine without it just runs without ranges; without the
 //! feature `scoped` is a plain call and compiles to nothing.
 
@@ -24,6 +25,35 @@ pub fn scoped<T>(name: &CStr, f: impl FnOnce() -> T) -> T {
     let out = f();
     unsafe { (lib.pop)() };
     out
+}
+
+/// An NVTX range from `Range::new` until the guard is dropped (for ranges around a block of
+/// statements; `scoped` for a closure).
+pub struct Range(());
+
+impl Range {
+    #[inline(always)]
+    pub fn new(name: &CStr) -> Range {
+        #[cfg(feature = "nvtx")]
+        if let Some(lib) = loaded::get() {
+            // SAFETY: as in `scoped`.
+            unsafe { (lib.push)(name.as_ptr()) };
+        }
+        #[cfg(not(feature = "nvtx"))]
+        let _ = name;
+        Range(())
+    }
+}
+
+impl Drop for Range {
+    #[inline(always)]
+    fn drop(&mut self) {
+        #[cfg(feature = "nvtx")]
+        if let Some(lib) = loaded::get() {
+            // SAFETY: pops the range `new` pushed (a missing library pushed nothing and pops nothing).
+            unsafe { (lib.pop)() };
+        }
+    }
 }
 
 #[cfg(feature = "nvtx")]

@@ -15,6 +15,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{AdamW, AttnMask, AttnShape, Backend, CloverCellParams, KvLayout};
 use crate::error::Result;
+use crate::nvtx;
 use crate::weights::HostTensor;
 pub use device::built_with_kernels;
 use device::Device;
@@ -163,7 +164,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>) {
-        gemm::matmul(&self.dev, x, rows, w, out, 0.0);
+        nvtx::scoped(c"gemm", || gemm::matmul(&self.dev, x, rows, w, out, 0.0));
     }
 
     fn add_bias(&self, x: &mut CudaSlice<f32>, rows: usize, bias: &CudaWeight) {
@@ -267,12 +268,14 @@ impl Backend for CudaBackend {
         dx: Option<&mut CudaSlice<f32>>,
         dw: Option<&mut CudaSlice<f32>>,
     ) {
-        if let Some(dx) = dx {
-            gemm::matmul_input_grad(&self.dev, dy, rows, w, dx);
-        }
-        if let Some(dw) = dw {
-            gemm::matmul_weight_grad(&self.dev, x, dy, rows, w.rows, w.cols, dw);
-        }
+        nvtx::scoped(c"gemm backward", || {
+            if let Some(dx) = dx {
+                gemm::matmul_input_grad(&self.dev, dy, rows, w, dx);
+            }
+            if let Some(dw) = dw {
+                gemm::matmul_weight_grad(&self.dev, x, dy, rows, w.rows, w.cols, dw);
+            }
+        });
     }
 
     fn bias_backward(&self, dy: &CudaSlice<f32>, rows: usize, d_bias: &mut CudaSlice<f32>) {
@@ -396,6 +399,7 @@ impl Backend for CudaBackend {
         let (r, p) = (int(rows), int(past));
         let (h, kvh, d, cap) = (int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim), int(layout.capacity));
         let cfg = grid(rows, shape.n_heads, 128);
+        let _range = nvtx::Range::new(c"attention");
         match mask {
             AttnMask::Causal => {
                 let (null, first, width) = (0u64, 0i32, 0i32);
@@ -422,6 +426,7 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut CudaSlice<f32>,
     ) {
+        let _range = nvtx::Range::new(c"clover cell");
         let p = self.cell_projections(cell, eps, x, y, rows);
         let (r, hid, heads) = (int(rows), int(cell.gain.cols), int(n_heads));
         launch!(&self.dev, "clover_combine", grid(rows, n_heads, 128); out, x, &p.q, &p.k, &p.v, &r, &hid, &heads, &eps);
@@ -440,6 +445,7 @@ impl Backend for CudaBackend {
         dy: Option<&mut CudaSlice<f32>>,
         grads: &mut CloverCellParams<CudaSlice<f32>>,
     ) {
+        let _range = nvtx::Range::new(c"clover cell backward");
         let h = cell.gain.cols;
         let p = self.cell_projections(cell, eps, x, y, rows);
         let (mut dq, mut dk, mut dv) = (self.alloc(rows * h), self.alloc(rows * h), self.alloc(rows * h));

@@ -97,6 +97,31 @@ extern "C" __global__ void attention(float* out, const float* q, const float* k_
     if (tid < d) out[q_off + tid] = m == -INFINITY ? __int_as_float(0x7fc00000) : acc / l;
 }
 
+// One tile of the backward's scan: waits until the previous tile's shared data is no longer read,
+// stages keys t0..t0+cnt of the block's KV head (rows kw floats apart) in k_s / v_s, and gives
+// every thread of key `threadIdx.x / 4`'s quad <q, k_key> and <dO, v_key> (0 past cnt). Called
+// by all threads of the block alike (it holds barriers).
+__device__ __forceinline__ void backward_tile_dots(float (*k_s)[ATT_PAD], float (*v_s)[ATT_PAD], const float* kb,
+                                                   const float* vb, size_t kw, int t0, int cnt, int d,
+                                                   const float* q_s, const float* do_s, float* sqk, float* sdv) {
+    const int tid = threadIdx.x, key = tid >> 2, part = tid & 3;
+    __syncthreads();
+    for (int idx = tid; idx < cnt * d; idx += ATT_THREADS) {
+        const int j = idx / d, c = idx - j * d;
+        k_s[j][c] = kb[(size_t)(t0 + j) * kw + c];
+        v_s[j][c] = vb[(size_t)(t0 + j) * kw + c];
+    }
+    __syncthreads();
+    float qk = 0.0f, dv = 0.0f;
+    if (key < cnt)
+        for (int c = part; c < d; c += 4) {
+            qk = fmaf(q_s[c], k_s[key][c], qk);
+            dv = fmaf(do_s[c], v_s[key][c], dv);
+        }
+    *sqk = quad_sum(qk);
+    *sdv = quad_sum(dv);
+}
+
 // Backward of causal self-attention over one sequence without a cache: q, d_out [rows, n_heads*d],
 // k, v [rows, n_kv_heads*d]; row i sees rows 0..=i. With p = softmax(scale·<q_i, k_j>),
 // dp_j = <dO_i, v_j> and D = Σ_j p_j dp_j, ds_j = scale·p_j·(dp_j − D):
@@ -133,21 +158,9 @@ extern "C" __global__ void attention_backward(float* dq, float* dk, float* dv, c
     float m = -INFINITY, l = 0.0f, dn = 0.0f;
     for (int t0 = 0; t0 < n_keys; t0 += ATT_TILE) {
         const int cnt = min(ATT_TILE, n_keys - t0);
-        __syncthreads();  // previous tile (and, the first time, nothing) done; q_s / do_s published below
-        for (int idx = tid; idx < cnt * d; idx += ATT_THREADS) {
-            const int j = idx / d, c = idx - j * d;
-            k_s[j][c] = kb[(size_t)(t0 + j) * kw + c];
-            v_s[j][c] = vb[(size_t)(t0 + j) * kw + c];
-        }
-        __syncthreads();
-        float sqk = 0.0f, sdv = 0.0f;
-        if (key < cnt)
-            for (int c = part; c < d; c += 4) {
-                sqk = fmaf(q_s[c], k_s[key][c], sqk);
-                sdv = fmaf(do_s[c], v_s[key][c], sdv);
-            }
-        sqk = quad_sum(sqk);
-        sdv = quad_sum(sdv);
+        // The first barrier also publishes q_s / do_s, the first time.
+        float sqk, sdv;
+        backward_tile_dots(k_s, v_s, kb, vb, kw, t0, cnt, d, q_s, do_s, &sqk, &sdv);
         if (part == 0) {
             a_s[key] = key < cnt ? sqk * scale : -INFINITY;
             b_s[key] = key < cnt ? sdv : 0.0f;  // 0, not garbage: p = 0 must not meet a NaN
@@ -167,21 +180,9 @@ extern "C" __global__ void attention_backward(float* dq, float* dk, float* dv, c
     float acc = 0.0f;  // dq_i[tid]
     for (int t0 = 0; t0 < n_keys; t0 += ATT_TILE) {
         const int cnt = min(ATT_TILE, n_keys - t0);
-        __syncthreads();  // previous tile's k_s / a_s / b_s reads (pass 1's included) are done
-        for (int idx = tid; idx < cnt * d; idx += ATT_THREADS) {
-            const int j = idx / d, c = idx - j * d;
-            k_s[j][c] = kb[(size_t)(t0 + j) * kw + c];
-            v_s[j][c] = vb[(size_t)(t0 + j) * kw + c];
-        }
-        __syncthreads();
-        float sqk = 0.0f, sdv = 0.0f;
-        if (key < cnt)
-            for (int c = part; c < d; c += 4) {
-                sqk = fmaf(q_s[c], k_s[key][c], sqk);
-                sdv = fmaf(do_s[c], v_s[key][c], sdv);
-            }
-        sqk = quad_sum(sqk);
-        sdv = quad_sum(sdv);
+        // The first barrier waits for the previous tile's k_s / a_s / b_s reads (pass 1's included).
+        float sqk, sdv;
+        backward_tile_dots(k_s, v_s, kb, vb, kw, t0, cnt, d, q_s, do_s, &sqk, &sdv);
         if (part == 0) {
             float p = 0.0f, ds = 0.0f;
             if (key < cnt) {

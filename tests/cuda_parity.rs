@@ -433,26 +433,32 @@ fn default_model_logits_and_greedy_generation() {
         .render_chat(&[ChatMessage::new("user", "Explain how a refrigerator keeps food cold.")], true)
         .unwrap();
     let prompt = tokenizer.encode(&chat, false).unwrap();
-    let g = Llama::load(&dir, gpu).unwrap();
-    let c = Llama::load(&dir, CpuBackend).unwrap();
+    let (gt, ct) = compare_models(&dir, gpu, &prompt, "default model");
+    assert_eq!(gt, ct, "greedy generation differs between the GPU and the CPU");
+}
+
+/// The model in `dir` on both backends: top-1 of the prompt's logits agrees at ≥ 98% of positions
+/// and the logits are within the bf16 tolerance; returns 64 greedy tokens from each (GPU, CPU).
+fn compare_models(dir: &std::path::Path, gpu: CudaBackend, prompt: &[u32], what: &str) -> (Vec<u32>, Vec<u32>) {
+    let g = Llama::load(dir, gpu).unwrap();
+    let c = Llama::load(dir, CpuBackend).unwrap();
     let vocab = c.config.vocab_size;
-    let gl = g.prefill(&mut g.new_cache(prompt.len()), &prompt, LogitRows::All).unwrap().logits;
-    let cl = c.prefill(&mut c.new_cache(prompt.len()), &prompt, LogitRows::All).unwrap().logits;
+    let gl = g.prefill(&mut g.new_cache(prompt.len()), prompt, LogitRows::All).unwrap().logits;
+    let cl = c.prefill(&mut c.new_cache(prompt.len()), prompt, LogitRows::All).unwrap().logits;
     let argmax = |r: &[f32]| clover_engine::sampling::argmax(r);
     let same = gl.chunks(vocab).zip(cl.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
-    eprintln!("top-1 equal at {same} of {} positions", prompt.len());
-    assert!(same * 100 >= prompt.len() * 98, "top-1 agreement below 98%");
-    close("default model logits", &gl, &cl, 5e-2);
-
+    eprintln!("{what}: top-1 equal at {same} of {} positions", prompt.len());
+    assert!(same * 100 >= prompt.len() * 98, "{what}: top-1 agreement below 98%");
+    close(&format!("{what} logits"), &gl, &cl, 5e-2);
     let cfg = GenerationConfig {
         max_new_tokens: 64,
         sampling: SamplingParams::with_temperature(0.0),
         seed: 0,
         stop_ids: vec![],
     };
-    let (gt, _) = generate_plain(&g, &prompt, &cfg, |_| {}).unwrap();
-    let (ct, _) = generate_plain(&c, &prompt, &cfg, |_| {}).unwrap();
-    assert_eq!(gt, ct, "greedy generation differs between the GPU and the CPU");
+    let (gt, _) = generate_plain(&g, prompt, &cfg, |_| {}).unwrap();
+    let (ct, _) = generate_plain(&c, prompt, &cfg, |_| {}).unwrap();
+    (gt, ct)
 }
 
 /// Ten distillation steps of each head kind on a tiny model: the GPU's held-out loss after them
@@ -496,26 +502,9 @@ fn smollm2_shaped_random_model_logits() {
         "vocab_size": 49152, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true
     });
     clover_engine::model::random::write_random_model_bf16_sharded(&dir, &config, 9).unwrap();
-    let g = Llama::load(&dir, gpu).unwrap();
-    let c = Llama::load(&dir, CpuBackend).unwrap();
     let mut rng = Rng::new(4);
     let prompt: Vec<u32> = (0..48).map(|_| (rng.next_u64() % 49152) as u32).collect();
-    let vocab = c.config.vocab_size;
-    let gl = g.prefill(&mut g.new_cache(prompt.len()), &prompt, LogitRows::All).unwrap().logits;
-    let cl = c.prefill(&mut c.new_cache(prompt.len()), &prompt, LogitRows::All).unwrap().logits;
-    let argmax = |r: &[f32]| clover_engine::sampling::argmax(r);
-    let same = gl.chunks(vocab).zip(cl.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
-    eprintln!("top-1 equal at {same} of {} positions", prompt.len());
-    assert!(same * 100 >= prompt.len() * 98, "top-1 agreement below 98%");
-    close("random SmolLM2-shaped logits", &gl, &cl, 5e-2);
-    let cfg = GenerationConfig {
-        max_new_tokens: 64,
-        sampling: SamplingParams::with_temperature(0.0),
-        seed: 0,
-        stop_ids: vec![],
-    };
-    let (gt, _) = generate_plain(&g, &prompt, &cfg, |_| {}).unwrap();
-    let (ct, _) = generate_plain(&c, &prompt, &cfg, |_| {}).unwrap();
+    let (gt, ct) = compare_models(&dir, gpu, &prompt, "random SmolLM2-shaped model");
     let agree = gt.iter().zip(&ct).take_while(|(a, b)| a == b).count();
     eprintln!("greedy: the first {agree} of 64 tokens agree");
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use clover_engine::backend::cuda::CudaBackend;
+use clover_engine::backend::cuda::{check_device, CudaBackend};
 use clover_engine::error::{Error, Result};
 use clover_engine::paths;
 
@@ -29,10 +29,10 @@ pub enum Device {
 }
 
 impl Device {
-    /// `cpu`, `cuda`, `cuda:N`; without the option, cuda:0 when it opens, else cpu.
+    /// `cpu`, `cuda`, `cuda:N`; without the option, cuda:0 when it can be opened, else cpu.
     fn parse(arg: Option<&str>) -> Result<Device> {
         match arg {
-            None => Ok(if CudaBackend::new(0).is_ok() { Device::Cuda(0) } else { Device::Cpu }),
+            None => Ok(if check_device(0).is_ok() { Device::Cuda(0) } else { Device::Cpu }),
             Some("cpu") => Ok(Device::Cpu),
             Some("cuda") => Ok(Device::Cuda(0)),
             Some(other) => other

@@ -56,14 +56,8 @@ pub fn write_random_model_scaled(dir: &Path, config: &serde_json::Value, seed: u
     let mut tensors = Vec::new();
     for (name, shape) in tensor_shapes(&parsed) {
         let n: usize = shape.iter().product();
-        let values: Vec<f32> = if name.ends_with("norm.weight") {
-            (0..n).map(|_| 0.8 + 0.4 * rng.uniform_f32()).collect()
-        } else {
-            let fan_in = *shape.last().unwrap_or(&1) as f32;
-            let scale =
-                if name.contains("embed") || name.contains("lm_head") { embed_scale } else { 1.7 / fan_in.sqrt() };
-            (0..n).map(|_| (2.0 * rng.uniform_f32() - 1.0) * scale).collect()
-        };
+        let value = value_rule(&name, &shape, embed_scale);
+        let values: Vec<f32> = (0..n).map(|_| value(rng.uniform_f32())).collect();
         tensors.push((name, shape, values));
     }
     write_f32_safetensors(&dir.join("model.safetensors"), &tensors)?;
@@ -96,20 +90,11 @@ pub fn write_random_model_bf16_sharded(dir: &Path, config: &serde_json::Value, s
     for s in 0..shards {
         let mut tensors = Vec::new();
         for (t, (name, shape)) in shapes.iter().enumerate().filter(|(_, (n, _))| shard_of(n) == s) {
-            let n: usize = shape.iter().product();
-            let norm = name.ends_with("norm.weight");
-            let scale = if name.contains("embed") || name.contains("lm_head") {
-                2.0
-            } else {
-                1.7 / (*shape.last().unwrap_or(&1) as f32).sqrt()
-            };
-            let mut values = vec![0f32; n];
+            let value = value_rule(name, shape, 2.0);
+            let mut values = vec![0f32; shape.iter().product()];
             values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
                 let mut rng = Rng::new(seed ^ ((t as u64) << 32) ^ c as u64);
-                for v in chunk {
-                    let u = rng.uniform_f32();
-                    *v = if norm { 0.8 + 0.4 * u } else { (2.0 * u - 1.0) * scale };
-                }
+                chunk.iter_mut().for_each(|v| *v = value(rng.uniform_f32()));
             });
             weight_map.insert(name.clone(), file(s).into());
             tensors.push((name.clone(), shape.clone(), values));
@@ -120,6 +105,18 @@ pub fn write_random_model_bf16_sharded(dir: &Path, config: &serde_json::Value, s
     let index_text = serde_json::to_string_pretty(&index).map_err(|e| Error::input(e.to_string()))?;
     write_atomically(&dir.join("model.safetensors.index.json"), index_text.as_bytes())?;
     write_atomically(&config_path, text.as_bytes())
+}
+
+/// A tensor's random values from uniform draws u ∈ [0, 1): norm gains near 1, matrices uniform
+/// with a scale that keeps activations O(1), embeddings (and lm_head) at ±`embed_scale`.
+fn value_rule(name: &str, shape: &[usize], embed_scale: f32) -> impl Fn(f32) -> f32 + Sync {
+    let norm = name.ends_with("norm.weight");
+    let scale = if name.contains("embed") || name.contains("lm_head") {
+        embed_scale
+    } else {
+        1.7 / (*shape.last().unwrap_or(&1) as f32).sqrt()
+    };
+    move |u| if norm { 0.8 + 0.4 * u } else { (2.0 * u - 1.0) * scale }
 }
 
 /// A llama config small enough for unit tests to run many forwards in milliseconds.

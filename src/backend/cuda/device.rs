@@ -19,6 +19,29 @@ pub fn built_with_kernels() -> bool {
     !images::KERNELS.is_empty()
 }
 
+/// Whether GPU `ordinal` can be opened: kernels in this build, the driver and cuBLAS libraries, the
+/// device. Cheap (no context is created), so the CLI can pick its default device with it.
+pub fn check(ordinal: usize) -> Result<()> {
+    if !built_with_kernels() {
+        return Err(Error::input(
+            "CUDA backend: built without CUDA kernels (nvcc was not found at build time; see DEVELOPERS.md)",
+        ));
+    }
+    // SAFETY: both only try to open the shared libraries; nothing is called in them.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::input("CUDA backend: the NVIDIA driver library (libcuda) was not found"));
+    }
+    // SAFETY: as above.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(Error::input("CUDA backend: the cuBLAS library (libcublas) was not found"));
+    }
+    let count = CudaContext::device_count().map_err(|e| Error::input(format!("CUDA backend: {e}")))?;
+    if ordinal >= count.max(0) as usize {
+        return Err(Error::input(format!("CUDA backend: no GPU cuda:{ordinal} (this machine has {count})")));
+    }
+    Ok(())
+}
+
 pub struct Device {
     pub ordinal: usize,
     pub stream: Arc<CudaStream>,
@@ -29,23 +52,7 @@ pub struct Device {
 impl Device {
     /// GPU `ordinal`, or a clear error saying what is missing.
     pub fn open(ordinal: usize) -> Result<Device> {
-        if !built_with_kernels() {
-            return Err(Error::input(
-                "CUDA backend: built without CUDA kernels (nvcc was not found at build time; see DEVELOPERS.md)",
-            ));
-        }
-        // SAFETY: both only try to open the shared libraries; nothing is called in them.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(Error::input("CUDA backend: the NVIDIA driver library (libcuda) was not found"));
-        }
-        // SAFETY: as above.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::input("CUDA backend: the cuBLAS library (libcublas) was not found"));
-        }
-        let count = CudaContext::device_count().map_err(|e| Error::input(format!("CUDA backend: {e}")))?;
-        if ordinal >= count.max(0) as usize {
-            return Err(Error::input(format!("CUDA backend: no GPU cuda:{ordinal} (this machine has {count})")));
-        }
+        check(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::input(format!("CUDA backend: cuda:{ordinal}: {e}")))?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::input(format!("CUDA backend: cuBLAS: {e}")))?;

@@ -86,60 +86,59 @@ pub fn to_bf16(dev: &Device, x: &CudaSlice<f32>, len: usize) -> CudaSlice<u16> {
     out
 }
 
-/// out[rows, n] = x[rows, k] · wᵀ (`beta = 0`) or out += that (`beta = 1`).
-pub fn matmul(dev: &Device, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>, beta: f32) {
+/// `g` with A = the weight and B = `input` (`len` values): in the weight's type, so bf16 weights
+/// take a bf16 copy of the input.
+fn with_weight(
+    dev: &Device,
+    g: impl Fn(cudaDataType) -> Gemm,
+    w: &CudaWeight,
+    input: &CudaSlice<f32>,
+    len: usize,
+    out: &mut CudaSlice<f32>,
+) {
+    let stream = &dev.stream;
+    let (c, _rc) = out.device_ptr_mut(stream);
+    match &w.data {
+        WeightData::F32(wd) => {
+            let (a, _ra) = wd.device_ptr(stream);
+            let (b, _rb) = input.device_ptr(stream);
+            // SAFETY: the callers check the shapes; the guards keep the buffers' events in order.
+            unsafe { g(cudaDataType::CUDA_R_32F).run(dev, a, b, c) }
+        }
+        WeightData::Bf16(wd) => {
+            let rounded = to_bf16(dev, input, len);
+            let (a, _ra) = wd.device_ptr(stream);
+            let (b, _rb) = rounded.device_ptr(stream);
+            // SAFETY: as above.
+            unsafe { g(cudaDataType::CUDA_R_16BF).run(dev, a, b, c) }
+        }
+    }
+}
+
+/// out[rows, n] = x[rows, k] · wᵀ.
+pub fn matmul(dev: &Device, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>) {
     let (n, k) = (w.rows, w.cols);
     assert!(x.len() >= rows * k && out.len() >= rows * n, "matmul: buffers shorter than [{rows}, {k}] / [{rows}, {n}]");
     if rows == 0 || n == 0 {
         return;
     }
-    let shape = |dtype| Gemm { trans_a: true, trans_b: false, m: n, n: rows, k, lda: k, ldb: k, ldc: n, beta, dtype };
-    let stream = &dev.stream;
-    match &w.data {
-        WeightData::F32(wd) => {
-            let (a, _ra) = wd.device_ptr(stream);
-            let (b, _rb) = x.device_ptr(stream);
-            let (c, _rc) = out.device_ptr_mut(stream);
-            // SAFETY: shapes checked above; the guards keep the buffers' events in order.
-            unsafe { shape(cudaDataType::CUDA_R_32F).run(dev, a, b, c) }
-        }
-        WeightData::Bf16(wd) => {
-            let xb = to_bf16(dev, x, rows * k);
-            let (a, _ra) = wd.device_ptr(stream);
-            let (b, _rb) = xb.device_ptr(stream);
-            let (c, _rc) = out.device_ptr_mut(stream);
-            // SAFETY: as above.
-            unsafe { shape(cudaDataType::CUDA_R_16BF).run(dev, a, b, c) }
-        }
-    }
+    let g = |dtype| Gemm { trans_a: true, trans_b: false, m: n, n: rows, k, lda: k, ldb: k, ldc: n, beta: 0.0, dtype };
+    with_weight(dev, g, w, x, rows * k, out);
 }
 
 /// dx[rows, k] += dy[rows, n] · w: column-major DX (k × rows) += W (k × n) · DY (n × rows).
 pub fn matmul_input_grad(dev: &Device, dy: &CudaSlice<f32>, rows: usize, w: &CudaWeight, dx: &mut CudaSlice<f32>) {
     let (n, k) = (w.rows, w.cols);
+    assert!(
+        dy.len() >= rows * n && dx.len() >= rows * k,
+        "matmul backward: buffers shorter than [{rows}, {n}] / [{rows}, {k}]"
+    );
     if rows == 0 || n == 0 || k == 0 {
         return;
     }
-    let shape =
+    let g =
         |dtype| Gemm { trans_a: false, trans_b: false, m: k, n: rows, k: n, lda: k, ldb: n, ldc: k, beta: 1.0, dtype };
-    let stream = &dev.stream;
-    match &w.data {
-        WeightData::F32(wd) => {
-            let (a, _ra) = wd.device_ptr(stream);
-            let (b, _rb) = dy.device_ptr(stream);
-            let (c, _rc) = dx.device_ptr_mut(stream);
-            // SAFETY: w is [n, k], dy [rows, n], dx [rows, k].
-            unsafe { shape(cudaDataType::CUDA_R_32F).run(dev, a, b, c) }
-        }
-        WeightData::Bf16(wd) => {
-            let dyb = to_bf16(dev, dy, rows * n);
-            let (a, _ra) = wd.device_ptr(stream);
-            let (b, _rb) = dyb.device_ptr(stream);
-            let (c, _rc) = dx.device_ptr_mut(stream);
-            // SAFETY: as above.
-            unsafe { shape(cudaDataType::CUDA_R_16BF).run(dev, a, b, c) }
-        }
-    }
+    with_weight(dev, g, w, dy, rows * n, dx);
 }
 
 /// dw[n, k] += dyᵀ · x (f32): column-major DW (k × n) += X (k × rows) · DYᵀ (rows × n).

@@ -17,8 +17,8 @@ use super::{AdamW, AttnMask, AttnShape, Backend, CloverCellParams, KvLayout};
 use crate::error::Result;
 use crate::nvtx;
 use crate::weights::HostTensor;
-pub use device::built_with_kernels;
 use device::Device;
+pub use device::{built_with_kernels, check as check_device};
 pub use weight::CudaWeight;
 use weight::WeightData;
 
@@ -61,7 +61,7 @@ fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
 /// Launches kernel `$name` with `$cfg` and the arguments in the kernel's order; an empty grid
 /// (no rows) launches nothing.
 macro_rules! launch {
-    ($dev:expr, $name:literal, $cfg:expr; $($arg:expr),* $(,)?) => {{
+    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         let dev: &Device = $dev;
         let cfg: LaunchConfig = $cfg;
         if cfg.grid_dim.0 > 0 && cfg.grid_dim.1 > 0 {
@@ -83,8 +83,27 @@ impl CudaBackend {
         self.dev.stream.alloc_zeros::<f32>(len.max(1)).expect("CUDA backend: allocation")
     }
 
-    fn row_losses(&self, row_loss: &CudaSlice<f32>, rows: usize) -> f32 {
-        let host = self.dev.stream.clone_dtoh(row_loss).expect("CUDA backend: download");
+    /// A loss kernel of `(grad, row_loss, input, target, row_weight, rows, width)` (loss.cu): one
+    /// block of `threads` per row of `row_weight`, each writing its row's gradient and weighted
+    /// loss; returns the rows' sum.
+    fn weighted_row_loss(
+        &self,
+        kernel: &'static str,
+        threads: u32,
+        input: &CudaSlice<f32>,
+        target: &CudaSlice<f32>,
+        row_weight: &[f32],
+        grad: &mut CudaSlice<f32>,
+    ) -> f32 {
+        let rows = row_weight.len();
+        if rows == 0 {
+            return 0.0;
+        }
+        let weights = self.upload(row_weight);
+        let mut row_loss = self.alloc(rows);
+        let (r, width) = (int(rows), int(input.len() / rows));
+        launch!(&self.dev, kernel, grid(rows, 1, threads); grad, &mut row_loss, input, target, &weights, &r, &width);
+        let host = self.dev.stream.clone_dtoh(&row_loss).expect("CUDA backend: download");
         host[..rows].iter().sum()
     }
 }
@@ -164,7 +183,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>) {
-        nvtx::scoped(c"gemm", || gemm::matmul(&self.dev, x, rows, w, out, 0.0));
+        nvtx::scoped(c"gemm", || gemm::matmul(&self.dev, x, rows, w, out));
     }
 
     fn add_bias(&self, x: &mut CudaSlice<f32>, rows: usize, bias: &CudaWeight) {
@@ -309,17 +328,7 @@ impl Backend for CudaBackend {
         row_weight: &[f32],
         d_logits: &mut CudaSlice<f32>,
     ) -> f32 {
-        let rows = row_weight.len();
-        if rows == 0 {
-            return 0.0;
-        }
-        let vocab = logits.len() / rows;
-        let weights = self.upload(row_weight);
-        let mut row_loss = self.alloc(rows);
-        let (r, v) = (int(rows), int(vocab));
-        launch!(&self.dev, "soft_cross_entropy", grid(rows, 1, 1024);
-            d_logits, &mut row_loss, logits, teacher_logits, &weights, &r, &v);
-        self.row_losses(&row_loss, rows)
+        self.weighted_row_loss("soft_cross_entropy", 1024, logits, teacher_logits, row_weight, d_logits)
     }
 
     fn smooth_l1(
@@ -329,16 +338,7 @@ impl Backend for CudaBackend {
         row_weight: &[f32],
         d_pred: &mut CudaSlice<f32>,
     ) -> f32 {
-        let rows = row_weight.len();
-        if rows == 0 {
-            return 0.0;
-        }
-        let width = pred.len() / rows;
-        let weights = self.upload(row_weight);
-        let mut row_loss = self.alloc(rows);
-        let (r, w) = (int(rows), int(width));
-        launch!(&self.dev, "smooth_l1", grid(rows, 1, 256); d_pred, &mut row_loss, pred, target, &weights, &r, &w);
-        self.row_losses(&row_loss, rows)
+        self.weighted_row_loss("smooth_l1", 256, pred, target, row_weight, d_pred)
     }
 
     fn clip_by_value(&self, x: &mut CudaSlice<f32>, limit: f32) {

@@ -56,11 +56,14 @@ pub fn process(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
     out
 }
 
-/// First index of the largest logit; NaN never wins. 0 for an empty row.
+/// First index of the largest logit in `top_k_indices`' order (NaN ranks as −inf, −0 below +0),
+/// so that it equals `top_k_indices(logits, 1)` and the backends' `top_k_rows` with k = 1.
+/// 0 for an empty row.
 pub fn argmax(logits: &[f32]) -> usize {
+    let key = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
     let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] || (logits[best].is_nan() && !x.is_nan()) {
+    for (i, &x) in logits.iter().enumerate().skip(1) {
+        if key(x).total_cmp(&key(logits[best])) == Ordering::Greater {
             best = i;
         }
     }
@@ -257,6 +260,16 @@ mod tests {
         let logits = [1.0, 3.0, f32::NAN, 3.0];
         assert_eq!(argmax(&logits), 1);
         assert_eq!(argmax(&[f32::NAN, 2.0]), 1);
+        for row in [
+            vec![f32::NAN, f32::NEG_INFINITY],
+            vec![-0.0, 0.0],
+            vec![0.0, -0.0],
+            vec![1.0, f32::NAN, 1.0],
+            vec![f32::NAN, f32::NAN],
+            vec![-3.0, f32::INFINITY, f32::INFINITY],
+        ] {
+            assert_eq!(argmax(&row), top_k_indices(&row, 1)[0], "{row:?}");
+        }
         assert!(close(&process(&logits, &SamplingParams::greedy()), &[0.0, 1.0, 0.0, 0.0]));
     }
 

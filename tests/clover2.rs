@@ -15,7 +15,7 @@ use clover_engine::draft::init::init_head;
 use clover_engine::draft::{load_head, DraftHead, DraftKind};
 use clover_engine::model::layer::{DecoderLayer, Rope};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
-use clover_engine::model::{ForwardOutput, KvCache, Llama, LogitRows};
+use clover_engine::model::{ForwardOutput, KvCache, Llama, LogitRows, Logits};
 use clover_engine::rng::Rng;
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::drafting::TreeSpec;
@@ -184,7 +184,7 @@ impl DraftHead<CpuBackend> for CacheChecked<'_> {
         base: &ForwardOutput<CpuBackend>,
         rows: &[usize],
         next_tokens: &[u32],
-    ) -> clover_engine::Result<Vec<f32>> {
+    ) -> clover_engine::Result<Logits<CpuBackend>> {
         let logits = self.inner.begin(model, base, rows, next_tokens)?;
         assert_eq!(self.inner.stable_len(), self.prompt_len + self.emitted.get() - 1, "begin {}", self.begins);
         self.begins += 1;
@@ -196,7 +196,7 @@ impl DraftHead<CpuBackend> for CacheChecked<'_> {
         model: &Llama<CpuBackend>,
         parents: &[usize],
         tokens: &[u32],
-    ) -> clover_engine::Result<Vec<f32>> {
+    ) -> clover_engine::Result<Logits<CpuBackend>> {
         let before = self.inner.stable_len();
         let logits = self.inner.expand(model, parents, tokens)?;
         assert_eq!(self.inner.stable_len(), before, "drafting must not touch the block's cache");
@@ -347,7 +347,7 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     let next: Vec<u32> = prompt[1..].iter().copied().chain([root]).collect();
     let mut head = Clover2Head::load(&head_dir, &model).unwrap();
     head.reset();
-    let logits0 = head.begin(&model, &base, &rows, &next).unwrap();
+    let logits0 = head.begin(&model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
 
     // AD₀ over (u_t, E[x_{t+1}]), then the two block layers (the shared, separately tested
     // decoder layer) at positions 0.. with RoPE base 10000.
@@ -392,12 +392,12 @@ fn drafts_match_a_direct_computation_of_the_spec() {
         let pre = add(&add(&linear(&wc, 2 * h, 0, &s), &linear(&wc, 2 * h, h, &e(tok))), &bc);
         (project(&rmsnorm(&pre, &head_norm, eps)), s)
     };
-    let logits1 = head.expand(&model, &[0, 0], &[11, 23]).unwrap();
+    let logits1 = head.expand(&model, &[0, 0], &[11, 23]).unwrap().to_host(&CpuBackend);
     let (want_a, s1a) = step(&s0, 11);
     let (want_b, s1b) = step(&s0, 23);
     assert_close(&logits1[..v], &want_a, "head 1, node 0");
     assert_close(&logits1[v..], &want_b, "head 1, node 1");
-    let logits2 = head.expand(&model, &[1, 1, 0], &[31, 2, 31]).unwrap();
+    let logits2 = head.expand(&model, &[1, 1, 0], &[31, 2, 31]).unwrap().to_host(&CpuBackend);
     assert_close(&logits2[..v], &step(&s1b, 31).0, "head 2, node 0");
     assert_close(&logits2[v..2 * v], &step(&s1b, 2).0, "head 2, node 1");
     assert_close(&logits2[2 * v..], &step(&s1a, 31).0, "head 2, node 2");

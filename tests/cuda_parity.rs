@@ -260,6 +260,39 @@ fn losses_and_adamw() {
     close("adamw v", &p.down(&gv), &cv, 1e-6);
 }
 
+/// Selection has no tolerance: the same indices, in the same order, including the CPU's edge
+/// cases (ties to the lower column, NaN as −inf, −0 below +0, k above the width).
+#[test]
+fn top_k_rows_pick_the_same_columns() {
+    let Some(p) = Pair::new() else { return };
+    for (width, k) in [(49152, 10), (49152, 1), (8192, 10), (37, 40), (1, 3)] {
+        let rows = 5;
+        let mut x = random(rows * width, width as u64 + k as u64);
+        // Row 1: many exact ties; row 2: NaN, ±inf and signed zeros among the leaders.
+        for v in &mut x[width..2 * width] {
+            *v = (*v * 4.0).round();
+        }
+        if width > 8 {
+            let row2 = &mut x[2 * width..3 * width];
+            row2[..8].copy_from_slice(&[
+                f32::NAN,
+                f32::INFINITY,
+                -0.0,
+                0.0,
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+                f32::NAN,
+                5.0,
+            ]);
+        }
+        let (g, c) = p.bufs(&x);
+        let got = p.gpu.top_k_rows(&g, rows, width, k);
+        let want = p.cpu.top_k_rows(&c, rows, width, k);
+        assert_eq!(got, want, "top_k_rows width {width} k {k}");
+    }
+    eprintln!("top_k_rows: identical indices");
+}
+
 #[test]
 fn kv_cache_and_attention_over_a_prefix_and_a_tree() {
     let Some(p) = Pair::new() else { return };

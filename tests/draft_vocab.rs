@@ -44,9 +44,9 @@ fn draft_rows(head: &mut dyn DraftHead<CpuBackend>, model: &Llama<CpuBackend>) -
     let rows: Vec<usize> = (0..prompt.len()).collect();
     let next: Vec<u32> = prompt[1..].iter().copied().chain([7]).collect();
     head.reset();
-    let first = head.begin(model, &base, &rows, &next).unwrap();
-    let level1 = head.expand(model, &[0, 0, 0], &[10, 11, 12]).unwrap();
-    let level2 = head.expand(model, &[2, 0], &[13, 14]).unwrap();
+    let first = head.begin(model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
+    let level1 = head.expand(model, &[0, 0, 0], &[10, 11, 12]).unwrap().to_host(&CpuBackend);
+    let level2 = head.expand(model, &[2, 0], &[13, 14]).unwrap().to_host(&CpuBackend);
     vec![first, level1, level2]
 }
 

@@ -206,6 +206,12 @@ pub trait Backend: Send + Sync {
     );
     // ---- end of the training block ------------------------------------------------------------
 
+    /// The `k` largest entries of each of `rows` rows of width `width`, as column indices, best
+    /// first, ties to the lower column and NaN ranked as −inf (`sampling::top_k_indices`):
+    /// `rows × min(k, width)` indices. k = 1 is each row's argmax. Greedy decoding, greedy
+    /// verification and static-tree drafting need nothing else, so only the indices leave the device.
+    fn top_k_rows(&self, x: &Self::Buf, rows: usize, width: usize, k: usize) -> Vec<u32>;
+
     /// Writes `rows` new key (or value) rows `[rows, n_kv_heads·head_dim]` at slots `start..`.
     fn kv_write(&self, cache: &mut Self::Buf, layout: KvLayout, new: &Self::Buf, rows: usize, start: usize);
     /// Moves cache slot `from` to slot `to` for every head, in order (KV compaction).

@@ -30,7 +30,7 @@ use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
 use crate::model::layer::{DecoderLayer, Rope};
-use crate::model::{ForwardOutput, KvCache, Llama, ModelConfig};
+use crate::model::{ForwardOutput, KvCache, Llama, Logits, ModelConfig};
 use crate::weights::safetensors::SafetensorsFiles;
 
 /// The Augmenting Block's RoPE base, whatever the base model uses: the reference hard-codes it,
@@ -188,7 +188,7 @@ impl<B: Backend> Clover2Head<B> {
     }
 
     /// logits = lm_head(RMSNorm_head(pre)) for `rows` rows.
-    fn head_logits(&self, model: &Llama<B>, pre: &B::Buf, rows: usize) -> Vec<f32> {
+    fn head_logits(&self, model: &Llama<B>, pre: &B::Buf, rows: usize) -> Logits<B> {
         let b = &model.backend;
         let mut f = b.zeros(rows * self.config.hidden_size);
         b.rmsnorm(pre, rows, &self.head_norm, self.config.rms_norm_eps, &mut f);
@@ -232,7 +232,7 @@ impl<B: Backend> DraftHead<B> for Clover2Head<B> {
         base: &ForwardOutput<B>,
         rows: &[usize],
         next_tokens: &[u32],
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Logits<B>> {
         let b = &model.backend;
         let (n, h, eps) = (rows.len(), self.config.hidden_size, self.config.rms_norm_eps);
         if n == 0 || next_tokens.len() != n {
@@ -265,7 +265,7 @@ impl<B: Backend> DraftHead<B> for Clover2Head<B> {
         Ok(logits)
     }
 
-    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>> {
+    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Logits<B>> {
         let b = &model.backend;
         let (n, h) = (tokens.len(), self.config.hidden_size);
         if n == 0 || parents.len() != n || parents.iter().any(|&p| p >= self.level_rows) {

@@ -11,7 +11,7 @@ use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
 use crate::model::layer::{DecoderLayer, Rope};
-use crate::model::{ForwardOutput, KvCache, Llama, ModelConfig};
+use crate::model::{ForwardOutput, KvCache, Llama, Logits, ModelConfig};
 use crate::weights::safetensors::SafetensorsFiles;
 
 /// EAGLE's layer has no depth limit of its own; this bounds the per-step tree entries.
@@ -139,7 +139,7 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         base: &ForwardOutput<B>,
         rows: &[usize],
         next_tokens: &[u32],
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Logits<B>> {
         let b = &model.backend;
         let h = self.config.hidden_size;
         if self.pairs + rows.len() + TREE_SLOTS > self.cache.capacity() {
@@ -159,7 +159,7 @@ impl<B: Backend> DraftHead<B> for EagleHead<B> {
         Ok(self.lm_head.project(model, &self.level_states, 1))
     }
 
-    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>> {
+    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Logits<B>> {
         let b = &model.backend;
         let (n, h) = (tokens.len(), self.config.hidden_size);
         if parents.iter().any(|&p| p >= self.level_paths.len()) || parents.len() != n || n == 0 {

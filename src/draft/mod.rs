@@ -10,7 +10,7 @@ pub mod vocab;
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::model::{ForwardOutput, Llama};
+use crate::model::{ForwardOutput, Llama, Logits};
 use crate::weights::HostTensor;
 use vocab::{DraftLmHead, DraftVocabChoice};
 
@@ -44,19 +44,20 @@ pub trait DraftHead<B: Backend> {
 
     /// Consumes newly committed positions: rows `rows` of a base forward's features, each paired
     /// with the token that follows it (for the newest, the next root). Returns the draft logits
-    /// of the root's children, one per draft-vocabulary column (see `draft_vocab`).
+    /// of the root's children (one row), one per draft-vocabulary column (see `draft_vocab`),
+    /// left on the backend.
     fn begin(
         &mut self,
         model: &Llama<B>,
         base: &ForwardOutput<B>,
         rows: &[usize],
         next_tokens: &[u32],
-    ) -> Result<Vec<f32>>;
+    ) -> Result<Logits<B>>;
 
     /// Drafts one more tree level: node i has token `tokens[i]` and its parent is node
     /// `parents[i]` of the previous level (level 1: the root, index 0). `tokens` are token ids of
     /// the full vocabulary. Returns `[n, columns]` logits, one row per node, for their children.
-    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>>;
+    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Logits<B>>;
 }
 
 /// Loads a head of the given kind from `dir` for `base`, drafting over its own draft vocabulary

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::backend::Backend;
 use crate::draft::config::read_json;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{Llama, Logits};
 
 pub const DRAFT_VOCAB_FILE: &str = "draft_vocab.json";
 
@@ -156,13 +156,13 @@ impl<B: Backend> DraftLmHead<B> {
     /// Logits of `rows` rows of normalised features over the draft vocabulary: `[rows, N]`.
     /// Each column is computed exactly as the full projection computes it (same kernel, same
     /// summation order), so it equals the full logit of its token.
-    pub fn project(&self, model: &Llama<B>, x: &B::Buf, rows: usize) -> Vec<f32> {
+    pub fn project(&self, model: &Llama<B>, x: &B::Buf, rows: usize) -> Logits<B> {
         if self.rows.is_none() {
-            return model.project(x, rows);
+            return model.project_rows(x, rows);
         }
         let b = &model.backend;
         let mut logits = b.zeros(rows * self.width(model));
         b.matmul(x, rows, self.weight(model), &mut logits);
-        b.download(&logits)
+        Logits::new(logits, rows, self.width(model))
     }
 }

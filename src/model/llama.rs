@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::kv_cache::KvCache;
 use crate::model::layer::{DecoderLayer, Rope};
+use crate::model::logits::Logits;
 use crate::weights::safetensors::SafetensorsFiles;
 
 pub struct Llama<B: Backend> {
@@ -163,10 +164,22 @@ impl<B: Backend> Llama<B> {
 
     /// lm_head(x) for `rows` rows of already-normalised features: `[rows, vocab]`.
     pub fn project(&self, x: &B::Buf, rows: usize) -> Vec<f32> {
+        self.project_rows(x, rows).to_host(&self.backend)
+    }
+
+    /// lm_head(x) for `rows` rows of already-normalised features, left on the backend.
+    pub fn project_rows(&self, x: &B::Buf, rows: usize) -> Logits<B> {
         let b = &self.backend;
         let mut logits = b.zeros(rows * self.config.vocab_size);
         b.matmul(x, rows, self.lm_head(), &mut logits);
-        b.download(&logits)
+        Logits::new(logits, rows, self.config.vocab_size)
+    }
+
+    /// The next-token logits of the last of `rows` rows of post-norm features, left on the
+    /// backend (a forward run with `LogitRows::None`, then this: the decoding loops pick from it).
+    pub fn last_logits(&self, postnorm: &B::Buf, rows: usize) -> Logits<B> {
+        let last = self.backend.slice_rows(postnorm, self.config.hidden_size, rows - 1, 1);
+        self.project_rows(&last, 1)
     }
 
     /// Projects the chosen rows of post-norm features to the vocabulary.

@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::draft::DraftHead;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{Llama, Logits};
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
 use crate::spec::tree::{CloverTreeExpander, CloverTreeParams, Eagle2Expander, Eagle2Params, StaticTree, TreeBuffers};
@@ -66,7 +66,7 @@ pub fn draft_tree<B: Backend, H: DraftHead<B> + ?Sized>(
     model: &Llama<B>,
     head: &mut H,
     root: u32,
-    first_row: Vec<f32>,
+    first_row: Logits<B>,
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Result<DraftedTree> {
@@ -138,18 +138,18 @@ fn grow<B: Backend, H: DraftHead<B> + ?Sized>(
     model: &Llama<B>,
     head: &mut H,
     columns: &Columns,
-    first_row: Vec<f32>,
+    first_row: Logits<B>,
     params: &SamplingParams,
     mut expand: impl FnMut(&[Vec<f32>]) -> Result<crate::spec::tree::Frontier>,
 ) -> Result<()> {
-    let mut rows = vec![draft_distribution(&first_row, params)];
+    let mut rows = vec![draft_distribution(&first_row.to_host(&model.backend), params)];
     loop {
         let frontier = expand(&rows)?;
         if frontier.is_empty() {
             return Ok(());
         }
         let tokens: Vec<u32> = frontier.tokens.iter().map(|&c| columns.token(c)).collect();
-        let logits = head.expand(model, &frontier.parent_slots, &tokens)?;
+        let logits = head.expand(model, &frontier.parent_slots, &tokens)?.to_host(&model.backend);
         rows = logits.chunks_exact(columns.width()).map(|r| draft_distribution(r, params)).collect();
     }
 }
@@ -162,14 +162,34 @@ struct RowDraws {
     q: Option<Vec<f32>>,
 }
 
-fn draw_row(logits: &[f32], k: usize, columns: &Columns, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
+/// The draws of every row of `logits`: at T = 0 the backend picks each row's top-k, and the rows
+/// stay where they are.
+fn draw_rows<B: Backend>(
+    backend: &B,
+    logits: &Logits<B>,
+    k: usize,
+    columns: &Columns,
+    params: &SamplingParams,
+    rng: &mut Rng,
+) -> Vec<RowDraws> {
     if params.is_greedy() {
-        let mut tokens: Vec<u32> =
-            sampling::top_k_indices(logits, k).into_iter().map(|c| columns.token(c as u32)).collect();
-        // A draft vocabulary smaller than k: the padding is drafted, and verified, like any token.
-        tokens.resize(k, 0);
-        return RowDraws { tokens, q_tilde: vec![1.0; k], q: None };
+        return logits
+            .top_k(backend, k)
+            .into_iter()
+            .map(|top| {
+                let mut tokens: Vec<u32> = top.into_iter().map(|c| columns.token(c)).collect();
+                // A draft vocabulary smaller than k: the padding is drafted, and verified, like any token.
+                tokens.resize(k, 0);
+                RowDraws { tokens, q_tilde: vec![1.0; k], q: None }
+            })
+            .collect();
     }
+    let host = logits.to_host(backend);
+    host.chunks_exact(logits.width()).map(|row| draw_row(row, k, columns, params, rng)).collect()
+}
+
+/// One row's k draws without replacement from the processed distribution (T > 0).
+fn draw_row(logits: &[f32], k: usize, columns: &Columns, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
     let q = sampling::process(logits, params);
     let draws = sampling::sample_without_replacement(&q, k, rng);
     let mut tokens: Vec<u32> = draws.iter().map(|&(c, _)| columns.token(c as u32)).collect();
@@ -186,20 +206,20 @@ fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
     head: &mut H,
     columns: &Columns,
     root: u32,
-    first_row: Vec<f32>,
+    first_row: Logits<B>,
     params: &SamplingParams,
     rng: &mut Rng,
 ) -> Result<DraftedTree> {
     let buffers = tree.buffers();
     let k = tree.top_k();
-    let mut rows = vec![draw_row(&first_row, k, columns, params, rng)];
+    let mut rows = draw_rows(&model.backend, &first_row, k, columns, params, rng);
     let mut level_rows_start = 0;
     for level in buffers.levels() {
         let prev = &rows[level_rows_start..];
         let tokens: Vec<u32> = level.topk_indices.iter().map(|&i| prev[i / k].tokens[i % k]).collect();
         let logits = head.expand(model, &level.parent_slots, &tokens)?;
         level_rows_start = rows.len();
-        rows.extend(logits.chunks_exact(columns.width()).map(|r| draw_row(r, k, columns, params, rng)));
+        rows.extend(draw_rows(&model.backend, &logits, k, columns, params, rng));
     }
     if rows.len() != buffers.draft_rows().len() {
         return Err(Error::input("static tree: drafted rows do not match the tree's draft rows"));

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::draft::DraftHead;
 use crate::error::{Error, Result};
-use crate::model::{Llama, LogitRows};
+use crate::model::{Llama, LogitRows, Logits};
 use crate::nvtx;
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
@@ -89,7 +89,8 @@ pub fn generate_plain<B: Backend>(
     let mut out = Vec::new();
 
     let t0 = Instant::now();
-    let mut logits = model.prefill(&mut cache, prompt, LogitRows::Last)?.logits;
+    let prefill = model.prefill(&mut cache, prompt, LogitRows::None)?;
+    let mut logits = model.last_logits(&prefill.postnorm, prompt.len());
     stats.prefill_secs = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
@@ -97,7 +98,7 @@ pub fn generate_plain<B: Backend>(
     let mut running: Option<(Instant, f64)> = None;
     while out.len() < cfg.max_new_tokens {
         let t = Instant::now();
-        let next = pick(&logits, &cfg.sampling, &mut rng) as u32;
+        let next = pick(model, &logits, &cfg.sampling, &mut rng);
         let accept_secs = t.elapsed().as_secs_f64();
         out.push(next);
         on_tokens(&[next]);
@@ -109,7 +110,8 @@ pub fn generate_plain<B: Backend>(
             break;
         }
         let start = Instant::now();
-        logits = nvtx::scoped(c"verify", || model.decode(&mut cache, next))?.logits;
+        logits =
+            nvtx::scoped(c"verify", || model.decode(&mut cache, next).map(|out| model.last_logits(&out.postnorm, 1)))?;
         running = Some((start, start.elapsed().as_secs_f64()));
         stats.steps += 1;
     }
@@ -118,12 +120,13 @@ pub fn generate_plain<B: Backend>(
     Ok((out, stats))
 }
 
-/// Greedy argmax at temperature 0, else a draw from the processed distribution.
-pub fn pick(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> usize {
+/// From a one-row `logits`: the argmax at temperature 0 (picked on the backend), else a draw from
+/// the processed distribution.
+pub fn pick<B: Backend>(model: &Llama<B>, logits: &Logits<B>, params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.is_greedy() {
-        sampling::argmax(logits)
+        logits.argmax(&model.backend)[0]
     } else {
-        sampling::sample(&sampling::process(logits, params), rng)
+        sampling::sample(&sampling::process(&logits.to_host(&model.backend), params), rng) as u32
     }
 }
 
@@ -210,8 +213,8 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
     let mut out: Vec<u32> = Vec::new();
 
     let t0 = Instant::now();
-    let prefill = model.prefill(&mut cache, prompt, LogitRows::Last)?;
-    let mut root = pick(&prefill.logits, &cfg.sampling, &mut rng) as u32;
+    let prefill = model.prefill(&mut cache, prompt, LogitRows::None)?;
+    let mut root = pick(model, &model.last_logits(&prefill.postnorm, prompt.len()), &cfg.sampling, &mut rng);
     stats.base.prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     out.push(root);
@@ -223,23 +226,21 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
     head.reset();
     let rows: Vec<usize> = (0..prompt.len()).collect();
     let next: Vec<u32> = prompt[1..].iter().copied().chain([root]).collect();
-    let mut first_row = head.begin(model, &prefill, &rows, &next)?;
+    let mut first_row = Some(head.begin(model, &prefill, &rows, &next)?);
     stats.draft_secs += t0.elapsed().as_secs_f64() - stats.base.prefill_secs;
 
     while cache.len() + tree.max_nodes() <= cache.capacity() {
         let t = Instant::now();
-        let row = std::mem::take(&mut first_row);
+        let row = first_row.take().expect("the head drafts after every step that goes on");
         let drafted = nvtx::scoped(c"draft", || draft_tree(tree, model, head, root, row, &cfg.sampling, &mut rng))?;
         let mut t_draft = t.elapsed().as_secs_f64();
 
         let base_len = cache.len();
         let bufs = &drafted.buffers;
-        let (verified, mut logits) = nvtx::scoped(c"verify", || {
-            let verified = model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask())?;
-            let mut logits = NodeLogits::new(model, &verified.postnorm, bufs.num_nodes());
-            logits.project(&main_chain(|n| bufs.children(n).first().copied()));
-            Ok::<_, Error>((verified, logits))
-        })?;
+        let verified =
+            nvtx::scoped(c"verify", || model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask()))?;
+        let mut logits = NodeLogits::new(model, &verified.postnorm, bufs.num_nodes());
+        nvtx::scoped(c"verify", || logits.project(&main_chain(|n| bufs.children(n).first().copied())));
         let t_verify = t.elapsed().as_secs_f64() - t_draft;
         let chain_rows = logits.projected();
 
@@ -274,7 +275,7 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         let done = keep < new.len() || stop_at.is_some() || out.len() >= cfg.max_new_tokens;
         if !done {
             let tb = Instant::now();
-            first_row = nvtx::scoped(c"draft", || head.begin(model, &verified, &accepted.path_nodes, &new))?;
+            first_row = Some(nvtx::scoped(c"draft", || head.begin(model, &verified, &accepted.path_nodes, &new))?);
             t_draft += tb.elapsed().as_secs_f64();
             stats.begin_secs += tb.elapsed().as_secs_f64();
         }
@@ -310,7 +311,7 @@ pub fn accept_lossless(
     let mut tokens_ext: Vec<i64> = tree.tokens.iter().map(|&t| t as i64).collect();
     tokens_ext.push(-1);
     if params.is_greedy() {
-        return verify::verify_greedy(&retrieve, &tokens_ext, |node| sampling::argmax(base.row(node)));
+        return verify::verify_greedy(&retrieve, &tokens_ext, |node| base.argmax(node));
     }
     let children: Vec<Vec<usize>> = (0..bufs.num_nodes()).map(|n| bufs.children(n).to_vec()).collect();
     let view = verify::Tree { tokens: &tokens_ext, children: &children, retrieve: &retrieve };

@@ -9,38 +9,48 @@
 //! in the call, so these logits are exactly the ones a whole-tree projection would have given.
 
 use crate::backend::Backend;
-use crate::model::Llama;
+use crate::model::{Llama, Logits};
 use crate::spec::verify::BaseRows;
 
 pub struct NodeLogits<'a, B: Backend> {
     model: &'a Llama<B>,
-    /// `[nodes, hidden]` final-norm features of the verified tree, on the host.
-    features: Vec<f32>,
-    rows: Vec<Option<Vec<f32>>>,
+    /// `[nodes, hidden]` final-norm features of the verified tree, where the forward left them.
+    features: &'a B::Buf,
+    /// Each projection call's rows, left on the backend.
+    groups: Vec<Logits<B>>,
+    /// Per node: (group, row in it) once projected.
+    at: Vec<Option<(usize, usize)>>,
+    argmax: Vec<Option<usize>>,
+    host: Vec<Option<Vec<f32>>>,
     projected: usize,
 }
 
 impl<'a, B: Backend> NodeLogits<'a, B> {
     /// For a tree of `nodes` nodes whose final-norm features are `postnorm` (`[nodes, hidden]`).
-    pub fn new(model: &'a Llama<B>, postnorm: &B::Buf, nodes: usize) -> Self {
-        let features = model.backend.download(postnorm);
-        debug_assert_eq!(features.len(), nodes * model.config.hidden_size);
-        NodeLogits { model, features, rows: vec![None; nodes], projected: 0 }
+    pub fn new(model: &'a Llama<B>, postnorm: &'a B::Buf, nodes: usize) -> Self {
+        NodeLogits {
+            model,
+            features: postnorm,
+            groups: Vec::new(),
+            at: vec![None; nodes],
+            argmax: vec![None; nodes],
+            host: vec![None; nodes],
+            projected: 0,
+        }
     }
 
     /// Projects the rows of `nodes` not projected yet, in one call.
     pub fn project(&mut self, nodes: &[usize]) {
-        let h = self.model.config.hidden_size;
-        let todo: Vec<usize> = nodes.iter().copied().filter(|&n| self.rows[n].is_none()).collect();
+        let todo: Vec<usize> = nodes.iter().copied().filter(|&n| self.at[n].is_none()).collect();
         if todo.is_empty() {
             return;
         }
-        let x: Vec<f32> = todo.iter().flat_map(|&n| &self.features[n * h..(n + 1) * h]).copied().collect();
-        let logits = self.model.project(&self.model.backend.upload(&x), todo.len());
-        let vocab = self.model.config.vocab_size;
-        for (&n, row) in todo.iter().zip(logits.chunks_exact(vocab)) {
-            self.rows[n] = Some(row.to_vec());
+        let b = &self.model.backend;
+        let x = b.gather_rows(self.features, self.model.config.hidden_size, &todo);
+        for (i, &n) in todo.iter().enumerate() {
+            self.at[n] = Some((self.groups.len(), i));
         }
+        self.groups.push(self.model.project_rows(&x, todo.len()));
         self.projected += todo.len();
     }
 
@@ -52,8 +62,33 @@ impl<'a, B: Backend> NodeLogits<'a, B> {
 
 impl<B: Backend> BaseRows for NodeLogits<'_, B> {
     fn row(&mut self, node: usize) -> &[f32] {
-        self.project(&[node]);
-        self.rows[node].as_deref().expect("projected above")
+        if self.host[node].is_none() {
+            self.project(&[node]);
+            let (g, i) = self.at[node].expect("projected above");
+            let group = &self.groups[g];
+            let vocab = group.width();
+            let rows = group.to_host(&self.model.backend);
+            self.host[node] = Some(rows[i * vocab..(i + 1) * vocab].to_vec());
+        }
+        self.host[node].as_deref().expect("filled above")
+    }
+
+    /// Picked on the backend for the whole group the node was projected in (the main chain's
+    /// argmaxes come in one call); the row itself stays there.
+    fn argmax(&mut self, node: usize) -> usize {
+        if self.argmax[node].is_none() {
+            self.project(&[node]);
+            let (g, _) = self.at[node].expect("projected above");
+            let picks = self.groups[g].argmax(&self.model.backend);
+            for (n, at) in self.at.iter().enumerate() {
+                if let Some((gn, i)) = at {
+                    if *gn == g {
+                        self.argmax[n] = Some(picks[*i] as usize);
+                    }
+                }
+            }
+        }
+        self.argmax[node].expect("picked above")
     }
 }
 

@@ -37,6 +37,12 @@ pub struct Tree<'a> {
 /// them.
 pub trait BaseRows {
     fn row(&mut self, node: usize) -> &[f32];
+
+    /// The row's argmax (`sampling::argmax`); greedy verification needs nothing else, so a
+    /// source that can pick it without handing out the row overrides this.
+    fn argmax(&mut self, node: usize) -> usize {
+        crate::sampling::argmax(self.row(node))
+    }
 }
 
 /// Rows computed beforehand, one per node.

@@ -4,7 +4,7 @@
 
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::draft::{DraftHead, DraftKind};
-use clover_engine::model::{ForwardOutput, Llama, LogitRows};
+use clover_engine::model::{ForwardOutput, Llama, LogitRows, Logits};
 use clover_engine::rng::Rng;
 use clover_engine::Result;
 
@@ -51,6 +51,11 @@ impl OracleHead {
             None => logits,
         })
     }
+
+    /// Columns of the rows this head returns.
+    fn width(&self, model: &Llama<CpuBackend>) -> usize {
+        self.draft_vocab.as_ref().map_or(model.config.vocab_size, Vec::len)
+    }
 }
 
 impl DraftHead<CpuBackend> for OracleHead {
@@ -76,13 +81,14 @@ impl DraftHead<CpuBackend> for OracleHead {
         _base: &ForwardOutput<CpuBackend>,
         _rows: &[usize],
         next_tokens: &[u32],
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Logits<CpuBackend>> {
         self.committed.extend_from_slice(next_tokens);
         self.level_paths = vec![Vec::new()];
-        self.row(model, &[])
+        let row = self.row(model, &[])?;
+        Ok(Logits::from_host(&CpuBackend, &row, self.width(model)))
     }
 
-    fn expand(&mut self, model: &Llama<CpuBackend>, parents: &[usize], tokens: &[u32]) -> Result<Vec<f32>> {
+    fn expand(&mut self, model: &Llama<CpuBackend>, parents: &[usize], tokens: &[u32]) -> Result<Logits<CpuBackend>> {
         let mut rows = Vec::new();
         let mut paths = Vec::new();
         for (&p, &t) in parents.iter().zip(tokens) {
@@ -92,6 +98,6 @@ impl DraftHead<CpuBackend> for OracleHead {
             paths.push(path);
         }
         self.level_paths = paths;
-        Ok(rows)
+        Ok(Logits::from_host(&CpuBackend, &rows, self.width(model)))
     }
 }

@@ -214,6 +214,13 @@ impl Backend for CpuBackend {
         kv::kv_write(cache, layout, new, rows, start);
     }
 
+    fn top_k_rows(&self, x: &Vec<f32>, rows: usize, width: usize, k: usize) -> Vec<u32> {
+        x[..rows * width]
+            .chunks_exact(width.max(1))
+            .flat_map(|row| crate::sampling::top_k_indices(row, k).into_iter().map(|c| c as u32))
+            .collect()
+    }
+
     fn kv_move(&self, cache: &mut Vec<f32>, layout: KvLayout, moves: &[(usize, usize)]) {
         kv::kv_move(cache, layout, moves);
     }
@@ -283,6 +290,17 @@ mod tests {
         let lhs: f32 = gathered.iter().zip(&g).map(|(a, b)| a * b).sum();
         let rhs: f32 = x.iter().zip(&dx).map(|(a, d)| a * (d - 0.5)).sum();
         assert_eq!(lhs, rhs);
+    }
+
+    /// Rows are selected independently, k is capped at the width, and the order is the one the
+    /// samplers use (descending, ties to the lower column).
+    #[test]
+    fn top_k_rows_selects_per_row() {
+        let x = vec![0.5, 2.0, 2.0, -1.0, /* row 1 */ 3.0, f32::NAN, 1.0, 3.0];
+        assert_eq!(CpuBackend.top_k_rows(&x, 2, 4, 3), [1, 2, 0, 0, 3, 2]);
+        assert_eq!(CpuBackend.top_k_rows(&x, 2, 4, 1), [1, 0]);
+        assert_eq!(CpuBackend.top_k_rows(&x, 2, 4, 9).len(), 8);
+        assert!(CpuBackend.top_k_rows(&x, 0, 4, 3).is_empty());
     }
 
     #[test]

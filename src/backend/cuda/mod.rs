@@ -371,6 +371,17 @@ impl Backend for CudaBackend {
         launch!(&self.dev, "kv_write", grid(rows, layout.n_kv_heads, 128); cache, new, &r, &s, &h, &cap, &d);
     }
 
+    fn top_k_rows(&self, x: &CudaSlice<f32>, rows: usize, width: usize, k: usize) -> Vec<u32> {
+        let k = k.min(width);
+        if rows == 0 || k == 0 {
+            return Vec::new();
+        }
+        let mut out = self.dev.stream.alloc_zeros::<u32>(rows * k).expect("CUDA backend: allocation");
+        let (r, w, kk) = (int(rows), int(width), int(k));
+        launch!(&self.dev, "top_k_rows", grid(rows, 1, 256); &mut out, x, &r, &w, &kk);
+        self.dev.stream.clone_dtoh(&out).expect("CUDA backend: download")
+    }
+
     fn kv_move(&self, cache: &mut CudaSlice<f32>, layout: KvLayout, moves: &[(usize, usize)]) {
         if moves.is_empty() {
             return;

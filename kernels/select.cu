@@ -55,3 +55,89 @@ extern "C" __global__ void top_k_rows(unsigned int* out, const float* x, int row
         below = best;
     }
 }
+
+// The softmax weight of one logit, as src/sampling.rs `softmax` computes it in f64: NaN gets 0,
+// the maximum exactly 1 (so ±inf rows never make inf − inf), others exp((x − max)/t).
+__device__ __forceinline__ double softmax_weight(float x, float max, double t) {
+    if (isnan(x)) return 0.0;
+    if (x == max) return 1.0;
+    return exp(((double)x - (double)max) / t);
+}
+
+// Mirrors `Backend::sample_rows` on the CPU: `sampling::process` with a temperature only (f64
+// softmax, probabilities rounded to f32) then `sampling::sample` (inverse CDF over the positive
+// probabilities in f64, u scaled by their total, falling back to the last positive one). Row r is
+// drawn with uniforms[r]. Each thread owns a contiguous chunk of the row; thread 0 adds the chunk
+// sums in order, so the cumulative sums differ from the CPU's left-to-right ones only by
+// rounding (a draw can differ only when u falls within ~1e−16 of a boundary).
+// Launch: grid rows, block 256 (the chunk arrays below hold 256 entries).
+extern "C" __global__ void sample_rows(unsigned int* out, const float* logits, const double* uniforms, int rows,
+                                       int width, float temperature) {
+    __shared__ float scratch[32];
+    __shared__ double chunk[256];
+    __shared__ double total;
+    __shared__ int first_hit, last_positive;
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* x = logits + (size_t)r * width;
+    const double t = (double)temperature;
+
+    float max = -INFINITY;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) max = fmaxf(max, x[i]);  // fmaxf skips NaN
+    max = block_max(max, scratch);
+
+    const int per = (width + blockDim.x - 1) / blockDim.x;
+    const int lo = min(width, (int)threadIdx.x * per), hi = min(width, lo + per);
+    double s = 0.0;
+    for (int i = lo; i < hi; ++i) s += softmax_weight(x[i], max, t);
+    chunk[threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double sum = 0.0;
+        for (int j = 0; j < blockDim.x; ++j) sum += chunk[j];
+        total = sum;
+        first_hit = width;
+        last_positive = -1;
+    }
+    __syncthreads();
+    const double weight_sum = total;
+    // p_i, as the f32 the CPU's `process` returns.
+#define PROB(i) (weight_sum > 0.0 ? (float)(softmax_weight(x[i], max, t) / weight_sum) : (float)(1.0 / (double)width))
+
+    double mass = 0.0;
+    for (int i = lo; i < hi; ++i) {
+        const float p = PROB(i);
+        if (p > 0.0f) mass += (double)p;
+    }
+    __syncthreads();  // every thread has read `total` before thread 0 reuses it
+    chunk[threadIdx.x] = mass;
+    __syncthreads();
+    if (threadIdx.x == 0) {  // exclusive prefix sums of the chunk masses, and their total
+        double run = 0.0;
+        for (int j = 0; j < blockDim.x; ++j) {
+            const double m = chunk[j];
+            chunk[j] = run;
+            run += m;
+        }
+        total = run;
+    }
+    __syncthreads();
+    const double u = uniforms[r] * total;
+    double cum = chunk[threadIdx.x];
+    int last = -1;
+    for (int i = lo; i < hi; ++i) {
+        const float p = PROB(i);
+        if (p > 0.0f) {
+            cum += (double)p;
+            last = i;
+            if (u < cum) {
+                atomicMin(&first_hit, i);
+                break;
+            }
+        }
+    }
+#undef PROB
+    if (last >= 0) atomicMax(&last_positive, last);
+    __syncthreads();
+    if (threadIdx.x == 0) out[r] = first_hit < width ? first_hit : (last_positive >= 0 ? last_positive : 0);
+}

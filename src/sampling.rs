@@ -73,8 +73,13 @@ pub fn argmax(logits: &[f32]) -> usize {
 /// Inverse-CDF draw. Only indices with positive probability can come out, even when rounding makes
 /// the cumulative sum fall short of the drawn value; the row need not be normalised.
 pub fn sample(probs: &[f32], rng: &mut Rng) -> usize {
+    sample_at(probs, rng.uniform())
+}
+
+/// `sample` with its uniform draw `uniform` ∈ [0, 1) given.
+pub fn sample_at(probs: &[f32], uniform: f64) -> usize {
     let total: f64 = probs.iter().filter(|&&p| p > 0.0).map(|&p| p as f64).sum();
-    let u = rng.uniform() * total;
+    let u = uniform * total;
     let mut cum = 0.0;
     let mut last_positive = 0;
     for (i, &p) in probs.iter().enumerate() {

@@ -293,6 +293,31 @@ fn top_k_rows_pick_the_same_columns() {
     eprintln!("top_k_rows: identical indices");
 }
 
+/// Draws at a temperature: the same index for every uniform (the cumulative sums differ by
+/// rounding only, so a mismatch needs u within ~1e−16 of a boundary), including rows with ±inf
+/// and NaN and a row of equal logits.
+#[test]
+fn sample_rows_draw_the_same_tokens() {
+    let Some(p) = Pair::new() else { return };
+    let mut rng = Rng::new(7);
+    for (width, temperature) in [(49152, 1.0), (49152, 0.6), (8192, 1.7), (37, 1.0)] {
+        let rows = 4;
+        let mut x: Vec<f32> = random(rows * width, width as u64).iter().map(|v| v * 8.0).collect();
+        x[width..2 * width].fill(0.25);
+        x[2 * width] = f32::NAN;
+        x[2 * width + 1] = f32::NEG_INFINITY;
+        x[3 * width + 2] = f32::INFINITY;
+        let (g, c) = p.bufs(&x);
+        for _ in 0..50 {
+            let u: Vec<f64> = (0..rows).map(|_| rng.uniform()).collect();
+            let got = p.gpu.sample_rows(&g, rows, width, temperature, &u);
+            let want = p.cpu.sample_rows(&c, rows, width, temperature, &u);
+            assert_eq!(got, want, "sample_rows width {width} T {temperature} u {u:?}");
+        }
+    }
+    eprintln!("sample_rows: identical draws");
+}
+
 #[test]
 fn kv_cache_and_attention_over_a_prefix_and_a_tree() {
     let Some(p) = Pair::new() else { return };

@@ -212,6 +212,18 @@ pub trait Backend: Send + Sync {
     /// verification and static-tree drafting need nothing else, so only the indices leave the device.
     fn top_k_rows(&self, x: &Self::Buf, rows: usize, width: usize, k: usize) -> Vec<u32>;
 
+    /// One draw from each row of softmax(logits / temperature), temperature > 0, without top-k or
+    /// top-p (`sampling::process`, then `sampling::sample_at` with `uniforms[r]` ∈ [0, 1) for
+    /// row r): plain decoding at T > 0 brings one index per step to the host, not the row.
+    fn sample_rows(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        width: usize,
+        temperature: f32,
+        uniforms: &[f64],
+    ) -> Vec<u32>;
+
     /// Writes `rows` new key (or value) rows `[rows, n_kv_heads·head_dim]` at slots `start..`.
     fn kv_write(&self, cache: &mut Self::Buf, layout: KvLayout, new: &Self::Buf, rows: usize, start: usize);
     /// Moves cache slot `from` to slot `to` for every head, in order (KV compaction).

@@ -120,13 +120,16 @@ pub fn generate_plain<B: Backend>(
     Ok((out, stats))
 }
 
-/// From a one-row `logits`: the argmax at temperature 0 (picked on the backend), else a draw from
-/// the processed distribution.
+/// From a one-row `logits`: the argmax at temperature 0, a draw at a temperature alone (both on
+/// the backend), else a draw from the processed distribution on the host (top-k / top-p).
 pub fn pick<B: Backend>(model: &Llama<B>, logits: &Logits<B>, params: &SamplingParams, rng: &mut Rng) -> u32 {
+    let b = &model.backend;
     if params.is_greedy() {
-        logits.argmax(&model.backend)[0]
+        logits.argmax(b)[0]
+    } else if params.top_k == 0 && params.top_p >= 1.0 {
+        b.sample_rows(logits.buf(), 1, logits.width(), params.temperature, &[rng.uniform()])[0]
     } else {
-        sampling::sample(&sampling::process(&logits.to_host(&model.backend), params), rng) as u32
+        sampling::sample(&sampling::process(&logits.to_host(b), params), rng) as u32
     }
 }
 

@@ -221,6 +221,23 @@ impl Backend for CpuBackend {
             .collect()
     }
 
+    fn sample_rows(
+        &self,
+        logits: &Vec<f32>,
+        rows: usize,
+        width: usize,
+        temperature: f32,
+        uniforms: &[f64],
+    ) -> Vec<u32> {
+        use crate::sampling::{process, sample_at, SamplingParams};
+        let params = SamplingParams::with_temperature(temperature);
+        logits[..rows * width]
+            .chunks_exact(width.max(1))
+            .zip(uniforms)
+            .map(|(row, &u)| sample_at(&process(row, &params), u) as u32)
+            .collect()
+    }
+
     fn kv_move(&self, cache: &mut Vec<f32>, layout: KvLayout, moves: &[(usize, usize)]) {
         kv::kv_move(cache, layout, moves);
     }
@@ -301,6 +318,20 @@ mod tests {
         assert_eq!(CpuBackend.top_k_rows(&x, 2, 4, 1), [1, 0]);
         assert_eq!(CpuBackend.top_k_rows(&x, 2, 4, 9).len(), 8);
         assert!(CpuBackend.top_k_rows(&x, 0, 4, 3).is_empty());
+    }
+
+    /// Each row is drawn with its own uniform, as `sample` would draw it from the processed row.
+    #[test]
+    fn sample_rows_draws_each_row_with_its_uniform() {
+        use crate::sampling::{process, sample_at, SamplingParams};
+        let x = vec![0.0, 1.0, 2.0, /* row 1 */ 5.0, f32::NAN, 5.0];
+        let params = SamplingParams::with_temperature(0.7);
+        for u in [0.0, 0.3, 0.5, 0.9, 0.999] {
+            let got = CpuBackend.sample_rows(&x, 2, 3, 0.7, &[u, 1.0 - u]);
+            let want = [sample_at(&process(&x[..3], &params), u), sample_at(&process(&x[3..], &params), 1.0 - u)];
+            assert_eq!(got, want.map(|i| i as u32));
+            assert_ne!(got[1], 1, "a NaN logit is never drawn");
+        }
     }
 
     #[test]

@@ -382,6 +382,26 @@ impl Backend for CudaBackend {
         self.dev.stream.clone_dtoh(&out).expect("CUDA backend: download")
     }
 
+    fn sample_rows(
+        &self,
+        logits: &CudaSlice<f32>,
+        rows: usize,
+        width: usize,
+        temperature: f32,
+        uniforms: &[f64],
+    ) -> Vec<u32> {
+        assert!(uniforms.len() >= rows, "sample_rows: one uniform per row");
+        if rows == 0 || width == 0 {
+            return vec![0; rows];
+        }
+        let u = self.dev.stream.clone_htod(&uniforms[..rows]).expect("CUDA backend: upload");
+        let mut out = self.dev.stream.alloc_zeros::<u32>(rows).expect("CUDA backend: allocation");
+        let (r, w) = (int(rows), int(width));
+        // 256 threads: the kernel's chunk arrays are sized for it.
+        launch!(&self.dev, "sample_rows", grid(rows, 1, 256); &mut out, logits, &u, &r, &w, &temperature);
+        self.dev.stream.clone_dtoh(&out).expect("CUDA backend: download")
+    }
+
     fn kv_move(&self, cache: &mut CudaSlice<f32>, layout: KvLayout, moves: &[(usize, usize)]) {
         if moves.is_empty() {
             return;

@@ -1,20 +1,31 @@
 // Attention over the KV cache (forward, inference) and causal self-attention backward (training).
 // Mirrors src/backend/cpu/attention.rs; see the Backend trait docs in src/backend/mod.rs.
 //
-// Both kernels: one block of ATT_THREADS threads per (query row, query head),
-// gridDim = (rows, n_heads), head_dim <= ATT_MAX_DIM (checked by the host).
-// Keys are processed in tiles of ATT_TILE = 32 = warp size, staged in shared memory. A score is
-// computed by a quad of 4 adjacent threads (thread t handles key t/4 and dims c ≡ t (mod 4)), so
-// the 128 threads cover the tile's 32 keys at once; lane j of every warp then owns key j of the
-// tile for the softmax bookkeeping, and the output dims are owned by thread c = threadIdx.x.
+// Forward: split over the keys (flash-decoding, with many queries per block). A block owns one KV
+// head, one chunk of ATT_CHUNK cache slots and up to ATT_QUERIES queries of that head's group
+// (query = (row, query head); GQA groups n_heads / n_kv_heads query heads per KV head). It stages
+// the chunk's K/V in shared memory tile by tile and runs an online softmax for all its queries at
+// once, so a tree of 26 rows reads each slot's K/V once per 16 queries, not once per query; the
+// chunks spread a long prefix over the whole GPU even for one row. `attention_combine` then
+// merges the chunks' partial (max, sum, weighted values) per query.
+//
+// Backward: one block of ATT_THREADS threads per (row, query head), gridDim = (rows, n_heads).
+// Keys in tiles of ATT_TILE = 32 = warp size, staged in shared memory. A score is computed by a
+// quad of 4 adjacent threads (thread t handles key t/4 and dims c ≡ t (mod 4)), so the 128 threads
+// cover the tile's 32 keys at once; lane j of every warp then owns key j of the tile.
+// head_dim <= ATT_MAX_DIM everywhere (checked by the host).
 #include "common.cuh"
 
 #define ATT_THREADS 128
 #define ATT_TILE 32
 #define ATT_MAX_DIM 128
+#define ATT_CHUNK 256
+#define ATT_QUERIES 16
 // Row stride of tiles read by the quads: 132 ≡ 4 (mod 32 banks), so the 8 keys × 4 dims a warp
 // reads in one step land in 32 distinct banks.
 #define ATT_PAD (ATT_MAX_DIM + 4)
+// Row stride of the forward's key tile, read as (lane = key, same dim): 129 ≡ 1 (mod 32).
+#define ATT_KPAD (ATT_MAX_DIM + 1)
 #define FULL_MASK 0xffffffffu
 
 // Sum over the 4 threads of a quad (all 32 lanes of the warp must call it).
@@ -24,77 +35,140 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v;
 }
 
-// out[row, h] = Σ_t softmax_t(scale·<q, k_t>) v_t over the visible cache slots t.
+// Pass 1 of out[row, h] = Σ_t softmax_t(scale·<q, k_t>) v_t over the visible cache slots t.
 // Causal (mask_bits == NULL): row i sees slots 0..=past+i. Tree: slots < first_key are visible,
 // slot first_key+j is visible iff mask_bits[i*mask_width + j] != 0. Slots >= past+rows never are.
-// A row that sees no key gets NaN, as the CPU reference does (its softmax computes (-inf)-(-inf)).
-extern "C" __global__ void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
-                                     const unsigned char* mask_bits, int rows, int past, int n_heads,
-                                     int n_kv_heads, int head_dim, int capacity, float scale, int first_key,
-                                     int mask_width) {
-    __shared__ float q_s[ATT_MAX_DIM];
-    __shared__ float k_s[ATT_TILE][ATT_PAD];
+// Writes, per query (row·n_heads + h) and chunk, the chunk's running max m and sum l
+// (part_ml[2·slot], [2·slot+1]) and Σ exp(s − m)·v (part_acc[slot·head_dim ..]), with
+// slot = query·n_chunks + chunk; a chunk with nothing visible leaves m = −inf, l = 0, acc = 0.
+// Launch: grid (ceil(rows·group / ATT_QUERIES), n_chunks, n_kv_heads), block ATT_THREADS: the
+// blocks that read the same chunk are launched one after another, so all but the first find it
+// in L2.
+extern "C" __global__ void attention_partial(float* part_acc, float* part_ml, const float* q, const float* k_cache,
+                                             const float* v_cache, const unsigned char* mask_bits, int rows,
+                                             int past, int n_heads, int n_kv_heads, int head_dim, int capacity,
+                                             float scale, int first_key, int mask_width, int n_chunks) {
+    __shared__ float q_s[ATT_QUERIES][ATT_MAX_DIM];
+    __shared__ float k_s[ATT_TILE][ATT_KPAD];
     __shared__ float v_s[ATT_TILE][ATT_MAX_DIM];
-    __shared__ float s_s[ATT_TILE];
+    __shared__ float p_s[ATT_QUERIES][ATT_TILE];
+    __shared__ float m_s[ATT_QUERIES], l_s[ATT_QUERIES], alpha_s[ATT_QUERIES];
 
-    const int row = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
-    const int d = head_dim;
-    const int kvh = h / (n_heads / n_kv_heads);
-    const size_t q_off = (size_t)row * n_heads * d + (size_t)h * d;
+    const int chunk = blockIdx.y, kvh = blockIdx.z, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int warps = ATT_THREADS / 32;
+    const int d = head_dim, group = n_heads / n_kv_heads;
+    const int q0 = blockIdx.x * ATT_QUERIES;             // block query qq is group query q0 + qq
+    const int nq = min(ATT_QUERIES, rows * group - q0);  // >= 1 by the grid's size
+    // Slots a query of this block can see end before n_keys (causal: the block's last row's).
+    const int n_keys = mask_bits ? past + rows : past + (q0 + nq - 1) / group + 1;
+    const int k_begin = chunk * ATT_CHUNK, k_end = min(n_keys, k_begin + ATT_CHUNK);
+
+    for (int idx = tid; idx < nq * d; idx += ATT_THREADS) {
+        const int qq = idx / d, c = idx - qq * d, qi = q0 + qq;
+        const int row = qi / group, h = kvh * group + qi % group;
+        q_s[qq][c] = q[(size_t)row * n_heads * d + (size_t)h * d + c];
+    }
+    if (tid < ATT_QUERIES) {
+        m_s[tid] = -INFINITY;
+        l_s[tid] = 0.0f;
+    }
+    float acc[ATT_QUERIES];  // thread tid < d owns dim tid of every query's weighted sum
+#pragma unroll
+    for (int qq = 0; qq < ATT_QUERIES; ++qq) acc[qq] = 0.0f;
+
     const float* kbase = k_cache + (size_t)kvh * capacity * d;  // slot t at kbase + t*d
     const float* vbase = v_cache + (size_t)kvh * capacity * d;
-    const unsigned char* bits = mask_bits ? mask_bits + (size_t)row * mask_width : nullptr;
-    // Keys are scanned up to the last one that can be visible; n_keys >= 1, so the loop below runs
-    // and its first barrier publishes q_s.
-    const int n_keys = mask_bits ? past + rows : past + row + 1;
-
-    for (int c = tid; c < d; c += ATT_THREADS) q_s[c] = q[q_off + c];
-
-    const int key = tid >> 2, part = tid & 3;
-    float m = -INFINITY;  // running max of the visible scores (identical in every thread)
-    float l = 0.0f;       // running Σ exp(s - m)
-    float acc = 0.0f;     // running Σ exp(s - m)·v[tid]
-    for (int t0 = 0; t0 < n_keys; t0 += ATT_TILE) {
-        const int cnt = min(ATT_TILE, n_keys - t0);
-        __syncthreads();  // the previous tile's k_s / v_s / s_s are no longer read
+    for (int t0 = k_begin; t0 < k_end; t0 += ATT_TILE) {
+        const int cnt = min(ATT_TILE, k_end - t0);
+        __syncthreads();  // q_s, m_s published; the previous tile's k_s / v_s / p_s no longer read
         // The tile's cnt slots are contiguous in the cache: cnt*d floats from slot t0.
-        const float* kt = kbase + (size_t)t0 * d;
-        const float* vt = vbase + (size_t)t0 * d;
         for (int idx = tid; idx < cnt * d; idx += ATT_THREADS) {
             const int j = idx / d, c = idx - j * d;
-            k_s[j][c] = kt[idx];
-            v_s[j][c] = vt[idx];
+            k_s[j][c] = kbase[(size_t)t0 * d + idx];
+            v_s[j][c] = vbase[(size_t)t0 * d + idx];
         }
         __syncthreads();
 
-        // Scores; invisible slots (and the tile's padding) are -inf without reading their dot.
-        float dot = 0.0f;
-        if (key < cnt)
-            for (int c = part; c < d; c += 4) dot = fmaf(q_s[c], k_s[key][c], dot);
-        dot = quad_sum(dot);
-        if (part == 0) {
-            const int t = t0 + key;
-            const bool seen = key < cnt && (bits == nullptr || t < first_key || bits[t - first_key] != 0);
-            s_s[key] = seen ? dot * scale : -INFINITY;
+        // Warp w owns queries w, w + 4, …: lane j scores key j, then the warp updates the query's
+        // online softmax. Invisible slots (and padding) are -inf without reading their dot; while
+        // everything seen so far is masked (m_new = -inf) both p and alpha are 0, not NaN.
+        for (int qq = warp; qq < ATT_QUERIES; qq += warps) {
+            float s = -INFINITY;
+            if (qq < nq && lane < cnt) {
+                const int row = (q0 + qq) / group, t = t0 + lane;
+                const bool seen = mask_bits ? (t < first_key || mask_bits[(size_t)row * mask_width + (t - first_key)] != 0)
+                                            : t <= past + row;
+                if (seen) {
+                    float dot = 0.0f;
+                    for (int c = 0; c < d; ++c) dot = fmaf(q_s[qq][c], k_s[lane][c], dot);
+                    s = dot * scale;
+                }
+            }
+            const float m_old = m_s[qq];
+            const float m_new = fmaxf(m_old, warp_max(s));
+            const float p = s == -INFINITY ? 0.0f : expf(s - m_new);
+            const float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+            const float psum = warp_sum(p);
+            p_s[qq][lane] = p;
+            __syncwarp();  // every lane has read m_s[qq] before lane 0 replaces it
+            if (lane == 0) {
+                m_s[qq] = m_new;
+                l_s[qq] = l_s[qq] * alpha + psum;
+                alpha_s[qq] = alpha;
+            }
         }
         __syncthreads();
 
-        // Online softmax. Every warp redoes this (lane j ↔ key j), so all threads keep the same m, l.
-        // While everything seen so far is masked (m_new = -inf) both p and alpha are 0, not NaN.
-        const float s = s_s[lane];
-        const float m_new = fmaxf(m, warp_max(s));
-        const float p = s == -INFINITY ? 0.0f : expf(s - m_new);
-        const float alpha = m == -INFINITY ? 0.0f : expf(m - m_new);
-        l = l * alpha + warp_sum(p);
-        acc *= alpha;
-        m = m_new;
-        for (int j = 0; j < cnt; ++j) {
-            const float pj = __shfl_sync(FULL_MASK, p, j);
-            // Like the CPU, a zero weight skips its value (a non-finite value there stays unread).
-            if (tid < d && pj != 0.0f) acc = fmaf(pj, v_s[j][tid], acc);
+        if (tid < d) {
+#pragma unroll
+            for (int qq = 0; qq < ATT_QUERIES; ++qq) {
+                float a = acc[qq] * alpha_s[qq];
+                for (int j = 0; j < cnt; ++j) {
+                    const float pj = p_s[qq][j];
+                    // Like the CPU, a zero weight skips its value (a non-finite value there stays unread).
+                    if (pj != 0.0f) a = fmaf(pj, v_s[j][tid], a);
+                }
+                acc[qq] = a;
+            }
         }
     }
-    if (tid < d) out[q_off + tid] = m == -INFINITY ? __int_as_float(0x7fc00000) : acc / l;
+    __syncthreads();  // the last m_s / l_s (or their initial values) are visible to every thread
+
+#pragma unroll
+    for (int qq = 0; qq < ATT_QUERIES; ++qq) {
+        if (qq < nq) {
+            const int qi = q0 + qq, row = qi / group, h = kvh * group + qi % group;
+            const size_t slot = ((size_t)row * n_heads + h) * n_chunks + chunk;
+            if (tid < d) part_acc[slot * d + tid] = acc[qq];
+            if (tid == 0) {
+                part_ml[2 * slot] = m_s[qq];
+                part_ml[2 * slot + 1] = l_s[qq];
+            }
+        }
+    }
+}
+
+// Pass 2: out[row, h] = Σ_c e^(m_c − M)·acc_c / Σ_c e^(m_c − M)·l_c over the chunks, M = max m_c.
+// A query that saw no key gets NaN, as the CPU reference does (its softmax computes (-inf)-(-inf)).
+// Launch: grid (rows, n_heads), block ATT_THREADS (>= head_dim).
+extern "C" __global__ void attention_combine(float* out, const float* part_acc, const float* part_ml, int n_heads,
+                                             int head_dim, int n_chunks) {
+    const int tid = threadIdx.x;
+    if (tid >= head_dim) return;  // no barriers below
+    const size_t query = (size_t)blockIdx.x * n_heads + blockIdx.y;
+    const float* ml = part_ml + query * n_chunks * 2;
+    float m = -INFINITY;
+    for (int c = 0; c < n_chunks; ++c) m = fmaxf(m, ml[2 * c]);
+    float l = 0.0f, a = 0.0f;
+    if (m != -INFINITY)
+        for (int c = 0; c < n_chunks; ++c) {
+            const float mc = ml[2 * c];
+            if (mc == -INFINITY) continue;  // that chunk saw nothing (its acc is 0)
+            const float w = expf(mc - m);
+            l = fmaf(ml[2 * c + 1], w, l);
+            a = fmaf(part_acc[(query * n_chunks + c) * head_dim + tid], w, a);
+        }
+    out[query * head_dim + tid] = m == -INFINITY ? __int_as_float(0x7fc00000) : a / l;
 }
 
 // One tile of the backward's scan: waits until the previous tile's shared data is no longer read,

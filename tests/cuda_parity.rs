@@ -321,13 +321,21 @@ fn sample_rows_draw_the_same_tokens() {
 #[test]
 fn kv_cache_and_attention_over_a_prefix_and_a_tree() {
     let Some(p) = Pair::new() else { return };
+    // The forward splits the cache into chunks of 256 slots and the queries into blocks of 16:
+    // one chunk; three chunks under a 26-node tree; a long causal prefill (later query blocks see
+    // more chunks); one decode row; a tree whose mask starts inside the prefix.
+    for (past, rows, mask_from) in [(40, 7, 0), (600, 26, 0), (0, 300, 0), (700, 1, 0), (290, 9, 5)] {
+        attention_case(&p, past, rows, past - mask_from);
+    }
+}
+
+fn attention_case(p: &Pair, past: usize, rows: usize, first_key: usize) {
     let shape = AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
-    let layout = KvLayout { n_kv_heads: 3, capacity: 80, head_dim: 64 };
+    let layout = KvLayout { n_kv_heads: 3, capacity: past + rows + 3, head_dim: 64 };
     let kv_width = shape.n_kv_heads * shape.head_dim;
     let cache_len = layout.n_kv_heads * layout.capacity * layout.head_dim;
     let (mut gk, mut ck) = p.bufs(&vec![0.0; cache_len]);
     let (mut gv, mut cv) = p.bufs(&vec![0.0; cache_len]);
-    let (past, rows) = (40, 7);
     for (start, n, seed) in [(0, past, 40), (past, rows, 41)] {
         let (gnk, cnk) = p.bufs(&random(n * kv_width, seed));
         let (gnv, cnv) = p.bufs(&random(n * kv_width, seed + 100));
@@ -339,25 +347,28 @@ fn kv_cache_and_attention_over_a_prefix_and_a_tree() {
     close("kv_write", &p.down(&gk), &ck, 0.0);
     let q = random(rows * shape.n_heads * shape.head_dim, 42);
     let (gq, cq) = p.bufs(&q);
-    // A tree over the new rows: row i sees itself and row (i − 1) / 2 (its parent) transitively.
-    let mut bits = vec![0u8; rows * rows];
+    // Slots first_key..past are a block every row sees; among the new rows, row i sees itself and
+    // row (i − 1) / 2 (its parent), transitively.
+    let width = past + rows - first_key;
+    let mut bits = vec![0u8; rows * width];
     for i in 0..rows {
+        bits[i * width..i * width + past - first_key].fill(1);
         let mut j = i;
         loop {
-            bits[i * rows + j] = 1;
+            bits[i * width + past - first_key + j] = 1;
             if j == 0 {
                 break;
             }
             j = (j - 1) / 2;
         }
     }
-    for (name, mask) in [("causal", AttnMask::Causal), ("tree", AttnMask::Tree { bits: &bits, first_key: past })] {
+    for (name, mask) in [("causal", AttnMask::Causal), ("tree", AttnMask::Tree { bits: &bits, first_key })] {
         let (mut go, mut co) = p.bufs(&vec![0.0; q.len()]);
         p.gpu.attention(&gq, &gk, &gv, layout, shape, rows, past, mask, &mut go);
         p.cpu.attention(&cq, &ck, &cv, layout, shape, rows, past, mask, &mut co);
-        close(&format!("attention {name}"), &p.down(&go), &co, F32_TOL);
+        close(&format!("attention {name}, {rows} rows after {past}"), &p.down(&go), &co, F32_TOL);
     }
-    let moves = [(past + 2, past), (past + 5, past + 1), (past + 6, past + 2)];
+    let moves = [(past + rows - 1, past), (past + rows / 2, past + 1)];
     p.gpu.kv_move(&mut gk, layout, &moves);
     p.cpu.kv_move(&mut ck, layout, &moves);
     close("kv_move", &p.down(&gk), &ck, 0.0);

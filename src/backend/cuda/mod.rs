@@ -426,25 +426,38 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) {
         assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let (r, p) = (int(rows), int(past));
-        let (h, kvh, d, cap) = (int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim), int(layout.capacity));
-        let cfg = grid(rows, shape.n_heads, 128);
         let _range = nvtx::Range::new(c"attention");
+        // attention.cu: ATT_CHUNK cache slots and ATT_QUERIES queries per block of the first pass.
+        const CHUNK: usize = 256;
+        const QUERIES: usize = 16;
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let n_chunks = (past + rows).div_ceil(CHUNK);
+        let group = shape.n_heads / shape.n_kv_heads;
+        let queries = rows * shape.n_heads;
+        let mut part_acc = self.alloc(queries * n_chunks * shape.head_dim);
+        let mut part_ml = self.alloc(queries * n_chunks * 2);
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * group).div_ceil(QUERIES) as u32, n_chunks as u32, shape.n_kv_heads as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (r, p, nc) = (int(rows), int(past), int(n_chunks));
+        let (h, kvh, d, cap) = (int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim), int(layout.capacity));
         match mask {
             AttnMask::Causal => {
                 let (null, first, width) = (0u64, 0i32, 0i32);
-                launch!(&self.dev, "attention", cfg;
-                    out, q, k_cache, v_cache, &null, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &width);
+                launch!(&self.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
+                    &null, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &width, &nc);
             }
             AttnMask::Tree { bits, first_key } => {
                 let width = past + rows - first_key;
                 let bits = self.dev.stream.clone_htod(&bits[..rows * width]).expect("CUDA backend: upload");
                 let (first, w) = (int(first_key), int(width));
-                launch!(&self.dev, "attention", cfg;
-                    out, q, k_cache, v_cache, &bits, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w);
+                launch!(&self.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
+                    &bits, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w, &nc);
             }
         }
+        launch!(&self.dev, "attention_combine", grid(rows, shape.n_heads, 128); out, &part_acc, &part_ml, &h, &d, &nc);
     }
 
     fn clover_cell(

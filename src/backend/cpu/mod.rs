@@ -215,10 +215,12 @@ impl Backend for CpuBackend {
     }
 
     fn top_k_rows(&self, x: &Vec<f32>, rows: usize, width: usize, k: usize) -> Vec<u32> {
-        x[..rows * width]
-            .chunks_exact(width.max(1))
-            .flat_map(|row| crate::sampling::top_k_indices(row, k).into_iter().map(|c| c as u32))
-            .collect()
+        let rows = x[..rows * width].chunks_exact(width.max(1));
+        if k == 1 && width > 0 {
+            // One scan, no index list: the same pick (`argmax` ranks like `top_k_indices`).
+            return rows.map(|row| crate::sampling::argmax(row) as u32).collect();
+        }
+        rows.flat_map(|row| crate::sampling::top_k_indices(row, k).into_iter().map(|c| c as u32)).collect()
     }
 
     fn sample_rows(

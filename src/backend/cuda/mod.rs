@@ -9,6 +9,7 @@
 
 mod device;
 mod gemm;
+mod reused;
 mod weight;
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -19,18 +20,21 @@ use crate::nvtx;
 use crate::weights::HostTensor;
 use device::Device;
 pub use device::{built_with_kernels, check as check_device};
+use reused::Reused;
 pub use weight::CudaWeight;
 use weight::WeightData;
 
 pub struct CudaBackend {
     dev: Device,
+    tree_mask: Reused<u8>,
+    kv_moves: Reused<i32>,
 }
 
 impl CudaBackend {
     /// GPU `ordinal` (`cuda:N`), or an error naming what is missing: kernels in this build, the
     /// driver or cuBLAS library, the device.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Device::open(ordinal)? })
+        Ok(CudaBackend { dev: Device::open(ordinal)?, tree_mask: Reused::new(), kv_moves: Reused::new() })
     }
 
     /// Waits until every op issued so far has run (for timing; `download` waits by itself).
@@ -407,10 +411,10 @@ impl Backend for CudaBackend {
             return;
         }
         let pairs: Vec<i32> = moves.iter().flat_map(|&(from, to)| [int(from), int(to)]).collect();
-        let pairs = self.dev.stream.clone_htod(&pairs).expect("CUDA backend: upload");
+        let pairs = self.kv_moves.get(&self.dev.stream, &pairs);
         let n = int(moves.len());
         let (h, cap, d) = (int(layout.n_kv_heads), int(layout.capacity), int(layout.head_dim));
-        launch!(&self.dev, "kv_move", grid(layout.n_kv_heads, 1, 128); cache, &pairs, &n, &h, &cap, &d);
+        launch!(&self.dev, "kv_move", grid(layout.n_kv_heads, 1, 128); cache, &*pairs, &n, &h, &cap, &d);
     }
 
     fn attention(
@@ -451,10 +455,10 @@ impl Backend for CudaBackend {
             }
             AttnMask::Tree { bits, first_key } => {
                 let width = past + rows - first_key;
-                let bits = self.dev.stream.clone_htod(&bits[..rows * width]).expect("CUDA backend: upload");
+                let bits = self.tree_mask.get(&self.dev.stream, &bits[..rows * width]);
                 let (first, w) = (int(first_key), int(width));
                 launch!(&self.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
-                    &bits, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w, &nc);
+                    &*bits, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w, &nc);
             }
         }
         launch!(&self.dev, "attention_combine", grid(rows, shape.n_heads, 128); out, &part_acc, &part_ml, &h, &d, &nc);

@@ -179,6 +179,26 @@ fn resumed_run_is_byte_identical_and_records_hold_the_models_features() {
     assert_eq!(rec.hidden_state, bf16(model.backend.download(&out.postnorm)));
     assert_eq!(rec.hidden_state_prenorm, bf16(model.backend.download(&out.prenorm)));
 
+    // Two folders read as one: records in folder order, each folder holding out its own tail.
+    let both = ShardReader::open_all(&[&whole, &resumed]).unwrap();
+    assert_eq!((both.len(), both.index.conversations), (12, 12));
+    assert_eq!(both.record(8).input_ids, reader.record(2).input_ids);
+    let split = both.split(0.34);
+    assert_eq!(split.heldout, [4, 5, 10, 11]);
+    assert_eq!(split.train, [0, 1, 2, 3, 6, 7, 8, 9]);
+    // A folder from another base model is refused, naming its index.json.
+    let other = root.join("other-model");
+    std::fs::create_dir_all(&other).unwrap();
+    for (name, bytes) in files(&whole) {
+        std::fs::write(other.join(name), bytes).unwrap();
+    }
+    let index = std::fs::read_to_string(whole.join("index.json")).unwrap();
+    let renamed = index.replacen(&format!("\"model\": \"{}\"", first.index.model), "\"model\": \"another\"", 1);
+    assert_ne!(renamed, index);
+    std::fs::write(other.join("index.json"), renamed).unwrap();
+    let err = ShardReader::open_all(&[&whole, &other]).err().expect("another model");
+    assert!(err.to_string().contains("other-model") && err.to_string().contains("same base model"), "{err}");
+
     // Other parameters into the same folder: refused before anything is written.
     let err = gen_data(&GenDataOptions { max_len: 40, ..opts }, CpuBackend).err().expect("plan mismatch");
     assert!(err.to_string().contains("index.json") && err.to_string().contains("other parameters"), "{err}");

@@ -16,9 +16,10 @@ pub struct DistillArgs {
     /// Base model folder (default: the model fetched by tools/fetch-default-model.sh).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Folder written by gen-data (index.json and its shards).
-    #[arg(long)]
-    data: PathBuf,
+    /// Folder written by gen-data (index.json and its shards); several (repeated, or separated by
+    /// commas) train on all of them, each keeping its own held-out tail.
+    #[arg(long, required = true, value_delimiter = ',')]
+    data: Vec<PathBuf>,
     /// The head kind to train.
     #[arg(long, value_enum)]
     head: DraftArg,
@@ -69,7 +70,7 @@ pub struct DistillArgs {
 pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
     let opts = DistillOptions {
         model_dir: super::model_dir(a.model)?,
-        data_dir: a.data,
+        data_dirs: a.data,
         head: a.head.into(),
         out: a.out,
         init: a.init,

@@ -9,9 +9,10 @@ use clover_engine::train::draft_vocab::build_draft_vocab;
 
 #[derive(Args)]
 pub struct DraftVocabArgs {
-    /// gen-data output to count assistant tokens in (its training split).
-    #[arg(long)]
-    data: PathBuf,
+    /// gen-data output to count assistant tokens in (its training split); several (repeated, or
+    /// separated by commas) are counted together, as distill reads them.
+    #[arg(long, required = true, value_delimiter = ',')]
+    data: Vec<PathBuf>,
     /// A head folder: its draft_vocab.json is written (or replaced) there.
     #[arg(long)]
     head: PathBuf,

@@ -51,7 +51,8 @@ pub const DEFAULT_MAX_LEN: usize = 2048;
 #[derive(Clone, Debug)]
 pub struct DistillOptions {
     pub model_dir: PathBuf,
-    pub data_dir: PathBuf,
+    /// gen-data folders, read as one data set (`ShardReader::open_all`).
+    pub data_dirs: Vec<PathBuf>,
     pub head: DraftKind,
     pub out: PathBuf,
     /// Start from this head instead of a fresh one (not with `resume`).
@@ -120,11 +121,12 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     if opts.resume && opts.init.is_some() {
         return Err(Error::input("--init starts a new run; --resume continues the one in --out: give one of them"));
     }
-    let reader = open_data(&opts.data_dir)?;
+    let reader = open_data(&opts.data_dirs)?;
+    let first_index = opts.data_dirs[0].join(INDEX_FILE);
     let base = Llama::load(&opts.model_dir, backend)?;
     if reader.hidden_size() != base.config.hidden_size {
         return Err(Error::format(
-            opts.data_dir.join(INDEX_FILE),
+            first_index.clone(),
             "hidden_size",
             format!(
                 "the data has features of size {} but the model in {} has hidden_size {}: the data was made with \
@@ -139,7 +141,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     let split = reader.split(HELDOUT_FRACTION);
     if split.train.is_empty() {
         return Err(Error::format(
-            opts.data_dir.join(INDEX_FILE),
+            first_index,
             "conversations",
             "no conversation is left for training after the held-out tail",
         ));
@@ -154,7 +156,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
     // Recounted from the data on resume too: same data (checked above), same split, same list.
     let draft_vocab = match run.draft_vocab {
-        Some(n) => Some(build_draft_vocab(&opts.data_dir, base.config.vocab_size, n)?),
+        Some(n) => Some(build_draft_vocab(&opts.data_dirs, base.config.vocab_size, n)?),
         None => None,
     };
     let lm = match &draft_vocab {
@@ -219,17 +221,20 @@ fn optimizer_and_state<B: Backend>(
 /// stream that initialised the head.
 const NOISE_STREAM: u64 = 0x6e6f_6973_6520_7374;
 
-fn open_data(dir: &Path) -> Result<ShardReader> {
-    if !dir.join(INDEX_FILE).exists() {
-        return Err(Error::format(
-            dir.join(INDEX_FILE),
-            "(file)",
-            "missing: --data must be a folder written by `clover-engine gen-data` (index.json and its shards)",
-        ));
+fn open_data(dirs: &[PathBuf]) -> Result<ShardReader> {
+    for dir in dirs {
+        if !dir.join(INDEX_FILE).exists() {
+            return Err(Error::format(
+                dir.join(INDEX_FILE),
+                "(file)",
+                "missing: --data must be a folder written by `clover-engine gen-data` (index.json and its shards)",
+            ));
+        }
     }
-    let reader = ShardReader::open(dir)?;
+    let reader = ShardReader::open_all(dirs)?;
     if reader.is_empty() {
-        return Err(Error::format(dir.join(INDEX_FILE), "conversations", "the data holds no conversation"));
+        let names: Vec<String> = dirs.iter().map(|d| d.join(INDEX_FILE).display().to_string()).collect();
+        return Err(Error::input(format!("{}: the data holds no conversation", names.join(", "))));
     }
     Ok(reader)
 }
@@ -335,7 +340,8 @@ fn resolve_run(
     let vocab_name = |v: Option<usize>| v.map_or("the full vocabulary".to_string(), |n| format!("{n} tokens"));
     check("draft_vocab", opts.draft_vocab.map(|v| vocab_name(Some(v))), vocab_name(stored.draft_vocab))?;
     if stored.data != data {
-        return Err(differs("data", format!("{data:?} ({})", opts.data_dir.display()), format!("{:?}", stored.data)));
+        let dirs: Vec<String> = opts.data_dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(differs("data", format!("{data:?} ({})", dirs.join(", ")), format!("{:?}", stored.data)));
     }
     Ok(stored.clone())
 }

@@ -25,10 +25,11 @@ pub fn count_assistant_tokens(reader: &ShardReader, records: &[usize], vocab_siz
     counts
 }
 
-/// The `size` most frequent assistant tokens of the training split of `data`, with the share of
-/// training and held-out assistant tokens they cover recorded in the list's metadata.
-pub fn build_draft_vocab(data: &Path, vocab_size: usize, size: usize) -> Result<DraftVocab> {
-    let reader = ShardReader::open(data)?;
+/// The `size` most frequent assistant tokens of the training split of the gen-data folders `data`,
+/// with the share of training and held-out assistant tokens they cover recorded in the list's
+/// metadata.
+pub fn build_draft_vocab<P: AsRef<Path>>(data: &[P], vocab_size: usize, size: usize) -> Result<DraftVocab> {
+    let reader = ShardReader::open_all(data)?;
     let split = reader.split(HELDOUT_FRACTION);
     let counts = count_assistant_tokens(&reader, &split.train, vocab_size);
     let (ids, train_coverage) = DraftVocab::most_frequent(&counts, size);
@@ -38,7 +39,11 @@ pub fn build_draft_vocab(data: &Path, vocab_size: usize, size: usize) -> Result<
     let heldout_coverage = if heldout_total == 0 { 0.0 } else { heldout_covered as f64 / heldout_total as f64 };
     let meta = json!({
         "source": "the most frequent assistant tokens of the gen-data training split",
-        "data": data.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "data": data
+            .iter()
+            .map(|d| d.as_ref().file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join("+"),
         "train_assistant_tokens": counts.iter().sum::<u64>(),
         "train_coverage": train_coverage,
         "heldout_assistant_tokens": heldout_total,

@@ -50,9 +50,13 @@ struct Location {
 }
 
 pub struct ShardReader {
+    /// The folder's index; for several folders, the first one's with the counts (conversations,
+    /// tokens, …) summed and the shard lists concatenated.
     pub index: DataIndex,
     maps: Vec<Mmap>,
     records: Vec<Location>,
+    /// Record positions of each folder, in the order given.
+    folders: Vec<Range<usize>>,
 }
 
 /// Record positions (0..len) used for training and held out for evaluation.
@@ -65,53 +69,28 @@ pub struct Split {
 impl ShardReader {
     /// Opens `dir/index.json` and every shard it lists, checking each tensor's dtype and shape.
     pub fn open(dir: &Path) -> Result<Self> {
-        let index = DataIndex::read(dir)?;
-        let h = index.hidden_size;
-        let mut maps = Vec::with_capacity(index.shards.len());
-        let mut records = Vec::with_capacity(index.conversations);
-        for (k, shard) in index.shards.iter().enumerate() {
-            let path = dir.join(&shard.file);
-            if !path.exists() {
-                return Err(Error::format(
-                    dir.join(INDEX_FILE),
-                    "shards",
-                    format!("{} is missing: gen-data has not finished (run it again to complete)", shard.file),
-                ));
-            }
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // SAFETY: shards are written once (temp name, then rename) and never modified in place.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| Error::format(&path, "header", e.to_string()))?;
-            let base = map.as_ptr() as usize;
-            for c in &shard.conversations {
-                let t = c.tokens;
-                let locate = |field: &str, dtype: Dtype, shape: &[usize]| -> Result<Range<usize>> {
-                    let name = tensor_name(c.index, field);
-                    let view = st.tensor(&name).map_err(|_| Error::format(&path, &name, "tensor is missing"))?;
-                    if view.dtype() != dtype || view.shape() != shape {
-                        return Err(Error::format(
-                            &path,
-                            &name,
-                            format!("{:?} {:?}, expected {dtype:?} {shape:?}", view.dtype(), view.shape()),
-                        ));
-                    }
-                    let start = view.data().as_ptr() as usize - base;
-                    Ok(start..start + view.data().len())
-                };
-                records.push(Location {
-                    index: c.index,
-                    tokens: t,
-                    shard: k,
-                    input_ids: locate(INPUT_IDS, Dtype::I64, &[t])?,
-                    hidden_state: locate(HIDDEN_STATE, Dtype::BF16, &[t, h])?,
-                    hidden_state_prenorm: locate(HIDDEN_STATE_PRENORM, Dtype::BF16, &[t, h])?,
-                    loss_mask: locate(LOSS_MASK, Dtype::U8, &[t])?,
-                });
-            }
-            drop(st);
-            maps.push(map);
+        Self::open_all(&[dir])
+    }
+
+    /// Opens several gen-data folders as one data set (records in folder order). They must come
+    /// from the same base model; each keeps its own held-out tail (`split`).
+    pub fn open_all<P: AsRef<Path>>(dirs: &[P]) -> Result<Self> {
+        let mut maps = Vec::new();
+        let mut records = Vec::new();
+        let mut folders = Vec::new();
+        let mut merged: Option<DataIndex> = None;
+        for dir in dirs {
+            let dir = dir.as_ref();
+            let start = records.len();
+            let index = open_folder(dir, &mut maps, &mut records)?;
+            folders.push(start..records.len());
+            merged = Some(match merged {
+                None => index,
+                Some(m) => merge(m, index, dir)?,
+            });
         }
-        Ok(ShardReader { index, maps, records })
+        let index = merged.ok_or_else(|| Error::input("no data folder given"))?;
+        Ok(ShardReader { index, maps, records, folders })
     }
 
     /// Number of records (conversations).
@@ -164,11 +143,17 @@ impl ShardReader {
         }
     }
 
-    /// Holds out the last `fraction` of the records (rounded to a whole record), by position.
+    /// Holds out the last `fraction` of each folder's records (rounded to a whole record), by
+    /// position: a folder's held-out conversations stay held out whatever it is combined with.
     pub fn split(&self, fraction: f64) -> Split {
-        let n = self.len();
-        let held = ((n as f64 * fraction.clamp(0.0, 1.0)).round() as usize).min(n);
-        Split { train: (0..n - held).collect(), heldout: (n - held..n).collect() }
+        let mut split = Split { train: Vec::new(), heldout: Vec::new() };
+        for folder in &self.folders {
+            let n = folder.len();
+            let held = ((n as f64 * fraction.clamp(0.0, 1.0)).round() as usize).min(n);
+            split.train.extend(folder.start..folder.end - held);
+            split.heldout.extend(folder.end - held..folder.end);
+        }
+        split
     }
 
     /// Batches of one epoch over `subset` (record positions): a seeded permutation, cut into
@@ -176,6 +161,79 @@ impl ShardReader {
     pub fn batches<'a>(&'a self, subset: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Batches<'a> {
         Batches { reader: self, order: epoch_order(subset, seed, epoch), batch_size: batch_size.max(1), next: 0 }
     }
+}
+
+/// Maps the shards of one gen-data folder, appending them to `maps` and their conversations to
+/// `records`; returns the folder's index.
+fn open_folder(dir: &Path, maps: &mut Vec<Mmap>, records: &mut Vec<Location>) -> Result<DataIndex> {
+    let index = DataIndex::read(dir)?;
+    let h = index.hidden_size;
+    for shard in &index.shards {
+        let k = maps.len();
+        let path = dir.join(&shard.file);
+        if !path.exists() {
+            return Err(Error::format(
+                dir.join(INDEX_FILE),
+                "shards",
+                format!("{} is missing: gen-data has not finished (run it again to complete)", shard.file),
+            ));
+        }
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: shards are written once (temp name, then rename) and never modified in place.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| Error::format(&path, "header", e.to_string()))?;
+        let base = map.as_ptr() as usize;
+        for c in &shard.conversations {
+            let t = c.tokens;
+            let locate = |field: &str, dtype: Dtype, shape: &[usize]| -> Result<Range<usize>> {
+                let name = tensor_name(c.index, field);
+                let view = st.tensor(&name).map_err(|_| Error::format(&path, &name, "tensor is missing"))?;
+                if view.dtype() != dtype || view.shape() != shape {
+                    return Err(Error::format(
+                        &path,
+                        &name,
+                        format!("{:?} {:?}, expected {dtype:?} {shape:?}", view.dtype(), view.shape()),
+                    ));
+                }
+                let start = view.data().as_ptr() as usize - base;
+                Ok(start..start + view.data().len())
+            };
+            records.push(Location {
+                index: c.index,
+                tokens: t,
+                shard: k,
+                input_ids: locate(INPUT_IDS, Dtype::I64, &[t])?,
+                hidden_state: locate(HIDDEN_STATE, Dtype::BF16, &[t, h])?,
+                hidden_state_prenorm: locate(HIDDEN_STATE_PRENORM, Dtype::BF16, &[t, h])?,
+                loss_mask: locate(LOSS_MASK, Dtype::U8, &[t])?,
+            });
+        }
+        drop(st);
+        maps.push(map);
+    }
+    Ok(index)
+}
+
+/// The index of several folders: the first one's, counts summed, shards concatenated. Folders of
+/// another base model (name or feature size) are refused.
+fn merge(mut into: DataIndex, next: DataIndex, dir: &Path) -> Result<DataIndex> {
+    if next.model != into.model || next.hidden_size != into.hidden_size {
+        return Err(Error::format(
+            dir.join(INDEX_FILE),
+            "model",
+            format!(
+                "{} (hidden_size {}) differs from the first data folder's {} (hidden_size {}): all --data folders \
+                 must come from the same base model",
+                next.model, next.hidden_size, into.model, into.hidden_size
+            ),
+        ));
+    }
+    into.conversations += next.conversations;
+    into.tokens += next.tokens;
+    into.masked_tokens += next.masked_tokens;
+    into.truncated += next.truncated;
+    into.shards.extend(next.shards);
+    Ok(into)
 }
 
 /// A Fisher–Yates permutation of `items`, different for every (seed, epoch) and reproducible.

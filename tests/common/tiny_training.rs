@@ -101,7 +101,7 @@ pub fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
 pub fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u64) -> DistillOptions {
     DistillOptions {
         model_dir: model.to_path_buf(),
-        data_dir: data.to_path_buf(),
+        data_dirs: vec![data.to_path_buf()],
         head,
         out: out.to_path_buf(),
         init: None,

@@ -1,17 +1,11 @@
 // Shared device helpers for clover-engine's kernels. Every kernel is `extern "C"` so the Rust side
-// (src/backend/cuda/) finds it by name; sizes are `int`, activations f32, 16-bit weights are passed
-// as raw `unsigned short` bits (bf16 or f16) and widened here.
+// (src/backend/cuda/) finds it by name; sizes are `int`, activations f32, bf16 weights are passed
+// as raw `unsigned short` bits and widened here (f16 weights are widened to f32 at upload).
 #pragma once
-
-#include <cuda_fp16.h>
 
 // bf16 is the top half of an f32.
 __device__ __forceinline__ float bf16_bits_to_f32(unsigned short b) {
     return __uint_as_float(((unsigned int)b) << 16);
-}
-
-__device__ __forceinline__ float f16_bits_to_f32(unsigned short b) {
-    return __half2float(__ushort_as_half(b));
 }
 
 // Round to nearest even (NaN kept quiet), like `half::bf16::from_f32`.

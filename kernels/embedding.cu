@@ -23,10 +23,6 @@ extern "C" __global__ void embedding_bf16(float* out, const unsigned short* tabl
     embedding_row<unsigned short, bf16_bits_to_f32>(out, table, ids, rows, width);
 }
 
-extern "C" __global__ void embedding_f16(float* out, const unsigned short* table, const unsigned int* ids, int rows, int width) {
-    embedding_row<unsigned short, f16_bits_to_f32>(out, table, ids, rows, width);
-}
-
 // out[i] = src[idx[i]] for rows of `width`; T is copied bit for bit.
 template <typename T>
 __device__ __forceinline__ void gather_row(T* out, const T* src, const unsigned int* idx, int n, int width) {
@@ -41,12 +37,7 @@ extern "C" __global__ void gather_rows(float* out, const float* src, const unsig
     gather_row<float>(out, src, idx, n, width);
 }
 
-// Same kernel as gather_rows, under the name the f32 gather_weight_rows path may look up.
-extern "C" __global__ void gather_rows_f32(float* out, const float* src, const unsigned int* idx, int n, int width) {
-    gather_row<float>(out, src, idx, n, width);
-}
-
-// gather_weight_rows of a bf16 or f16 weight: the stored bits, no rounding.
+// gather_weight_rows of a bf16 weight: the stored bits, no rounding.
 extern "C" __global__ void gather_rows_u16(unsigned short* out, const unsigned short* w, const unsigned int* idx, int n, int width) {
     gather_row<unsigned short>(out, w, idx, n, width);
 }

@@ -7,10 +7,14 @@
 #      1.4 epochs) over a reduced draft vocabulary of the 8192 most frequent assistant tokens, same
 #      settings but the data order (seed 1) and the schedule (peak lr 3e-4: fresh AdamW moments at
 #      1e-3 undid much of round 1 in a trial; warm-up 20, decay to 0 at STEPS2);
-#   4. export both heads as bf16 into assets/smollm2-135m-instruct/{clover2,eagle}.
-# Every stage resumes: rerun the script (with a larger STEPS / STEPS2) to continue training.
+#   4. round 3: gen-data over ShareGPT conversations [1000, 2547) (new ones), then one epoch of
+#      each head from round 2 over them (330 steps, peak lr 3e-4, seed 2, same draft vocabulary
+#      size, counted on the new data);
+#   5. export both heads as bf16 into assets/smollm2-135m-instruct/{clover2,eagle}.
+# Every stage resumes: rerun the script (with a larger STEPS / STEPS2 / STEPS3) to continue training.
 # Environment: STEPS (round 1: train until this many steps, default 240), STEPS2 (round 2, default
-# 320), RUNS (work folder, default runs/), THREADS (CPU threads per distill run, default all cores).
+# 320), STEPS3 (round 3, default 330), RUNS (work folder, default runs/), THREADS (CPU threads per
+# distill run, default all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,9 +44,21 @@ for head in clover2 eagle; do
   "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512" --head "$head" --out "$runs/$head-r2" \
     --steps "$steps2" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps "$steps2" --max-len 512 \
     --eval-every 40 --eval-tokens 2048 --seed 1 --draft-vocab 8192 "${from[@]}"
+done
+
+# Round 3: new conversations, ShareGPT [1000, 2547), one epoch from round 2, same settings.
+steps3="${STEPS3:-330}"
+"$engine" gen-data --out "$runs/sharegpt-512-b" --start 1000 --end 2547 --max-len 512
+for head in clover2 eagle; do
+  from=(--init "$runs/$head-r2")
+  [ -f "$runs/$head-r3/config.json" ] && from=(--resume)
+  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512-b" --head "$head" --out "$runs/$head-r3" \
+    --steps "$steps3" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 330 --max-len 512 \
+    --eval-every 55 --eval-tokens 2048 --seed 2 --draft-vocab 8192 "${from[@]}"
   shipped="assets/smollm2-135m-instruct/$head"
-  "$engine" export-head --from "$runs/$head-r2" --out "$shipped"
-  cp "$runs/$head-r2/loss.svg" "$runs/$head-r2/accuracy.svg" "$shipped/"
+  "$engine" export-head --from "$runs/$head-r3" --out "$shipped"
+  cp "$runs/$head-r3/loss.svg" "$runs/$head-r3/accuracy.svg" "$shipped/"
   cp "$runs/$head/metrics.jsonl" "$shipped/training-metrics-round1.jsonl"
   cp "$runs/$head-r2/metrics.jsonl" "$shipped/training-metrics-round2.jsonl"
+  cp "$runs/$head-r3/metrics.jsonl" "$shipped/training-metrics-round3.jsonl"
 done

@@ -60,14 +60,19 @@ pub fn process(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
 /// so that it equals `top_k_indices(logits, 1)` and the backends' `top_k_rows` with k = 1.
 /// 0 for an empty row.
 pub fn argmax(logits: &[f32]) -> usize {
-    let key = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate().skip(1) {
-        if key(x).total_cmp(&key(logits[best])) == Ordering::Greater {
-            best = i;
-        }
-    }
-    best
+    // Two branch-free passes (the largest key, then its first position) vectorise; a running
+    // "best so far" does not, and this runs on every greedy row of a 49k vocabulary.
+    let Some(best) = logits.iter().map(|&x| rank_key(x)).max() else { return 0 };
+    logits.iter().position(|&x| rank_key(x) == best).unwrap_or(0)
+}
+
+/// An integer whose order is `f32::total_cmp`'s (so −0 < +0), with NaN ranked as −inf: the
+/// order `top_k_indices` and the backends' `top_k_rows` use.
+fn rank_key(x: f32) -> i32 {
+    let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
+    let bits = x.to_bits() as i32;
+    // Negative floats order backwards as integers: flip their magnitude bits (as total_cmp does).
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
 }
 
 /// Inverse-CDF draw. Only indices with positive probability can come out, even when rounding makes

@@ -126,3 +126,55 @@ pub fn write_shard(path: &Path, hidden: usize, records: &[ShardRecord]) -> Resul
     let bytes = safetensors::serialize(views, &Some(metadata)).map_err(bad)?;
     write_atomically(path, &bytes)
 }
+
+/// Writes `records` as a complete gen-data folder: shards of `per_shard` conversations and an
+/// index.json naming `model` as the base model (data made without running gen-data: tests,
+/// synthetic sets). Returns the index written.
+pub fn write_data_folder(
+    dir: &Path,
+    model: &str,
+    hidden: usize,
+    records: &[ShardRecord],
+    per_shard: usize,
+) -> Result<DataIndex> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut shards = Vec::new();
+    for (k, chunk) in records.chunks(per_shard.max(1)).enumerate() {
+        write_shard(&dir.join(shard_file(k)), hidden, chunk)?;
+        let conversations: Vec<ConversationEntry> = chunk
+            .iter()
+            .map(|r| ConversationEntry {
+                index: r.index,
+                id: format!("record-{}", r.index),
+                tokens: r.input_ids.len(),
+                masked_tokens: r.loss_mask.iter().map(|&m| m as usize).sum(),
+            })
+            .collect();
+        shards.push(ShardEntry {
+            file: shard_file(k),
+            tokens: conversations.iter().map(|c| c.tokens).sum(),
+            masked_tokens: conversations.iter().map(|c| c.masked_tokens).sum(),
+            conversations,
+        });
+    }
+    let n = records.len();
+    let index = DataIndex {
+        format: FORMAT.to_string(),
+        model: model.to_string(),
+        hidden_size: hidden,
+        data: "(records written directly)".to_string(),
+        data_bytes: 0,
+        usable_conversations: n,
+        start: 0,
+        end: n,
+        max_len: records.iter().map(|r| r.input_ids.len()).max().unwrap_or(0),
+        shard_tokens: 0,
+        conversations: n,
+        tokens: shards.iter().map(|s| s.tokens).sum(),
+        masked_tokens: shards.iter().map(|s| s.masked_tokens).sum(),
+        truncated: 0,
+        shards,
+    };
+    write_atomically(&dir.join(INDEX_FILE), index.to_json()?.as_bytes())?;
+    Ok(index)
+}

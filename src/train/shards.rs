@@ -271,7 +271,7 @@ impl Iterator for Batches<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::layout::{shard_file, write_shard, ConversationEntry, ShardEntry, ShardRecord, FORMAT};
+    use crate::train::layout::{shard_file, write_data_folder, write_shard, ShardRecord};
 
     const H: usize = 3;
 
@@ -291,45 +291,8 @@ mod tests {
 
     /// Writes `n` records in shards of `per_shard`, like gen-data would.
     fn write_dataset(dir: &Path, n: usize, per_shard: usize) {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut shards = Vec::new();
-        for (k, chunk) in (0..n).collect::<Vec<_>>().chunks(per_shard).enumerate() {
-            let records: Vec<ShardRecord> = chunk.iter().map(|&i| record(i)).collect();
-            write_shard(&dir.join(shard_file(k)), H, &records).unwrap();
-            let conversations: Vec<ConversationEntry> = records
-                .iter()
-                .map(|r| ConversationEntry {
-                    index: r.index,
-                    id: format!("id{}", r.index),
-                    tokens: r.input_ids.len(),
-                    masked_tokens: r.loss_mask.iter().map(|&m| m as usize).sum(),
-                })
-                .collect();
-            shards.push(ShardEntry {
-                file: shard_file(k),
-                tokens: conversations.iter().map(|c| c.tokens).sum(),
-                masked_tokens: conversations.iter().map(|c| c.masked_tokens).sum(),
-                conversations,
-            });
-        }
-        let index = DataIndex {
-            format: FORMAT.to_string(),
-            model: "tiny".into(),
-            hidden_size: H,
-            data: "made-up.json".into(),
-            data_bytes: 0,
-            usable_conversations: n,
-            start: 0,
-            end: n,
-            max_len: 64,
-            shard_tokens: 0,
-            conversations: n,
-            tokens: shards.iter().map(|s| s.tokens).sum(),
-            masked_tokens: shards.iter().map(|s| s.masked_tokens).sum(),
-            truncated: 0,
-            shards,
-        };
-        std::fs::write(dir.join(INDEX_FILE), index.to_json().unwrap()).unwrap();
+        let records: Vec<ShardRecord> = (0..n).map(record).collect();
+        write_data_folder(dir, "tiny", H, &records, per_shard).unwrap();
     }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {

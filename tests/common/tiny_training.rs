@@ -12,9 +12,7 @@ use clover_engine::model::random::{tiny_llama_config, write_random_model};
 use clover_engine::model::{Llama, LogitRows};
 use clover_engine::rng::Rng;
 use clover_engine::train::distill::DistillOptions;
-use clover_engine::train::layout::{
-    shard_file, write_shard, ConversationEntry, DataIndex, ShardEntry, ShardRecord, FORMAT, INDEX_FILE,
-};
+use clover_engine::train::layout::{write_data_folder, ShardRecord};
 
 use super::common;
 
@@ -49,44 +47,7 @@ pub fn write_data(model_dir: &Path, dir: &Path, n: usize) {
             }
         })
         .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    let mut shards = Vec::new();
-    for (k, chunk) in records.chunks(10).enumerate() {
-        write_shard(&dir.join(shard_file(k)), h, chunk).unwrap();
-        let conversations: Vec<ConversationEntry> = chunk
-            .iter()
-            .map(|r| ConversationEntry {
-                index: r.index,
-                id: format!("synthetic-{}", r.index),
-                tokens: r.input_ids.len(),
-                masked_tokens: r.loss_mask.iter().map(|&m| m as usize).sum(),
-            })
-            .collect();
-        shards.push(ShardEntry {
-            file: shard_file(k),
-            tokens: conversations.iter().map(|c| c.tokens).sum(),
-            masked_tokens: conversations.iter().map(|c| c.masked_tokens).sum(),
-            conversations,
-        });
-    }
-    let index = DataIndex {
-        format: FORMAT.to_string(),
-        model: "tiny".into(),
-        hidden_size: h,
-        data: "synthetic.json".into(),
-        data_bytes: 0,
-        usable_conversations: n,
-        start: 0,
-        end: n,
-        max_len: 64,
-        shard_tokens: 0,
-        conversations: n,
-        tokens: shards.iter().map(|s| s.tokens).sum(),
-        masked_tokens: shards.iter().map(|s| s.masked_tokens).sum(),
-        truncated: 0,
-        shards,
-    };
-    std::fs::write(dir.join(INDEX_FILE), index.to_json().unwrap()).unwrap();
+    write_data_folder(dir, "tiny", h, &records, 10).unwrap();
 }
 
 /// A tiny model and 40 conversations (2 held out) in a fresh folder.

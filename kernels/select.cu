@@ -15,25 +15,6 @@ __device__ __forceinline__ unsigned long long rank_key(float x, int column) {
     return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (unsigned int)column);
 }
 
-__device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        const unsigned long long w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = w > v ? w : v;
-    }
-    return v;
-}
-
-// Maximum over the block (blockDim.x a multiple of 32); every thread gets the result.
-__device__ __forceinline__ unsigned long long block_max_u64(unsigned long long v, unsigned long long* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_max_u64(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0ull;
-    return warp_max_u64(v);
-}
-
 // out[r·k + j] = the column of row r's (j+1)-th largest entry, for k ≤ width. k rounds of a
 // block-wide maximum over the keys below the previous round's: k scans of a row that sits in L2,
 // no per-thread lists and no sort. Every key is above 0 (−inf maps to 0x007fffff), so 0 is "none".
@@ -50,7 +31,7 @@ extern "C" __global__ void top_k_rows(unsigned int* out, const float* x, int row
             const unsigned long long key = rank_key(row[i], i);
             if (key < below && key > best) best = key;
         }
-        best = block_max_u64(best, scratch);
+        best = block_reduce(best, 0ull, scratch, MaxOp());
         if (threadIdx.x == 0) out[(size_t)r * k + j] = 0xffffffffu - (unsigned int)(best & 0xffffffffull);
         below = best;
     }

@@ -21,6 +21,7 @@ pub struct NodeLogits<'a, B: Backend> {
     /// Per node: (group, row in it) once projected.
     at: Vec<Option<(usize, usize)>>,
     argmax: Vec<Option<usize>>,
+    /// Per group: its rows on the host, brought there on the first `row` asked of it.
     host: Vec<Option<Vec<f32>>>,
     projected: usize,
 }
@@ -34,7 +35,7 @@ impl<'a, B: Backend> NodeLogits<'a, B> {
             groups: Vec::new(),
             at: vec![None; nodes],
             argmax: vec![None; nodes],
-            host: vec![None; nodes],
+            host: Vec::new(),
             projected: 0,
         }
     }
@@ -51,6 +52,7 @@ impl<'a, B: Backend> NodeLogits<'a, B> {
             self.at[n] = Some((self.groups.len(), i));
         }
         self.groups.push(self.model.project_rows(&x, todo.len()));
+        self.host.push(None);
         self.projected += todo.len();
     }
 
@@ -62,15 +64,12 @@ impl<'a, B: Backend> NodeLogits<'a, B> {
 
 impl<B: Backend> BaseRows for NodeLogits<'_, B> {
     fn row(&mut self, node: usize) -> &[f32] {
-        if self.host[node].is_none() {
-            self.project(&[node]);
-            let (g, i) = self.at[node].expect("projected above");
-            let group = &self.groups[g];
-            let vocab = group.width();
-            let rows = group.to_host(&self.model.backend);
-            self.host[node] = Some(rows[i * vocab..(i + 1) * vocab].to_vec());
-        }
-        self.host[node].as_deref().expect("filled above")
+        self.project(&[node]);
+        let (g, i) = self.at[node].expect("projected above");
+        let group = &self.groups[g];
+        let vocab = group.width();
+        let rows = self.host[g].get_or_insert_with(|| group.to_host(&self.model.backend));
+        &rows[i * vocab..(i + 1) * vocab]
     }
 
     /// Picked on the backend for the whole group the node was projected in (the main chain's

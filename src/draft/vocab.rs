@@ -157,12 +157,6 @@ impl<B: Backend> DraftLmHead<B> {
     /// Each column is computed exactly as the full projection computes it (same kernel, same
     /// summation order), so it equals the full logit of its token.
     pub fn project(&self, model: &Llama<B>, x: &B::Buf, rows: usize) -> Logits<B> {
-        if self.rows.is_none() {
-            return model.project_rows(x, rows);
-        }
-        let b = &model.backend;
-        let mut logits = b.zeros(rows * self.width(model));
-        b.matmul(x, rows, self.weight(model), &mut logits);
-        Logits::new(logits, rows, self.width(model))
+        Logits::project(&model.backend, x, rows, self.weight(model), self.width(model))
     }
 }

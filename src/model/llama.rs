@@ -169,10 +169,7 @@ impl<B: Backend> Llama<B> {
 
     /// lm_head(x) for `rows` rows of already-normalised features, left on the backend.
     pub fn project_rows(&self, x: &B::Buf, rows: usize) -> Logits<B> {
-        let b = &self.backend;
-        let mut logits = b.zeros(rows * self.config.vocab_size);
-        b.matmul(x, rows, self.lm_head(), &mut logits);
-        Logits::new(logits, rows, self.config.vocab_size)
+        Logits::project(&self.backend, x, rows, self.lm_head(), self.config.vocab_size)
     }
 
     /// The next-token logits of the last of `rows` rows of post-norm features, left on the

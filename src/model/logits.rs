@@ -13,13 +13,16 @@ pub struct Logits<B: Backend> {
 }
 
 impl<B: Backend> Logits<B> {
-    pub fn new(buf: B::Buf, rows: usize, width: usize) -> Self {
+    /// `x · wᵀ` for `rows` rows of features: one logit per row of `w` (`width` of them).
+    pub fn project(backend: &B, x: &B::Buf, rows: usize, w: &B::Weight, width: usize) -> Self {
+        let mut buf = backend.zeros(rows * width);
+        backend.matmul(x, rows, w, &mut buf);
         Logits { buf, rows, width }
     }
 
     /// Host rows made into backend rows (tests, and heads that compute logits on the host).
     pub fn from_host(backend: &B, host: &[f32], width: usize) -> Self {
-        assert!(width > 0 && host.len() % width == 0, "logit rows: {} values are not rows of {width}", host.len());
+        assert!(width > 0 && host.len().is_multiple_of(width), "logit rows: {} values are not rows of {width}", host.len());
         Logits { buf: backend.upload(host), rows: host.len() / width, width }
     }
 

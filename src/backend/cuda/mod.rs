@@ -438,8 +438,13 @@ impl Backend for CudaBackend {
         let n_chunks = (past + rows).div_ceil(CHUNK);
         let group = shape.n_heads / shape.n_kv_heads;
         let queries = rows * shape.n_heads;
-        let mut part_acc = self.alloc(queries * n_chunks * shape.head_dim);
-        let mut part_ml = self.alloc(queries * n_chunks * 2);
+        // SAFETY: attention_partial writes every (query, chunk) slot of both before the combine
+        // pass reads them, so they need no zeroing (a memset of megabytes per layer otherwise).
+        let (mut part_acc, mut part_ml) = unsafe {
+            let stream = &self.dev.stream;
+            let alloc = |n: usize| stream.alloc::<f32>(n.max(1)).expect("CUDA backend: allocation");
+            (alloc(queries * n_chunks * shape.head_dim), alloc(queries * n_chunks * 2))
+        };
         let cfg = LaunchConfig {
             grid_dim: ((rows * group).div_ceil(QUERIES) as u32, n_chunks as u32, shape.n_kv_heads as u32),
             block_dim: (128, 1, 1),

@@ -9,8 +9,11 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 /// The last array uploaded through it, kept on the device while the next call asks for the same
 /// values. Device copies are never written, so handing the same one to several kernels is safe.
 pub struct Reused<T> {
-    last: Mutex<Option<(Vec<T>, Arc<CudaSlice<T>>)>>,
+    last: Mutex<Option<Upload<T>>>,
 }
+
+/// Host values and their device copy.
+type Upload<T> = (Vec<T>, Arc<CudaSlice<T>>);
 
 impl<T: DeviceRepr + Clone + PartialEq> Reused<T> {
     pub fn new() -> Self {

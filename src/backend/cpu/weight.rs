@@ -10,6 +10,10 @@ pub struct CpuWeight {
     tensor: HostTensor,
     rows: usize,
     cols: usize,
+    /// A bf16 weight in the order the AMX tiles read it, made on its first AMX matmul and
+    /// shared by clones.
+    #[cfg(target_arch = "x86_64")]
+    packed: std::sync::Arc<std::sync::OnceLock<super::matmul::PackedBf16>>,
 }
 
 impl CpuWeight {
@@ -22,7 +26,13 @@ impl CpuWeight {
         if tensor.bytes.as_slice().as_ptr() as usize % tensor.dtype.size() != 0 {
             return Err(Error::input(format!("tensor {}: data is not aligned to its dtype", tensor.name)));
         }
-        Ok(CpuWeight { tensor, rows, cols })
+        Ok(CpuWeight {
+            tensor,
+            rows,
+            cols,
+            #[cfg(target_arch = "x86_64")]
+            packed: Default::default(),
+        })
     }
 
     pub fn dtype(&self) -> DType {
@@ -48,6 +58,15 @@ impl CpuWeight {
 
     pub fn f16_row(&self, r: usize) -> &[f16] {
         &bytemuck::cast_slice::<u8, f16>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// The tile-order copy of a bf16 weight (packed on first use).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn packed_bf16(&self) -> &super::matmul::PackedBf16 {
+        self.packed.get_or_init(|| {
+            let (n, k) = self.matrix_shape();
+            super::matmul::PackedBf16::new(bytemuck::cast_slice(self.tensor.bytes.as_slice()), n, k)
+        })
     }
 
     /// Row `r` converted to f32 into `out`.

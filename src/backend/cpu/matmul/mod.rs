@@ -20,6 +20,8 @@
 //! the earlier kernel, by summation order and rounding only: each is within
 //! `(k / 8 + 4) · 2⁻²⁴ · Σ|x·w|` of the exact sum (the bound the tests check).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod kernel;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -36,6 +38,9 @@ use super::weight::CpuWeight;
 use crate::weights::DType;
 use kernel::{Job, OutPtr, Weights};
 
+#[cfg(target_arch = "x86_64")]
+pub use amx::PackedBf16;
+
 /// Rayon tasks per thread: a few, so a thread slowed by another process is caught up by the rest.
 const TASKS_PER_THREAD: usize = 4;
 /// Multiply-adds below which splitting a task further costs more in scheduling than it gains.
@@ -48,6 +53,9 @@ enum Isa {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX-512 for f32 and f16 weights, AMX tiles for bf16 weights (`amx.rs`).
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     #[cfg(target_arch = "aarch64")]
     Neon,
 }
@@ -78,6 +86,9 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                 {
                     sets.push(Isa::Avx512);
+                    if amx::supported() {
+                        sets.push(Isa::Amx);
+                    }
                 }
             }
         }
@@ -93,6 +104,8 @@ impl Isa {
             Isa::Avx2 => "avx2",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => "avx512",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => "amx",
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => "neon",
         }
@@ -106,7 +119,7 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::columns_avx2(job, c0, c1),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86::columns_avx512(job, c0, c1),
+            Isa::Avx512 | Isa::Amx => x86::columns_avx512(job, c0, c1),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::columns(job, c0, c1),
         }
@@ -120,7 +133,7 @@ impl Isa {
             Isa::Avx2 => unsafe { x86::dot_avx2(x, w) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::dot_avx512(x, w) },
+            Isa::Avx512 | Isa::Amx => unsafe { x86::dot_avx512(x, w) },
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::dot(x, w),
         }
@@ -138,6 +151,10 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     assert_eq!(out.len(), m * n, "matmul: out is not [{m}, {n}]");
     if m == 0 || n == 0 {
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx && w.dtype() == DType::BF16 {
+        return amx::matmul(x, m, w.packed_bf16(), out);
     }
     let job = Job { x, m, k, n, w: weights(w), out: OutPtr(out.as_mut_ptr()) };
     // Column blocks in multiples of 16 keep tasks' output writes on separate cache lines.
@@ -188,11 +205,6 @@ pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
 /// `x · w` in the matmul kernel's summation order.
 pub fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
     Isa::get().dot(x, Weights::F32(w))
-}
-
-/// `x · w` in the matmul kernel's summation order.
-pub fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
-    Isa::get().dot(x, Weights::BF16(w))
 }
 
 #[cfg(test)]
@@ -255,7 +267,12 @@ mod tests {
                             let terms = (0..k).map(|i| x[r * k + i] as f64 * exact[c * k + i] as f64);
                             let want: f64 = terms.clone().sum();
                             let scale: f64 = terms.map(f64::abs).sum();
-                            let tol = (k as f64 / 8.0 + 4.0) * 2f64.powi(-24) * scale;
+                            let mut tol = (k as f64 / 8.0 + 4.0) * 2f64.powi(-24) * scale;
+                            #[cfg(target_arch = "x86_64")]
+                            if isa == Isa::Amx && dtype == DType::BF16 {
+                                // x as hi + lo bf16 parts: within 2⁻¹⁶ of itself (amx.rs).
+                                tol += 2f64.powi(-16) * scale;
+                            }
                             let got = out[r * n + c] as f64;
                             assert!(
                                 (got - want).abs() <= tol,
@@ -311,6 +328,10 @@ mod tests {
             let out = run(isa, &x, 1, &w);
             for (c, o) in out.iter().enumerate() {
                 assert_eq!(isa.dot(&x, Weights::F32(w.f32_row(c))).to_bits(), o.to_bits(), "{isa:?} f32 column {c}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Amx {
+                continue; // bf16 goes through the tiles, whose bits no dot reproduces (amx.rs)
             }
             let (w, _) = weight(DType::BF16, n, k, &values);
             let out = run(isa, &x, 1, &w);

@@ -22,7 +22,11 @@ impl<B: Backend> Logits<B> {
 
     /// Host rows made into backend rows (tests, and heads that compute logits on the host).
     pub fn from_host(backend: &B, host: &[f32], width: usize) -> Self {
-        assert!(width > 0 && host.len().is_multiple_of(width), "logit rows: {} values are not rows of {width}", host.len());
+        assert!(
+            width > 0 && host.len().is_multiple_of(width),
+            "logit rows: {} values are not rows of {width}",
+            host.len()
+        );
         Logits { buf: backend.upload(host), rows: host.len() / width, width }
     }
 

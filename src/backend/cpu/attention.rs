@@ -3,8 +3,13 @@
 
 use rayon::prelude::*;
 
-use super::matmul::dot_f32;
+use super::matmul::{dot_f32, matmul_f32_serial};
+use super::vexp::{exp_lanes, LANES};
 use crate::backend::{AttnMask, AttnShape, KvLayout};
+
+/// Query rows per task: with the GQA group's heads, the query vectors that meet each key and
+/// value of one KV head together (24 for the default model's group of 3).
+const ROWS_PER_TASK: usize = 8;
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -22,60 +27,176 @@ pub fn attention(
     let group = shape.n_heads / shape.n_kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let width = shape.n_heads * d;
-    // One task per (row, head): each writes its own head_dim slice of `out`.
-    out.par_chunks_mut(d).enumerate().for_each(|(task, o)| {
-        let (r, h) = (task / shape.n_heads, task % shape.n_heads);
-        let kv = h / group;
-        let qh = &q[r * width + h * d..][..d];
-        let keys = past + rows;
-        let visible = |t: usize| match mask {
-            AttnMask::Causal => t <= past + r,
-            AttnMask::Tree { bits, first_key } => t < first_key || bits[r * (keys - first_key) + t - first_key] != 0,
-        };
-        let k_head = &k_cache[kv * layout.capacity * d..][..keys * d];
-        let v_head = &v_cache[kv * layout.capacity * d..][..keys * d];
-        let mut scores = Vec::with_capacity(keys);
-        for t in 0..keys {
-            scores.push(if visible(t) { dot_f32(qh, &k_head[t * d..][..d]) * scale } else { f32::NEG_INFINITY });
+    let keys = past + rows;
+    // One task per (KV head, block of rows): the scores of all its query vectors against all keys
+    // come from the matmul kernel's register tiles (a key is loaded once for several queries, and
+    // horizontal sums are batched), which gives each score the bits `dot_f32` gives it alone.
+    let blocks = rows.div_ceil(ROWS_PER_TASK);
+    let results: Vec<(usize, usize, Vec<f32>)> = (0..shape.n_kv_heads * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (kv, block) = (task / blocks, task % blocks);
+            let r0 = block * ROWS_PER_TASK;
+            let block_rows = ROWS_PER_TASK.min(rows - r0);
+            let vectors = block_rows * group;
+            // Query vector j = (row r0 + j / group, head kv·group + j % group).
+            let mut qs = Vec::with_capacity(vectors * d);
+            for r in r0..r0 + block_rows {
+                qs.extend_from_slice(&q[r * width + kv * group * d..][..group * d]);
+            }
+            let k_head = &k_cache[kv * layout.capacity * d..][..keys * d];
+            let v_head = &v_cache[kv * layout.capacity * d..][..keys * d];
+            let mut scores = vec![0.0f32; vectors * keys];
+            matmul_f32_serial(&qs, vectors, k_head, keys, &mut scores);
+            for (j, row_scores) in scores.chunks_exact_mut(keys).enumerate() {
+                let r = r0 + j / group;
+                for (t, s) in row_scores.iter_mut().enumerate() {
+                    let visible = match mask {
+                        AttnMask::Causal => t <= past + r,
+                        AttnMask::Tree { bits, first_key } => {
+                            t < first_key || bits[r * (keys - first_key) + t - first_key] != 0
+                        }
+                    };
+                    *s = if visible { *s * scale } else { f32::NEG_INFINITY };
+                }
+                softmax_weights(row_scores);
+            }
+            let mut o = vec![0.0f32; vectors * d];
+            weighted_values(&scores, keys, v_head, &mut o);
+            (kv, r0, o)
+        })
+        .collect();
+    for (kv, r0, o) in results {
+        for (j, oj) in o.chunks_exact(d).enumerate() {
+            let (r, h) = (r0 + j / group, kv * group + j % group);
+            out[r * width + h * d..][..d].copy_from_slice(oj);
         }
-        weighted_sum(&mut scores, v_head, o);
-    });
+    }
 }
 
-/// `o = Σ_t softmax(scores)_t · v[t]`, `v` `[keys, d]`; `scores` is overwritten.
-fn weighted_sum(scores: &mut [f32], v: &[f32], o: &mut [f32]) {
+/// Softmax in place, each weight written as `p / Σp` with `p = exp(score − max)`, masked
+/// scores (−∞) weighing exactly 0. The exponentials are `vexp`'s 16 lanes at a time (the library
+/// `expf` per score was a quarter of a tree verification's attention); the sum runs in order.
+fn softmax_weights(scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512 F (checked just above).
-        return unsafe { weighted_sum_avx512(scores, v, o) };
+        return unsafe { softmax_weights_avx512(scores) };
     }
-    weighted_sum_portable(scores, v, o)
+    softmax_weights_portable(scores)
 }
 
-/// The same operations in the same order, with the `o += w · v` loop in 16-lane registers (the
-/// default x86-64 target only has 4): elementwise, so the bits are those of the portable version.
+/// The same operations in 16-lane registers (no fused multiply-adds: the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_sum_avx512(scores: &mut [f32], v: &[f32], o: &mut [f32]) {
-    weighted_sum_portable(scores, v, o)
+unsafe fn softmax_weights_avx512(scores: &mut [f32]) {
+    softmax_weights_portable(scores)
 }
 
 #[inline(always)]
-fn weighted_sum_portable(scores: &mut [f32], v: &[f32], o: &mut [f32]) {
-    let d = o.len();
+fn softmax_weights_portable(scores: &mut [f32]) {
     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    for chunk in scores.chunks_mut(LANES) {
+        let mut x = [f32::NEG_INFINITY; LANES];
+        x[..chunk.len()].copy_from_slice(chunk);
+        let e = exp_lanes(x.map(|s| s - max));
+        for (s, (&x, &e)) in chunk.iter_mut().zip(x.iter().zip(&e)) {
+            *s = if x == f32::NEG_INFINITY { 0.0 } else { e };
+        }
     }
+    let sum: f32 = scores.iter().sum();
+    for s in scores.iter_mut() {
+        *s /= sum;
+    }
+}
+
+/// `o[j] = Σ_t w[j, t] · v[t]` for rows of weights `w` `[rows, keys]`, `v` `[keys, d]`: per
+/// output element, terms in increasing `t`, each one multiply and one add, terms of weight 0
+/// skipped. That order is the same whatever the rows, so the bits are too.
+fn weighted_values(w: &[f32], keys: usize, v: &[f32], o: &mut [f32]) {
     o.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        if p != 0.0 {
-            let w = p / sum;
-            for (oi, vi) in o.iter_mut().zip(&v[t * d..][..d]) {
-                *oi += w * vi;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F (checked just above).
+        return unsafe { weighted_values_avx512(w, keys, v, o) };
+    }
+    let d = v.len() / keys.max(1);
+    weighted_values_columns(w, keys, v, d, o, 0..d);
+}
+
+/// The portable loop, over output columns `cols` of every row.
+fn weighted_values_columns(w: &[f32], keys: usize, v: &[f32], d: usize, o: &mut [f32], cols: std::ops::Range<usize>) {
+    for (wj, oj) in w.chunks_exact(keys).zip(o.chunks_exact_mut(d)) {
+        for (t, &wt) in wj.iter().enumerate() {
+            if wt != 0.0 {
+                for (oi, vi) in oj[cols.clone()].iter_mut().zip(&v[t * d + cols.start..t * d + cols.end]) {
+                    *oi += wt * vi;
+                }
             }
+        }
+    }
+}
+
+/// 64-column strips of 4 rows at a time, the 16 accumulators in registers while each `v[t]`
+/// strip is loaded once for the 4 rows; the columns past the last whole strip by the portable loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_values_avx512(w: &[f32], keys: usize, v: &[f32], o: &mut [f32]) {
+    let d = v.len() / keys.max(1);
+    let rows = o.len() / d.max(1);
+    let strips = d / 64;
+    for strip in 0..strips {
+        let mut r = 0;
+        while r + 4 <= rows {
+            values_tile::<4>(w, keys, v, d, o, r, strip * 64);
+            r += 4;
+        }
+        while r < rows {
+            values_tile::<1>(w, keys, v, d, o, r, strip * 64);
+            r += 1;
+        }
+    }
+    if strips * 64 < d {
+        weighted_values_columns(w, keys, v, d, o, strips * 64..d);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn values_tile<const R: usize>(
+    w: &[f32],
+    keys: usize,
+    v: &[f32],
+    d: usize,
+    o: &mut [f32],
+    r0: usize,
+    c0: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    for t in 0..keys {
+        let vp = v.as_ptr().add(t * d + c0);
+        let vt = [
+            _mm512_loadu_ps(vp),
+            _mm512_loadu_ps(vp.add(16)),
+            _mm512_loadu_ps(vp.add(32)),
+            _mm512_loadu_ps(vp.add(48)),
+        ];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let wt = *w.get_unchecked((r0 + r) * keys + t);
+            if wt != 0.0 {
+                let wv = _mm512_set1_ps(wt);
+                for c in 0..4 {
+                    acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(wv, vt[c]));
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let op = o.as_mut_ptr().add((r0 + r) * d + c0);
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(op.add(16 * c), *a);
         }
     }
 }
@@ -232,5 +353,59 @@ mod tests {
         assert!((out[1] - 50.5).abs() < 1e-5);
         attention(&q, &k, &v, layout, shape, 2, 1, AttnMask::Causal, &mut out);
         assert!((out[1] - 37.0).abs() < 1e-5);
+    }
+
+    /// The tiled scores give every output the bits of the plain per-(row, head) computation
+    /// with `dot_f32`, so a row's result does not depend on the rows beside it (several task
+    /// blocks, GQA, a tree mask over a prefix, a cache with spare capacity, a head dimension of
+    /// one 64-column strip and a tail).
+    #[test]
+    fn tiled_scores_give_the_per_row_bits() {
+        let shape = AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 80 };
+        let (rows, past) = (19, 7);
+        let keys = past + rows;
+        let layout = KvLayout { n_kv_heads: 2, capacity: keys + 5, head_dim: 80 };
+        let mut rng = crate::rng::Rng::new(15);
+        let q = gc::random(&mut rng, rows * 480, 1.5);
+        let kc = gc::random(&mut rng, 2 * layout.capacity * 80, 1.5);
+        let vc = gc::random(&mut rng, 2 * layout.capacity * 80, 1.0);
+        let bits: Vec<u8> = (0..rows * rows).map(|i| u8::from(i % rows <= i / rows && (i * 7) % 3 != 0)).collect();
+        for mask in [AttnMask::Causal, AttnMask::Tree { bits: &bits, first_key: past }] {
+            let mut out = vec![0.0; rows * 480];
+            attention(&q, &kc, &vc, layout, shape, rows, past, mask, &mut out);
+            for r in 0..rows {
+                for h in 0..6 {
+                    let (kv, d) = (h / 3, 80);
+                    let qh = &q[r * 480 + h * d..][..d];
+                    let mut scores: Vec<f32> = (0..keys)
+                        .map(|t| {
+                            let visible = match mask {
+                                AttnMask::Causal => t <= past + r,
+                                AttnMask::Tree { bits, first_key } => {
+                                    t < first_key || bits[r * rows + t - first_key] != 0
+                                }
+                            };
+                            let k = &kc[(kv * layout.capacity + t) * d..][..d];
+                            if visible {
+                                dot_f32(qh, k) * (1.0 / (d as f32).sqrt())
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                        .collect();
+                    softmax_weights_portable(&mut scores);
+                    let mut want = vec![0.0f32; d];
+                    for (t, &w) in scores.iter().enumerate() {
+                        if w != 0.0 {
+                            for (oi, vi) in want.iter_mut().zip(&vc[(kv * layout.capacity + t) * d..][..d]) {
+                                *oi += w * vi;
+                            }
+                        }
+                    }
+                    let got = &out[r * 480 + h * d..][..d];
+                    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r} head {h}");
+                }
+            }
+        }
     }
 }

@@ -175,6 +175,21 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     }
 }
 
+/// `out[m, n] = x[m, k] · wᵀ` for an f32 `w` `[n, k]`, on the calling thread (for callers that
+/// are already one of many parallel tasks); each output has `dot_f32`'s bits.
+pub fn matmul_f32_serial(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    let k = if n == 0 { 0 } else { w.len() / n };
+    assert_eq!(w.len(), n * k, "matmul: w is not [{n}, k]");
+    assert_eq!(x.len(), m * k, "matmul: x is not [{m}, {k}]");
+    assert_eq!(out.len(), m * n, "matmul: out is not [{m}, {n}]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let job = Job { x, m, k, n, w: Weights::F32(w), out: OutPtr(out.as_mut_ptr()) };
+    // SAFETY: `Isa::get()` is supported; this one call writes all of `out`, checked to be [m, n].
+    unsafe { Isa::get().columns(&job, 0, n) }
+}
+
 /// The weight's rows as one slice.
 fn weights(w: &CpuWeight) -> Weights<'_> {
     fn whole<'a, E>(w: &CpuWeight, row: impl Fn(usize) -> &'a [E]) -> &'a [E] {

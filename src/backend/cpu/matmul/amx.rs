@@ -3,8 +3,10 @@
 //!
 //! Why: a tree verification multiplies 2–64 rows by every weight. With AVX-512 FMA that costs
 //! about 2 ms per extra row on the default model (compute-bound at ~50 G multiply-adds/s on two
-//! cores); a tile instruction does 8,192 multiply-adds, so a 26-row step costs little more than
-//! reading the weights, which one row must do anyway.
+//! cores); a tile instruction does 8,192 multiply-adds, so the matmuls of a 26-row step cost
+//! about a third of AVX-512's. The price: a tile load takes ~20 ns per KiB, so one decode row
+//! streams the weights ~20% slower than the AVX-512 kernel. Used only when
+//! `CLOVER_MATMUL_ISA=amx` (mod.rs says why; docs/cpu-kernels.md has the measurements).
 //!
 //! Layout. Weights are packed once per weight (on its first use) into the tile order the
 //! instruction wants: for each group of 64 output columns, each block of 32 `k`, four 1 KiB
@@ -19,10 +21,10 @@
 //! instructions whatever `m` is, so rows are bit-identical alone (decode) or in a tree
 //! (verification), which the lossless speculative engine needs. As Intel describes the
 //! instruction, it treats subnormal inputs as zero and flushes subnormal results (below 2⁻¹²⁶,
-//! far from any activation or weight of a trained model). The tile unit's own rounding
-//! inside one instruction is not the sequential f32 sum (it is not specified), so no other
-//! kernel reproduces these bits: every bf16 matmul goes through here when AMX is used, m = 1
-//! included, and AMX streams the weights of one decode row as fast as the AVX-512 kernel does.
+//! far from any activation or weight of a trained model). Inside one instruction the unit
+//! computes `c + (E + O)`, `E` and `O` the even- and odd-`k` products summed in order
+//! (measured: docs/cpu-kernels.md), not a sequential sum, so the AVX-512 kernel's bits differ:
+//! every bf16 matmul goes through here when AMX is selected, m = 1 included.
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid_count, _mm_prefetch, _MM_HINT_T0};

@@ -8,9 +8,12 @@
 //!
 //! Instruction sets, picked once at first use: AVX-512 F/BW/VL (16 lanes, 6×4 tiles) or AVX2 +
 //! FMA + F16C (8 lanes, 3×4 tiles) on x86-64, NEON (8 lanes in two registers, 2×4 tiles) on
-//! aarch64, and the portable kernel (8 lanes, 4×1 tiles, no FMA) everywhere else. Setting
-//! `CLOVER_MATMUL_ISA` to `avx512`, `avx2`, `neon` or `scalar` selects that set instead if the
-//! CPU has it, to compare them on one machine.
+//! aarch64, and the portable kernel (8 lanes, 4×1 tiles, no FMA) everywhere else. On CPUs with
+//! AMX, `CLOVER_MATMUL_ISA=amx` sends bf16 weights through the tile unit (`amx.rs`): a tree
+//! verification costs far less, one decode row somewhat more, which on this project's machines
+//! made the best speculative settings slower end to end, so it is not the default. Setting
+//! `CLOVER_MATMUL_ISA` to `amx`, `avx512`, `avx2`, `neon` or `scalar` selects that set instead
+//! if the CPU has it, to compare them on one machine.
 //!
 //! Numerics: each output is a fixed-order f32 sum (see `kernel.rs`) that does not depend on `m`,
 //! on the tiling or on the thread count, so a row's result is bit-identical whether it was
@@ -61,7 +64,7 @@ enum Isa {
 }
 
 impl Isa {
-    /// The best set this CPU has, or the one `CLOVER_MATMUL_ISA` names if the CPU has it;
+    /// The one `CLOVER_MATMUL_ISA` names if the CPU has it, else `default_of` this CPU's sets;
     /// detected once.
     fn get() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
@@ -69,8 +72,16 @@ impl Isa {
             let sets = Isa::available();
             let named =
                 std::env::var("CLOVER_MATMUL_ISA").ok().and_then(|v| sets.iter().find(|s| s.name() == v).copied());
-            named.unwrap_or(sets[sets.len() - 1])
+            named.unwrap_or_else(|| Isa::default_of(&sets))
         })
+    }
+
+    /// The best of `sets` but AMX, which is used only when named (module docs; measurements in
+    /// docs/cpu-kernels.md).
+    fn default_of(sets: &[Isa]) -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        let sets: Vec<Isa> = sets.iter().copied().filter(|&s| s != Isa::Amx).collect();
+        sets[sets.len() - 1]
     }
 
     /// The sets this CPU supports, worst first.
@@ -360,7 +371,8 @@ mod tests {
     fn this_machine_uses_its_best_instruction_set() {
         let sets = Isa::available();
         if std::env::var("CLOVER_MATMUL_ISA").is_err() {
-            assert_eq!(Isa::get(), sets[sets.len() - 1]);
+            let best = *sets.iter().rev().find(|s| s.name() != "amx").unwrap();
+            assert_eq!(Isa::get(), best);
         }
         eprintln!("matmul instruction sets here: {sets:?}");
     }

@@ -31,6 +31,8 @@ pub fn attention(
     // One task per (KV head, block of rows): the scores of all its query vectors against all keys
     // come from the matmul kernel's register tiles (a key is loaded once for several queries, and
     // horizontal sums are batched), which gives each score the bits `dot_f32` gives it alone.
+    // Masked scores are computed too and then replaced by −∞: a causal prefill does twice the
+    // score work of its triangle (not measured against the old per-key loop for long prompts).
     let blocks = rows.div_ceil(ROWS_PER_TASK);
     let results: Vec<(usize, usize, Vec<f32>)> = (0..shape.n_kv_heads * blocks)
         .into_par_iter()

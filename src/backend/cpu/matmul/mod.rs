@@ -189,7 +189,7 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
 /// `out[m, n] = x[m, k] · wᵀ` for an f32 `w` `[n, k]`, on the calling thread (for callers that
 /// are already one of many parallel tasks); each output has `dot_f32`'s bits.
 pub fn matmul_f32_serial(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    let k = if n == 0 { 0 } else { w.len() / n };
+    let k = w.len().checked_div(n).unwrap_or(0);
     assert_eq!(w.len(), n * k, "matmul: w is not [{n}, k]");
     assert_eq!(x.len(), m * k, "matmul: x is not [{m}, {k}]");
     assert_eq!(out.len(), m * n, "matmul: out is not [{m}, {n}]");

@@ -64,28 +64,34 @@ enum Isa {
 }
 
 impl Isa {
-    /// The one `CLOVER_MATMUL_ISA` names if the CPU has it, else `default_of` this CPU's sets;
-    /// detected once.
+    /// The one `CLOVER_MATMUL_ISA` names if the CPU has it, else the best vector set (AMX is
+    /// used only when named: module docs; measurements in docs/cpu-kernels.md); detected once.
     fn get() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let sets = Isa::available();
-            let named =
-                std::env::var("CLOVER_MATMUL_ISA").ok().and_then(|v| sets.iter().find(|s| s.name() == v).copied());
-            named.unwrap_or_else(|| Isa::default_of(&sets))
+            let named = std::env::var("CLOVER_MATMUL_ISA")
+                .ok()
+                .and_then(|v| Isa::available().into_iter().find(|s| s.name() == v));
+            let vector = Isa::vector_sets();
+            named.unwrap_or(vector[vector.len() - 1])
         })
     }
 
-    /// The best of `sets` but AMX, which is used only when named (module docs; measurements in
-    /// docs/cpu-kernels.md).
-    fn default_of(sets: &[Isa]) -> Isa {
+    /// Every set this CPU supports, worst first: the vector sets, then AMX where the CPU has it
+    /// and the OS lets this process use it (asking for that permission here, so only tests and
+    /// `CLOVER_MATMUL_ISA` do).
+    fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut sets = Isa::vector_sets();
         #[cfg(target_arch = "x86_64")]
-        let sets: Vec<Isa> = sets.iter().copied().filter(|&s| s != Isa::Amx).collect();
-        sets[sets.len() - 1]
+        if sets.contains(&Isa::Avx512) && amx::supported() {
+            sets.push(Isa::Amx);
+        }
+        sets
     }
 
-    /// The sets this CPU supports, worst first.
-    fn available() -> Vec<Isa> {
+    /// The SIMD vector sets this CPU supports, worst first.
+    fn vector_sets() -> Vec<Isa> {
         #[allow(unused_mut)]
         let mut sets = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
@@ -97,9 +103,6 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                 {
                     sets.push(Isa::Avx512);
-                    if amx::supported() {
-                        sets.push(Isa::Amx);
-                    }
                 }
             }
         }
@@ -371,8 +374,8 @@ mod tests {
     fn this_machine_uses_its_best_instruction_set() {
         let sets = Isa::available();
         if std::env::var("CLOVER_MATMUL_ISA").is_err() {
-            let best = *sets.iter().rev().find(|s| s.name() != "amx").unwrap();
-            assert_eq!(Isa::get(), best);
+            let vector = Isa::vector_sets();
+            assert_eq!(Isa::get(), vector[vector.len() - 1]);
         }
         eprintln!("matmul instruction sets here: {sets:?}");
     }

@@ -45,7 +45,8 @@ const TILE_ROWS: usize = 16;
 /// u16 elements in one 16 × 64-byte tile.
 const TILE_ELEMS: usize = TILE_ROWS * BLOCK_K;
 /// How far ahead of the tiles being loaded to prefetch the weight stream, in bytes: the next
-/// `k` block of the group (measured on the gemm bench: no better two or four blocks ahead).
+/// `k` block of the group (two or four blocks ahead, or a further prefetch into L2, measured no
+/// better on the gemm bench nor on the default model's decode).
 const PREFETCH_AHEAD: usize = 4 * TILE_ELEMS * 2;
 
 /// Whether this CPU has AMX-TILE and AMX-BF16 and the OS lets this process use the tiles;

@@ -10,7 +10,7 @@ mod tiny_training;
 use common::engine;
 use tiny_training::{options, setup, tiny_model, VOCAB};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::draft::init::init_head;
@@ -18,6 +18,7 @@ use clover_engine::draft::{load_head, DraftKind};
 use clover_engine::model::Llama;
 use clover_engine::train::distill::{distill, DistillOptions, DistillSummary};
 use clover_engine::train::metrics::{MetricsLine, HELDOUT, METRICS_FILE, TRAIN};
+use clover_engine::train::optim::lr_scale::LrScale;
 use clover_engine::weights::safetensors::SafetensorsFiles;
 use clover_engine::weights::DType;
 
@@ -247,4 +248,58 @@ fn draft_vocabulary_run_learns_resumes_exactly_and_ships_its_list() {
     other.steps = 25;
     let err = distill(&other, CpuBackend).expect_err("another draft vocabulary on resume").to_string();
     assert!(err.contains("run.draft_vocab") && err.contains("24 tokens"), "{err}");
+}
+
+/// `--lr-scale`: the named parameters move further per step than at the plain rate, the others do
+/// not; a resumed run keeps the factors, and a prefix that matches no parameter is refused.
+#[test]
+fn lr_scale_speeds_up_the_named_parameters_and_is_kept_on_resume() {
+    let (root, model, data) = setup("lr-scale");
+    let init = root.join("init");
+    init_head(DraftKind::Clover2, &model, &init, 0).unwrap();
+    let scale: LrScale = "clover_head_mlp_rnn.v=8".parse().unwrap();
+    let run = |name: &str, scales: Vec<LrScale>| -> PathBuf {
+        let out = root.join(name);
+        let opts = DistillOptions {
+            init: Some(init.clone()),
+            lr_scales: scales,
+            eval_every: 2,
+            ..options(&model, &data, DraftKind::Clover2, &out, 2)
+        };
+        distill(&opts, CpuBackend).unwrap();
+        out
+    };
+    let (plain, scaled) = (run("plain", Vec::new()), run("scaled", vec![scale.clone()]));
+    // How far a tensor moved from its initialisation in two steps (checkpoints hold f32 weights).
+    let moved = |out: &Path, name: &str| -> f64 {
+        let start = SafetensorsFiles::open_dir(&init).unwrap();
+        let end = SafetensorsFiles::open_dir(&out.join("checkpoints").join("step-00000002")).unwrap();
+        let shape = start.shape(name).unwrap().to_vec();
+        let (a, b) = (start.get(name, &shape).unwrap().to_f32(), end.get(name, &shape).unwrap().to_f32());
+        a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).abs()).sum::<f64>() / a.len() as f64
+    };
+    let v = "clover_head_mlp_rnn.v.weight";
+    let ratio = moved(&scaled, v) / moved(&plain, v);
+    // Adam's first steps move each element by about lr · factor whatever the gradient's size.
+    assert!(ratio > 6.0 && ratio < 9.0, "{v} moved {ratio}× as far at factor 8");
+    let q = "clover_head_mlp_rnn.q.weight";
+    let ratio = moved(&scaled, q) / moved(&plain, q);
+    assert!(ratio > 0.5 && ratio < 2.0, "{q} is not scaled but moved {ratio}× as far");
+
+    let resumed = |scales: Vec<LrScale>| DistillOptions {
+        resume: true,
+        lr: None,
+        lr_scales: scales,
+        ..options(&model, &data, DraftKind::Clover2, &scaled, 4)
+    };
+    let other: LrScale = "clover_head_mlp_rnn.v=4".parse().unwrap();
+    let err = distill(&resumed(vec![other]), CpuBackend).expect_err("another factor on resume").to_string();
+    assert!(err.contains("state.json") && err.contains("lr_scales") && err.contains("=8"), "{err}");
+    distill(&resumed(Vec::new()), CpuBackend).expect("the run's own factors are kept");
+
+    let typo: LrScale = "clover_head_mlp_rnn.x=3".parse().unwrap();
+    let opts =
+        DistillOptions { lr_scales: vec![typo], ..options(&model, &data, DraftKind::Clover2, &root.join("typo"), 2) };
+    let err = distill(&opts, CpuBackend).expect_err("a prefix matching nothing").to_string();
+    assert!(err.contains("clover_head_mlp_rnn.x") && err.contains("clover_head_mlp_rnn.v.weight"), "{err}");
 }

@@ -7,6 +7,7 @@ use clover_engine::error::Result;
 use clover_engine::train::distill::{
     distill, reference_schedule, DistillOptions, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
 };
+use clover_engine::train::optim::lr_scale::LrScale;
 use clover_engine::train::timers::Phase;
 
 use super::generate::DraftArg;
@@ -65,6 +66,11 @@ pub struct DistillArgs {
     /// The lm_head losses, most of a step, shrink by N / vocabulary size.
     #[arg(long)]
     draft_vocab: Option<usize>,
+    /// Train the parameters whose tensor names start with PREFIX at FACTOR times the learning
+    /// rate (repeated, or separated by commas; the last match wins), e.g.
+    /// `clover_head_mlp_rnn.v=30` for Clover-2's token injection in AD₀. A resumed run keeps them.
+    #[arg(long, value_name = "PREFIX=FACTOR", value_delimiter = ',')]
+    lr_scale: Vec<LrScale>,
 }
 
 pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
@@ -83,6 +89,7 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         max_len: a.max_len,
         seed: a.seed,
         draft_vocab: a.draft_vocab,
+        lr_scales: a.lr_scale,
         eval_every: a.eval_every,
         eval_tokens: a.eval_tokens,
         progress: true,

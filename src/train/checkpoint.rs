@@ -21,6 +21,7 @@ use crate::draft::init::{write_head, Tensors};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
 use crate::train::batches::DataPosition;
+use crate::train::optim::lr_scale::LrScale;
 use crate::train::optim::schedule::Schedule;
 
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -44,6 +45,10 @@ pub struct RunConfig {
     /// Absent in checkpoints written before the option existed.
     #[serde(default)]
     pub draft_vocab: Option<usize>,
+    /// Per-parameter learning-rate factors (`--lr-scale`); absent when there are none, and in
+    /// checkpoints written before the option existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_scales: Vec<LrScale>,
 }
 
 /// Enough of the data's index.json to tell another data set from this one.

@@ -31,6 +31,7 @@ use crate::train::head::{Mode, TrainHead};
 use crate::train::layout::{DataIndex, INDEX_FILE};
 use crate::train::losses::HeadSums;
 use crate::train::metrics::{MetricsLine, MetricsLog, HELDOUT, TRAIN};
+use crate::train::optim::lr_scale::{per_parameter, LrScale};
 use crate::train::optim::schedule::Schedule;
 use crate::train::optim::Optimizer;
 use crate::train::params::{from_files, from_list, ParamSet, ParamSpec};
@@ -71,6 +72,8 @@ pub struct DistillOptions {
     /// Train over a reduced draft vocabulary of this many tokens (the most frequent assistant
     /// tokens of the training split), saved beside the head as draft_vocab.json.
     pub draft_vocab: Option<usize>,
+    /// Learning-rate factors by tensor-name prefix (empty: every parameter at the schedule's rate).
+    pub lr_scales: Vec<LrScale>,
     /// Held-out evaluation and checkpoint every this many steps (and at the end).
     pub eval_every: u64,
     /// Held-out tokens evaluated (the first conversations of the held-out tail).
@@ -152,6 +155,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     let source = HeadSource::new(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()))?;
     let head = load_head(b, opts, &base, &source, run.seed)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let lr_factors = per_parameter(&run.lr_scales, &head.params.specs)?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
     // Recounted from the data on resume too: same data (checked above), same split, same list.
@@ -180,6 +184,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         lm,
         draft_vocab,
         optimizer,
+        lr_factors,
         rng: Rng::from_state(state.rng),
         batcher,
         step: state.step,
@@ -306,6 +311,7 @@ fn resolve_run(
             seed: opts.seed.unwrap_or(0),
             data,
             draft_vocab: opts.draft_vocab,
+            lr_scales: opts.lr_scales.clone(),
         };
         if run.draft_vocab == Some(0) {
             return Err(Error::input("--draft-vocab must be at least 1"));
@@ -339,6 +345,9 @@ fn resolve_run(
     check("seed", opts.seed.map(|v| v.to_string()), stored.seed.to_string())?;
     let vocab_name = |v: Option<usize>| v.map_or("the full vocabulary".to_string(), |n| format!("{n} tokens"));
     check("draft_vocab", opts.draft_vocab.map(|v| vocab_name(Some(v))), vocab_name(stored.draft_vocab))?;
+    let scales_name = |s: &[LrScale]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let given_scales = (!opts.lr_scales.is_empty()).then(|| scales_name(&opts.lr_scales));
+    check("lr_scales", given_scales, scales_name(&stored.lr_scales))?;
     if stored.data != data {
         let dirs: Vec<String> = opts.data_dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(differs("data", format!("{data:?} ({})", dirs.join(", ")), format!("{:?}", stored.data)));
@@ -441,6 +450,8 @@ struct Run<'a, B: Backend> {
     lm: DraftLmHead<B>,
     draft_vocab: Option<DraftVocab>,
     optimizer: Optimizer<B>,
+    /// Each parameter's learning-rate factor (`--lr-scale`).
+    lr_factors: Vec<f32>,
     /// EAGLE-1's input noise.
     rng: Rng,
     batcher: Batcher,
@@ -564,8 +575,9 @@ impl<B: Backend> Run<'_, B> {
             sums.iter_mut().zip(&rec_sums).for_each(|(s, r)| s.add(r));
         }
         let lr = self.run.schedule.lr_at(self.step + 1);
-        self.timers
-            .time(Phase::Optimiser, || self.optimizer.step(b, &mut self.params.values, self.trainee.grads(), lr));
+        self.timers.time(Phase::Optimiser, || {
+            self.optimizer.step(b, &mut self.params.values, self.trainee.grads(), lr, &self.lr_factors)
+        });
         self.weights_current = false;
         self.step += 1;
         let tokens: u64 = records.iter().map(|r| r.len() as u64).sum();

@@ -18,7 +18,7 @@ use clover_engine::draft::{load_head, DraftKind};
 use clover_engine::model::Llama;
 use clover_engine::train::distill::{distill, DistillOptions, DistillSummary};
 use clover_engine::train::metrics::{MetricsLine, HELDOUT, METRICS_FILE, TRAIN};
-use clover_engine::train::optim::lr_scale::LrScale;
+use clover_engine::train::tensor_scale::TensorScale;
 use clover_engine::weights::safetensors::SafetensorsFiles;
 use clover_engine::weights::DType;
 
@@ -251,14 +251,15 @@ fn draft_vocabulary_run_learns_resumes_exactly_and_ships_its_list() {
 }
 
 /// `--lr-scale`: the named parameters move further per step than at the plain rate, the others do
-/// not; a resumed run keeps the factors, and a prefix that matches no parameter is refused.
+/// not; a resumed run keeps the factors. `--init-scale` multiplies the starting values of the named
+/// tensors, in new runs only. A prefix that matches no parameter is refused.
 #[test]
-fn lr_scale_speeds_up_the_named_parameters_and_is_kept_on_resume() {
+fn lr_and_init_scales_act_on_the_named_parameters_and_resume_keeps_them() {
     let (root, model, data) = setup("lr-scale");
     let init = root.join("init");
     init_head(DraftKind::Clover2, &model, &init, 0).unwrap();
-    let scale: LrScale = "clover_head_mlp_rnn.v=8".parse().unwrap();
-    let run = |name: &str, scales: Vec<LrScale>| -> PathBuf {
+    let scale: TensorScale = "clover_head_mlp_rnn.v=8".parse().unwrap();
+    let run = |name: &str, scales: Vec<TensorScale>| -> PathBuf {
         let out = root.join(name);
         let opts = DistillOptions {
             init: Some(init.clone()),
@@ -286,18 +287,44 @@ fn lr_scale_speeds_up_the_named_parameters_and_is_kept_on_resume() {
     let ratio = moved(&scaled, q) / moved(&plain, q);
     assert!(ratio > 0.5 && ratio < 2.0, "{q} is not scaled but moved {ratio}× as far");
 
-    let resumed = |scales: Vec<LrScale>| DistillOptions {
+    let resumed = |scales: Vec<TensorScale>| DistillOptions {
         resume: true,
         lr: None,
         lr_scales: scales,
         ..options(&model, &data, DraftKind::Clover2, &scaled, 4)
     };
-    let other: LrScale = "clover_head_mlp_rnn.v=4".parse().unwrap();
-    let err = distill(&resumed(vec![other]), CpuBackend).expect_err("another factor on resume").to_string();
+    let other_factor = || -> TensorScale { "clover_head_mlp_rnn.v=4".parse().unwrap() };
+    let err = distill(&resumed(vec![other_factor()]), CpuBackend).expect_err("another factor on resume").to_string();
     assert!(err.contains("state.json") && err.contains("lr_scales") && err.contains("=8"), "{err}");
     distill(&resumed(Vec::new()), CpuBackend).expect("the run's own factors are kept");
 
-    let typo: LrScale = "clover_head_mlp_rnn.x=3".parse().unwrap();
+    let err = distill(&DistillOptions { init_scales: vec![other_factor()], ..resumed(Vec::new()) }, CpuBackend)
+        .expect_err("--init-scale on resume")
+        .to_string();
+    assert!(err.contains("--init-scale") && err.contains("--resume"), "{err}");
+
+    // --init-scale multiplies the starting values: the first step runs at learning rate 0 (warm-up),
+    // so its checkpoint holds the start exactly.
+    let out = root.join("init-scaled");
+    let opts = DistillOptions {
+        init: Some(init.clone()),
+        init_scales: vec!["clover_head_mlp_rnn.v.weight=3".parse().unwrap()],
+        eval_every: 1,
+        ..options(&model, &data, DraftKind::Clover2, &out, 1)
+    };
+    distill(&opts, CpuBackend).unwrap();
+    let tensor = |dir: &Path, name: &str| {
+        let files = SafetensorsFiles::open_dir(dir).unwrap();
+        let shape = files.shape(name).unwrap().to_vec();
+        files.get(name, &shape).unwrap().to_f32()
+    };
+    let start = out.join("checkpoints").join("step-00000001");
+    let tripled: Vec<f32> = tensor(&init, v).iter().map(|x| x * 3.0).collect();
+    assert_eq!(tensor(&start, v), tripled);
+    let b = "clover_head_mlp_rnn.v.bias";
+    assert_eq!(tensor(&start, b), tensor(&init, b));
+
+    let typo: TensorScale = "clover_head_mlp_rnn.x=3".parse().unwrap();
     let opts =
         DistillOptions { lr_scales: vec![typo], ..options(&model, &data, DraftKind::Clover2, &root.join("typo"), 2) };
     let err = distill(&opts, CpuBackend).expect_err("a prefix matching nothing").to_string();

@@ -7,7 +7,7 @@ use clover_engine::error::Result;
 use clover_engine::train::distill::{
     distill, reference_schedule, DistillOptions, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
 };
-use clover_engine::train::optim::lr_scale::LrScale;
+use clover_engine::train::tensor_scale::TensorScale;
 use clover_engine::train::timers::Phase;
 
 use super::generate::DraftArg;
@@ -70,7 +70,11 @@ pub struct DistillArgs {
     /// rate (repeated, or separated by commas; the last match wins), e.g.
     /// `clover_head_mlp_rnn.v=30` for Clover-2's token injection in AD₀. A resumed run keeps them.
     #[arg(long, value_name = "PREFIX=FACTOR", value_delimiter = ',')]
-    lr_scale: Vec<LrScale>,
+    lr_scale: Vec<TensorScale>,
+    /// Multiply the starting head's tensors whose names start with PREFIX by FACTOR (new runs
+    /// only: from --init or a fresh head), e.g. `clover_head_mlp_rnn.v=5`.
+    #[arg(long, value_name = "PREFIX=FACTOR", value_delimiter = ',')]
+    init_scale: Vec<TensorScale>,
 }
 
 pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
@@ -90,6 +94,7 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         seed: a.seed,
         draft_vocab: a.draft_vocab,
         lr_scales: a.lr_scale,
+        init_scales: a.init_scale,
         eval_every: a.eval_every,
         eval_tokens: a.eval_tokens,
         progress: true,

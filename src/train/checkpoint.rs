@@ -21,8 +21,8 @@ use crate::draft::init::{write_head, Tensors};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
 use crate::train::batches::DataPosition;
-use crate::train::optim::lr_scale::LrScale;
 use crate::train::optim::schedule::Schedule;
+use crate::train::tensor_scale::TensorScale;
 
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const STATE_FILE: &str = "state.json";
@@ -48,7 +48,10 @@ pub struct RunConfig {
     /// Per-parameter learning-rate factors (`--lr-scale`); absent when there are none, and in
     /// checkpoints written before the option existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lr_scales: Vec<LrScale>,
+    pub lr_scales: Vec<TensorScale>,
+    /// Factors the starting head's tensors were multiplied by (`--init-scale`), for the record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_scales: Vec<TensorScale>,
 }
 
 /// Enough of the data's index.json to tell another data set from this one.

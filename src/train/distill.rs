@@ -31,11 +31,11 @@ use crate::train::head::{Mode, TrainHead};
 use crate::train::layout::{DataIndex, INDEX_FILE};
 use crate::train::losses::HeadSums;
 use crate::train::metrics::{MetricsLine, MetricsLog, HELDOUT, TRAIN};
-use crate::train::optim::lr_scale::{per_parameter, LrScale};
 use crate::train::optim::schedule::Schedule;
 use crate::train::optim::Optimizer;
 use crate::train::params::{from_files, from_list, ParamSet, ParamSpec};
 use crate::train::shards::{Record, ShardReader};
+use crate::train::tensor_scale::{per_parameter, scaled, TensorScale};
 use crate::train::timers::{Phase, Timers};
 use crate::weights::safetensors::SafetensorsFiles;
 
@@ -73,7 +73,9 @@ pub struct DistillOptions {
     /// tokens of the training split), saved beside the head as draft_vocab.json.
     pub draft_vocab: Option<usize>,
     /// Learning-rate factors by tensor-name prefix (empty: every parameter at the schedule's rate).
-    pub lr_scales: Vec<LrScale>,
+    pub lr_scales: Vec<TensorScale>,
+    /// Factors the starting head's tensors are multiplied by, by tensor-name prefix (new runs).
+    pub init_scales: Vec<TensorScale>,
     /// Held-out evaluation and checkpoint every this many steps (and at the end).
     pub eval_every: u64,
     /// Held-out tokens evaluated (the first conversations of the held-out tail).
@@ -153,9 +155,11 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     let run = resolve_run(opts, &reader.index, resumed.as_ref())?;
     let b = &base.backend;
     let source = HeadSource::new(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()))?;
-    let head = load_head(b, opts, &base, &source, run.seed)?;
+    // The checkpoint of a resumed run already holds the scaled start, trained on.
+    let init_scales = if resumed.is_some() { &[][..] } else { &run.init_scales[..] };
+    let head = load_head(b, opts, &base, &source, run.seed, init_scales)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    let lr_factors = per_parameter(&run.lr_scales, &head.params.specs)?;
+    let lr_factors = per_parameter("--lr-scale", &run.lr_scales, &head.params.specs)?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
     // Recounted from the data on resume too: same data (checked above), same split, same list.
@@ -312,6 +316,7 @@ fn resolve_run(
             data,
             draft_vocab: opts.draft_vocab,
             lr_scales: opts.lr_scales.clone(),
+            init_scales: opts.init_scales.clone(),
         };
         if run.draft_vocab == Some(0) {
             return Err(Error::input("--draft-vocab must be at least 1"));
@@ -345,9 +350,14 @@ fn resolve_run(
     check("seed", opts.seed.map(|v| v.to_string()), stored.seed.to_string())?;
     let vocab_name = |v: Option<usize>| v.map_or("the full vocabulary".to_string(), |n| format!("{n} tokens"));
     check("draft_vocab", opts.draft_vocab.map(|v| vocab_name(Some(v))), vocab_name(stored.draft_vocab))?;
-    let scales_name = |s: &[LrScale]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let scales_name = |s: &[TensorScale]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     let given_scales = (!opts.lr_scales.is_empty()).then(|| scales_name(&opts.lr_scales));
     check("lr_scales", given_scales, scales_name(&stored.lr_scales))?;
+    if !opts.init_scales.is_empty() {
+        return Err(Error::input(
+            "--init-scale sets the starting head of a new run; --resume continues from a checkpoint",
+        ));
+    }
     if stored.data != data {
         let dirs: Vec<String> = opts.data_dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(differs("data", format!("{data:?} ({})", dirs.join(", ")), format!("{:?}", stored.data)));
@@ -395,6 +405,7 @@ fn load_head<B: Backend + 'static>(
     base: &Llama<B>,
     source: &HeadSource,
     seed: u64,
+    init_scales: &[TensorScale],
 ) -> Result<Head<B>> {
     let kind = opts.head;
     let (json, config_path, fresh) = match source {
@@ -421,12 +432,13 @@ fn load_head<B: Backend + 'static>(
         DraftKind::Eagle => eagle_specs(&config),
         DraftKind::Clover2 => clover_specs(&config, &clover),
     };
+    per_parameter("--init-scale", init_scales, &specs)?;
     let params = match fresh {
-        Some(tensors) => ParamSet::load(b, specs, from_list(&tensors, "fresh head"))?,
+        Some(tensors) => ParamSet::load(b, specs, scaled(from_list(&tensors, "fresh head"), init_scales))?,
         None => {
             // A head folder: the config's own folder.
             let dir = config_path.parent().unwrap_or(Path::new("."));
-            ParamSet::load(b, specs, from_files(&SafetensorsFiles::open_dir(dir)?))?
+            ParamSet::load(b, specs, scaled(from_files(&SafetensorsFiles::open_dir(dir)?), init_scales))?
         }
     };
     let weights = params.weights(b)?;

@@ -27,4 +27,5 @@ pub mod metrics;
 pub mod optim;
 pub mod params;
 pub mod shards;
+pub mod tensor_scale;
 pub mod timers;

@@ -76,6 +76,7 @@ pub fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u6
         seed: Some(5),
         draft_vocab: None,
         lr_scales: Vec::new(),
+        init_scales: Vec::new(),
         eval_every: 10,
         eval_tokens: 1000,
         progress: false,

@@ -2,7 +2,6 @@
 //! not by norm), then AdamW with betas (0.9, 0.95), weight decay 0.01 (PyTorch's default, which the
 //! references leave in place) and eps 1e-8, at the schedule's learning rate.
 
-pub mod lr_scale;
 pub mod schedule;
 
 use crate::backend::{AdamW, Backend};

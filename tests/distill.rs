@@ -329,4 +329,5 @@ fn lr_and_init_scales_act_on_the_named_parameters_and_resume_keeps_them() {
         DistillOptions { lr_scales: vec![typo], ..options(&model, &data, DraftKind::Clover2, &root.join("typo"), 2) };
     let err = distill(&opts, CpuBackend).expect_err("a prefix matching nothing").to_string();
     assert!(err.contains("clover_head_mlp_rnn.x") && err.contains("clover_head_mlp_rnn.v.weight"), "{err}");
+    assert!(!root.join("typo").exists(), "a refused run writes nothing");
 }

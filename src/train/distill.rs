@@ -158,8 +158,8 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     // The checkpoint of a resumed run already holds the scaled start, trained on.
     let init_scales = if resumed.is_some() { &[][..] } else { &run.init_scales[..] };
     let head = load_head(b, opts, &base, &source, run.seed, init_scales)?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let lr_factors = per_parameter("--lr-scale", &run.lr_scales, &head.params.specs)?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
     // Recounted from the data on resume too: same data (checked above), same split, same list.

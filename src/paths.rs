@@ -20,6 +20,11 @@ pub fn default_model_dir() -> PathBuf {
     cache_dir().join("models").join(DEFAULT_MODEL_NAME)
 }
 
+/// The GGUF file tools/fetch-default-model.sh imports the default model from.
+pub fn default_gguf_file() -> PathBuf {
+    cache_dir().join("gguf").join(format!("{DEFAULT_MODEL_NAME}.Q4_1.gguf"))
+}
+
 pub const SHAREGPT_FILE: &str = "ShareGPT_V3_unfiltered_cleaned_split.json";
 
 /// Where tools/fetch-sharegpt.sh puts the ShareGPT conversations.

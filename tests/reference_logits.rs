@@ -30,14 +30,11 @@ fn kl_on_top_ids(position: &Value, logits: &[f32]) -> f64 {
     kl_top + rest_ref * (rest_ref / rest_eng).ln()
 }
 
-#[test]
-fn logits_agree_with_independent_numpy_reference() {
-    let Some(dir) = common::default_model() else {
-        return;
-    };
+/// The engine's forward of the model in `dir` against every position of the fixture.
+fn agreement(dir: &std::path::Path) -> Agreement {
     let text = std::fs::read_to_string(common::fixture("reference_logits.json")).unwrap();
     let fixture: Value = serde_json::from_str(&text).unwrap();
-    let model = Llama::load(&dir, CpuBackend).unwrap();
+    let model = Llama::load(dir, CpuBackend).unwrap();
     let vocab = model.config.vocab_size;
     let mut total = Agreement { positions: 0, top1_equal: 0, kl_sum: 0.0 };
     for case in fixture["cases"].as_array().unwrap() {
@@ -54,10 +51,49 @@ fn logits_agree_with_independent_numpy_reference() {
             total.kl_sum += kl_on_top_ids(pos, row);
         }
     }
-    let top1 = total.top1_equal as f64 / total.positions as f64;
-    let kl = total.kl_sum / total.positions as f64;
-    eprintln!("{} positions: top-1 agreement {:.2}%, mean KL {:.2e}", total.positions, 100.0 * top1, kl);
-    assert!(total.positions >= 50);
-    assert!(top1 >= 0.98, "top-1 agreement {top1}");
-    assert!(kl < 1e-2, "mean KL {kl}");
+    total
+}
+
+impl Agreement {
+    /// (top-1 agreement, mean KL), printed and checked against the bounds both imports meet.
+    fn check(&self, what: &str) -> (f64, f64) {
+        let top1 = self.top1_equal as f64 / self.positions as f64;
+        let kl = self.kl_sum / self.positions as f64;
+        eprintln!("{what}: {} positions: top-1 agreement {:.2}%, mean KL {:.2e}", self.positions, 100.0 * top1, kl);
+        assert!(self.positions >= 50);
+        assert!(top1 >= 0.98, "{what}: top-1 agreement {top1}");
+        assert!(kl < 1e-2, "{what}: mean KL {kl}");
+        (top1, kl)
+    }
+}
+
+#[test]
+fn logits_agree_with_independent_numpy_reference() {
+    let Some(dir) = common::default_model() else {
+        return;
+    };
+    agreement(&dir).check("bf16 import");
+}
+
+/// `import-gguf --dtype keep` multiplies the GGUF's own blocks, so it must agree with the
+/// reference (which dequantizes them in numpy) at least as closely as the bf16 import, whose
+/// weights are those values rounded to bf16.
+#[test]
+fn kept_quantized_weights_agree_more_closely_than_bf16() {
+    let Some(dir) = common::default_model() else {
+        return;
+    };
+    let gguf = clover_engine::paths::default_gguf_file();
+    if !gguf.exists() {
+        assert!(std::env::var_os("CLOVER_REQUIRE_MODEL").is_none(), "{} is missing", gguf.display());
+        eprintln!("skipped: {} not found (run tools/fetch-default-model.sh)", gguf.display());
+        return;
+    }
+    let kept = common::temp_dir("reference-keep").join("q4_1");
+    let o = common::engine(&["import-gguf", gguf.to_str().unwrap(), kept.to_str().unwrap(), "--dtype", "keep"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let (_, kl_bf16) = agreement(&dir).check("bf16 import");
+    let (_, kl_kept) = agreement(&kept).check("kept Q4_1/Q8_0 blocks");
+    assert!(kl_kept <= kl_bf16, "kept blocks: mean KL {kl_kept:e} > bf16 import's {kl_bf16:e}");
+    std::fs::remove_dir_all(kept.parent().unwrap()).unwrap();
 }

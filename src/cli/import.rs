@@ -9,6 +9,8 @@ use clover_engine::weights::gguf_import::{import_gguf, ImportDType};
 enum DTypeArg {
     Bf16,
     F32,
+    /// Each tensor as the GGUF stores it: Q8_0/Q4_0/Q4_1 stay quantized (CPU backend).
+    Keep,
 }
 
 #[derive(Args)]
@@ -17,7 +19,8 @@ pub struct ImportArgs {
     gguf: PathBuf,
     /// The HF folder to create.
     out_dir: PathBuf,
-    /// Dtype of the written weights (quantized blocks are expanded to it).
+    /// Dtype of the written weights: bf16 or f32 expand quantized blocks; keep leaves them as
+    /// they are, for the CPU backend's quantized kernels.
     #[arg(long, value_enum, default_value = "bf16")]
     dtype: DTypeArg,
 }
@@ -26,6 +29,7 @@ pub fn run(a: ImportArgs) -> Result<()> {
     let dtype = match a.dtype {
         DTypeArg::Bf16 => ImportDType::Bf16,
         DTypeArg::F32 => ImportDType::F32,
+        DTypeArg::Keep => ImportDType::Keep,
     };
     let summary = import_gguf(&a.gguf, &a.out_dir, dtype)?;
     println!("imported {} → {} ({summary:?})", a.gguf.display(), a.out_dir.display());

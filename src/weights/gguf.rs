@@ -499,7 +499,9 @@ pub(crate) mod test_writer {
             self
         }
 
+        /// Adds a tensor, or replaces the one of that name.
         pub fn tensor(&mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> &mut Self {
+            self.tensors.retain(|t| t.name != name);
             self.tensors.push(TestTensor { name: name.into(), dims: dims.to_vec(), type_id, data });
             self
         }

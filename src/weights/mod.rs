@@ -3,24 +3,66 @@
 pub mod gguf;
 pub mod gguf_import;
 mod gguf_tokenizer;
+pub mod quant;
 pub mod safetensors;
 
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
+/// How a tensor's values are stored: plain floats, or GGUF's blocks of 32 (`quant.rs`), which
+/// only `import-gguf --dtype keep` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
     BF16,
     F16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
 }
 
 impl DType {
-    pub fn size(self) -> usize {
+    /// The quantized types, as `name()` spells them.
+    pub const QUANTIZED: [DType; 3] = [DType::Q8_0, DType::Q4_0, DType::Q4_1];
+
+    /// (values per block, bytes per block); a plain type is a block of one value.
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            DType::F32 => (1, 4),
+            DType::BF16 | DType::F16 => (1, 2),
+            DType::Q8_0 => (quant::QK, 34),
+            DType::Q4_0 => (quant::QK, 18),
+            DType::Q4_1 => (quant::QK, 20),
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.block().0 > 1
+    }
+
+    /// The alignment typed views of the data need (blocks start with 16-bit scales).
+    pub fn align(self) -> usize {
         match self {
             DType::F32 => 4,
-            DType::BF16 | DType::F16 => 2,
+            _ => 2,
+        }
+    }
+
+    /// Bytes holding `values` values, `None` when they are not whole blocks.
+    pub fn bytes_for(self, values: usize) -> Option<usize> {
+        let (per_block, bytes) = self.block();
+        (values % per_block == 0).then_some(values / per_block * bytes)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::BF16 => "BF16",
+            DType::F16 => "F16",
+            DType::Q8_0 => "Q8_0",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
         }
     }
 }
@@ -85,6 +127,11 @@ impl HostTensor {
             DType::F16 => {
                 b.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
             }
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                let mut out = vec![0.0; self.numel()];
+                quant::dequantize(self.dtype, b, &mut out);
+                out
+            }
         }
     }
 }
@@ -103,18 +150,27 @@ pub fn write_safetensors(
 ) -> crate::Result<()> {
     use ::safetensors::tensor::{Dtype, TensorView};
     let bad = |e: ::safetensors::SafeTensorError| crate::Error::format(path, "(safetensors)", e.to_string());
+    if dtype.is_quantized() {
+        return Err(crate::Error::input(format!(
+            "{}: writing {} tensors is not supported (f32, bf16, f16 are)",
+            path.display(),
+            dtype.name()
+        )));
+    }
     let encoded: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, values)| match dtype {
             DType::F32 => bytemuck::cast_slice(values).to_vec(),
             DType::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
             DType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => unreachable!("refused above"),
         })
         .collect();
     let st_dtype = match dtype {
         DType::F32 => Dtype::F32,
         DType::BF16 => Dtype::BF16,
         DType::F16 => Dtype::F16,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => unreachable!("refused above"),
     };
     let views = tensors
         .iter()

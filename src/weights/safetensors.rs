@@ -61,11 +61,13 @@ impl SafetensorsFiles {
             SafeTensors::read_metadata(&map).map_err(|e| Error::format(path, "header", e.to_string()))?;
         let data_start = 8 + header_len;
         let file_index = self.maps.len();
+        let quantized = quantized_tensors(path, meta.metadata())?;
         for (name, info) in meta.tensors() {
-            let dtype = match info.dtype {
+            let stored = match info.dtype {
                 StDtype::F32 => DType::F32,
                 StDtype::BF16 => DType::BF16,
                 StDtype::F16 => DType::F16,
+                StDtype::U8 if quantized.contains_key(&name) => quantized[&name],
                 other => {
                     return Err(Error::format(path, name, format!("dtype {other:?} is not supported (f32, bf16, f16)")))
                 }
@@ -74,17 +76,12 @@ impl SafetensorsFiles {
             if end > map.len() - data_start || begin > end {
                 return Err(Error::format(path, name, "data offsets point past the end of the file (truncated?)"));
             }
-            let numel: usize = info.shape.iter().product();
-            if numel * dtype.size() != end - begin {
+            let (dtype, shape) = logical_shape(stored, &info.shape).map_err(|e| Error::format(path, &name, e))?;
+            let numel: usize = shape.iter().product();
+            if dtype.bytes_for(numel) != Some(end - begin) {
                 return Err(Error::format(path, name, "shape and byte length disagree"));
             }
-            let entry = Entry {
-                file: file_index,
-                dtype,
-                shape: info.shape.clone(),
-                start: data_start + begin,
-                len: end - begin,
-            };
+            let entry = Entry { file: file_index, dtype, shape, start: data_start + begin, len: end - begin };
             self.entries.insert(name.clone(), entry);
         }
         self.paths.push(path.to_path_buf());
@@ -115,12 +112,48 @@ impl SafetensorsFiles {
             return Err(Error::format(path, name, format!("shape {:?}, expected {:?}", entry.shape, shape)));
         }
         let map = &self.maps[entry.file];
-        let bytes = if (map.as_ptr() as usize + entry.start) % entry.dtype.size() == 0 {
+        let bytes = if (map.as_ptr() as usize + entry.start).is_multiple_of(entry.dtype.align()) {
             Bytes::Mapped { map: map.clone(), start: entry.start, len: entry.len }
         } else {
             Bytes::Owned(Arc::new(map[entry.start..entry.start + entry.len].to_vec()))
         };
         Ok(HostTensor { name: name.to_string(), dtype: entry.dtype, shape: entry.shape.clone(), bytes })
+    }
+}
+
+/// Metadata key naming the GGUF type of a tensor stored as raw blocks (`import-gguf --dtype
+/// keep`): `clover.quant.<tensor name>` = `Q8_0`, `Q4_0` or `Q4_1`. Such a tensor is stored as
+/// U8 `[rows, bytes per row]`; other readers see bytes, this one the blocks.
+pub const QUANT_KEY_PREFIX: &str = "clover.quant.";
+
+/// The quantized tensors the header's metadata names, with their types.
+fn quantized_tensors(path: &Path, metadata: &Option<HashMap<String, String>>) -> Result<HashMap<String, DType>> {
+    let mut out = HashMap::new();
+    for (key, value) in metadata.iter().flatten() {
+        if let Some(name) = key.strip_prefix(QUANT_KEY_PREFIX) {
+            let dtype = DType::QUANTIZED.into_iter().find(|d| d.name() == value).ok_or_else(|| {
+                Error::format(path, key, format!("unknown quantized type `{value}` (Q8_0, Q4_0, Q4_1 are)"))
+            })?;
+            out.insert(name.to_string(), dtype);
+        }
+    }
+    Ok(out)
+}
+
+/// The shape a stored tensor stands for: a quantized one's last axis counts bytes of whole blocks
+/// and becomes a count of values.
+fn logical_shape(dtype: DType, stored: &[usize]) -> std::result::Result<(DType, Vec<usize>), String> {
+    if !dtype.is_quantized() {
+        return Ok((dtype, stored.to_vec()));
+    }
+    let (values, bytes) = dtype.block();
+    match stored.split_last() {
+        Some((&row_bytes, rows)) if row_bytes % bytes == 0 => {
+            let mut shape = rows.to_vec();
+            shape.push(row_bytes / bytes * values);
+            Ok((dtype, shape))
+        }
+        _ => Err(format!("{} rows of {stored:?} bytes are not whole blocks of {bytes}", dtype.name())),
     }
 }
 

@@ -1,9 +1,10 @@
 //! A weight on the CPU: the stored bytes (memory-mapped when possible) viewed as typed rows.
 
+use bytemuck::Pod;
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::weights::{DType, HostTensor};
+use crate::weights::{quant, DType, HostTensor};
 
 #[derive(Clone, Debug)]
 pub struct CpuWeight {
@@ -23,8 +24,16 @@ impl CpuWeight {
             [r, c] => (*r, *c),
             other => return Err(Error::input(format!("tensor {}: expected 1 or 2 dims, got {other:?}", tensor.name))),
         };
-        if tensor.bytes.as_slice().as_ptr() as usize % tensor.dtype.size() != 0 {
+        if !(tensor.bytes.as_slice().as_ptr() as usize).is_multiple_of(tensor.dtype.align()) {
             return Err(Error::input(format!("tensor {}: data is not aligned to its dtype", tensor.name)));
+        }
+        if tensor.dtype.bytes_for(cols).map(|b| b * rows) != Some(tensor.bytes.as_slice().len()) {
+            return Err(Error::input(format!(
+                "tensor {}: {} bytes do not hold {rows} rows of {cols} {} values",
+                tensor.name,
+                tensor.bytes.as_slice().len(),
+                tensor.dtype.name()
+            )));
         }
         Ok(CpuWeight {
             tensor,
@@ -60,6 +69,16 @@ impl CpuWeight {
         &bytemuck::cast_slice::<u8, f16>(self.tensor.bytes.as_slice())[r * self.cols..(r + 1) * self.cols]
     }
 
+    /// Bytes of one stored row (whole blocks for a quantized weight).
+    fn row_bytes(&self) -> usize {
+        self.dtype().bytes_for(self.cols).expect("checked in new")
+    }
+
+    /// Every row's blocks of a quantized weight, rows one after another.
+    pub fn blocks<B: Pod>(&self) -> &[B] {
+        bytemuck::cast_slice(self.tensor.bytes.as_slice())
+    }
+
     /// The tile-order copy of a bf16 weight (packed on first use).
     #[cfg(target_arch = "x86_64")]
     pub(super) fn packed_bf16(&self) -> &super::matmul::PackedBf16 {
@@ -75,12 +94,16 @@ impl CpuWeight {
             DType::F32 => out.copy_from_slice(self.f32_row(r)),
             DType::BF16 => super::matmul::bf16_to_f32(self.bf16_row(r), out),
             DType::F16 => super::matmul::f16_to_f32(self.f16_row(r), out),
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                let row = self.row_bytes();
+                quant::dequantize(self.dtype(), &self.tensor.bytes.as_slice()[r * row..(r + 1) * row], out)
+            }
         }
     }
 
     /// Rows `ids` copied as they are stored (no rounding), as a new `[ids.len(), cols]` weight.
     pub fn gather_rows(&self, ids: &[u32], name: &str) -> Result<CpuWeight> {
-        let row_bytes = self.cols * self.dtype().size();
+        let row_bytes = self.row_bytes();
         let bytes = self.tensor.bytes.as_slice();
         let mut out = Vec::with_capacity(ids.len() * row_bytes);
         for &id in ids {

@@ -9,6 +9,8 @@
 
 use half::{bf16, f16};
 
+use crate::weights::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+
 /// A SIMD flavour used through zero-sized marker types. Every method is `unsafe` because it
 /// reads or writes raw pointers and may use instructions the caller has to have checked for.
 pub(super) trait Simd {
@@ -35,12 +37,57 @@ pub(super) trait Simd {
     }
 }
 
-/// Loading weights of element type `E` widened to f32 lanes.
-pub(super) trait Load<E>: Simd {
-    unsafe fn load_w(p: *const E) -> Self::V;
-    /// As `Simd::load_tail`.
-    unsafe fn load_w_tail(p: *const E, len: usize) -> Self::V;
+/// What a weight matrix is stored as: plain values, or blocks of `PER_UNIT` values (GGUF's
+/// quantized blocks, which never straddle two rows because `k` is a multiple of 32 for them).
+pub(super) trait Element {
+    const PER_UNIT: usize;
+
+    /// The address holding value `i` of the matrix at `w` (rows contiguous: row `r`, column `j`
+    /// is value `r · k + j`); for prefetching, so it may point past the matrix.
+    #[inline(always)]
+    fn address(w: *const Self, i: usize) -> *const u8
+    where
+        Self: Sized,
+    {
+        w.wrapping_add(i / Self::PER_UNIT).cast()
+    }
 }
+
+impl Element for f32 {
+    const PER_UNIT: usize = 1;
+}
+impl Element for bf16 {
+    const PER_UNIT: usize = 1;
+}
+impl Element for f16 {
+    const PER_UNIT: usize = 1;
+}
+impl Element for BlockQ8_0 {
+    const PER_UNIT: usize = QK;
+}
+impl Element for BlockQ4_0 {
+    const PER_UNIT: usize = QK;
+}
+impl Element for BlockQ4_1 {
+    const PER_UNIT: usize = QK;
+}
+
+/// Loading weights stored as `E`, widened to f32 lanes: `LANES` values from value `i` of the
+/// matrix at `w` (`i` a multiple of `LANES`; for blocks, `LANES` divides 32 so a load never
+/// leaves its block).
+pub(super) trait Load<E: Element>: Simd {
+    unsafe fn load_w(w: *const E, i: usize) -> Self::V;
+    /// As `Simd::load_tail`: `len < LANES` values, the other lanes zero (only plain types have
+    /// rows that end inside a vector).
+    unsafe fn load_w_tail(w: *const E, i: usize, len: usize) -> Self::V;
+}
+
+/// Every weight type the kernel reads.
+pub(super) trait LoadAll:
+    Load<f32> + Load<bf16> + Load<f16> + Load<BlockQ8_0> + Load<BlockQ4_0> + Load<BlockQ4_1>
+{
+}
+impl<S> LoadAll for S where S: Load<f32> + Load<bf16> + Load<f16> + Load<BlockQ8_0> + Load<BlockQ4_0> + Load<BlockQ4_1> {}
 
 /// The weight matrix `[n, k]` as one typed slice.
 #[derive(Clone, Copy)]
@@ -48,6 +95,9 @@ pub(super) enum Weights<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
+    Q8_0(&'a [BlockQ8_0]),
+    Q4_0(&'a [BlockQ4_0]),
+    Q4_1(&'a [BlockQ4_1]),
 }
 
 /// Where a task writes: `out` of a `[m, n]` call. Tasks own disjoint column ranges.
@@ -77,40 +127,48 @@ pub(super) struct Job<'a> {
 /// # Safety
 /// The CPU must support `S`'s instructions; `c0 ≤ c1 ≤ n`; no other task writes these columns.
 #[inline(always)]
-pub(super) unsafe fn columns<S, const R: usize, const C: usize>(job: &Job, c0: usize, c1: usize)
-where
-    S: Load<f32> + Load<bf16> + Load<f16>,
-{
+pub(super) unsafe fn columns<S: LoadAll, const R: usize, const C: usize>(job: &Job, c0: usize, c1: usize) {
     match job.w {
-        Weights::F32(w) => columns_typed::<S, f32, R, C>(job, w, c0, c1),
-        Weights::BF16(w) => columns_typed::<S, bf16, R, C>(job, w, c0, c1),
-        Weights::F16(w) => columns_typed::<S, f16, R, C>(job, w, c0, c1),
+        Weights::F32(w) => columns_typed::<S, f32, R, C>(job, w.as_ptr(), c0, c1),
+        Weights::BF16(w) => columns_typed::<S, bf16, R, C>(job, w.as_ptr(), c0, c1),
+        Weights::F16(w) => columns_typed::<S, f16, R, C>(job, w.as_ptr(), c0, c1),
+        Weights::Q8_0(w) => columns_typed::<S, BlockQ8_0, R, C>(job, w.as_ptr(), c0, c1),
+        Weights::Q4_0(w) => columns_typed::<S, BlockQ4_0, R, C>(job, w.as_ptr(), c0, c1),
+        Weights::Q4_1(w) => columns_typed::<S, BlockQ4_1, R, C>(job, w.as_ptr(), c0, c1),
     }
 }
 
 #[inline(always)]
-unsafe fn columns_typed<S: Load<E>, E, const R: usize, const C: usize>(job: &Job, w: &[E], c0: usize, c1: usize) {
+unsafe fn columns_typed<S: Load<E>, E: Element, const R: usize, const C: usize>(
+    job: &Job,
+    w: *const E,
+    c0: usize,
+    c1: usize,
+) {
     let Job { x, m, k, n, out, .. } = *job;
     let mut j = c0;
     while j < c1 {
         let cols = C.min(c1 - j);
-        let mut rows = [w.as_ptr(); C];
+        // Where each column's weight row starts, counted in values from `w`.
+        let mut rows = [0; C];
         for (c, row) in rows.iter_mut().enumerate().take(cols) {
-            *row = w.as_ptr().add((j + c) * k);
+            *row = (j + c) * k;
         }
-        row_groups::<S, E, R, C>(x.as_ptr(), m, k, rows, cols, out.0.add(j), n);
+        row_groups::<S, E, R, C>(x.as_ptr(), m, k, w, rows, cols, out.0.add(j), n);
         j += cols;
     }
 }
 
 /// Every row of `x` against `cols ≤ C` weight rows: groups of `R` rows, then of 4 (if `R` is
 /// larger), 2 and 1.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn row_groups<S: Load<E>, E, const R: usize, const C: usize>(
+unsafe fn row_groups<S: Load<E>, E: Element, const R: usize, const C: usize>(
     x: *const f32,
     m: usize,
     k: usize,
-    w: [*const E; C],
+    w: *const E,
+    rows_at: [usize; C],
     cols: usize,
     out: *mut f32,
     n: usize,
@@ -130,18 +188,18 @@ unsafe fn row_groups<S: Load<E>, E, const R: usize, const C: usize>(
         };
         if cols == C {
             match rows {
-                1 => tile::<S, E, 1, C>(xr, k, w, or, n),
-                2 => tile::<S, E, 2, C>(xr, k, w, or, n),
-                4 => tile::<S, E, 4, C>(xr, k, w, or, n),
-                _ => tile::<S, E, R, C>(xr, k, w, or, n),
+                1 => tile::<S, E, 1, C>(xr, k, w, rows_at, or, n),
+                2 => tile::<S, E, 2, C>(xr, k, w, rows_at, or, n),
+                4 => tile::<S, E, 4, C>(xr, k, w, rows_at, or, n),
+                _ => tile::<S, E, R, C>(xr, k, w, rows_at, or, n),
             }
         } else {
-            for (c, &wc) in w.iter().enumerate().take(cols) {
+            for (c, &at) in rows_at.iter().enumerate().take(cols) {
                 match rows {
-                    1 => tile::<S, E, 1, 1>(xr, k, [wc], or.add(c), n),
-                    2 => tile::<S, E, 2, 1>(xr, k, [wc], or.add(c), n),
-                    4 => tile::<S, E, 4, 1>(xr, k, [wc], or.add(c), n),
-                    _ => tile::<S, E, R, 1>(xr, k, [wc], or.add(c), n),
+                    1 => tile::<S, E, 1, 1>(xr, k, w, [at], or.add(c), n),
+                    2 => tile::<S, E, 2, 1>(xr, k, w, [at], or.add(c), n),
+                    4 => tile::<S, E, 4, 1>(xr, k, w, [at], or.add(c), n),
+                    _ => tile::<S, E, R, 1>(xr, k, w, [at], or.add(c), n),
                 }
             }
         }
@@ -149,12 +207,14 @@ unsafe fn row_groups<S: Load<E>, E, const R: usize, const C: usize>(
     }
 }
 
-/// `out[r * n + c] = x[r] · w[c]` for an `R × C` tile, all accumulators in registers.
+/// `out[r * n + c] = x[r] · w[c]` for an `R × C` tile, all accumulators in registers; weight
+/// row `c` starts at value `rows_at[c]` of `w`.
 #[inline(always)]
-unsafe fn tile<S: Load<E>, E, const R: usize, const C: usize>(
+unsafe fn tile<S: Load<E>, E: Element, const R: usize, const C: usize>(
     x: *const f32,
     k: usize,
-    w: [*const E; C],
+    w: *const E,
+    rows_at: [usize; C],
     out: *mut f32,
     n: usize,
 ) {
@@ -163,11 +223,11 @@ unsafe fn tile<S: Load<E>, E, const R: usize, const C: usize>(
     let mut i = 0;
     while i + S::LANES <= k {
         for c in 0..C {
-            wv[c] = S::load_w(w[c].add(i));
+            wv[c] = S::load_w(w, rows_at[c] + i);
             // The same place in the next block of C rows (the rows are contiguous, so this runs
             // one block ahead of the stream): the hardware prefetchers alone left the decode GEMV
             // latency-bound at a third of the bandwidth it reaches with this.
-            S::prefetch(w[c].wrapping_add(i + C * k).cast());
+            S::prefetch(E::address(w, rows_at[c] + i + C * k));
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             let xv = S::load(x.add(r * k + i));
@@ -180,7 +240,7 @@ unsafe fn tile<S: Load<E>, E, const R: usize, const C: usize>(
     if i < k {
         let len = k - i;
         for c in 0..C {
-            wv[c] = S::load_w_tail(w[c].add(i), len);
+            wv[c] = S::load_w_tail(w, rows_at[c] + i, len);
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             let xv = S::load_tail(x.add(r * k + i), len);
@@ -208,21 +268,21 @@ unsafe fn tile<S: Load<E>, E, const R: usize, const C: usize>(
 /// # Safety
 /// The CPU must support `S`'s instructions.
 #[inline(always)]
-pub(super) unsafe fn dot<S>(x: &[f32], w: Weights) -> f32
-where
-    S: Load<f32> + Load<bf16> + Load<f16>,
-{
+pub(super) unsafe fn dot<S: LoadAll>(x: &[f32], w: Weights) -> f32 {
     match w {
         Weights::F32(w) => dot_typed::<S, f32>(x, w),
         Weights::BF16(w) => dot_typed::<S, bf16>(x, w),
         Weights::F16(w) => dot_typed::<S, f16>(x, w),
+        Weights::Q8_0(w) => dot_typed::<S, BlockQ8_0>(x, w),
+        Weights::Q4_0(w) => dot_typed::<S, BlockQ4_0>(x, w),
+        Weights::Q4_1(w) => dot_typed::<S, BlockQ4_1>(x, w),
     }
 }
 
 #[inline(always)]
-unsafe fn dot_typed<S: Load<E>, E>(x: &[f32], w: &[E]) -> f32 {
-    assert_eq!(x.len(), w.len(), "dot: lengths differ");
+unsafe fn dot_typed<S: Load<E>, E: Element>(x: &[f32], w: &[E]) -> f32 {
+    assert_eq!(x.len(), w.len() * E::PER_UNIT, "dot: lengths differ");
     let mut out = 0.0;
-    tile::<S, E, 1, 1>(x.as_ptr(), x.len(), [w.as_ptr()], &mut out, 1);
+    tile::<S, E, 1, 1>(x.as_ptr(), x.len(), w.as_ptr(), [0], &mut out, 1);
     out
 }

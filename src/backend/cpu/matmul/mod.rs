@@ -218,6 +218,9 @@ fn weights(w: &CpuWeight) -> Weights<'_> {
         DType::F32 => Weights::F32(whole(w, |r| w.f32_row(r))),
         DType::BF16 => Weights::BF16(whole(w, |r| w.bf16_row(r))),
         DType::F16 => Weights::F16(whole(w, |r| w.f16_row(r))),
+        DType::Q8_0 => Weights::Q8_0(w.blocks()),
+        DType::Q4_0 => Weights::Q4_0(w.blocks()),
+        DType::Q4_1 => Weights::Q4_1(w.blocks()),
     }
 }
 
@@ -260,6 +263,7 @@ mod tests {
                 let bits = h.iter().map(|v| v.to_bits()).collect();
                 (HostTensor::from_bits("w", dtype, vec![n, k], bits), h.iter().map(|v| v.to_f32()).collect())
             }
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => unreachable!("quantized weights are made by `quantized`"),
         };
         (CpuWeight::new(tensor).unwrap(), exact)
     }
@@ -366,6 +370,52 @@ mod tests {
             let out = run(isa, &x, 1, &w);
             for (c, o) in out.iter().enumerate() {
                 assert_eq!(isa.dot(&x, Weights::BF16(w.bf16_row(c))).to_bits(), o.to_bits(), "{isa:?} bf16 column {c}");
+            }
+        }
+    }
+
+    /// A quantized weight of random blocks (finite scales), and the same values as an f32 weight.
+    fn quantized(dtype: DType, n: usize, k: usize, rng: &mut Rng) -> (CpuWeight, CpuWeight) {
+        let (per_block, bytes) = dtype.block();
+        let scales = if dtype == DType::Q4_1 { 2 } else { 1 };
+        let raw = crate::weights::quant::tests::random_blocks(bytes, n * k / per_block, scales, rng);
+        let tensor = HostTensor {
+            name: "wq".into(),
+            dtype,
+            shape: vec![n, k],
+            bytes: crate::weights::Bytes::Owned(std::sync::Arc::new(raw)),
+        };
+        let values = tensor.to_f32();
+        (CpuWeight::new(tensor).unwrap(), CpuWeight::new(HostTensor::from_f32("wf", vec![n, k], &values)).unwrap())
+    }
+
+    /// Blocks widened in registers give the f32 kernel's bits on the dequantized values (the
+    /// dequantization is exact, `quant.rs`), for every instruction set, type, tile remainder and
+    /// thread split; and a row's bits do not depend on `m`.
+    #[test]
+    fn quantized_weights_give_the_bits_of_their_f32_values() {
+        let mut rng = Rng::new(4);
+        for isa in Isa::available() {
+            for dtype in DType::QUANTIZED {
+                for &(m, n, k) in &[(1, 7, 32), (3, 37, 64), (13, 18, 96), (26, 130, 576), (7, 200, 1536)] {
+                    let (wq, wf) = quantized(dtype, n, k, &mut rng);
+                    let x = random(m * k, &mut rng);
+                    let (got, want) = (run(isa, &x, m, &wq), run(isa, &x, m, &wf));
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{isa:?} {dtype:?} m={m} n={n} k={k} output {i}: {g} vs {w}"
+                        );
+                    }
+                    for r in 0..m {
+                        let one = run(isa, &x[r * k..(r + 1) * k], 1, &wq);
+                        assert!(
+                            one.iter().zip(&got[r * n..(r + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{isa:?} {dtype:?} m={m} n={n} k={k}: row {r} alone differs"
+                        );
+                    }
+                }
             }
         }
     }

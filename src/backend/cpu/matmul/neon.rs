@@ -9,6 +9,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::kernel::{self, Job, Load, Simd, Weights};
+use crate::weights::quant::{Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 #[derive(Clone, Copy)]
 pub(super) struct Neon;
@@ -58,12 +59,14 @@ impl Simd for Neon {
 
 impl Load<f32> for Neon {
     #[inline(always)]
-    unsafe fn load_w(p: *const f32) -> Self::V {
+    unsafe fn load_w(w: *const f32, i: usize) -> Self::V {
+        let p = w.add(i);
         Self::load(p)
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const f32, len: usize) -> Self::V {
+    unsafe fn load_w_tail(w: *const f32, i: usize, len: usize) -> Self::V {
+        let p = w.add(i);
         Self::load_tail(p, len)
     }
 }
@@ -77,12 +80,14 @@ unsafe fn bf16x8(u: uint16x8_t) -> [float32x4_t; 2] {
 
 impl Load<bf16> for Neon {
     #[inline(always)]
-    unsafe fn load_w(p: *const bf16) -> Self::V {
+    unsafe fn load_w(w: *const bf16, i: usize) -> Self::V {
+        let p = w.add(i);
         bf16x8(vld1q_u16(p.cast()))
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const bf16, len: usize) -> Self::V {
+    unsafe fn load_w_tail(w: *const bf16, i: usize, len: usize) -> Self::V {
+        let p = w.add(i);
         let mut buf = [0u16; LANES];
         std::ptr::copy_nonoverlapping(p.cast(), buf.as_mut_ptr(), len);
         bf16x8(vld1q_u16(buf.as_ptr()))
@@ -92,19 +97,45 @@ impl Load<bf16> for Neon {
 /// f16 goes through `half`'s slice conversion: the NEON f16 vector types are not stable Rust.
 impl Load<f16> for Neon {
     #[inline(always)]
-    unsafe fn load_w(p: *const f16) -> Self::V {
+    unsafe fn load_w(w: *const f16, i: usize) -> Self::V {
+        let p = w.add(i);
         let mut wide = [0.0f32; LANES];
         std::slice::from_raw_parts(p, LANES).convert_to_f32_slice(&mut wide);
         Self::load(wide.as_ptr())
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const f16, len: usize) -> Self::V {
+    unsafe fn load_w_tail(w: *const f16, i: usize, len: usize) -> Self::V {
+        let p = w.add(i);
         let mut wide = [0.0f32; LANES];
         std::slice::from_raw_parts(p, len).convert_to_f32_slice(&mut wide[..len]);
         Self::load(wide.as_ptr())
     }
 }
+
+/// Quantized blocks, value by value through `quant.rs` (exact in f32), then loaded.
+macro_rules! load_block {
+    ($ty:ty) => {
+        impl Load<$ty> for Neon {
+            #[inline(always)]
+            unsafe fn load_w(w: *const $ty, i: usize) -> Self::V {
+                let wide = (*w.add(i / QK)).values::<LANES>(i % QK);
+                Self::load(wide.as_ptr())
+            }
+
+            #[inline(always)]
+            unsafe fn load_w_tail(w: *const $ty, i: usize, len: usize) -> Self::V {
+                let mut wide = (*w.add(i / QK)).values::<LANES>(i % QK);
+                wide[len..].fill(0.0);
+                Self::load(wide.as_ptr())
+            }
+        }
+    };
+}
+
+load_block!(BlockQ8_0);
+load_block!(BlockQ4_0);
+load_block!(BlockQ4_1);
 
 /// 2 rows × 4 columns: 16 accumulator registers, 8 for weights and 2 for inputs of the 32.
 ///

@@ -6,6 +6,7 @@
 use half::{bf16, f16};
 
 use super::kernel::{self, Job, Load, Simd, Weights};
+use crate::weights::quant::{Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 #[derive(Clone, Copy)]
 pub(super) struct Scalar;
@@ -60,12 +61,14 @@ impl Simd for Scalar {
 
 impl Load<f32> for Scalar {
     #[inline(always)]
-    unsafe fn load_w(p: *const f32) -> Self::V {
+    unsafe fn load_w(w: *const f32, i: usize) -> Self::V {
+        let p = w.add(i);
         Self::load(p)
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const f32, len: usize) -> Self::V {
+    unsafe fn load_w_tail(w: *const f32, i: usize, len: usize) -> Self::V {
+        let p = w.add(i);
         Self::load_tail(p, len)
     }
 }
@@ -75,12 +78,14 @@ macro_rules! load_half {
     ($ty:ty, $to_f32:expr) => {
         impl Load<$ty> for Scalar {
             #[inline(always)]
-            unsafe fn load_w(p: *const $ty) -> Self::V {
+            unsafe fn load_w(w: *const $ty, i: usize) -> Self::V {
+                let p = w.add(i);
                 p.cast::<[$ty; LANES]>().read_unaligned().map($to_f32)
             }
 
             #[inline(always)]
-            unsafe fn load_w_tail(p: *const $ty, len: usize) -> Self::V {
+            unsafe fn load_w_tail(w: *const $ty, i: usize, len: usize) -> Self::V {
+                let p = w.add(i);
                 let mut v = [<$ty>::ZERO; LANES];
                 std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len);
                 v.map($to_f32)
@@ -91,6 +96,29 @@ macro_rules! load_half {
 
 load_half!(bf16, |v: bf16| f32::from_bits((v.to_bits() as u32) << 16));
 load_half!(f16, f16::to_f32);
+
+/// Quantized blocks, value by value through `quant.rs` (exact in f32).
+macro_rules! load_block {
+    ($ty:ty) => {
+        impl Load<$ty> for Scalar {
+            #[inline(always)]
+            unsafe fn load_w(w: *const $ty, i: usize) -> Self::V {
+                (*w.add(i / QK)).values::<LANES>(i % QK)
+            }
+
+            #[inline(always)]
+            unsafe fn load_w_tail(w: *const $ty, i: usize, len: usize) -> Self::V {
+                let mut v = Self::load_w(w, i);
+                v[len..].fill(0.0);
+                v
+            }
+        }
+    };
+}
+
+load_block!(BlockQ8_0);
+load_block!(BlockQ4_0);
+load_block!(BlockQ4_1);
 
 /// 4 rows × 1 column: on x86-64 (SSE2) this ran 2-3× faster than 2 × 4 or 4 × 2 tiles, whose
 /// arrays LLVM did not keep in registers.

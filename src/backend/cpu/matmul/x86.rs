@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::kernel::{self, Job, Load, Simd, Weights};
+use crate::weights::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
 #[derive(Clone, Copy)]
 pub(super) struct Avx2;
@@ -92,12 +93,14 @@ impl Simd for Avx2 {
 
 impl Load<f32> for Avx2 {
     #[inline(always)]
-    unsafe fn load_w(p: *const f32) -> __m256 {
+    unsafe fn load_w(w: *const f32, i: usize) -> __m256 {
+        let p = w.add(i);
         Self::load(p)
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const f32, len: usize) -> __m256 {
+    unsafe fn load_w_tail(w: *const f32, i: usize, len: usize) -> __m256 {
+        let p = w.add(i);
         Self::load_tail(p, len)
     }
 }
@@ -110,24 +113,28 @@ unsafe fn bf16x8(v: __m128i) -> __m256 {
 
 impl Load<bf16> for Avx2 {
     #[inline(always)]
-    unsafe fn load_w(p: *const bf16) -> __m256 {
+    unsafe fn load_w(w: *const bf16, i: usize) -> __m256 {
+        let p = w.add(i);
         bf16x8(_mm_loadu_si128(p.cast()))
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const bf16, len: usize) -> __m256 {
+    unsafe fn load_w_tail(w: *const bf16, i: usize, len: usize) -> __m256 {
+        let p = w.add(i);
         bf16x8(load_u16_tail(p.cast(), len))
     }
 }
 
 impl Load<f16> for Avx2 {
     #[inline(always)]
-    unsafe fn load_w(p: *const f16) -> __m256 {
+    unsafe fn load_w(w: *const f16, i: usize) -> __m256 {
+        let p = w.add(i);
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const f16, len: usize) -> __m256 {
+    unsafe fn load_w_tail(w: *const f16, i: usize, len: usize) -> __m256 {
+        let p = w.add(i);
         _mm256_cvtph_ps(load_u16_tail(p.cast(), len))
     }
 }
@@ -192,12 +199,14 @@ impl Simd for Avx512 {
 
 impl Load<f32> for Avx512 {
     #[inline(always)]
-    unsafe fn load_w(p: *const f32) -> __m512 {
+    unsafe fn load_w(w: *const f32, i: usize) -> __m512 {
+        let p = w.add(i);
         Self::load(p)
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const f32, len: usize) -> __m512 {
+    unsafe fn load_w_tail(w: *const f32, i: usize, len: usize) -> __m512 {
+        let p = w.add(i);
         Self::load_tail(p, len)
     }
 }
@@ -209,25 +218,132 @@ unsafe fn bf16x16(v: __m256i) -> __m512 {
 
 impl Load<bf16> for Avx512 {
     #[inline(always)]
-    unsafe fn load_w(p: *const bf16) -> __m512 {
+    unsafe fn load_w(w: *const bf16, i: usize) -> __m512 {
+        let p = w.add(i);
         bf16x16(_mm256_loadu_si256(p.cast()))
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const bf16, len: usize) -> __m512 {
+    unsafe fn load_w_tail(w: *const bf16, i: usize, len: usize) -> __m512 {
+        let p = w.add(i);
         bf16x16(_mm256_maskz_loadu_epi16(mask16(len), p.cast()))
     }
 }
 
 impl Load<f16> for Avx512 {
     #[inline(always)]
-    unsafe fn load_w(p: *const f16) -> __m512 {
+    unsafe fn load_w(w: *const f16, i: usize) -> __m512 {
+        let p = w.add(i);
         _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
     }
 
     #[inline(always)]
-    unsafe fn load_w_tail(p: *const f16, len: usize) -> __m512 {
+    unsafe fn load_w_tail(w: *const f16, i: usize, len: usize) -> __m512 {
+        let p = w.add(i);
         _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(len), p.cast()))
+    }
+}
+
+/// A f16 scale as an f32 in every lane of a 4-lane vector (F16C).
+#[inline(always)]
+unsafe fn f16_scale(bits: u16) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))
+}
+
+/// Bytes `o % 16 ..` of a Q4 block's 16 quant bytes, shifted so that values `o ..` sit in the
+/// low nibbles (values 0..16 are the low nibbles, 16..32 the high ones); the high nibbles are
+/// left for the caller to mask.
+#[inline(always)]
+unsafe fn nibbles_at(qs: *const u8, o: usize, load: impl Fn(*const u8) -> __m128i) -> __m128i {
+    let shift = _mm_cvtsi32_si128((o / 16 * 4) as i32);
+    _mm_and_si128(_mm_srl_epi16(load(qs.add(o % 16)), shift), _mm_set1_epi8(15))
+}
+
+impl Load<BlockQ8_0> for Avx2 {
+    #[inline(always)]
+    unsafe fn load_w(w: *const BlockQ8_0, i: usize) -> __m256 {
+        let b = &*w.add(i / QK);
+        let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.qs.as_ptr().add(i % QK).cast()));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_broadcastss_ps(f16_scale(b.d)))
+    }
+
+    #[inline(always)]
+    unsafe fn load_w_tail(w: *const BlockQ8_0, i: usize, len: usize) -> __m256 {
+        _mm256_and_ps(Self::load_w(w, i), _mm256_castsi256_ps(mask8(len)))
+    }
+}
+
+impl Load<BlockQ4_0> for Avx2 {
+    #[inline(always)]
+    unsafe fn load_w(w: *const BlockQ4_0, i: usize) -> __m256 {
+        let b = &*w.add(i / QK);
+        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadl_epi64(p.cast()));
+        let q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(q), _mm256_set1_epi32(8));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_broadcastss_ps(f16_scale(b.d)))
+    }
+
+    #[inline(always)]
+    unsafe fn load_w_tail(w: *const BlockQ4_0, i: usize, len: usize) -> __m256 {
+        _mm256_and_ps(Self::load_w(w, i), _mm256_castsi256_ps(mask8(len)))
+    }
+}
+
+impl Load<BlockQ4_1> for Avx2 {
+    #[inline(always)]
+    unsafe fn load_w(w: *const BlockQ4_1, i: usize) -> __m256 {
+        let b = &*w.add(i / QK);
+        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadl_epi64(p.cast()));
+        let (d, m) = (_mm256_broadcastss_ps(f16_scale(b.d)), _mm256_broadcastss_ps(f16_scale(b.m)));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), d, m)
+    }
+
+    #[inline(always)]
+    unsafe fn load_w_tail(w: *const BlockQ4_1, i: usize, len: usize) -> __m256 {
+        _mm256_and_ps(Self::load_w(w, i), _mm256_castsi256_ps(mask8(len)))
+    }
+}
+
+impl Load<BlockQ8_0> for Avx512 {
+    #[inline(always)]
+    unsafe fn load_w(w: *const BlockQ8_0, i: usize) -> __m512 {
+        let b = &*w.add(i / QK);
+        let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(b.qs.as_ptr().add(i % QK).cast()));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_broadcastss_ps(f16_scale(b.d)))
+    }
+
+    #[inline(always)]
+    unsafe fn load_w_tail(w: *const BlockQ8_0, i: usize, len: usize) -> __m512 {
+        _mm512_maskz_mov_ps(mask16(len), Self::load_w(w, i))
+    }
+}
+
+impl Load<BlockQ4_0> for Avx512 {
+    #[inline(always)]
+    unsafe fn load_w(w: *const BlockQ4_0, i: usize) -> __m512 {
+        let b = &*w.add(i / QK);
+        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadu_si128(p.cast()));
+        let q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(q), _mm512_set1_epi32(8));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_broadcastss_ps(f16_scale(b.d)))
+    }
+
+    #[inline(always)]
+    unsafe fn load_w_tail(w: *const BlockQ4_0, i: usize, len: usize) -> __m512 {
+        _mm512_maskz_mov_ps(mask16(len), Self::load_w(w, i))
+    }
+}
+
+impl Load<BlockQ4_1> for Avx512 {
+    #[inline(always)]
+    unsafe fn load_w(w: *const BlockQ4_1, i: usize) -> __m512 {
+        let b = &*w.add(i / QK);
+        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadu_si128(p.cast()));
+        let (d, m) = (_mm512_broadcastss_ps(f16_scale(b.d)), _mm512_broadcastss_ps(f16_scale(b.m)));
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)), d, m)
+    }
+
+    #[inline(always)]
+    unsafe fn load_w_tail(w: *const BlockQ4_1, i: usize, len: usize) -> __m512 {
+        _mm512_maskz_mov_ps(mask16(len), Self::load_w(w, i))
     }
 }
 

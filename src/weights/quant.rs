@@ -1,0 +1,160 @@
+//! GGUF's quantized blocks kept as they are (`import-gguf --dtype keep`): 32 values per block,
+//! a f16 scale `d` (and for Q4_1 a f16 offset `m`), stored along a row's `k` axis, so a row of
+//! `k` values is `k / 32` consecutive blocks and rows never share a block (spec/gguf.md).
+//!
+//! Dequantized values are exact in f32 (`d · q` has at most 11 + 8 significant bits; Q4_1's
+//! `d · q + m` rounds once, the same with or without FMA), so the CPU kernels that widen blocks in
+//! registers compute exactly what the f32 kernel computes on `dequantize`'s output.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+/// Values per block, for every quantized type here.
+pub const QK: usize = 32;
+
+/// `x = d · q`, q a signed byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8_0 {
+    pub d: u16,
+    pub qs: [i8; QK],
+}
+
+/// `x[j] = d · ((qs[j] & 15) − 8)`, `x[j + 16] = d · ((qs[j] >> 4) − 8)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4_0 {
+    pub d: u16,
+    pub qs: [u8; QK / 2],
+}
+
+/// `x[j] = d · (qs[j] & 15) + m`, `x[j + 16] = d · (qs[j] >> 4) + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4_1 {
+    pub d: u16,
+    pub m: u16,
+    pub qs: [u8; QK / 2],
+}
+
+/// A quantized block: its 32 values, or `N` of them from offset `o` (a multiple of `N`), which
+/// is what the portable kernels load.
+pub trait Block: Pod {
+    fn value(&self, j: usize) -> f32;
+
+    #[inline(always)]
+    fn values<const N: usize>(&self, o: usize) -> [f32; N] {
+        std::array::from_fn(|j| self.value(o + j))
+    }
+}
+
+#[inline(always)]
+fn f16_to_f32(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+impl Block for BlockQ8_0 {
+    #[inline(always)]
+    fn value(&self, j: usize) -> f32 {
+        f16_to_f32(self.d) * f32::from(self.qs[j])
+    }
+}
+
+/// The 4-bit quant of value `j`: low nibbles hold values 0..16, high nibbles 16..32.
+#[inline(always)]
+fn nibble(qs: &[u8; QK / 2], j: usize) -> u8 {
+    if j < QK / 2 {
+        qs[j] & 15
+    } else {
+        qs[j - QK / 2] >> 4
+    }
+}
+
+impl Block for BlockQ4_0 {
+    #[inline(always)]
+    fn value(&self, j: usize) -> f32 {
+        f16_to_f32(self.d) * (f32::from(nibble(&self.qs, j)) - 8.0)
+    }
+}
+
+impl Block for BlockQ4_1 {
+    #[inline(always)]
+    fn value(&self, j: usize) -> f32 {
+        f16_to_f32(self.d).mul_add(f32::from(nibble(&self.qs, j)), f16_to_f32(self.m))
+    }
+}
+
+/// Blocks of `B` from raw bytes, all values in order, into `out` (`bytes` holds whole blocks and
+/// `out` 32 values for each).
+pub fn dequantize_into<B: Block>(bytes: &[u8], out: &mut [f32]) {
+    let size = std::mem::size_of::<B>();
+    assert_eq!(bytes.len() % size, 0, "dequantize: {} bytes are not whole blocks of {size}", bytes.len());
+    assert_eq!(
+        out.len(),
+        bytes.len() / size * QK,
+        "dequantize: {} blocks into {} values",
+        bytes.len() / size,
+        out.len()
+    );
+    // Read unaligned: owned byte buffers promise no alignment.
+    for (b, out) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(QK)) {
+        let b: B = bytemuck::pod_read_unaligned(b);
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = b.value(j);
+        }
+    }
+}
+
+/// The values of whole blocks of a quantized `dtype`, in order, into `out`.
+pub fn dequantize(dtype: super::DType, bytes: &[u8], out: &mut [f32]) {
+    use super::DType;
+    match dtype {
+        DType::Q8_0 => dequantize_into::<BlockQ8_0>(bytes, out),
+        DType::Q4_0 => dequantize_into::<BlockQ4_0>(bytes, out),
+        DType::Q4_1 => dequantize_into::<BlockQ4_1>(bytes, out),
+        DType::F32 | DType::BF16 | DType::F16 => panic!("dequantize: {dtype:?} is not a quantized type"),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::weights::gguf::{dequantize, GgmlType};
+
+    /// Random bytes with finite f16 scales (exponent field below 31).
+    pub fn random_blocks(bytes_per_block: usize, blocks: usize, scales: usize, rng: &mut Rng) -> Vec<u8> {
+        let mut out = Vec::with_capacity(blocks * bytes_per_block);
+        for _ in 0..blocks {
+            for _ in 0..scales {
+                let bits = (rng.next_u64() as u16) & 0xBFFF; // clear the exponent's top bit: |scale| < 2
+                out.extend(bits.to_le_bytes());
+            }
+            for _ in 0..bytes_per_block - 2 * scales {
+                out.push(rng.next_u64() as u8);
+            }
+        }
+        out
+    }
+
+    /// Every type against the GGUF reader's dequantization (spec/gguf.md's table, hand-checked
+    /// blocks in gguf.rs), bit for bit.
+    #[test]
+    fn blocks_give_the_gguf_readers_values() {
+        let mut rng = Rng::new(7);
+        let cases: [(GgmlType, usize, usize, fn(&[u8], &mut [f32])); 3] = [
+            (GgmlType::Q8_0, 34, 1, dequantize_into::<BlockQ8_0>),
+            (GgmlType::Q4_0, 18, 1, dequantize_into::<BlockQ4_0>),
+            (GgmlType::Q4_1, 20, 2, dequantize_into::<BlockQ4_1>),
+        ];
+        for (ty, size, scales, ours) in cases {
+            let bytes = random_blocks(size, 64, scales, &mut rng);
+            let want = dequantize(ty, &bytes);
+            let mut got = vec![f32::NAN; want.len()];
+            ours(&bytes, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{ty:?} value {i}: {g} vs {w}");
+            }
+        }
+    }
+}

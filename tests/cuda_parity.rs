@@ -13,7 +13,7 @@ use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::backend::cuda::CudaBackend;
 use clover_engine::backend::{AdamW, AttnMask, AttnShape, Backend, CloverCellParams, KvLayout};
 use clover_engine::rng::Rng;
-use clover_engine::weights::{DType, HostTensor};
+use clover_engine::weights::{Bytes, DType, HostTensor};
 
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
@@ -45,7 +45,23 @@ fn tensor(name: &str, shape: &[usize], values: &[f32], dtype: DType) -> HostTens
             shape.to_vec(),
             values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
         ),
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => panic!("quantized tensors come from `quantized`"),
     }
+}
+
+/// A `[n, k]` weight of random `dtype` blocks (scales up to 0.01, random quants).
+fn quantized(name: &str, n: usize, k: usize, dtype: DType, seed: u64) -> HostTensor {
+    let mut rng = Rng::new(seed);
+    let (per_block, bytes) = dtype.block();
+    let scales = if dtype == DType::Q4_1 { 2 } else { 1 };
+    let mut data = Vec::new();
+    for _ in 0..n * k / per_block {
+        for _ in 0..scales {
+            data.extend(half::f16::from_f32(rng.uniform_f32() * 0.01).to_le_bytes());
+        }
+        data.extend((0..bytes - 2 * scales).map(|_| rng.next_u64() as u8));
+    }
+    HostTensor { name: name.into(), dtype, shape: vec![n, k], bytes: Bytes::Owned(std::sync::Arc::new(data)) }
 }
 
 /// max |a − b| ≤ tol · max(1, max |b|).
@@ -137,6 +153,23 @@ fn matmul_and_its_backward() {
             p.cpu.matmul_backward(&cx, &cdy, rows, &cw, Some(&mut cdx), want_dw.then_some(&mut cdw));
             close(&format!("matmul dx {dtype:?} {rows}×{n}×{k}"), &p.down(&gdx), &cdx, tol);
             close(&format!("matmul dw {dtype:?} {rows}×{n}×{k}"), &p.down(&gdw), &cdw, tol);
+        }
+    }
+}
+
+/// Quantized weights (`import-gguf --dtype keep`): the CUDA backend expands them to f32 on
+/// upload, the CPU backend multiplies the blocks; both must give the same products.
+#[test]
+fn quantized_weights_multiply_alike() {
+    let Some(p) = Pair::new() else { return };
+    for dtype in DType::QUANTIZED {
+        for (rows, n, k) in [(1, 576, 576), (26, 1536, 576)] {
+            let (gw, cw) = p.weights(quantized("wq", n, k, dtype, 9));
+            let (gx, cx) = p.bufs(&random(rows * k, 10));
+            let (mut go, mut co) = p.bufs(&vec![0.0; rows * n]);
+            p.gpu.matmul(&gx, rows, &gw, &mut go);
+            p.cpu.matmul(&cx, rows, &cw, &mut co);
+            close(&format!("matmul {dtype:?} {rows}×{n}×{k}"), &p.down(&go), &co, F32_TOL);
         }
     }
 }

@@ -52,7 +52,7 @@ impl DType {
     /// Bytes holding `values` values, `None` when they are not whole blocks.
     pub fn bytes_for(self, values: usize) -> Option<usize> {
         let (per_block, bytes) = self.block();
-        (values % per_block == 0).then_some(values / per_block * bytes)
+        values.is_multiple_of(per_block).then_some(values / per_block * bytes)
     }
 
     pub fn name(self) -> &'static str {

@@ -120,7 +120,8 @@ pub fn dequantize(dtype: super::DType, bytes: &[u8], out: &mut [f32]) {
 pub(crate) mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::weights::gguf::{dequantize, GgmlType};
+    use crate::weights::gguf::{self, GgmlType};
+    use crate::weights::DType;
 
     /// Random bytes with finite f16 scales (exponent field below 31).
     pub fn random_blocks(bytes_per_block: usize, blocks: usize, scales: usize, rng: &mut Rng) -> Vec<u8> {
@@ -142,16 +143,13 @@ pub(crate) mod tests {
     #[test]
     fn blocks_give_the_gguf_readers_values() {
         let mut rng = Rng::new(7);
-        let cases: [(GgmlType, usize, usize, fn(&[u8], &mut [f32])); 3] = [
-            (GgmlType::Q8_0, 34, 1, dequantize_into::<BlockQ8_0>),
-            (GgmlType::Q4_0, 18, 1, dequantize_into::<BlockQ4_0>),
-            (GgmlType::Q4_1, 20, 2, dequantize_into::<BlockQ4_1>),
-        ];
-        for (ty, size, scales, ours) in cases {
-            let bytes = random_blocks(size, 64, scales, &mut rng);
-            let want = dequantize(ty, &bytes);
+        let cases =
+            [(GgmlType::Q8_0, DType::Q8_0, 1), (GgmlType::Q4_0, DType::Q4_0, 1), (GgmlType::Q4_1, DType::Q4_1, 2)];
+        for (ty, dtype, scales) in cases {
+            let bytes = random_blocks(dtype.block().1, 64, scales, &mut rng);
+            let want = gguf::dequantize(ty, &bytes);
             let mut got = vec![f32::NAN; want.len()];
-            ours(&bytes, &mut got);
+            dequantize(dtype, &bytes, &mut got);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), w.to_bits(), "{ty:?} value {i}: {g} vs {w}");
             }

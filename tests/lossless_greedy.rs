@@ -151,6 +151,39 @@ fn shipped_heads_default_model() {
     }
 }
 
+/// The same on the default model with its GGUF blocks kept quantized (`import-gguf --dtype
+/// keep`): the Q4_1/Q8_0 kernels must keep a row's bits whatever the tree around it.
+#[test]
+fn shipped_heads_kept_quantized_default_model() {
+    let Some(_) = common::default_model() else { return };
+    let gguf = clover_engine::paths::default_gguf_file();
+    if !gguf.exists() {
+        assert!(std::env::var_os("CLOVER_REQUIRE_MODEL").is_none(), "{} is missing", gguf.display());
+        eprintln!("skipped: {} not found (run tools/fetch-default-model.sh)", gguf.display());
+        return;
+    }
+    let base = common::temp_dir("lossless-keep").join("q4_1");
+    clover_engine::weights::gguf_import::import_gguf(
+        &gguf,
+        &base,
+        clover_engine::weights::gguf_import::ImportDType::Keep,
+    )
+    .unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    let tok = clover_engine::model::TextTokenizer::load(&base).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Explain what a hash table is.", "Write a short poem about the sea."]
+        .iter()
+        .map(|q| {
+            let msg = clover_engine::model::ChatMessage::new("user", q);
+            tok.encode(&tok.render_chat(&[msg], true).unwrap(), false).unwrap()
+        })
+        .collect();
+    for kind in [DraftKind::Eagle, DraftKind::Clover2] {
+        check_head(&model, kind, &shipped_head(kind), &prompts, 40);
+    }
+    std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
+}
+
 /// The first turn of every 24th Spec-Bench question in the chat template: 20 prompts over the
 /// six categories.
 fn spec_bench_prompts(tok: &clover_engine::model::TextTokenizer) -> Vec<Vec<u32>> {

@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::model::{Llama, LogitRows};
+use clover_engine::weights::gguf_import::{import_gguf, ImportDType};
 
 const COPY_BYTES: usize = 256 << 20;
 const CONTEXT: usize = 2048;
@@ -21,22 +22,33 @@ fn copy_bandwidth(c: &mut Criterion) {
     g.finish();
 }
 
+/// The default model as tools/fetch-default-model.sh imports it (bf16), and the same GGUF with
+/// its Q4_1/Q8_0 blocks kept (`import-gguf --dtype keep`, into a scratch folder), one after the
+/// other in this run.
 fn decode_step(c: &mut Criterion) {
     let dir = clover_engine::paths::default_model_dir();
-    let model = match Llama::load(&dir, CpuBackend) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("decode_step skipped: {e} (run tools/fetch-default-model.sh)");
-            return;
-        }
-    };
+    match Llama::load(&dir, CpuBackend) {
+        Ok(model) => decode_bench(c, "decode_step", &model),
+        Err(e) => eprintln!("decode_step skipped: {e} (run tools/fetch-default-model.sh)"),
+    }
+    let gguf = clover_engine::paths::default_gguf_file();
+    let kept = std::env::temp_dir().join(format!("clover-bench-q4_1-{}", std::process::id()));
+    let imported = import_gguf(&gguf, &kept, ImportDType::Keep);
+    match imported.and_then(|_| Llama::load(&kept, CpuBackend)) {
+        Ok(model) => decode_bench(c, "decode_step_q4_1_kept", &model),
+        Err(e) => eprintln!("decode_step_q4_1_kept skipped: {e} (run tools/fetch-default-model.sh)"),
+    }
+    let _ = std::fs::remove_dir_all(&kept);
+}
+
+fn decode_bench(c: &mut Criterion, name: &str, model: &Llama<CpuBackend>) {
     let prompt: Vec<u32> = (0..64).map(|i| 100 + i * 13).collect();
     let mut cache = model.new_cache(CONTEXT);
     model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
     let mut g = c.benchmark_group("default_model");
     g.throughput(Throughput::Bytes(model.weight_bytes_per_token() as u64));
     g.sample_size(30);
-    g.bench_function("decode_step", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             if cache.len() + 1 >= CONTEXT {
                 cache.clear();

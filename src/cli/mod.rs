@@ -101,13 +101,22 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Runs the command on a thread of its own worker pool (`--threads`, default one per core).
+/// Called from outside a pool, every parallel region (a token of the default model has several
+/// hundred: each matmul, each attention) injects its tasks, wakes the workers and puts the caller
+/// to sleep until they finish; from a worker, the region's tasks go on that worker's own queue and
+/// the other workers take them directly. That hand-off cost about a third of the decode time of
+/// the Q4_1 model (docs/cpu-kernels.md).
 pub fn run(cli: Cli) -> Result<()> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| Error::input(format!("--threads: {e}")))?;
+        pool = pool.num_threads(n);
     }
+    let pool = pool.build().map_err(|e| Error::input(format!("--threads: {e}")))?;
+    pool.install(|| run_command(cli))
+}
+
+fn run_command(cli: Cli) -> Result<()> {
     let device = || Device::parse(cli.device.as_deref());
     match cli.command {
         Command::ImportGguf(a) => import::run(a),

@@ -80,6 +80,13 @@ pub(super) trait Load<E: Element>: Simd {
     /// As `Simd::load_tail`: `len < LANES` values, the other lanes zero (only plain types have
     /// rows that end inside a vector).
     unsafe fn load_w_tail(w: *const E, i: usize, len: usize) -> Self::V;
+
+    /// `2 · LANES` values from value `i`, as `(load_w(i), load_w(i + LANES))`: a flavour whose
+    /// vector is half a block widens the block's scales and quants once for both halves.
+    #[inline(always)]
+    unsafe fn load_w2(w: *const E, i: usize) -> (Self::V, Self::V) {
+        (Self::load_w(w, i), Self::load_w(w, i + Self::LANES))
+    }
 }
 
 /// Every weight type the kernel reads.
@@ -221,6 +228,19 @@ unsafe fn tile<S: Load<E>, E: Element, const R: usize, const C: usize>(
     let mut acc = [[S::zero(); C]; R];
     let mut wv = [S::zero(); C];
     let mut i = 0;
+    // Blocks two vectors at a time, column by column (two weight vectors live, not 2·C): the
+    // same multiply-adds in the same order per accumulator as the loop below, so the same bits.
+    while E::PER_UNIT > 1 && i + 2 * S::LANES <= k {
+        for c in 0..C {
+            let (lo, hi) = S::load_w2(w, rows_at[c] + i);
+            S::prefetch(E::address(w, rows_at[c] + i + C * k));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[c] = S::fma(S::load(x.add(r * k + i)), lo, acc[c]);
+                acc[c] = S::fma(S::load(x.add(r * k + i + S::LANES)), hi, acc[c]);
+            }
+        }
+        i += 2 * S::LANES;
+    }
     while i + S::LANES <= k {
         for c in 0..C {
             wv[c] = S::load_w(w, rows_at[c] + i);

@@ -315,6 +315,15 @@ impl Load<BlockQ8_0> for Avx512 {
     unsafe fn load_w_tail(w: *const BlockQ8_0, i: usize, len: usize) -> __m512 {
         _mm512_maskz_mov_ps(mask16(len), Self::load_w(w, i))
     }
+
+    /// The whole block (`i` is a multiple of 32 here): one scale conversion for both halves.
+    #[inline(always)]
+    unsafe fn load_w2(w: *const BlockQ8_0, i: usize) -> (__m512, __m512) {
+        let b = &*w.add(i / QK);
+        let d = _mm512_broadcastss_ps(f16_scale(b.d));
+        let half = |o: usize| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(b.qs.as_ptr().add(o).cast())));
+        (_mm512_mul_ps(half(0), d), _mm512_mul_ps(half(16), d))
+    }
 }
 
 impl Load<BlockQ4_0> for Avx512 {
@@ -330,6 +339,19 @@ impl Load<BlockQ4_0> for Avx512 {
     unsafe fn load_w_tail(w: *const BlockQ4_0, i: usize, len: usize) -> __m512 {
         _mm512_maskz_mov_ps(mask16(len), Self::load_w(w, i))
     }
+
+    /// The whole block (`i` is a multiple of 32 here): the 16 quant bytes widened once, low and
+    /// high nibbles split from them.
+    #[inline(always)]
+    unsafe fn load_w2(w: *const BlockQ4_0, i: usize) -> (__m512, __m512) {
+        let b = &*w.add(i / QK);
+        let d = _mm512_broadcastss_ps(f16_scale(b.d));
+        let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.qs.as_ptr().cast()));
+        let eight = _mm512_set1_epi32(8);
+        let lo = _mm512_sub_epi32(_mm512_and_si512(q, _mm512_set1_epi32(15)), eight);
+        let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(q), eight);
+        (_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d))
+    }
 }
 
 impl Load<BlockQ4_1> for Avx512 {
@@ -344,6 +366,19 @@ impl Load<BlockQ4_1> for Avx512 {
     #[inline(always)]
     unsafe fn load_w_tail(w: *const BlockQ4_1, i: usize, len: usize) -> __m512 {
         _mm512_maskz_mov_ps(mask16(len), Self::load_w(w, i))
+    }
+
+    /// The whole block (`i` is a multiple of 32 here): d and m converted together, the 16 quant
+    /// bytes widened once, low and high nibbles split from them.
+    #[inline(always)]
+    unsafe fn load_w2(w: *const BlockQ4_1, i: usize) -> (__m512, __m512) {
+        let b = &*w.add(i / QK);
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d) | (i32::from(b.m) << 16)));
+        let (d, m) = (_mm512_broadcastss_ps(dm), _mm512_broadcastss_ps(_mm_movehdup_ps(dm)));
+        let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.qs.as_ptr().cast()));
+        let lo = _mm512_and_si512(q, _mm512_set1_epi32(15));
+        let hi = _mm512_srli_epi32::<4>(q);
+        (_mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), d, m), _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), d, m))
     }
 }
 

@@ -45,16 +45,20 @@ fn decode_bench(c: &mut Criterion, name: &str, model: &Llama<CpuBackend>) {
     let prompt: Vec<u32> = (0..64).map(|i| 100 + i * 13).collect();
     let mut cache = model.new_cache(CONTEXT);
     model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
+    // Each step runs on a worker of the pool, as the CLI runs every command (cli::run says why).
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("thread pool");
     let mut g = c.benchmark_group("default_model");
     g.throughput(Throughput::Bytes(model.weight_bytes_per_token() as u64));
     g.sample_size(30);
     g.bench_function(name, |b| {
         b.iter(|| {
-            if cache.len() + 1 >= CONTEXT {
-                cache.clear();
-                model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
-            }
-            model.decode(&mut cache, 42).expect("decode")
+            pool.install(|| {
+                if cache.len() + 1 >= CONTEXT {
+                    cache.clear();
+                    model.prefill(&mut cache, &prompt, LogitRows::None).expect("prefill");
+                }
+                model.decode(&mut cache, 42).expect("decode")
+            })
         })
     });
     g.finish();

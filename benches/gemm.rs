@@ -69,5 +69,43 @@ fn gemm(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, copy_bandwidth, gemv, gemm);
+/// Q4_1 blocks as `import-gguf --dtype keep` stores the default model's linear weights: random
+/// quants, scales of a trained model's size.
+fn q4_1_weight(n: usize, k: usize) -> CpuWeight {
+    let v = values(n * k / 2, 3);
+    let mut bytes = Vec::with_capacity(n * k / 32 * 20);
+    for block in v.chunks(16) {
+        bytes.extend(half::f16::from_f32(block[0] * 0.01).to_le_bytes());
+        bytes.extend(half::f16::from_f32(block[1] * 0.05).to_le_bytes());
+        bytes.extend(block.iter().map(|x| ((x + 1.0) * 127.0) as u8));
+    }
+    let tensor = HostTensor {
+        name: "w".into(),
+        dtype: DType::Q4_1,
+        shape: vec![n, k],
+        bytes: clover_engine::weights::Bytes::Owned(std::sync::Arc::new(bytes)),
+    };
+    CpuWeight::new(tensor).unwrap()
+}
+
+/// The kept-Q4_1 path for the small row counts of tree verification, where one row tile widens
+/// the blocks in registers and more than one widens them once into scratch.
+fn gemm_q4_1(c: &mut Criterion) {
+    for (k, n) in [(576, 1536), (1536, 576)] {
+        let w = q4_1_weight(n, k);
+        let mut g = c.benchmark_group(format!("gemm_q4_1/{k}x{n}"));
+        g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(800));
+        for m in [1, 2, 3, 4, 5, 6, 8, 13, 26] {
+            let x = values(m * k, 1);
+            let mut out = vec![0.0; m * n];
+            g.throughput(Throughput::Elements((m * n * k) as u64));
+            g.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
+                b.iter(|| matmul(std::hint::black_box(&x), m, &w, &mut out))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, copy_bandwidth, gemv, gemm, gemm_q4_1);
 criterion_main!(benches);

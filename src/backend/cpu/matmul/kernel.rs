@@ -166,8 +166,8 @@ unsafe fn columns_typed<S: Load<E>, E: Element, const R: usize, const C: usize>(
     }
 }
 
-/// Every row of `x` against `cols ≤ C` weight rows: groups of `R` rows, then of 4 (if `R` is
-/// larger), 2 and 1.
+/// Every row of `x` against `cols ≤ C` weight rows: tiles of `R` rows, the last one of the rows
+/// left.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn row_groups<S: Load<E>, E: Element, const R: usize, const C: usize>(
@@ -183,21 +183,16 @@ unsafe fn row_groups<S: Load<E>, E: Element, const R: usize, const C: usize>(
     let mut r = 0;
     while r < m {
         let (xr, or) = (x.add(r * k), out.add(r * n));
-        let left = m - r;
-        let rows = if left >= R {
-            R
-        } else if left >= 4 {
-            4
-        } else if left >= 2 {
-            2
-        } else {
-            1
-        };
+        // One tile of all the rows left when they fit: a tile widens its weights once, so 3 rows
+        // as one tile cost less than 2 + 1 (for quantized blocks, far less).
+        let rows = (m - r).min(R);
         if cols == C {
             match rows {
                 1 => tile::<S, E, 1, C>(xr, k, w, rows_at, or, n),
                 2 => tile::<S, E, 2, C>(xr, k, w, rows_at, or, n),
+                3 => tile::<S, E, 3, C>(xr, k, w, rows_at, or, n),
                 4 => tile::<S, E, 4, C>(xr, k, w, rows_at, or, n),
+                5 => tile::<S, E, 5, C>(xr, k, w, rows_at, or, n),
                 _ => tile::<S, E, R, C>(xr, k, w, rows_at, or, n),
             }
         } else {
@@ -205,7 +200,9 @@ unsafe fn row_groups<S: Load<E>, E: Element, const R: usize, const C: usize>(
                 match rows {
                     1 => tile::<S, E, 1, 1>(xr, k, w, [at], or.add(c), n),
                     2 => tile::<S, E, 2, 1>(xr, k, w, [at], or.add(c), n),
+                    3 => tile::<S, E, 3, 1>(xr, k, w, [at], or.add(c), n),
                     4 => tile::<S, E, 4, 1>(xr, k, w, [at], or.add(c), n),
+                    5 => tile::<S, E, 5, 1>(xr, k, w, [at], or.add(c), n),
                     _ => tile::<S, E, R, 1>(xr, k, w, [at], or.add(c), n),
                 }
             }

@@ -72,6 +72,24 @@ fn eagle_untrained_tiny_model_20_prompts_128_tokens() {
     check_prompts(&model, &dir.join("head"), &prompts, 128);
 }
 
+/// `--tree-budget auto` may choose plain decoding (budget 0): a tree of the root alone decodes
+/// plainly, one token a step, without the head.
+#[test]
+fn a_tree_of_the_root_alone_decodes_plainly() {
+    let dir = common::temp_dir("lossless-root-only");
+    write_random_model(&dir.join("base"), &tiny_llama_config(96), 13).unwrap();
+    init_head(DraftKind::Eagle, &dir.join("base"), &dir.join("head"), 5).unwrap();
+    let model = Llama::load(&dir.join("base"), CpuBackend).unwrap();
+    let mut head = load_head(DraftKind::Eagle, &dir.join("head"), &model).unwrap();
+    let tree = TreeSpec::Eagle2(clover_engine::spec::auto_budget::eagle2_tree(0));
+    let (prompt, cfg) = (vec![5, 17, 33], greedy(40));
+    let (plain, _) = generate_plain(&model, &prompt, &cfg, |_| {}).unwrap();
+    let (spec, stats) = generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |_| {}).unwrap();
+    assert_eq!(spec, plain);
+    assert_eq!((stats.base.steps, stats.accepted_hist.as_slice(), stats.tau()), (39, &[39][..], 1.0));
+    assert_eq!(stats.draft_secs, 0.0, "the head ran");
+}
+
 /// Noise on the oracle logits: enough to make it wrong at some depths of most steps.
 const NOISE: f32 = 20.0;
 

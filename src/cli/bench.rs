@@ -184,7 +184,10 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         let label = match &plan {
             Some(plan) => {
                 println!("{label}: {}", plan.table());
-                format!("{label}→{}", plan.budget)
+                match plan.budget {
+                    0 => format!("{label}→plain"),
+                    budget => format!("{label}→{budget}"),
+                }
             }
             None => label,
         };

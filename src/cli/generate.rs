@@ -59,7 +59,8 @@ pub struct TreeArgs {
     pub tree: String,
     /// Draft nodes per step for the dynamic trees (root excluded), or `auto` (eagle2 tree): time
     /// verification on this machine, calibrate the head on a few built-in chat prompts, and take
-    /// the budget with the highest expected tokens/s (the table of that choice is printed).
+    /// the budget with the highest expected tokens/s, or plain decoding when that is expected to
+    /// be fastest (the table of that choice is printed).
     #[arg(long, default_value = "25")]
     pub tree_budget: String,
     /// Per-parent cumulative probability of the clover tree.

@@ -81,9 +81,9 @@ pub struct BudgetRow {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BudgetPlan {
-    /// The chosen budget (≥ 1 even when plain decoding would be faster; `plain_is_faster` says so).
+    /// The chosen budget; 0 when plain decoding is expected to be fastest (the engine then decodes
+    /// plainly: `generate_speculative` on a tree of the root alone).
     pub budget: usize,
-    pub plain_is_faster: bool,
     /// Per step at the largest budget: the head's update on accepted tokens, growing the tree,
     /// and accepting (argmax of the rows reached, rows projected off the main chain, KV
     /// compaction).
@@ -123,19 +123,8 @@ impl BudgetPlan {
             let tokens_per_s = 1000.0 * tau / step_ms;
             rows.push(BudgetRow { budget, tau, draft_ms, verify_ms: verify_ms[budget], step_ms, tokens_per_s });
         }
-        let best = |rows: &[BudgetRow]| {
-            rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).map_or(1, |r| r.budget)
-        };
-        let budget = best(&rows[1..]).max(1);
-        BudgetPlan {
-            budget,
-            plain_is_faster: best(&rows) == 0,
-            begin_ms,
-            expand_ms,
-            accept_ms,
-            calibration_steps: steps,
-            rows,
-        }
+        let budget = rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).map_or(0, |r| r.budget);
+        BudgetPlan { budget, begin_ms, expand_ms, accept_ms, calibration_steps: steps, rows }
     }
 
     /// The plan as a table, with the choice and why.
@@ -163,15 +152,27 @@ impl BudgetPlan {
                 r.tau, r.draft_ms, r.verify_ms, r.step_ms, r.tokens_per_s
             );
         }
-        let chosen = &self.rows[self.budget];
-        s += &format!(
-            "chosen budget {}: expected {:.2} tok/s, {:.2}× plain decoding's {:.2}{}\n",
-            self.budget,
-            chosen.tokens_per_s,
-            chosen.tokens_per_s / self.rows[0].tokens_per_s,
-            self.rows[0].tokens_per_s,
-            if self.plain_is_faster { " (plain decoding is expected to be faster here)" } else { "" }
-        );
+        let plain = self.rows[0].tokens_per_s;
+        if self.budget == 0 {
+            let tree = self.rows[1..].iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
+            s += &format!("chosen: plain decoding, expected {plain:.2} tok/s");
+            if let Some(tree) = tree {
+                s += &format!(
+                    " (the best tree, budget {}, expected {:.2}× of it)",
+                    tree.budget,
+                    tree.tokens_per_s / plain
+                );
+            }
+            s += "\n";
+        } else {
+            let chosen = &self.rows[self.budget];
+            s += &format!(
+                "chosen budget {}: expected {:.2} tok/s, {:.2}× plain decoding's {plain:.2}\n",
+                self.budget,
+                chosen.tokens_per_s,
+                chosen.tokens_per_s / plain,
+            );
+        }
         s
     }
 }
@@ -266,12 +267,12 @@ mod tests {
         // Accept takes 0.5 ms at every budget.
         // Budget 1: 1.6 / 12 ms = 133.3 tok/s; 2: 1.9 / 13.4 = 141.8; 3: 2.0 / 22.2 = 90; plain 100.
         assert_eq!(plan.budget, 2);
-        assert!(!plan.plain_is_faster);
         assert!((plan.rows[2].tokens_per_s - 1900.0 / 13.4).abs() < 1e-9);
         assert!(plan.table().contains("← chosen"));
-        // A head that is never right: plain decoding wins, the budget stays 1.
+        // A head that is never right: plain decoding wins and is chosen.
         let plan = BudgetPlan::new(&verify, &[0, 0, 0, 0], 10, 0.5, 1.2, 0.5);
-        assert!(plan.plain_is_faster && plan.budget == 1);
+        assert_eq!(plan.budget, 0);
+        assert!(plan.table().contains("chosen: plain decoding, expected 100.00 tok/s (the best tree, budget 1"));
     }
 
     /// Grows an EAGLE-2 tree whose rows are a fixed pseudo-random function of each node's path,

@@ -210,6 +210,14 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
             head.max_depth()
         )));
     }
+    if tree.max_nodes() <= 1 {
+        // Nothing to draft (`--tree-budget auto` chose plain decoding): decode plainly, without the
+        // head's update, which would cost time and change nothing.
+        let (out, base) = generate_plain(model, prompt, cfg, on_tokens)?;
+        let stats =
+            SpecStats { accepted_hist: vec![base.steps], verify_secs: base.decode_secs, base, ..Default::default() };
+        return Ok((out, stats));
+    }
     let capacity =
         context_for(model.config.max_position_embeddings, prompt.len(), cfg.max_new_tokens, tree.max_nodes())?;
     let mut cache = model.new_cache(capacity);

@@ -250,13 +250,12 @@ unsafe fn f16_scale(bits: u16) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))
 }
 
-/// Bytes `o % 16 ..` of a Q4 block's 16 quant bytes, shifted so that values `o ..` sit in the
-/// low nibbles (values 0..16 are the low nibbles, 16..32 the high ones); the high nibbles are
-/// left for the caller to mask.
+/// The 4-bit quants of values `o .. o + 8` of a Q4 block (values 0..16 are the low nibbles of its
+/// 16 quant bytes, 16..32 the high ones), one per byte.
 #[inline(always)]
-unsafe fn nibbles_at(qs: *const u8, o: usize, load: impl Fn(*const u8) -> __m128i) -> __m128i {
+unsafe fn nibbles8_at(qs: *const u8, o: usize) -> __m128i {
     let shift = _mm_cvtsi32_si128((o / 16 * 4) as i32);
-    _mm_and_si128(_mm_srl_epi16(load(qs.add(o % 16)), shift), _mm_set1_epi8(15))
+    _mm_and_si128(_mm_srl_epi16(_mm_loadl_epi64(qs.add(o % 16).cast()), shift), _mm_set1_epi8(15))
 }
 
 impl Load<BlockQ8_0> for Avx2 {
@@ -277,7 +276,7 @@ impl Load<BlockQ4_0> for Avx2 {
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_0, i: usize) -> __m256 {
         let b = &*w.add(i / QK);
-        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadl_epi64(p.cast()));
+        let q = nibbles8_at(b.qs.as_ptr(), i % QK);
         let q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(q), _mm256_set1_epi32(8));
         _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_broadcastss_ps(f16_scale(b.d)))
     }
@@ -292,7 +291,7 @@ impl Load<BlockQ4_1> for Avx2 {
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_1, i: usize) -> __m256 {
         let b = &*w.add(i / QK);
-        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadl_epi64(p.cast()));
+        let q = nibbles8_at(b.qs.as_ptr(), i % QK);
         let (d, m) = (_mm256_broadcastss_ps(f16_scale(b.d)), _mm256_broadcastss_ps(f16_scale(b.m)));
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), d, m)
     }
@@ -304,11 +303,16 @@ impl Load<BlockQ4_1> for Avx2 {
 }
 
 impl Load<BlockQ8_0> for Avx512 {
+    /// Half of the block `load_w2` widens (the pair loop of `kernel::tile` covers every block, so
+    /// this only keeps the trait whole).
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ8_0, i: usize) -> __m512 {
-        let b = &*w.add(i / QK);
-        let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(b.qs.as_ptr().add(i % QK).cast()));
-        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_broadcastss_ps(f16_scale(b.d)))
+        let (lo, hi) = Self::load_w2(w, i - i % QK);
+        if i % QK == 0 {
+            lo
+        } else {
+            hi
+        }
     }
 
     #[inline(always)]
@@ -327,12 +331,16 @@ impl Load<BlockQ8_0> for Avx512 {
 }
 
 impl Load<BlockQ4_0> for Avx512 {
+    /// Half of the block `load_w2` widens (the pair loop of `kernel::tile` covers every block, so
+    /// this only keeps the trait whole).
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_0, i: usize) -> __m512 {
-        let b = &*w.add(i / QK);
-        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadu_si128(p.cast()));
-        let q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(q), _mm512_set1_epi32(8));
-        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_broadcastss_ps(f16_scale(b.d)))
+        let (lo, hi) = Self::load_w2(w, i - i % QK);
+        if i % QK == 0 {
+            lo
+        } else {
+            hi
+        }
     }
 
     #[inline(always)]
@@ -355,12 +363,16 @@ impl Load<BlockQ4_0> for Avx512 {
 }
 
 impl Load<BlockQ4_1> for Avx512 {
+    /// Half of the block `load_w2` widens (the pair loop of `kernel::tile` covers every block, so
+    /// this only keeps the trait whole).
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_1, i: usize) -> __m512 {
-        let b = &*w.add(i / QK);
-        let q = nibbles_at(b.qs.as_ptr(), i % QK, |p| _mm_loadu_si128(p.cast()));
-        let (d, m) = (_mm512_broadcastss_ps(f16_scale(b.d)), _mm512_broadcastss_ps(f16_scale(b.m)));
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)), d, m)
+        let (lo, hi) = Self::load_w2(w, i - i % QK);
+        if i % QK == 0 {
+            lo
+        } else {
+            hi
+        }
     }
 
     #[inline(always)]

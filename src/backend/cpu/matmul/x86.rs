@@ -308,7 +308,7 @@ impl Load<BlockQ8_0> for Avx512 {
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ8_0, i: usize) -> __m512 {
         let (lo, hi) = Self::load_w2(w, i - i % QK);
-        if i % QK == 0 {
+        if i.is_multiple_of(QK) {
             lo
         } else {
             hi
@@ -336,7 +336,7 @@ impl Load<BlockQ4_0> for Avx512 {
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_0, i: usize) -> __m512 {
         let (lo, hi) = Self::load_w2(w, i - i % QK);
-        if i % QK == 0 {
+        if i.is_multiple_of(QK) {
             lo
         } else {
             hi
@@ -368,7 +368,7 @@ impl Load<BlockQ4_1> for Avx512 {
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_1, i: usize) -> __m512 {
         let (lo, hi) = Self::load_w2(w, i - i % QK);
-        if i % QK == 0 {
+        if i.is_multiple_of(QK) {
             lo
         } else {
             hi

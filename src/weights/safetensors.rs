@@ -171,3 +171,49 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
     let dir = index.parent().unwrap_or(Path::new("."));
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use safetensors::tensor::{Dtype, TensorView};
+
+    use super::*;
+    use crate::weights::gguf::test_writer::scratch_dir;
+
+    /// A safetensors file holding one U8 tensor `w` of `shape` and the given metadata.
+    fn write(test: &str, shape: &[usize], metadata: &[(&str, &str)]) -> PathBuf {
+        let bytes = vec![0u8; shape.iter().product()];
+        let view = TensorView::new(Dtype::U8, shape.to_vec(), &bytes).unwrap();
+        let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let path = scratch_dir(test).join("model.safetensors");
+        std::fs::write(&path, safetensors::serialize([("w", view)], &Some(meta)).unwrap()).unwrap();
+        path
+    }
+
+    /// Blocks kept by `import-gguf --dtype keep` load with their type and the shape in values.
+    #[test]
+    fn quantized_tensor_loads_with_its_value_shape() {
+        let path = write("st_q4_1", &[3, 40], &[("clover.quant.w", "Q4_1")]);
+        let files = SafetensorsFiles::open(std::slice::from_ref(&path)).unwrap();
+        let t = files.get("w", &[3, 64]).unwrap();
+        assert_eq!((t.dtype, t.bytes.as_slice().len()), (DType::Q4_1, 120));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    /// Bad quantized tensors are errors naming the file and the tensor or key, never a panic.
+    #[test]
+    fn bad_quantized_tensors_are_named() {
+        let cases: [(&str, &[usize], &[(&str, &str)], &str); 3] = [
+            ("st_unknown", &[2, 34], &[("clover.quant.w", "Q5_K")], "clover.quant.w"),
+            ("st_misfit", &[2, 30], &[("clover.quant.w", "Q8_0")], "whole blocks"),
+            ("st_no_type", &[2, 34], &[], "U8"),
+        ];
+        for (test, shape, metadata, needle) in cases {
+            let path = write(test, shape, metadata);
+            let err = SafetensorsFiles::open(std::slice::from_ref(&path)).err().expect(test).to_string();
+            assert!(err.contains(&path.display().to_string()) && err.contains(needle), "{test}: {err}");
+            std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        }
+    }
+}

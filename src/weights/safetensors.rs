@@ -204,7 +204,9 @@ mod tests {
     /// Bad quantized tensors are errors naming the file and the tensor or key, never a panic.
     #[test]
     fn bad_quantized_tensors_are_named() {
-        let cases: [(&str, &[usize], &[(&str, &str)], &str); 3] = [
+        // (test, U8 shape, metadata, a word the error must contain)
+        type Case = (&'static str, &'static [usize], &'static [(&'static str, &'static str)], &'static str);
+        let cases: [Case; 3] = [
             ("st_unknown", &[2, 34], &[("clover.quant.w", "Q5_K")], "clover.quant.w"),
             ("st_misfit", &[2, 30], &[("clover.quant.w", "Q8_0")], "whole blocks"),
             ("st_no_type", &[2, 34], &[], "U8"),

@@ -4,7 +4,9 @@
 //!
 //! Groups: `memory` (copy, bytes/s); `gemv_bf16` (m = 1, weight bytes/s); `gemm_bf16/<k>x<n>`
 //! (every m, multiply-adds/s as "elements"): the m = 26 / m = 1 time ratio says how much a
-//! 26-node tree verification costs over one decode step.
+//! 26-node tree verification costs over one decode step; `gemm_q4_1/<k>x<n>` the same for the
+//! blocks `import-gguf --dtype keep` keeps. Calls are timed on a worker of a thread pool, as the CLI
+//! makes them (since 2026-12-06; earlier runs also timed waking the pool, ~10–20 µs a call).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
@@ -29,6 +31,21 @@ fn bf16_weight(n: usize, k: usize) -> CpuWeight {
     CpuWeight::new(HostTensor::from_bits("w", DType::BF16, vec![n, k], bits)).unwrap()
 }
 
+/// `iters` calls of `f`, timed on a worker of a thread pool as the CLI runs every command (a call
+/// from outside a pool would also time waking the pool and waiting for it: `cli::run`).
+fn timed(iters: u64, mut f: impl FnMut() + Send) -> Duration {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().build().expect("thread pool"));
+    pool.install(|| {
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+            std::hint::black_box(());
+        }
+        start.elapsed()
+    })
+}
+
 fn copy_bandwidth(c: &mut Criterion) {
     let src = vec![1u8; COPY_BYTES];
     let mut dst = vec![0u8; COPY_BYTES];
@@ -47,7 +64,7 @@ fn gemv(c: &mut Criterion) {
         let x = values(k, 1);
         let mut out = vec![0.0; n];
         g.throughput(Throughput::Bytes(w.bytes() as u64));
-        g.bench_function(format!("{k}x{n}"), |b| b.iter(|| matmul(std::hint::black_box(&x), 1, &w, &mut out)));
+        g.bench_function(format!("{k}x{n}"), |b| b.iter_custom(|iters| timed(iters, || matmul(&x, 1, &w, &mut out))));
     }
     g.finish();
 }
@@ -62,7 +79,7 @@ fn gemm(c: &mut Criterion) {
             let mut out = vec![0.0; m * n];
             g.throughput(Throughput::Elements((m * n * k) as u64));
             g.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
-                b.iter(|| matmul(std::hint::black_box(&x), m, &w, &mut out))
+                b.iter_custom(|iters| timed(iters, || matmul(&x, m, &w, &mut out)))
             });
         }
         g.finish();
@@ -100,7 +117,7 @@ fn gemm_q4_1(c: &mut Criterion) {
             let mut out = vec![0.0; m * n];
             g.throughput(Throughput::Elements((m * n * k) as u64));
             g.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
-                b.iter(|| matmul(std::hint::black_box(&x), m, &w, &mut out))
+                b.iter_custom(|iters| timed(iters, || matmul(&x, m, &w, &mut out)))
             });
         }
         g.finish();

@@ -222,9 +222,14 @@ fn spec_bench_prompts(tok: &clover_engine::model::TextTokenizer) -> Vec<Vec<u32>
 
 /// The full-size check: 20 prompts × 128 tokens on the default model, every tree kind. About
 /// 25 s a prompt and tree on this 2-core machine, so these run by hand:
-/// `cargo test --release --test lossless_greedy -- --ignored --nocapture`.
+/// `cargo test --release --test lossless_greedy -- --ignored --nocapture` (`LOSSLESS_MODEL=DIR`
+/// runs them on another folder of the default model, e.g. `import-gguf --dtype keep`'s).
 fn full_size(kind: DraftKind, head_dir: &Path) {
-    let Some(base) = common::default_model() else { return };
+    let Some(mut base) = common::default_model() else { return };
+    // Another folder of the same model, e.g. its kept-quantized import.
+    if let Some(dir) = std::env::var_os("LOSSLESS_MODEL") {
+        base = dir.into();
+    }
     let model = Llama::load(&base, CpuBackend).unwrap();
     let tok = clover_engine::model::TextTokenizer::load(&base).unwrap();
     check_head(&model, kind, head_dir, &spec_bench_prompts(&tok), 128);

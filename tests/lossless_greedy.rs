@@ -155,8 +155,13 @@ fn shipped_head(kind: DraftKind) -> std::path::PathBuf {
 fn shipped_heads_default_model() {
     let Some(base) = common::default_model() else { return };
     let model = Llama::load(&base, CpuBackend).unwrap();
-    let tok = clover_engine::model::TextTokenizer::load(&base).unwrap();
-    // Chat prompts written here: CI's clone has no ../shared beside it.
+    shipped_heads_two_chats(&model, &base);
+}
+
+/// Both shipped heads, every tree, 2 chat prompts × 40 tokens (written here: CI's clone has no
+/// ../shared beside it).
+fn shipped_heads_two_chats(model: &Llama<CpuBackend>, model_dir: &Path) {
+    let tok = clover_engine::model::TextTokenizer::load(model_dir).unwrap();
     let prompts: Vec<Vec<u32>> = ["Explain what a hash table is.", "Write a short poem about the sea."]
         .iter()
         .map(|q| {
@@ -165,7 +170,7 @@ fn shipped_heads_default_model() {
         })
         .collect();
     for kind in [DraftKind::Eagle, DraftKind::Clover2] {
-        check_head(&model, kind, &shipped_head(kind), &prompts, 40);
+        check_head(model, kind, &shipped_head(kind), &prompts, 40);
     }
 }
 
@@ -174,31 +179,9 @@ fn shipped_heads_default_model() {
 #[test]
 fn shipped_heads_kept_quantized_default_model() {
     let Some(_) = common::default_model() else { return };
-    let gguf = clover_engine::paths::default_gguf_file();
-    if !gguf.exists() {
-        assert!(std::env::var_os("CLOVER_REQUIRE_MODEL").is_none(), "{} is missing", gguf.display());
-        eprintln!("skipped: {} not found (run tools/fetch-default-model.sh)", gguf.display());
-        return;
-    }
-    let base = common::temp_dir("lossless-keep").join("q4_1");
-    clover_engine::weights::gguf_import::import_gguf(
-        &gguf,
-        &base,
-        clover_engine::weights::gguf_import::ImportDType::Keep,
-    )
-    .unwrap();
+    let Some(base) = common::kept_quantized_model("lossless-keep") else { return };
     let model = Llama::load(&base, CpuBackend).unwrap();
-    let tok = clover_engine::model::TextTokenizer::load(&base).unwrap();
-    let prompts: Vec<Vec<u32>> = ["Explain what a hash table is.", "Write a short poem about the sea."]
-        .iter()
-        .map(|q| {
-            let msg = clover_engine::model::ChatMessage::new("user", q);
-            tok.encode(&tok.render_chat(&[msg], true).unwrap(), false).unwrap()
-        })
-        .collect();
-    for kind in [DraftKind::Eagle, DraftKind::Clover2] {
-        check_head(&model, kind, &shipped_head(kind), &prompts, 40);
-    }
+    shipped_heads_two_chats(&model, &base);
     std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
 }
 

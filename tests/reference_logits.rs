@@ -83,15 +83,7 @@ fn kept_quantized_weights_agree_more_closely_than_bf16() {
     let Some(dir) = common::default_model() else {
         return;
     };
-    let gguf = clover_engine::paths::default_gguf_file();
-    if !gguf.exists() {
-        assert!(std::env::var_os("CLOVER_REQUIRE_MODEL").is_none(), "{} is missing", gguf.display());
-        eprintln!("skipped: {} not found (run tools/fetch-default-model.sh)", gguf.display());
-        return;
-    }
-    let kept = common::temp_dir("reference-keep").join("q4_1");
-    let o = common::engine(&["import-gguf", gguf.to_str().unwrap(), kept.to_str().unwrap(), "--dtype", "keep"]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    let Some(kept) = common::kept_quantized_model("reference-keep") else { return };
     let (_, kl_bf16) = agreement(&dir).check("bf16 import");
     let (_, kl_kept) = agreement(&kept).check("kept Q4_1/Q8_0 blocks");
     assert!(kl_kept <= kl_bf16, "kept blocks: mean KL {kl_kept:e} > bf16 import's {kl_bf16:e}");

@@ -17,6 +17,25 @@ pub fn default_model() -> Option<PathBuf> {
     None
 }
 
+/// The default model's GGUF imported with its blocks kept (`import-gguf --dtype keep`) into a
+/// fresh folder named after `name` (remove its parent when done); skipped like `default_model`.
+pub fn kept_quantized_model(name: &str) -> Option<PathBuf> {
+    let gguf = clover_engine::paths::default_gguf_file();
+    if !gguf.exists() {
+        assert!(
+            std::env::var_os("CLOVER_REQUIRE_MODEL").is_none(),
+            "CLOVER_REQUIRE_MODEL is set but {} is missing",
+            gguf.display()
+        );
+        eprintln!("skipped: {} not found (run tools/fetch-default-model.sh)", gguf.display());
+        return None;
+    }
+    let dir = temp_dir(name).join("q4_1");
+    let o = engine(&["import-gguf", gguf.to_str().unwrap(), dir.to_str().unwrap(), "--dtype", "keep"]);
+    assert!(o.status.success(), "import-gguf --dtype keep: {}", stderr(&o));
+    Some(dir)
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }

@@ -62,12 +62,18 @@ fn check_head(model: &Llama<CpuBackend>, kind: DraftKind, head_dir: &Path, promp
     }
 }
 
-#[test]
-fn eagle_untrained_tiny_model_20_prompts_128_tokens() {
-    let dir = common::temp_dir("lossless-tiny");
-    write_random_model(&dir.join("base"), &tiny_llama_config(96), 11).unwrap();
+/// A random tiny model (vocabulary 96) in `dir/base` and an untrained EAGLE-1 head in `dir/head`.
+fn tiny_model_with_untrained_head(name: &str, seed: u64) -> (std::path::PathBuf, Llama<CpuBackend>) {
+    let dir = common::temp_dir(name);
+    write_random_model(&dir.join("base"), &tiny_llama_config(96), seed).unwrap();
     init_head(DraftKind::Eagle, &dir.join("base"), &dir.join("head"), 5).unwrap();
     let model = Llama::load(&dir.join("base"), CpuBackend).unwrap();
+    (dir, model)
+}
+
+#[test]
+fn eagle_untrained_tiny_model_20_prompts_128_tokens() {
+    let (dir, model) = tiny_model_with_untrained_head("lossless-tiny", 11);
     let prompts: Vec<Vec<u32>> = (0..20u32).map(|p| (0..3 + p % 7).map(|i| (p * 31 + i * 17) % 96).collect()).collect();
     check_prompts(&model, &dir.join("head"), &prompts, 128);
 }
@@ -76,10 +82,7 @@ fn eagle_untrained_tiny_model_20_prompts_128_tokens() {
 /// plainly, one token a step, without the head.
 #[test]
 fn a_tree_of_the_root_alone_decodes_plainly() {
-    let dir = common::temp_dir("lossless-root-only");
-    write_random_model(&dir.join("base"), &tiny_llama_config(96), 13).unwrap();
-    init_head(DraftKind::Eagle, &dir.join("base"), &dir.join("head"), 5).unwrap();
-    let model = Llama::load(&dir.join("base"), CpuBackend).unwrap();
+    let (dir, model) = tiny_model_with_untrained_head("lossless-root-only", 13);
     let mut head = load_head(DraftKind::Eagle, &dir.join("head"), &model).unwrap();
     let tree = TreeSpec::Eagle2(clover_engine::spec::auto_budget::eagle2_tree(0));
     let (prompt, cfg) = (vec![5, 17, 33], greedy(40));

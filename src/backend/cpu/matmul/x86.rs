@@ -302,17 +302,25 @@ impl Load<BlockQ4_1> for Avx2 {
     }
 }
 
+/// AVX-512's single-vector load of a block: the half of the block `load_w2` widens (the pair loop
+/// of `kernel::tile` covers every block, so this only keeps the trait whole).
+#[inline(always)]
+unsafe fn block_half<E: kernel::Element>(w: *const E, i: usize) -> __m512
+where
+    Avx512: Load<E>,
+{
+    let (lo, hi) = Avx512::load_w2(w, i - i % QK);
+    if i.is_multiple_of(QK) {
+        lo
+    } else {
+        hi
+    }
+}
+
 impl Load<BlockQ8_0> for Avx512 {
-    /// Half of the block `load_w2` widens (the pair loop of `kernel::tile` covers every block, so
-    /// this only keeps the trait whole).
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ8_0, i: usize) -> __m512 {
-        let (lo, hi) = Self::load_w2(w, i - i % QK);
-        if i.is_multiple_of(QK) {
-            lo
-        } else {
-            hi
-        }
+        block_half(w, i)
     }
 
     #[inline(always)]
@@ -331,16 +339,9 @@ impl Load<BlockQ8_0> for Avx512 {
 }
 
 impl Load<BlockQ4_0> for Avx512 {
-    /// Half of the block `load_w2` widens (the pair loop of `kernel::tile` covers every block, so
-    /// this only keeps the trait whole).
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_0, i: usize) -> __m512 {
-        let (lo, hi) = Self::load_w2(w, i - i % QK);
-        if i.is_multiple_of(QK) {
-            lo
-        } else {
-            hi
-        }
+        block_half(w, i)
     }
 
     #[inline(always)]
@@ -363,16 +364,9 @@ impl Load<BlockQ4_0> for Avx512 {
 }
 
 impl Load<BlockQ4_1> for Avx512 {
-    /// Half of the block `load_w2` widens (the pair loop of `kernel::tile` covers every block, so
-    /// this only keeps the trait whole).
     #[inline(always)]
     unsafe fn load_w(w: *const BlockQ4_1, i: usize) -> __m512 {
-        let (lo, hi) = Self::load_w2(w, i - i % QK);
-        if i.is_multiple_of(QK) {
-            lo
-        } else {
-            hi
-        }
+        block_half(w, i)
     }
 
     #[inline(always)]

@@ -12,10 +12,13 @@
 #      size, counted on the new data);
 #   5. round 4: one epoch of each head from round 3 over both data folders (548 steps, seed 3);
 #      Clover-2 with AD0's token injection scaled by 5 at the start and trained at 20x the rate;
-#   6. export both heads as bf16 into assets/smollm2-135m-instruct/{clover2,eagle}.
+#   6. round 5: gen-data over ShareGPT [2547, 4547), one epoch from round 4 (450 steps, seed 4);
+#   7. round 6: gen-data over ShareGPT [4547, 7047), 1000 steps from round 5 over the round-5 and
+#      round-6 folders (seed 5); Clover-2 keeps AD0's v at 20x the rate in rounds 5 and 6;
+#   8. export both heads as bf16 into assets/smollm2-135m-instruct/{clover2,eagle}.
 # Every stage resumes: rerun the script (with a larger STEPS / STEPS2 / STEPS3) to continue training.
 # Environment: STEPS (round 1: train until this many steps, default 240), STEPS2 (round 2, default
-# 320), STEPS3 (round 3, default 330), STEPS4 (round 4, default 548), RUNS (work folder, default runs/), THREADS (CPU threads per
+# 320), STEPS3 (round 3, default 330), STEPS4 (round 4, default 548), STEPS5 (450), STEPS6 (1000), RUNS (work folder, default runs/), THREADS (CPU threads per
 # distill run, default all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,10 +73,38 @@ for head in clover2 eagle; do
   "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512,$runs/sharegpt-512-b" --head "$head" \
     --out "$runs/$head-r4" --steps "$steps4" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 548 \
     --max-len 512 --eval-every 50 --eval-tokens 2048 --seed 3 --draft-vocab 8192 "${from[@]}"
+done
+
+# Round 5: new conversations, ShareGPT [2547, 4547), one epoch from round 4 (450 steps, seed 4);
+# Clover-2 keeps AD0's v at 20x the learning rate. (The shipped heads' round 5 started from the bf16
+# round-4 heads as exported to assets/, the f32 round-4 folders being on another machine; this
+# script starts from those folders, which differ by the bf16 rounding.)
+steps5="${STEPS5:-450}"
+"$engine" gen-data --out "$runs/sharegpt-512-c" --start 2547 --end 4547 --max-len 512
+for head in clover2 eagle; do
+  from=(--init "$runs/$head-r4")
+  [ "$head" = clover2 ] && from+=(--lr-scale clover_head_mlp_rnn.v=20)
+  [ -f "$runs/$head-r5/config.json" ] && from=(--resume)
+  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512-c" --head "$head" --out "$runs/$head-r5" \
+    --steps "$steps5" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 450 --max-len 512 \
+    --eval-every 50 --eval-tokens 2048 --seed 4 --draft-vocab 8192 "${from[@]}"
+done
+
+# Round 6: 2,500 more new conversations, ShareGPT [4547, 7047), then 1000 steps (about one epoch)
+# from round 5 over the round-5 and round-6 folders together (seed 5).
+steps6="${STEPS6:-1000}"
+"$engine" gen-data --out "$runs/sharegpt-512-d" --start 4547 --end 7047 --max-len 512
+for head in clover2 eagle; do
+  from=(--init "$runs/$head-r5")
+  [ "$head" = clover2 ] && from+=(--lr-scale clover_head_mlp_rnn.v=20)
+  [ -f "$runs/$head-r6/config.json" ] && from=(--resume)
+  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512-c,$runs/sharegpt-512-d" --head "$head" \
+    --out "$runs/$head-r6" --steps "$steps6" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 1000 \
+    --max-len 512 --eval-every 100 --eval-tokens 2048 --seed 5 --draft-vocab 8192 "${from[@]}"
   shipped="assets/smollm2-135m-instruct/$head"
-  "$engine" export-head --from "$runs/$head-r4" --out "$shipped"
-  cp "$runs/$head-r4/loss.svg" "$runs/$head-r4/accuracy.svg" "$shipped/"
-  for round in 1 2 3 4; do
+  "$engine" export-head --from "$runs/$head-r6" --out "$shipped"
+  cp "$runs/$head-r6/loss.svg" "$runs/$head-r6/accuracy.svg" "$shipped/"
+  for round in 1 2 3 4 5 6; do
     dir="$runs/$head-r$round"
     [ "$round" = 1 ] && dir="$runs/$head"
     cp "$dir/metrics.jsonl" "$shipped/training-metrics-round$round.jsonl"

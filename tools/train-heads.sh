@@ -42,65 +42,60 @@ for head in clover2 eagle; do
     --eval-every 20 --eval-tokens 2048 --seed 0 "${resume[@]}"
 done
 
+# One warm-started round of one head: from the head folder INIT (or resuming OUT) at peak lr 3e-4,
+# warm-up 20, over the 8192 most frequent assistant tokens. Arguments: head, out, init, data
+# folders, steps, step where the decay ends, held-out evaluation interval, seed; then distill
+# options for a new run only (a resumed run keeps the ones it started with).
+warm_round() {
+  local head=$1 out=$2 init=$3 data=$4 steps=$5 total=$6 every=$7 seed=$8
+  shift 8
+  local from=(--init "$init" "$@")
+  [ -f "$out/config.json" ] && from=(--resume)
+  "$engine" "${threads[@]}" distill --data "$data" --head "$head" --out "$out" --steps "$steps" \
+    --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps "$total" --max-len 512 --eval-every "$every" \
+    --eval-tokens 2048 --seed "$seed" --draft-vocab 8192 "${from[@]}"
+}
+
 steps2="${STEPS2:-320}"
 for head in clover2 eagle; do
-  from=(--init "$runs/$head")
-  [ -f "$runs/$head-r2/config.json" ] && from=(--resume)
-  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512" --head "$head" --out "$runs/$head-r2" \
-    --steps "$steps2" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps "$steps2" --max-len 512 \
-    --eval-every 40 --eval-tokens 2048 --seed 1 --draft-vocab 8192 "${from[@]}"
+  warm_round "$head" "$runs/$head-r2" "$runs/$head" "$runs/sharegpt-512" "$steps2" "$steps2" 40 1
 done
 
 # Round 3: new conversations, ShareGPT [1000, 2547), one epoch from round 2, same settings.
-steps3="${STEPS3:-330}"
 "$engine" gen-data --out "$runs/sharegpt-512-b" --start 1000 --end 2547 --max-len 512
 for head in clover2 eagle; do
-  from=(--init "$runs/$head-r2")
-  [ -f "$runs/$head-r3/config.json" ] && from=(--resume)
-  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512-b" --head "$head" --out "$runs/$head-r3" \
-    --steps "$steps3" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 330 --max-len 512 \
-    --eval-every 55 --eval-tokens 2048 --seed 2 --draft-vocab 8192 "${from[@]}"
+  warm_round "$head" "$runs/$head-r3" "$runs/$head-r2" "$runs/sharegpt-512-b" "${STEPS3:-330}" 330 55 2
 done
 
 # Round 4: both data folders together, one epoch from round 3 (548 steps, seed 3). Clover-2 starts
 # with AD0's token injection (v) scaled by 5 and trains it at 20x the learning rate (README,
 # "Trained heads": after round 3 the injected token was ~3% of the feature's norm).
-steps4="${STEPS4:-548}"
 for head in clover2 eagle; do
-  from=(--init "$runs/$head-r3")
-  [ "$head" = clover2 ] && from+=(--init-scale clover_head_mlp_rnn.v=5 --lr-scale clover_head_mlp_rnn.v=20)
-  [ -f "$runs/$head-r4/config.json" ] && from=(--resume)
-  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512,$runs/sharegpt-512-b" --head "$head" \
-    --out "$runs/$head-r4" --steps "$steps4" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 548 \
-    --max-len 512 --eval-every 50 --eval-tokens 2048 --seed 3 --draft-vocab 8192 "${from[@]}"
+  extra=()
+  [ "$head" = clover2 ] && extra=(--init-scale clover_head_mlp_rnn.v=5 --lr-scale clover_head_mlp_rnn.v=20)
+  warm_round "$head" "$runs/$head-r4" "$runs/$head-r3" "$runs/sharegpt-512,$runs/sharegpt-512-b" \
+    "${STEPS4:-548}" 548 50 3 "${extra[@]}"
 done
 
 # Round 5: new conversations, ShareGPT [2547, 4547), one epoch from round 4 (450 steps, seed 4);
 # Clover-2 keeps AD0's v at 20x the learning rate. (The shipped heads' round 5 started from the bf16
 # round-4 heads as exported to assets/, the f32 round-4 folders being on another machine; this
 # script starts from those folders, which differ by the bf16 rounding.)
-steps5="${STEPS5:-450}"
 "$engine" gen-data --out "$runs/sharegpt-512-c" --start 2547 --end 4547 --max-len 512
 for head in clover2 eagle; do
-  from=(--init "$runs/$head-r4")
-  [ "$head" = clover2 ] && from+=(--lr-scale clover_head_mlp_rnn.v=20)
-  [ -f "$runs/$head-r5/config.json" ] && from=(--resume)
-  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512-c" --head "$head" --out "$runs/$head-r5" \
-    --steps "$steps5" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 450 --max-len 512 \
-    --eval-every 50 --eval-tokens 2048 --seed 4 --draft-vocab 8192 "${from[@]}"
+  extra=()
+  [ "$head" = clover2 ] && extra=(--lr-scale clover_head_mlp_rnn.v=20)
+  warm_round "$head" "$runs/$head-r5" "$runs/$head-r4" "$runs/sharegpt-512-c" "${STEPS5:-450}" 450 50 4 "${extra[@]}"
 done
 
 # Round 6: 2,500 more new conversations, ShareGPT [4547, 7047), then 1000 steps (about one epoch)
-# from round 5 over the round-5 and round-6 folders together (seed 5).
-steps6="${STEPS6:-1000}"
+# from round 5 over the round-5 and round-6 folders together (seed 5); then export both heads.
 "$engine" gen-data --out "$runs/sharegpt-512-d" --start 4547 --end 7047 --max-len 512
 for head in clover2 eagle; do
-  from=(--init "$runs/$head-r5")
-  [ "$head" = clover2 ] && from+=(--lr-scale clover_head_mlp_rnn.v=20)
-  [ -f "$runs/$head-r6/config.json" ] && from=(--resume)
-  "$engine" "${threads[@]}" distill --data "$runs/sharegpt-512-c,$runs/sharegpt-512-d" --head "$head" \
-    --out "$runs/$head-r6" --steps "$steps6" --batch-tokens 2048 --lr 3e-4 --warmup 20 --total-steps 1000 \
-    --max-len 512 --eval-every 100 --eval-tokens 2048 --seed 5 --draft-vocab 8192 "${from[@]}"
+  extra=()
+  [ "$head" = clover2 ] && extra=(--lr-scale clover_head_mlp_rnn.v=20)
+  warm_round "$head" "$runs/$head-r6" "$runs/$head-r5" "$runs/sharegpt-512-c,$runs/sharegpt-512-d" \
+    "${STEPS6:-1000}" 1000 100 5 "${extra[@]}"
   shipped="assets/smollm2-135m-instruct/$head"
   "$engine" export-head --from "$runs/$head-r6" --out "$shipped"
   cp "$runs/$head-r6/loss.svg" "$runs/$head-r6/accuracy.svg" "$shipped/"

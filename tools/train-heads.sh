@@ -82,9 +82,11 @@ done
 # round-4 heads as exported to assets/, the f32 round-4 folders being on another machine; this
 # script starts from those folders, which differ by the bf16 rounding.)
 "$engine" gen-data --out "$runs/sharegpt-512-c" --start 2547 --end 4547 --max-len 512
+# Clover-2's option in rounds 5 and 6 (round 4's rate for AD0's v, without its starting scale).
+ad0_rate=(--lr-scale clover_head_mlp_rnn.v=20)
 for head in clover2 eagle; do
   extra=()
-  [ "$head" = clover2 ] && extra=(--lr-scale clover_head_mlp_rnn.v=20)
+  [ "$head" = clover2 ] && extra=("${ad0_rate[@]}")
   warm_round "$head" "$runs/$head-r5" "$runs/$head-r4" "$runs/sharegpt-512-c" "${STEPS5:-450}" 450 50 4 "${extra[@]}"
 done
 
@@ -93,7 +95,7 @@ done
 "$engine" gen-data --out "$runs/sharegpt-512-d" --start 4547 --end 7047 --max-len 512
 for head in clover2 eagle; do
   extra=()
-  [ "$head" = clover2 ] && extra=(--lr-scale clover_head_mlp_rnn.v=20)
+  [ "$head" = clover2 ] && extra=("${ad0_rate[@]}")
   warm_round "$head" "$runs/$head-r6" "$runs/$head-r5" "$runs/sharegpt-512-c,$runs/sharegpt-512-d" \
     "${STEPS6:-1000}" 1000 100 5 "${extra[@]}"
   shipped="assets/smollm2-135m-instruct/$head"

@@ -331,3 +331,40 @@ fn lr_and_init_scales_act_on_the_named_parameters_and_resume_keeps_them() {
     assert!(err.contains("clover_head_mlp_rnn.x") && err.contains("clover_head_mlp_rnn.v.weight"), "{err}");
     assert!(!root.join("typo").exists(), "a refused run writes nothing");
 }
+
+/// `--loss-weights`: the total weighs each head's vloss and ploss by the given terms times the
+/// head's decay (0.7^i for Clover-2), a resumed run keeps them, and non-positive weights are
+/// refused before anything is written.
+#[test]
+fn loss_weights_replace_the_spec_terms_and_resume_keeps_them() {
+    let (root, model, data) = setup("loss-weights");
+    let out = root.join("reweighted");
+    let opts = DistillOptions {
+        loss_weights: Some((1.0, 2.0)),
+        eval_every: 1,
+        ..options(&model, &data, DraftKind::Clover2, &out, 1)
+    };
+    distill(&opts, CpuBackend).unwrap();
+    let lines = metrics(&out);
+    let held = lines.iter().find(|l| l.split == HELDOUT).expect("a held-out evaluation");
+    let expected: f64 =
+        (0..held.vloss.len()).map(|i| 0.7f64.powi(i as i32) * (held.vloss[i] + 2.0 * held.ploss[i])).sum();
+    assert!((held.loss - expected).abs() < 1e-4 * expected, "total {} against {expected}", held.loss);
+
+    let resumed = |weights: Option<(f32, f32)>| DistillOptions {
+        resume: true,
+        lr: None,
+        loss_weights: weights,
+        ..options(&model, &data, DraftKind::Clover2, &out, 2)
+    };
+    let err = distill(&resumed(Some((10.0, 1.0))), CpuBackend).expect_err("other weights on resume").to_string();
+    assert!(err.contains("state.json") && err.contains("loss_weights") && err.contains("1,2"), "{err}");
+    distill(&resumed(None), CpuBackend).expect("the run's own weights are kept");
+
+    let refused = root.join("refused");
+    let opts =
+        DistillOptions { loss_weights: Some((0.0, 1.0)), ..options(&model, &data, DraftKind::Eagle, &refused, 1) };
+    let err = distill(&opts, CpuBackend).expect_err("a zero weight").to_string();
+    assert!(err.contains("--loss-weights"), "{err}");
+    assert!(!refused.exists(), "a refused run writes nothing");
+}

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use clover_engine::backend::Backend;
-use clover_engine::error::Result;
+use clover_engine::error::{Error, Result};
 use clover_engine::train::distill::{
     distill, reference_schedule, DistillOptions, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
 };
@@ -75,9 +75,21 @@ pub struct DistillArgs {
     /// only: from --init or a fresh head), e.g. `clover_head_mlp_rnn.v=5`.
     #[arg(long, value_name = "PREFIX=FACTOR", value_delimiter = ',')]
     init_scale: Vec<TensorScale>,
+    /// Weigh the regression (SmoothL1) and distribution (soft cross-entropy) losses VLOSS and
+    /// PLOSS before each head's decay, instead of the spec's (Clover-2 10,1; EAGLE-1 1,0.1).
+    /// A resumed run keeps them.
+    #[arg(long, value_name = "VLOSS,PLOSS", value_delimiter = ',')]
+    loss_weights: Option<Vec<f32>>,
 }
 
 pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
+    let loss_weights = match a.loss_weights.as_deref() {
+        None => None,
+        Some(&[v, p]) => Some((v, p)),
+        Some(other) => {
+            return Err(Error::input(format!("--loss-weights takes two numbers, VLOSS,PLOSS, not {other:?}")))
+        }
+    };
     let opts = DistillOptions {
         model_dir: super::model_dir(a.model)?,
         data_dirs: a.data,
@@ -95,6 +107,7 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         draft_vocab: a.draft_vocab,
         lr_scales: a.lr_scale,
         init_scales: a.init_scale,
+        loss_weights,
         eval_every: a.eval_every,
         eval_tokens: a.eval_tokens,
         progress: true,

@@ -52,6 +52,10 @@ pub struct RunConfig {
     /// Factors the starting head's tensors were multiplied by (`--init-scale`), for the record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_scales: Vec<TensorScale>,
+    /// The weights of vloss and ploss before the per-head decay (`--loss-weights`); absent: the
+    /// spec's, and in checkpoints written before the option existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_weights: Option<(f32, f32)>,
 }
 
 /// Enough of the data's index.json to tell another data set from this one.

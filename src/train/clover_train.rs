@@ -270,6 +270,10 @@ impl<B: Backend> TrainHead<B> for CloverTrainee<B> {
         &self.loss
     }
 
+    fn set_loss_spec(&mut self, spec: LossSpec) {
+        self.loss = spec;
+    }
+
     fn set_weights(&mut self, weights: Vec<B::Weight>) {
         self.w = Self::build(&self.config, &self.clover, weights);
     }

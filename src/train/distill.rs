@@ -76,6 +76,8 @@ pub struct DistillOptions {
     pub lr_scales: Vec<TensorScale>,
     /// Factors the starting head's tensors are multiplied by, by tensor-name prefix (new runs).
     pub init_scales: Vec<TensorScale>,
+    /// Weights of vloss and ploss before the per-head decay, instead of the spec's.
+    pub loss_weights: Option<(f32, f32)>,
     /// Held-out evaluation and checkpoint every this many steps (and at the end).
     pub eval_every: u64,
     /// Held-out tokens evaluated (the first conversations of the held-out tail).
@@ -157,7 +159,11 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     let source = HeadSource::new(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()))?;
     // The checkpoint of a resumed run already holds the scaled start, trained on.
     let init_scales = if resumed.is_some() { &[][..] } else { &run.init_scales[..] };
-    let head = load_head(b, opts, &base, &source, run.seed, init_scales)?;
+    let mut head = load_head(b, opts, &base, &source, run.seed, init_scales)?;
+    if let Some((v, p)) = run.loss_weights {
+        let spec = head.trainee.loss_spec().clone().with_terms(v, p);
+        head.trainee.set_loss_spec(spec);
+    }
     let lr_factors = per_parameter("--lr-scale", &run.lr_scales, &head.params.specs)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
@@ -317,7 +323,13 @@ fn resolve_run(
             draft_vocab: opts.draft_vocab,
             lr_scales: opts.lr_scales.clone(),
             init_scales: opts.init_scales.clone(),
+            loss_weights: opts.loss_weights,
         };
+        if let Some((v, p)) = run.loss_weights {
+            if !(v > 0.0 && p > 0.0 && v.is_finite() && p.is_finite()) {
+                return Err(Error::input(format!("--loss-weights must be two positive numbers, not {v},{p}")));
+            }
+        }
         if run.draft_vocab == Some(0) {
             return Err(Error::input("--draft-vocab must be at least 1"));
         }
@@ -353,6 +365,8 @@ fn resolve_run(
     let scales_name = |s: &[TensorScale]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     let given_scales = (!opts.lr_scales.is_empty()).then(|| scales_name(&opts.lr_scales));
     check("lr_scales", given_scales, scales_name(&stored.lr_scales))?;
+    let weights_name = |w: Option<(f32, f32)>| w.map_or("the spec's".to_string(), |(v, p)| format!("{v},{p}"));
+    check("loss_weights", opts.loss_weights.map(|w| weights_name(Some(w))), weights_name(stored.loss_weights))?;
     if !opts.init_scales.is_empty() {
         return Err(Error::input(
             "--init-scale sets the starting head of a new run; --resume continues from a checkpoint",

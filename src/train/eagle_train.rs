@@ -140,6 +140,10 @@ impl<B: Backend> TrainHead<B> for EagleTrainee<B> {
         &self.loss
     }
 
+    fn set_loss_spec(&mut self, spec: LossSpec) {
+        self.loss = spec;
+    }
+
     fn set_weights(&mut self, weights: Vec<B::Weight>) {
         self.w = Self::build(&self.config, weights);
     }

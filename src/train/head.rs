@@ -23,6 +23,9 @@ pub trait TrainHead<B: Backend> {
 
     fn loss_spec(&self) -> &LossSpec;
 
+    /// Replaces the loss weighting (`distill --loss-weights`).
+    fn set_loss_spec(&mut self, spec: LossSpec);
+
     /// Replaces the forward's weights (built from the parameters, in their order).
     fn set_weights(&mut self, weights: Vec<B::Weight>);
 

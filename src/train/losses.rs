@@ -28,6 +28,9 @@ pub struct LossSpec {
     pub ploss: Vec<f32>,
     /// Added to Σ mask in the denominators.
     pub offset: f32,
+    /// The weights of vloss and ploss before the per-head decay (clover2.md: 10 and 1; eagle.md:
+    /// 1 and 0.1), which `with_terms` replaces.
+    pub terms: (f32, f32),
 }
 
 /// Row weights of one head's two loss terms: mask × scale.
@@ -59,7 +62,7 @@ impl HeadSums {
 impl LossSpec {
     /// eagle.md §5: 1.0·vloss + 0.1·ploss, denominators Σ mask + 1e-5.
     pub fn eagle() -> Self {
-        LossSpec { vloss: vec![1.0], ploss: vec![0.1], offset: 1e-5 }
+        LossSpec { vloss: vec![1.0], ploss: vec![0.1], offset: 1e-5, terms: (1.0, 0.1) }
     }
 
     /// clover2.md §8: head i weighs (10·vloss_i + 1·ploss_i)·coefficient·decay^i, denominators
@@ -70,7 +73,18 @@ impl LossSpec {
             vloss: w.iter().map(|w| (10.0 * w) as f32).collect(),
             ploss: w.iter().map(|&w| w as f32).collect(),
             offset: 1.0,
+            terms: (10.0, 1.0),
         }
+    }
+
+    /// The same heads and decay with vloss and ploss weighed `vloss` and `ploss` instead of the
+    /// spec's terms (a training experiment: `distill --loss-weights`).
+    pub fn with_terms(mut self, vloss: f32, ploss: f32) -> Self {
+        let (v0, p0) = self.terms;
+        self.vloss.iter_mut().for_each(|w| *w *= vloss / v0);
+        self.ploss.iter_mut().for_each(|w| *w *= ploss / p0);
+        self.terms = (vloss, ploss);
+        self
     }
 
     pub fn heads(&self) -> usize {
@@ -238,6 +252,18 @@ mod tests {
             assert!((per_head[1].0 - 0.328125).abs() < 1e-6 && (per_head[1].1 - 0.7291).abs() < 1e-6, "{per_head:?}");
             assert!((spec.total(&per_head) - 0.7 * (10.0 * 0.328125 + 0.7291)).abs() < 1e-5);
         }
+    }
+
+    /// `--loss-weights 1,1` on Clover-2 keeps the decay and replaces the terms 10 and 1.
+    #[test]
+    fn other_term_weights_keep_the_decay() {
+        let spec = LossSpec::clover(3, 1.0, 0.7).with_terms(1.0, 2.0);
+        assert_eq!(spec.terms, (1.0, 2.0));
+        for (i, d) in [1.0f32, 0.7, 0.49].into_iter().enumerate() {
+            assert!((spec.vloss[i] - d).abs() < 1e-6 && (spec.ploss[i] - 2.0 * d).abs() < 1e-6, "{spec:?}");
+        }
+        let eagle = LossSpec::eagle().with_terms(0.5, 0.5);
+        assert_eq!((eagle.vloss[0], eagle.ploss[0]), (0.5, 0.5));
     }
 
     #[test]

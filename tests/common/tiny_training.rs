@@ -77,6 +77,7 @@ pub fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u6
         draft_vocab: None,
         lr_scales: Vec::new(),
         init_scales: Vec::new(),
+        loss_weights: None,
         eval_every: 10,
         eval_tokens: 1000,
         progress: false,

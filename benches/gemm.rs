@@ -69,6 +69,34 @@ fn gemv(c: &mut Criterion) {
     g.finish();
 }
 
+/// The LM head's GEMV with the weight at a 64-byte boundary and 16 bytes past one (a safetensors
+/// file aligns its tensors to 8 bytes only, so a mapped weight can start anywhere in a cache line,
+/// and every 64-byte load then spans two lines).
+fn gemv_alignment(c: &mut Criterion) {
+    let (k, n) = (576, 49152);
+    let bits: Vec<u8> =
+        values(n * k, 7).iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect();
+    let mut map = memmap2::MmapMut::map_anon(bits.len() + 64).expect("anonymous map");
+    let mut g = c.benchmark_group("gemv_bf16_alignment");
+    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    g.throughput(Throughput::Bytes(bits.len() as u64));
+    for offset in [0, 16] {
+        map[offset..offset + bits.len()].copy_from_slice(&bits);
+        let ro = std::sync::Arc::new(map.make_read_only().expect("read-only map"));
+        let bytes = clover_engine::weights::Bytes::Mapped { map: ro.clone(), start: offset, len: bits.len() };
+        let tensor = HostTensor { name: "w".into(), dtype: DType::BF16, shape: vec![n, k], bytes };
+        let w = CpuWeight::new(tensor).unwrap();
+        let x = values(k, 1);
+        let mut out = vec![0.0; n];
+        g.bench_function(format!("{k}x{n}/offset{offset}"), |b| {
+            b.iter_custom(|iters| timed(iters, || matmul(&x, 1, &w, &mut out)))
+        });
+        drop(w);
+        map = std::sync::Arc::try_unwrap(ro).expect("the only map").make_mut().expect("writable map");
+    }
+    g.finish();
+}
+
 fn gemm(c: &mut Criterion) {
     for (k, n) in SHAPES {
         let w = bf16_weight(n, k);
@@ -124,5 +152,5 @@ fn gemm_q4_1(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, copy_bandwidth, gemv, gemm, gemm_q4_1);
+criterion_group!(benches, copy_bandwidth, gemv, gemv_alignment, gemm, gemm_q4_1);
 criterion_main!(benches);

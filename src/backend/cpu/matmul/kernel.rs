@@ -266,6 +266,17 @@ unsafe fn tile<S: Load<E>, E: Element, const R: usize, const C: usize>(
             }
         }
     }
+    store_sums::<S, R, C>(&acc, out, n);
+}
+
+/// `out[r · n + c] = S::sum(acc[r][c])` for a tile of accumulators, four columns at a time
+/// through `sum4`.
+#[inline(always)]
+pub(super) unsafe fn store_sums<S: Simd, const R: usize, const C: usize>(
+    acc: &[[S::V; C]; R],
+    out: *mut f32,
+    n: usize,
+) {
     for (r, acc) in acc.iter().enumerate() {
         let o = out.add(r * n);
         let mut c = 0;

@@ -11,9 +11,12 @@
 //! aarch64, and the portable kernel (8 lanes, 4×1 tiles, no FMA) everywhere else. On CPUs with
 //! AMX, `CLOVER_MATMUL_ISA=amx` sends bf16 weights through the tile unit (`amx.rs`): a tree
 //! verification costs far less, one decode row somewhat more, which on this project's machines
-//! made the best speculative settings slower end to end, so it is not the default. Setting
-//! `CLOVER_MATMUL_ISA` to `amx`, `avx512`, `avx2`, `neon` or `scalar` selects that set instead
-//! if the CPU has it, to compare them on one machine.
+//! made the best speculative settings slower end to end, so it is not the default. On CPUs with
+//! AVX-512 BF16, `CLOVER_MATMUL_ISA=avx512bf16` multiplies bf16 weights by the activations rounded
+//! to bf16 with `vdpbf16ps` (`dpbf16.rs`): verification of a 26-node tree ~1.45× faster, plain
+//! decoding the same, at bf16 precision for the activations, so it is not the default either
+//! (docs/cpu-kernels.md). Setting `CLOVER_MATMUL_ISA` to `amx`, `avx512bf16`, `avx512`, `avx2`,
+//! `neon` or `scalar` selects that set instead if the CPU has it, to compare them on one machine.
 //!
 //! Numerics: each output is a fixed-order f32 sum (see `kernel.rs`) that does not depend on `m`,
 //! on the tiling or on the thread count, so a row's result is bit-identical whether it was
@@ -25,6 +28,10 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod bf16_split;
+#[cfg(target_arch = "x86_64")]
+mod dpbf16;
 mod kernel;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -59,6 +66,10 @@ enum Isa {
     /// AVX-512 for f32 and f16 weights, AMX tiles for bf16 weights (`amx.rs`).
     #[cfg(target_arch = "x86_64")]
     Amx,
+    /// AVX-512 for f32 and f16 weights, `vdpbf16ps` for bf16 weights with the activations
+    /// rounded to bf16 (`dpbf16.rs`).
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
     #[cfg(target_arch = "aarch64")]
     Neon,
 }
@@ -83,6 +94,10 @@ impl Isa {
     fn available() -> Vec<Isa> {
         #[allow(unused_mut)]
         let mut sets = Isa::vector_sets();
+        #[cfg(target_arch = "x86_64")]
+        if sets.contains(&Isa::Avx512) && dpbf16::supported() {
+            sets.push(Isa::Avx512Bf16);
+        }
         #[cfg(target_arch = "x86_64")]
         if sets.contains(&Isa::Avx512) && amx::supported() {
             sets.push(Isa::Amx);
@@ -120,6 +135,8 @@ impl Isa {
             Isa::Avx512 => "avx512",
             #[cfg(target_arch = "x86_64")]
             Isa::Amx => "amx",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => "avx512bf16",
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => "neon",
         }
@@ -133,7 +150,7 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::columns_avx2(job, c0, c1),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Amx => x86::columns_avx512(job, c0, c1),
+            Isa::Avx512 | Isa::Amx | Isa::Avx512Bf16 => x86::columns_avx512(job, c0, c1),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::columns(job, c0, c1),
         }
@@ -147,7 +164,7 @@ impl Isa {
             Isa::Avx2 => unsafe { x86::dot_avx2(x, w) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Amx => unsafe { x86::dot_avx512(x, w) },
+            Isa::Avx512 | Isa::Amx | Isa::Avx512Bf16 => unsafe { x86::dot_avx512(x, w) },
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::dot(x, w),
         }
@@ -170,22 +187,33 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     if isa == Isa::Amx && w.dtype() == DType::BF16 {
         return amx::matmul(x, m, w.packed_bf16(), out);
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512Bf16, Weights::BF16(wb)) = (isa, weights(w)) {
+        let rows = dpbf16::Rows::new(x, m, k);
+        let out = OutPtr(out.as_mut_ptr());
+        // SAFETY: `isa` is supported (so is AVX-512 BF16); tasks cover disjoint column ranges
+        // within `n`, and `out` (checked to be [m, n]) stays mutably borrowed until they finish.
+        return column_tasks(m, k, n, |c0, c1| unsafe { dpbf16::columns(&rows, m, k, n, wb, out, c0, c1) });
+    }
     let job = Job { x, m, k, n, w: weights(w), out: OutPtr(out.as_mut_ptr()) };
+    // SAFETY: `isa` is supported; tasks cover disjoint column ranges within `n`, and `out`
+    // (checked to be [m, n]) stays mutably borrowed until they all finish.
+    column_tasks(m, k, n, |c0, c1| unsafe { isa.columns(&job, c0, c1) });
+}
+
+/// Runs `task(c0, c1)` over column blocks covering `0..n` of an `[m, k] · [k, n]` product, on the
+/// rayon pool when there is enough work for more than one.
+fn column_tasks(m: usize, k: usize, n: usize, task: impl Fn(usize, usize) + Sync) {
     // Column blocks in multiples of 16 keep tasks' output writes on separate cache lines.
     let by_threads = n.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD);
     let by_work = MIN_TASK_MACS.div_ceil(m * k.max(1));
     let per_task = by_threads.max(by_work).next_multiple_of(16);
-    let task = |t: usize| {
-        let c0 = t * per_task;
-        // SAFETY: `isa` is supported; tasks cover disjoint column ranges within `n`, and `out`
-        // (checked to be [m, n]) stays mutably borrowed until they all finish.
-        unsafe { isa.columns(&job, c0, n.min(c0 + per_task)) }
-    };
+    let block = |t: usize| task(t * per_task, n.min((t + 1) * per_task));
     let tasks = n.div_ceil(per_task);
     if tasks == 1 {
-        task(0);
+        block(0);
     } else {
-        (0..tasks).into_par_iter().for_each(task);
+        (0..tasks).into_par_iter().for_each(block);
     }
 }
 
@@ -302,9 +330,14 @@ mod tests {
                             let scale: f64 = terms.map(f64::abs).sum();
                             let mut tol = (k as f64 / 8.0 + 4.0) * 2f64.powi(-24) * scale;
                             #[cfg(target_arch = "x86_64")]
-                            if isa == Isa::Amx && dtype == DType::BF16 {
-                                // x as hi + lo bf16 parts: within 2⁻¹⁶ of itself (amx.rs).
-                                tol += 2f64.powi(-16) * scale;
+                            if dtype == DType::BF16 {
+                                match isa {
+                                    // x as hi + lo bf16 parts: within 2⁻¹⁶ of itself (amx.rs).
+                                    Isa::Amx => tol += 2f64.powi(-16) * scale,
+                                    // x rounded to bf16: within 2⁻⁸ of itself (dpbf16.rs).
+                                    Isa::Avx512Bf16 => tol += 2f64.powi(-8) * scale,
+                                    _ => {}
+                                }
                             }
                             let got = out[r * n + c] as f64;
                             assert!(
@@ -363,8 +396,8 @@ mod tests {
                 assert_eq!(isa.dot(&x, Weights::F32(w.f32_row(c))).to_bits(), o.to_bits(), "{isa:?} f32 column {c}");
             }
             #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Amx {
-                continue; // bf16 goes through the tiles, whose bits no dot reproduces (amx.rs)
+            if matches!(isa, Isa::Amx | Isa::Avx512Bf16) {
+                continue; // bf16 goes through bf16 products, whose bits no dot reproduces (amx.rs, dpbf16.rs)
             }
             let (w, _) = weight(DType::BF16, n, k, &values);
             let out = run(isa, &x, 1, &w);

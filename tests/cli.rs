@@ -155,7 +155,7 @@ fn gguf_with_unknown_type() -> Vec<u8> {
     while b.len() % 32 != 0 {
         b.push(0);
     }
-    b.extend(std::iter::repeat(0u8).take(4096));
+    b.extend(std::iter::repeat_n(0u8, 4096));
     b
 }
 

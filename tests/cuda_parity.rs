@@ -507,7 +507,7 @@ fn weight_from_buf_round_trips() {
     let v = random(12, 70);
     let (gb, _) = p.bufs(&v);
     let w = p.gpu.weight_from_buf("w", &[3, 4], &gb).unwrap();
-    let (mut go, _) = p.bufs(&vec![0.0; 3 * 4]);
+    let (mut go, _) = p.bufs(&[0.0; 3 * 4]);
     p.gpu.embedding(&w, &[0, 1, 2], &mut go);
     close("weight_from_buf", &p.down(&go), &v, 0.0);
     assert!(p.gpu.weight_from_buf("w", &[5, 4], &gb).is_err(), "a wrong shape is refused");

@@ -116,12 +116,12 @@ impl BudgetPlan {
         let max_rows = expansion_rows(eagle2_tree(verify_ms.len() - 1)).max(1) as f64;
         let mut rows = vec![plain];
         let mut tau = 1.0;
-        for budget in 1..verify_ms.len() {
+        for (budget, &verify_ms) in verify_ms.iter().enumerate().skip(1) {
             tau += accepted_by_rank.get(budget).copied().unwrap_or(0) as f64 / steps.max(1) as f64;
             let draft_ms = begin_ms + expand_ms * expansion_rows(eagle2_tree(budget)) as f64 / max_rows;
-            let step_ms = draft_ms + verify_ms[budget] + accept_ms;
+            let step_ms = draft_ms + verify_ms + accept_ms;
             let tokens_per_s = 1000.0 * tau / step_ms;
-            rows.push(BudgetRow { budget, tau, draft_ms, verify_ms: verify_ms[budget], step_ms, tokens_per_s });
+            rows.push(BudgetRow { budget, tau, draft_ms, verify_ms, step_ms, tokens_per_s });
         }
         let budget = rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).map_or(0, |r| r.budget);
         BudgetPlan { budget, begin_ms, expand_ms, accept_ms, calibration_steps: steps, rows }

@@ -11,6 +11,8 @@ use crate::sampling::{self, SamplingParams};
 use crate::spec::tree::{CloverTreeExpander, CloverTreeParams, Eagle2Expander, Eagle2Params, StaticTree, TreeBuffers};
 
 /// How each step's tree is chosen.
+// One per generation: boxing the static tree's buffers would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum TreeSpec {
     Static(StaticTree),

@@ -13,8 +13,8 @@
 //! verification costs far less, one decode row somewhat more, which on this project's machines
 //! made the best speculative settings slower end to end, so it is not the default. On CPUs with
 //! AVX-512 BF16, `CLOVER_MATMUL_ISA=avx512bf16` multiplies bf16 weights by the activations rounded
-//! to bf16 with `vdpbf16ps` (`dpbf16.rs`): verification of a 26-node tree ~1.45× faster, plain
-//! decoding the same, at bf16 precision for the activations, so it is not the default either
+//! to bf16 with `vdpbf16ps` (`dpbf16.rs`): verification of a 26-node tree ~1.4× faster, but plain
+//! decoding measured slower and the activations are bf16, so it is not the default either
 //! (docs/cpu-kernels.md). Setting `CLOVER_MATMUL_ISA` to `amx`, `avx512bf16`, `avx512`, `avx2`,
 //! `neon` or `scalar` selects that set instead if the CPU has it, to compare them on one machine.
 //!
@@ -187,15 +187,16 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     if isa == Isa::Amx && w.dtype() == DType::BF16 {
         return amx::matmul(x, m, w.packed_bf16(), out);
     }
+    let w = weights(w);
     #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx512Bf16, Weights::BF16(wb)) = (isa, weights(w)) {
+    if let (Isa::Avx512Bf16, Weights::BF16(wb)) = (isa, w) {
         let rows = dpbf16::Rows::new(x, m, k);
         let out = OutPtr(out.as_mut_ptr());
         // SAFETY: `isa` is supported (so is AVX-512 BF16); tasks cover disjoint column ranges
         // within `n`, and `out` (checked to be [m, n]) stays mutably borrowed until they finish.
         return column_tasks(m, k, n, |c0, c1| unsafe { dpbf16::columns(&rows, m, k, n, wb, out, c0, c1) });
     }
-    let job = Job { x, m, k, n, w: weights(w), out: OutPtr(out.as_mut_ptr()) };
+    let job = Job { x, m, k, n, w, out: OutPtr(out.as_mut_ptr()) };
     // SAFETY: `isa` is supported; tasks cover disjoint column ranges within `n`, and `out`
     // (checked to be [m, n]) stays mutably borrowed until they all finish.
     column_tasks(m, k, n, |c0, c1| unsafe { isa.columns(&job, c0, c1) });

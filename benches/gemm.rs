@@ -2,7 +2,8 @@
 //! have: 1 (plain decode), 2..64 (tree verification, draft heads, prefill chunks). A 256 MiB copy
 //! in the same run gives this machine's memory bandwidth to compare the m = 1 rows against.
 //!
-//! Groups: `memory` (copy, bytes/s); `gemv_bf16` (m = 1, weight bytes/s); `gemm_bf16/<k>x<n>`
+//! Groups: `memory` (copy, bytes/s); `gemv_bf16` (m = 1, weight bytes/s); `gemv_bf16_model_step`
+//! (a whole decode step's m = 1 calls from memory, per instruction set, weight bytes/s); `gemm_bf16/<k>x<n>`
 //! (every m, multiply-adds/s as "elements"): the m = 26 / m = 1 time ratio says how much a
 //! 26-node tree verification costs over one decode step; `gemm_q4_1/<k>x<n>` the same for the
 //! blocks `import-gguf --dtype keep` keeps. Calls are timed on a worker of a thread pool, as the CLI
@@ -11,7 +12,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
-use clover_engine::backend::cpu::matmul::matmul;
+use clover_engine::backend::cpu::matmul::{matmul, MatmulIsa};
 use clover_engine::backend::cpu::CpuWeight;
 use clover_engine::weights::{DType, HostTensor};
 
@@ -97,6 +98,38 @@ fn gemv_alignment(c: &mut Criterion) {
     g.finish();
 }
 
+/// One decode step's GEMVs in model order, each weight its own buffer (~270 MB in all, so every
+/// byte comes from memory as in a real step): 30 layers of q, k, v, o, gate, up, down, then the LM
+/// head; on every vector instruction set this CPU has, in one run. The single-shape `gemv_bf16`
+/// groups reuse one weight that partly stays in cache, and missed a one-row slowdown of the
+/// AVX-512 BF16 kernel that real steps showed (docs/cpu-kernels.md, "One weight stream per task").
+fn gemv_model_step(c: &mut Criterion) {
+    const LAYERS: usize = 30;
+    let layer = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)];
+    let mut shapes: Vec<(usize, usize)> = (0..LAYERS).flat_map(|_| layer).collect();
+    shapes.push((576, 49152));
+    let weights: Vec<CpuWeight> = shapes.iter().map(|&(k, n)| bf16_weight(n, k)).collect();
+    let xs: Vec<Vec<f32>> = shapes.iter().map(|&(k, _)| values(k, 1)).collect();
+    let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(_, n)| vec![0.0; n]).collect();
+    let bytes: usize = weights.iter().map(|w| w.bytes()).sum();
+    let mut g = c.benchmark_group("gemv_bf16_model_step");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Bytes(bytes as u64));
+    // The scalar kernel is the portable fallback, not a contender; AMX is offered only by name.
+    for isa in MatmulIsa::available().into_iter().filter(|i| !matches!(i.name(), "scalar" | "amx")) {
+        g.bench_function(isa.name(), |b| {
+            b.iter_custom(|iters| {
+                timed(iters, || {
+                    for ((w, x), out) in weights.iter().zip(&xs).zip(outs.iter_mut()) {
+                        isa.matmul(x, 1, w, out);
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 fn gemm(c: &mut Criterion) {
     for (k, n) in SHAPES {
         let w = bf16_weight(n, k);
@@ -152,5 +185,5 @@ fn gemm_q4_1(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, copy_bandwidth, gemv, gemv_alignment, gemm, gemm_q4_1);
+criterion_group!(benches, copy_bandwidth, gemv, gemv_alignment, gemv_model_step, gemm, gemm_q4_1);
 criterion_main!(benches);

@@ -70,6 +70,12 @@ impl Rows {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 pub(super) unsafe fn columns(rows: &Rows, m: usize, k: usize, n: usize, w: &[bf16], out: OutPtr, c0: usize, c1: usize) {
     let w = w.as_ptr().cast::<u16>();
+    if m == 1 {
+        for c in c0..c1 {
+            stream_row(rows.x.as_ptr(), k, w.add(c * k), out.0.add(c));
+        }
+        return;
+    }
     let mut j = c0;
     while j < c1 {
         let cols = C.min(c1 - j);
@@ -150,6 +156,37 @@ unsafe fn tile<const RR: usize, const CC: usize>(
         i += BLOCK;
     }
     store_sums::<Avx512, RR, CC>(&acc, out, n);
+}
+
+/// How far ahead of its loads `stream_row` prefetches, in bf16 values (8 KiB).
+const STREAM_AHEAD: usize = 4096;
+
+/// `*out = x · w_row` for one decode row: the task's weight rows are contiguous, so taking them
+/// one at a time reads its whole column range as one sequential stream, prefetched `STREAM_AHEAD`
+/// ahead (as `kernel.rs` does for one row). Why not the `1 × C` tile: its four row streams, each
+/// prefetched one and two tiles ahead, moved a decode step's weights 1.15× slower than the FMA
+/// kernel of the time (Zen 5, in one process, 1 and 2 threads), this path 0.83–0.86×
+/// (docs/cpu-kernels.md). One accumulator chain is enough: a `vdpbf16ps` per 64 bytes outruns
+/// memory even at its latency. The sum is the tile's (one accumulator, the same instruction over
+/// the same blocks in the same order, the same lane reduction), so a row's bits do not depend on
+/// which path computed it.
+#[inline(always)]
+unsafe fn stream_row(x: *const u16, k: usize, w: *const u16, out: *mut f32) {
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < k {
+        let len = (k - i).min(BLOCK);
+        let p = w.add(i);
+        let wv = if len == BLOCK {
+            _mm512_loadu_si512(p.cast())
+        } else {
+            _mm512_maskz_loadu_epi16(((1u64 << len) - 1) as __mmask32, p.cast())
+        };
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(STREAM_AHEAD).cast());
+        acc = _mm512_dpbf16_ps(acc, pairs(_mm512_loadu_si512(x.add(i).cast())), pairs(wv));
+        i += BLOCK;
+    }
+    store_sums::<Avx512, 1, 1>(&[[acc]], out, 1);
 }
 
 /// The same 512 bits, as 32 bf16 values.

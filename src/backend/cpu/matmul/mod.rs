@@ -176,6 +176,32 @@ pub fn matmul(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     matmul_with(Isa::get(), x, m, w, out)
 }
 
+/// An instruction set this CPU supports, by its `CLOVER_MATMUL_ISA` name: for benchmarks that
+/// compare sets step by step in one process (this machine's speed drifts between runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulIsa(Isa);
+
+impl MatmulIsa {
+    /// Every set this CPU supports, worst first (AMX asks the OS for its permission here).
+    pub fn available() -> Vec<MatmulIsa> {
+        Isa::available().into_iter().map(MatmulIsa).collect()
+    }
+
+    /// The set every `matmul` call uses (`CLOVER_MATMUL_ISA`, else the best vector set).
+    pub fn current() -> MatmulIsa {
+        MatmulIsa(Isa::get())
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// `matmul` on this set: the same tasks, a different kernel.
+    pub fn matmul(self, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
+        matmul_with(self.0, x, m, w, out)
+    }
+}
+
 fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     let (n, k) = w.matrix_shape();
     assert_eq!(x.len(), m * k, "matmul: x is not [{m}, {k}]");

@@ -32,6 +32,11 @@ const R: usize = 6;
 const C: usize = 4;
 /// bf16 values per vector: 16 lanes of pairs.
 const BLOCK: usize = 32;
+/// How far ahead one row's weight stream is prefetched (bf16 values: 8 KiB). Streamed, one row
+/// measured 0.83× (one thread) and 0.86× (two) of the FMA kernel's time of then, where this set's
+/// 1 × 4 tile took 1.11–1.17×; unlike the FMA kernel's, streaming 2 rows gained nothing and 3 or
+/// more lost (1.5–2.4×), so only one row streams (docs/cpu-kernels.md, "One weight stream per task").
+const STREAM_AHEAD: usize = 4096;
 
 /// Whether this CPU has AVX-512 F/BW/VL and BF16.
 pub(super) fn supported() -> bool {
@@ -71,8 +76,10 @@ impl Rows {
 pub(super) unsafe fn columns(rows: &Rows, m: usize, k: usize, n: usize, w: &[bf16], out: OutPtr, c0: usize, c1: usize) {
     let w = w.as_ptr().cast::<u16>();
     if m == 1 {
+        // As the FMA kernel (`kernel.rs`): the task's weight rows one at a time, one stream.
         for c in c0..c1 {
-            stream_row(rows.x.as_ptr(), k, w.add(c * k), out.0.add(c));
+            let (at, o) = ([c * k], out.0.add(c));
+            tile::<1, 1, false>(rows.x.as_ptr(), rows.stride, k, w, at, o, n, STREAM_AHEAD);
         }
         return;
     }
@@ -91,22 +98,22 @@ pub(super) unsafe fn columns(rows: &Rows, m: usize, k: usize, n: usize, w: &[bf1
             let tile_rows = (m - r).min(R);
             if cols == C {
                 match tile_rows {
-                    1 => tile::<1, C>(x, s, k, w, at, o, n),
-                    2 => tile::<2, C>(x, s, k, w, at, o, n),
-                    3 => tile::<3, C>(x, s, k, w, at, o, n),
-                    4 => tile::<4, C>(x, s, k, w, at, o, n),
-                    5 => tile::<5, C>(x, s, k, w, at, o, n),
-                    _ => tile::<R, C>(x, s, k, w, at, o, n),
+                    1 => tile::<1, C, true>(x, s, k, w, at, o, n, C * k),
+                    2 => tile::<2, C, true>(x, s, k, w, at, o, n, C * k),
+                    3 => tile::<3, C, true>(x, s, k, w, at, o, n, C * k),
+                    4 => tile::<4, C, true>(x, s, k, w, at, o, n, C * k),
+                    5 => tile::<5, C, true>(x, s, k, w, at, o, n, C * k),
+                    _ => tile::<R, C, true>(x, s, k, w, at, o, n, C * k),
                 }
             } else {
                 for (c, &a) in at.iter().enumerate().take(cols) {
                     match tile_rows {
-                        1 => tile::<1, 1>(x, s, k, w, [a], o.add(c), n),
-                        2 => tile::<2, 1>(x, s, k, w, [a], o.add(c), n),
-                        3 => tile::<3, 1>(x, s, k, w, [a], o.add(c), n),
-                        4 => tile::<4, 1>(x, s, k, w, [a], o.add(c), n),
-                        5 => tile::<5, 1>(x, s, k, w, [a], o.add(c), n),
-                        _ => tile::<R, 1>(x, s, k, w, [a], o.add(c), n),
+                        1 => tile::<1, 1, true>(x, s, k, w, [a], o.add(c), n, C * k),
+                        2 => tile::<2, 1, true>(x, s, k, w, [a], o.add(c), n, C * k),
+                        3 => tile::<3, 1, true>(x, s, k, w, [a], o.add(c), n, C * k),
+                        4 => tile::<4, 1, true>(x, s, k, w, [a], o.add(c), n, C * k),
+                        5 => tile::<5, 1, true>(x, s, k, w, [a], o.add(c), n, C * k),
+                        _ => tile::<R, 1, true>(x, s, k, w, [a], o.add(c), n, C * k),
                     }
                 }
             }
@@ -120,7 +127,7 @@ pub(super) unsafe fn columns(rows: &Rows, m: usize, k: usize, n: usize, w: &[bf1
 /// row `r` at `x + r · stride`, weight row `c` from value `at[c]` of `w`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile<const RR: usize, const CC: usize>(
+unsafe fn tile<const RR: usize, const CC: usize, const FAR: bool>(
     x: *const u16,
     stride: usize,
     k: usize,
@@ -128,6 +135,7 @@ unsafe fn tile<const RR: usize, const CC: usize>(
     at: [usize; CC],
     out: *mut f32,
     n: usize,
+    ahead: usize,
 ) {
     let mut acc = [[_mm512_setzero_ps(); CC]; RR];
     let mut wv = [_mm512_setzero_si512(); CC];
@@ -141,11 +149,14 @@ unsafe fn tile<const RR: usize, const CC: usize>(
             } else {
                 _mm512_maskz_loadu_epi16(((1u64 << len) - 1) as __mmask32, p.cast())
             };
-            // The same place in the next two blocks of CC rows (the rows are contiguous, so this
-            // runs ahead of the stream): one block ahead, as the FMA kernel, left the LM head's
-            // GEMV ~10% slower than also fetching the second (benches/gemm.rs, gemv_bf16_alignment).
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at[c] + i + CC * k).cast());
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at[c] + i + 2 * CC * k).cast());
+            // `ahead` values on, and with `FAR` twice that: for a tile, the same place in the next
+            // two blocks of CC rows (the rows are contiguous, so this runs ahead of the stream);
+            // one block ahead, as the FMA kernel, left the LM head's GEMV ~10% slower than also
+            // fetching the second (benches/gemm.rs, gemv_bf16_alignment).
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at[c] + i + ahead).cast());
+            if FAR {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at[c] + i + 2 * ahead).cast());
+            }
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             let xv = pairs(_mm512_loadu_si512(x.add(r * stride + i).cast()));
@@ -156,37 +167,6 @@ unsafe fn tile<const RR: usize, const CC: usize>(
         i += BLOCK;
     }
     store_sums::<Avx512, RR, CC>(&acc, out, n);
-}
-
-/// How far ahead of its loads `stream_row` prefetches, in bf16 values (8 KiB).
-const STREAM_AHEAD: usize = 4096;
-
-/// `*out = x · w_row` for one decode row: the task's weight rows are contiguous, so taking them
-/// one at a time reads its whole column range as one sequential stream, prefetched `STREAM_AHEAD`
-/// ahead (as `kernel.rs` does for one row). Why not the `1 × C` tile: its four row streams, each
-/// prefetched one and two tiles ahead, moved a decode step's weights 1.15× slower than the FMA
-/// kernel of the time (Zen 5, in one process, 1 and 2 threads), this path 0.83–0.86×
-/// (docs/cpu-kernels.md). One accumulator chain is enough: a `vdpbf16ps` per 64 bytes outruns
-/// memory even at its latency. The sum is the tile's (one accumulator, the same instruction over
-/// the same blocks in the same order, the same lane reduction), so a row's bits do not depend on
-/// which path computed it.
-#[inline(always)]
-unsafe fn stream_row(x: *const u16, k: usize, w: *const u16, out: *mut f32) {
-    let mut acc = _mm512_setzero_ps();
-    let mut i = 0;
-    while i < k {
-        let len = (k - i).min(BLOCK);
-        let p = w.add(i);
-        let wv = if len == BLOCK {
-            _mm512_loadu_si512(p.cast())
-        } else {
-            _mm512_maskz_loadu_epi16(((1u64 << len) - 1) as __mmask32, p.cast())
-        };
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(STREAM_AHEAD).cast());
-        acc = _mm512_dpbf16_ps(acc, pairs(_mm512_loadu_si512(x.add(i).cast())), pairs(wv));
-        i += BLOCK;
-    }
-    store_sums::<Avx512, 1, 1>(&[[acc]], out, 1);
 }
 
 /// The same 512 bits, as 32 bf16 values.

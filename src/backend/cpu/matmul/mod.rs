@@ -4,7 +4,8 @@
 //! One kernel serves every `m`. Rayon tasks own blocks of output columns; a task walks its
 //! columns `C` weight rows at a time and runs each block against the input rows in register tiles
 //! of `R` rows × `C` columns (`kernel.rs`), so every weight is read from memory once per call and
-//! a tree of 26 tokens costs little more than one token while the weights dominate.
+//! a tree of 26 tokens costs little more than one token while the weights dominate. Up to 3 rows
+//! take the weight rows one at a time instead, so a task's weights stream as one sequence.
 //!
 //! Instruction sets, picked once at first use: AVX-512 F/BW/VL (16 lanes, 6×4 tiles) or AVX2 +
 //! FMA + F16C (8 lanes, 3×4 tiles) on x86-64, NEON (8 lanes in two registers, 2×4 tiles) on
@@ -13,9 +14,9 @@
 //! verification costs far less, one decode row somewhat more, which on this project's machines
 //! made the best speculative settings slower end to end, so it is not the default. On CPUs with
 //! AVX-512 BF16, `CLOVER_MATMUL_ISA=avx512bf16` multiplies bf16 weights by the activations rounded
-//! to bf16 with `vdpbf16ps` (`dpbf16.rs`): verification of a 26-node tree ~1.4× faster, but plain
-//! decoding measured slower and the activations are bf16, so it is not the default either
-//! (docs/cpu-kernels.md). Setting `CLOVER_MATMUL_ISA` to `amx`, `avx512bf16`, `avx512`, `avx2`,
+//! to bf16 with `vdpbf16ps` (`dpbf16.rs`): verification of a 26-node tree ~1.4× faster, one row
+//! as fast, but the 2–3 row verifications that pay on such CPUs slower, and the activations are
+//! bf16, so it is not the default either (docs/cpu-kernels.md). Setting `CLOVER_MATMUL_ISA` to `amx`, `avx512bf16`, `avx512`, `avx2`,
 //! `neon` or `scalar` selects that set instead if the CPU has it, to compare them on one machine.
 //!
 //! Numerics: each output is a fixed-order f32 sum (see `kernel.rs`) that does not depend on `m`,

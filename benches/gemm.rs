@@ -2,12 +2,13 @@
 //! have: 1 (plain decode), 2..64 (tree verification, draft heads, prefill chunks). A 256 MiB copy
 //! in the same run gives this machine's memory bandwidth to compare the m = 1 rows against.
 //!
-//! Groups: `memory` (copy, bytes/s); `gemv_bf16` (m = 1, weight bytes/s); `gemv_bf16_model_step`
-//! (a whole decode step's m = 1 calls from memory, per instruction set, weight bytes/s); `gemm_bf16/<k>x<n>`
-//! (every m, multiply-adds/s as "elements"): the m = 26 / m = 1 time ratio says how much a
-//! 26-node tree verification costs over one decode step; `gemm_q4_1/<k>x<n>` the same for the
-//! blocks `import-gguf --dtype keep` keeps. Calls are timed on a worker of a thread pool, as the CLI
-//! makes them (since 2026-12-06; earlier runs also timed waking the pool, ~10–20 µs a call).
+//! Groups: `memory` (copy, bytes/s); `gemv_bf16` (m = 1, weight bytes/s);
+//! `gemv_bf16_model_step` (a whole decode step's m = 1 calls from memory, per instruction set,
+//! weight bytes/s); `gemm_bf16/<k>x<n>` (every m, multiply-adds/s as "elements"): the m = 26 /
+//! m = 1 time ratio says how much a 26-node tree verification costs over one decode step;
+//! `gemm_q4_1/<k>x<n>` the same for the blocks `import-gguf --dtype keep` keeps. Calls are timed
+//! on a worker of a thread pool, as the CLI makes them (since 2026-12-06; earlier runs also timed
+//! waking the pool, ~10–20 µs a call).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;

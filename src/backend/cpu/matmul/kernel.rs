@@ -126,9 +126,9 @@ pub(super) struct Job<'a> {
     pub out: OutPtr,
 }
 
-/// Fills `out[r, c0..c1]` for every row `r`: one row alone, a weight row at a time; more, `C`
-/// weight rows at a time against tiles of `R` input rows. The weight block is read from memory once and stays in L1 across the row tiles; 16-bit
-/// weights are widened in registers each time, which measured faster than widening a block once
+/// Fills `out[r, c0..c1]` for every row `r`: up to `STREAM_ROWS` rows a weight row at a time;
+/// more, `C` weight rows at a time against tiles of `R` input rows. The weight block is read from
+/// memory once and stays in L1 across the row tiles; 16-bit weights are widened in registers each time, which measured faster than widening a block once
 /// into scratch (that scratch evicts the input rows from L1 when `k` is large).
 ///
 /// # Safety
@@ -164,7 +164,7 @@ unsafe fn columns_typed<S: Load<E>, E: Element, const R: usize, const C: usize>(
             match m {
                 1 => tile::<S, E, 1, 1>(x, k, w, [c * k], out, n, ahead),
                 2 => tile::<S, E, 2, 1>(x, k, w, [c * k], out, n, ahead),
-                _ => tile::<S, E, STREAM_ROWS, 1>(x, k, w, [c * k], out, n, ahead),
+                _ => tile::<S, E, 3, 1>(x, k, w, [c * k], out, n, ahead),
             }
         }
         return;
@@ -311,10 +311,11 @@ pub(super) unsafe fn store_sums<S: Simd, const R: usize, const C: usize>(
 /// Up to how many rows a call takes its weight rows one at a time (one stream per task). With
 /// more, the tiles' reuse of each weight vector across four columns wins (measured: 1.28× and
 /// 1.09× faster streamed at 2 and 3 rows, 0.88× at 4, 0.64× at 6; `gemv_bf16_model_step`'s
-/// weights, one process, docs/cpu-kernels.md).
-pub(super) const STREAM_ROWS: usize = 3;
+/// weights, one process, docs/cpu-kernels.md). `columns_typed` has a tile for each count up to 3.
+const STREAM_ROWS: usize = 3;
+const _: () = assert!(STREAM_ROWS <= 3);
 
-/// How far ahead a one-row call prefetches its single weight stream: for `dpbf16.rs`'s loop of the
+/// How far ahead a streamed call prefetches its weights: for `dpbf16.rs`'s loop of the
 /// same shape, 8 KiB measured 5–7% faster than 4 KiB and ~4% faster than 16 KiB (Zen 5, one thread).
 const STREAM_AHEAD_BYTES: usize = 8192;
 

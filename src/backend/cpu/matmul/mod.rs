@@ -188,11 +188,6 @@ impl MatmulIsa {
         Isa::available().into_iter().map(MatmulIsa).collect()
     }
 
-    /// The set every `matmul` call uses (`CLOVER_MATMUL_ISA`, else the best vector set).
-    pub fn current() -> MatmulIsa {
-        MatmulIsa(Isa::get())
-    }
-
     pub fn name(self) -> &'static str {
         self.0.name()
     }

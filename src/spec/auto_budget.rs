@@ -9,12 +9,14 @@
 //!   greedy node is accepted or not whatever else is in the tree, so τ(B) = 1 + Σ_{r ≤ B} a_r with
 //!   a_r the accepted drafts of rank r per step — every budget's τ from one run.
 //!
-//! Expected tokens/s at B = τ(B) / (draft(B) + verify(B + 1) + accept). Verification projects
+//! Expected tokens/s at B = τ(B) / (draft(B) + verify(B + 1) + accept(B)). Verification projects
 //! the tree's main chain to the vocabulary (`spec::node_logits`), so verify(n) is timed as the
 //! forward of n nodes plus the projection of the min(n, 6) rows of an EAGLE-2 tree's main chain.
-//! The accept phase (argmax of the rows reached, projections off the chain, KV compaction) hardly
-//! depends on the budget: its time per step at the largest budget is used for all. A budget of B
-//! needs only
+//! The accept phase is the argmax of the rows reached, KV compaction, and one projection call
+//! for each accepted node off the main chain (`node_logits`). The calls are what depends on the
+//! budget: a budget-B tree makes exactly the calibration run's calls made by nodes of rank ≤ B
+//! (its main chains are the big tree's, cut at rank B), so accept(B) = the rest of accept's time
+//! per step + calls(B) per step × the time of one call. A budget of B needs only
 //! min(10, B) candidates per level and min(5, B) levels to find the same top-B tree
 //! (`eagle2_tree`), so the draft time is the head's update on accepted tokens plus the tree
 //! expansion measured at the largest budget, scaled by the rows the smaller expansion forwards.
@@ -27,7 +29,7 @@ use crate::draft::DraftHead;
 use crate::error::{Error, Result};
 use crate::model::{Llama, LogitRows};
 use crate::spec::drafting::TreeSpec;
-use crate::spec::engine::{generate_speculative, GenerationConfig};
+use crate::spec::engine::{generate_speculative, GenerationConfig, SpecStats};
 use crate::spec::node_logits::NodeLogits;
 use crate::spec::tree::Eagle2Params;
 
@@ -75,8 +77,50 @@ pub struct BudgetRow {
     pub tau: f64,
     pub draft_ms: f64,
     pub verify_ms: f64,
+    pub accept_ms: f64,
     pub step_ms: f64,
     pub tokens_per_s: f64,
+}
+
+/// What a speculative run at the largest budget measured, per step where it is a time.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Calibration {
+    pub steps: usize,
+    /// Accepted drafts by the rank the rerank admitted them at (index r ≥ 1).
+    pub accepted_by_rank: Vec<usize>,
+    /// Projection calls off the main chain by the rank of the node that made them.
+    pub off_chain_calls_by_rank: Vec<usize>,
+    /// The head's update on accepted tokens.
+    pub begin_ms: f64,
+    /// Growing the tree.
+    pub expand_ms: f64,
+    /// Accepting, without the off-chain projection calls.
+    pub accept_ms: f64,
+    /// One off-chain projection call (0 when none was made).
+    pub off_chain_call_ms: f64,
+}
+
+impl Calibration {
+    /// From the statistics of speculative runs at the largest budget, summed.
+    pub fn from_stats(stats: &SpecStats) -> Self {
+        let steps = stats.base.steps.max(1) as f64;
+        let per_step = |secs: f64| 1000.0 * secs / steps;
+        Calibration {
+            steps: stats.base.steps,
+            accepted_by_rank: stats.accepted_by_rank.clone(),
+            off_chain_calls_by_rank: stats.off_chain_calls_by_rank.clone(),
+            begin_ms: per_step(stats.begin_secs),
+            expand_ms: per_step(stats.draft_secs - stats.begin_secs),
+            accept_ms: per_step(stats.accept_secs - stats.off_chain_secs),
+            off_chain_call_ms: 1000.0 * stats.off_chain_secs / stats.off_chain_calls.max(1) as f64,
+        }
+    }
+
+    /// Per step at `budget`: (drafts accepted, off-chain projection calls).
+    fn per_step_at(&self, budget: usize) -> (f64, f64) {
+        let upto = |counts: &[usize]| counts.iter().take(budget + 1).sum::<usize>() as f64 / self.steps.max(1) as f64;
+        (upto(&self.accepted_by_rank), upto(&self.off_chain_calls_by_rank))
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -84,63 +128,58 @@ pub struct BudgetPlan {
     /// The chosen budget; 0 when plain decoding is expected to be fastest (the engine then decodes
     /// plainly: `generate_speculative` on a tree of the root alone).
     pub budget: usize,
-    /// Per step at the largest budget: the head's update on accepted tokens, growing the tree,
-    /// and accepting (argmax of the rows reached, rows projected off the main chain, KV
-    /// compaction).
-    pub begin_ms: f64,
-    pub expand_ms: f64,
-    pub accept_ms: f64,
-    pub calibration_steps: usize,
+    pub calibration: Calibration,
     pub rows: Vec<BudgetRow>,
 }
 
 impl BudgetPlan {
     /// From per-size verify latencies (`verify_ms[n - 1]` for n nodes, n up to the largest
-    /// budget + 1), accepted drafts by rank over `steps` steps, and the per-step times.
-    pub fn new(
-        verify_ms: &[f64],
-        accepted_by_rank: &[usize],
-        steps: usize,
-        begin_ms: f64,
-        expand_ms: f64,
-        accept_ms: f64,
-    ) -> Self {
+    /// budget + 1) and a calibration run at the largest budget.
+    pub fn new(verify_ms: &[f64], calibration: Calibration) -> Self {
         let plain = BudgetRow {
             budget: 0,
             tau: 1.0,
             draft_ms: 0.0,
             verify_ms: verify_ms[0],
+            accept_ms: 0.0,
             step_ms: verify_ms[0],
             tokens_per_s: 1000.0 / verify_ms[0],
         };
+        let c = &calibration;
         let max_rows = expansion_rows(eagle2_tree(verify_ms.len() - 1)).max(1) as f64;
         let mut rows = vec![plain];
-        let mut tau = 1.0;
         for (budget, &verify_ms) in verify_ms.iter().enumerate().skip(1) {
-            tau += accepted_by_rank.get(budget).copied().unwrap_or(0) as f64 / steps.max(1) as f64;
-            let draft_ms = begin_ms + expand_ms * expansion_rows(eagle2_tree(budget)) as f64 / max_rows;
+            let (accepted, calls) = c.per_step_at(budget);
+            let tau = 1.0 + accepted;
+            let draft_ms = c.begin_ms + c.expand_ms * expansion_rows(eagle2_tree(budget)) as f64 / max_rows;
+            let accept_ms = c.accept_ms + calls * c.off_chain_call_ms;
             let step_ms = draft_ms + verify_ms + accept_ms;
             let tokens_per_s = 1000.0 * tau / step_ms;
-            rows.push(BudgetRow { budget, tau, draft_ms, verify_ms, step_ms, tokens_per_s });
+            rows.push(BudgetRow { budget, tau, draft_ms, verify_ms, accept_ms, step_ms, tokens_per_s });
         }
         let budget = rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).map_or(0, |r| r.budget);
-        BudgetPlan { budget, begin_ms, expand_ms, accept_ms, calibration_steps: steps, rows }
+        BudgetPlan { budget, calibration, rows }
     }
 
     /// The plan as a table, with the choice and why.
     pub fn table(&self) -> String {
+        let c = &self.calibration;
+        let (_, calls) = c.per_step_at(self.rows.len() - 1);
         let mut s = format!(
             "tree budget auto: {} calibration steps at budget {}; per step: head update {:.2} ms, tree \
-             expansion {:.2} ms, accept {:.2} ms\n{:>6} {:>7} {:>9} {:>10} {:>9} {:>11}\n",
-            self.calibration_steps,
+             expansion {:.2} ms, accept {:.2} ms + {calls:.2} projections off the main chain of {:.2} ms \
+             each\n{:>6} {:>7} {:>9} {:>10} {:>10} {:>9} {:>11}\n",
+            c.steps,
             self.rows.len() - 1,
-            self.begin_ms,
-            self.expand_ms,
-            self.accept_ms,
+            c.begin_ms,
+            c.expand_ms,
+            c.accept_ms,
+            c.off_chain_call_ms,
             "budget",
             "τ",
             "draft ms",
             "verify ms",
+            "accept ms",
             "step ms",
             "exp. tok/s"
         );
@@ -148,8 +187,8 @@ impl BudgetPlan {
             let mark = if r.budget == self.budget { "  ← chosen" } else { "" };
             let name = if r.budget == 0 { "plain".to_string() } else { r.budget.to_string() };
             s += &format!(
-                "{name:>6} {:>7.3} {:>9.2} {:>10.2} {:>9.2} {:>11.2}{mark}\n",
-                r.tau, r.draft_ms, r.verify_ms, r.step_ms, r.tokens_per_s
+                "{name:>6} {:>7.3} {:>9.2} {:>10.2} {:>10.2} {:>9.2} {:>11.2}{mark}\n",
+                r.tau, r.draft_ms, r.verify_ms, r.accept_ms, r.step_ms, r.tokens_per_s
             );
         }
         let plain = self.rows[0].tokens_per_s;
@@ -201,7 +240,8 @@ pub fn verify_latency_ms<B: Backend>(
             let mask: Vec<u8> = (0..n * n).map(|k| (k % n <= k / n) as u8).collect();
             let t = Instant::now();
             let verified = model.verify_tree(&mut cache, &tokens, &depths, &mask)?;
-            NodeLogits::new(model, &verified.postnorm, n).project(&(0..chain_rows(n)).collect::<Vec<_>>());
+            NodeLogits::new(model, &verified.postnorm, (1..=n).map(|c| (c < n).then_some(c)).collect())
+                .project(&(0..chain_rows(n)).collect::<Vec<_>>());
             if rep > 0 {
                 times[n - 1].push(t.elapsed().as_secs_f64() * 1000.0);
             }
@@ -229,29 +269,31 @@ pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
     let Some(first) = prompts.first() else {
         return Err(Error::input("tree budget auto: no calibration prompt"));
     };
-    let max = eagle2_tree(max_budget);
-    let tree = TreeSpec::Eagle2(max);
-    let (mut steps, mut draft, mut begin, mut accept) = (0, 0.0, 0.0, 0.0);
-    let mut accepted_by_rank = Vec::new();
+    let tree = TreeSpec::Eagle2(eagle2_tree(max_budget));
+    let mut total = SpecStats::default();
     for prompt in prompts {
         let (_, stats) = generate_speculative(model, head, &tree, prompt, cfg, |_| {})?;
-        steps += stats.base.steps;
-        draft += stats.draft_secs;
-        begin += stats.begin_secs;
-        accept += stats.accept_secs;
-        if accepted_by_rank.len() < stats.accepted_by_rank.len() {
-            accepted_by_rank.resize(stats.accepted_by_rank.len(), 0);
-        }
-        accepted_by_rank.iter_mut().zip(&stats.accepted_by_rank).for_each(|(a, b)| *a += b);
+        total.add(&stats);
     }
-    let verify = verify_latency_ms(model, first, max.total_tokens, 5)?;
-    let per_step = |secs: f64| 1000.0 * secs / steps.max(1) as f64;
-    Ok(BudgetPlan::new(&verify, &accepted_by_rank, steps, per_step(begin), per_step(draft - begin), per_step(accept)))
+    let verify = verify_latency_ms(model, first, max_budget + 1, 5)?;
+    Ok(BudgetPlan::new(&verify, Calibration::from_stats(&total)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn calibration(accepted_by_rank: Vec<usize>, off_chain_calls_by_rank: Vec<usize>) -> Calibration {
+        Calibration {
+            steps: 10,
+            accepted_by_rank,
+            off_chain_calls_by_rank,
+            begin_ms: 0.5,
+            expand_ms: 1.2,
+            accept_ms: 0.5,
+            off_chain_call_ms: 0.0,
+        }
+    }
 
     #[test]
     fn plan_takes_tau_from_ranks_and_maximises_tokens_per_second() {
@@ -259,20 +301,36 @@ mod tests {
         let verify = [10.0, 11.0, 12.0, 20.0];
         // Expansions forward 0, 2 and 6 rows at budgets 1, 2, 3; at 3 they take 1.2 ms.
         assert_eq!([1, 2, 3].map(|b| expansion_rows(eagle2_tree(b))), [0, 2, 6]);
-        let plan = BudgetPlan::new(&verify, &[0, 6, 3, 1], 10, 0.5, 1.2, 0.5);
+        let plan = BudgetPlan::new(&verify, calibration(vec![0, 6, 3, 1], vec![]));
         let taus: Vec<f64> = plan.rows.iter().map(|r| r.tau).collect();
         assert!(taus.iter().zip([1.0, 1.6, 1.9, 2.0]).all(|(t, want)| (t - want).abs() < 1e-12), "{taus:?}");
         let drafts: Vec<f64> = plan.rows.iter().map(|r| r.draft_ms).collect();
         assert!((drafts[1] - 0.5).abs() < 1e-12 && (drafts[2] - 0.9).abs() < 1e-12 && (drafts[3] - 1.7).abs() < 1e-12);
-        // Accept takes 0.5 ms at every budget.
+        // No call off the main chain: accept takes 0.5 ms at every budget.
         // Budget 1: 1.6 / 12 ms = 133.3 tok/s; 2: 1.9 / 13.4 = 141.8; 3: 2.0 / 22.2 = 90; plain 100.
         assert_eq!(plan.budget, 2);
         assert!((plan.rows[2].tokens_per_s - 1900.0 / 13.4).abs() < 1e-9);
         assert!(plan.table().contains("← chosen"));
         // A head that is never right: plain decoding wins and is chosen.
-        let plan = BudgetPlan::new(&verify, &[0, 0, 0, 0], 10, 0.5, 1.2, 0.5);
+        let plan = BudgetPlan::new(&verify, calibration(vec![0, 0, 0, 0], vec![]));
         assert_eq!(plan.budget, 0);
         assert!(plan.table().contains("chosen: plain decoding, expected 100.00 tok/s (the best tree, budget 1"));
+    }
+
+    #[test]
+    fn off_chain_calls_are_charged_to_the_budgets_whose_trees_make_them() {
+        // Over 10 steps nodes of rank 2 made 5 calls and nodes of rank 3 made 2, at 2 ms a call.
+        let verify = [10.0, 11.0, 12.0, 20.0];
+        let plan = BudgetPlan::new(
+            &verify,
+            Calibration { off_chain_call_ms: 2.0, ..calibration(vec![0, 6, 3, 1], vec![0, 0, 5, 2]) },
+        );
+        let accept: Vec<f64> = plan.rows.iter().map(|r| r.accept_ms).collect();
+        // Budget 1's tree is a chain: no call. Budget 2: 0.5 calls a step; budget 3: 0.7.
+        assert!(accept.iter().zip([0.0, 0.5, 1.5, 1.9]).all(|(a, want)| (a - want).abs() < 1e-12), "{accept:?}");
+        // Budget 2 now costs 0.9 + 12 + 1.5 = 14.4 ms for 1.9 tokens (131.9 tok/s): budget 1 wins.
+        assert_eq!(plan.budget, 1);
+        assert!(plan.table().contains("0.70 projections off the main chain of 2.00 ms each"), "{}", plan.table());
     }
 
     /// Grows an EAGLE-2 tree whose rows are a fixed pseudo-random function of each node's path,

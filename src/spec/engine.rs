@@ -11,7 +11,7 @@ use crate::nvtx;
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
 use crate::spec::drafting::{draft_tree, DraftedTree, TreeSpec};
-use crate::spec::node_logits::{main_chain, NodeLogits};
+use crate::spec::node_logits::NodeLogits;
 use crate::spec::verify::{self, Accepted, BaseRows};
 
 #[derive(Clone, Debug)]
@@ -155,9 +155,50 @@ pub struct SpecStats {
     /// them projected off the main chain, when verification left it.
     pub logit_rows: usize,
     pub off_chain_rows: usize,
+    /// Projection calls made off the main chain (each a node and its first-child chain), their
+    /// time (part of `accept_secs`), and for EAGLE-2 trees the calls counted by the rank of the
+    /// node that made them: a budget-B tree makes exactly the calls of rank ≤ B.
+    pub off_chain_calls: usize,
+    pub off_chain_secs: f64,
+    pub off_chain_calls_by_rank: Vec<usize>,
+}
+
+/// `counts[at] += 1`, growing `counts` as needed.
+fn count_at(counts: &mut Vec<usize>, at: usize) {
+    if counts.len() <= at {
+        counts.resize(at + 1, 0);
+    }
+    counts[at] += 1;
 }
 
 impl SpecStats {
+    /// Adds another run's counts and times (runs of the same tree: `plan_budget` sums its
+    /// calibration prompts). The step log is not kept.
+    pub fn add(&mut self, o: &SpecStats) {
+        let sum = |a: &mut Vec<usize>, b: &[usize]| {
+            if a.len() < b.len() {
+                a.resize(b.len(), 0);
+            }
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        };
+        self.base.prompt_tokens += o.base.prompt_tokens;
+        self.base.new_tokens += o.base.new_tokens;
+        self.base.prefill_secs += o.base.prefill_secs;
+        self.base.decode_secs += o.base.decode_secs;
+        self.base.steps += o.base.steps;
+        sum(&mut self.accepted_hist, &o.accepted_hist);
+        self.draft_secs += o.draft_secs;
+        self.begin_secs += o.begin_secs;
+        self.verify_secs += o.verify_secs;
+        self.accept_secs += o.accept_secs;
+        sum(&mut self.accepted_by_rank, &o.accepted_by_rank);
+        self.logit_rows += o.logit_rows;
+        self.off_chain_rows += o.off_chain_rows;
+        self.off_chain_calls += o.off_chain_calls;
+        self.off_chain_secs += o.off_chain_secs;
+        sum(&mut self.off_chain_calls_by_rank, &o.off_chain_calls_by_rank);
+    }
+
     /// τ: tokens committed per verification step, bonus included.
     pub fn tau(&self) -> f64 {
         let steps: usize = self.accepted_hist.iter().sum();
@@ -253,8 +294,9 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         let bufs = &drafted.buffers;
         let verified =
             nvtx::scoped(c"verify", || model.verify_tree(&mut cache, &drafted.tokens, bufs.positions(), bufs.mask()))?;
-        let mut logits = NodeLogits::new(model, &verified.postnorm, bufs.num_nodes());
-        nvtx::scoped(c"verify", || logits.project(&main_chain(|n| bufs.children(n).first().copied())));
+        let first_child = (0..bufs.num_nodes()).map(|n| bufs.children(n).first().copied()).collect();
+        let mut logits = NodeLogits::new(model, &verified.postnorm, first_child);
+        nvtx::scoped(c"verify", || logits.project(&logits.chain_from(0, usize::MAX)));
         let t_verify = t.elapsed().as_secs_f64() - t_draft;
         let chain_rows = logits.projected();
 
@@ -265,15 +307,17 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         });
         stats.logit_rows += logits.projected();
         stats.off_chain_rows += logits.projected() - chain_rows;
+        let (on_demand, on_demand_secs) = logits.on_demand();
+        stats.off_chain_calls += on_demand.len();
+        stats.off_chain_secs += on_demand_secs;
         let a = accepted.accepted_drafts;
         stats.accepted_hist[a] += 1;
         if let Some(ranks) = &drafted.budget_ranks {
             for &node in &accepted.path_nodes[1..] {
-                let r = ranks[node];
-                if stats.accepted_by_rank.len() <= r {
-                    stats.accepted_by_rank.resize(r + 1, 0);
-                }
-                stats.accepted_by_rank[r] += 1;
+                count_at(&mut stats.accepted_by_rank, ranks[node]);
+            }
+            for &node in on_demand {
+                count_at(&mut stats.off_chain_calls_by_rank, ranks[node]);
             }
         }
         stats.base.steps += 1;

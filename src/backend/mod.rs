@@ -67,6 +67,13 @@ pub struct CloverCellParams<W> {
     pub bv: W,
 }
 
+impl<W> CloverCellParams<W> {
+    /// The cell with its three matrices replaced by `f` of them (gain and biases kept).
+    pub fn map_matrices(self, f: impl Fn(&W) -> Result<W>) -> Result<Self> {
+        Ok(CloverCellParams { wq: f(&self.wq)?, wk: f(&self.wk)?, wv: f(&self.wv)?, ..self })
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// An f32 activation buffer on the device.
     type Buf: Send + Sync;
@@ -90,6 +97,9 @@ pub trait Backend: Send + Sync {
     /// A new weight of rows `ids` of `w` (`[n, k]` → `[ids.len(), k]`) in w's own dtype: the
     /// lm_head restricted to a reduced draft vocabulary.
     fn gather_weight_rows(&self, w: &Self::Weight, ids: &[u32], name: &str) -> Result<Self::Weight>;
+    /// A copy of the matrix `w` stored as Q8_0 (`HostTensor::to_q8_0`): a draft head's matrices
+    /// under `--draft-weights q8_0`. A backend without a Q8_0 matmul refuses.
+    fn quantize_q8_0(&self, w: &Self::Weight) -> Result<Self::Weight>;
     /// out[rows, n] = x[rows, k] · wᵀ with w `[n, k]`.
     fn matmul(&self, x: &Self::Buf, rows: usize, w: &Self::Weight, out: &mut Self::Buf);
     /// x[r] += bias for every row.

@@ -6,7 +6,7 @@ use serde::Serialize;
 use clover_engine::backend::Backend;
 use clover_engine::draft::init::init_head;
 use clover_engine::draft::vocab::DraftVocabChoice;
-use clover_engine::draft::{load_head_with, DraftKind};
+use clover_engine::draft::{load_head_opts, DraftKind, DraftOptions, DraftWeights};
 use clover_engine::error::{Error, Result};
 use clover_engine::eval::bench::{self, Method, MethodReport};
 use clover_engine::eval::decoder::Decoder;
@@ -29,13 +29,16 @@ pub struct BenchArgs {
     model: Option<PathBuf>,
     /// Draft heads as KIND:DIR, comma-separated (clover2:DIR,eagle:DIR); KIND:init is an
     /// untrained head made for the model. Empty: plain decoding only. Each may add its own
-    /// settings as `:key=value` (tree, budget, top_p, vocab), to compare them in one run:
-    /// `eagle:DIR:tree=eagle2:budget=4:vocab=4096`.
+    /// settings as `:key=value` (tree, budget, top_p, vocab, weights), to compare them in one
+    /// run: `eagle:DIR:tree=eagle2:budget=4:vocab=4096:weights=q8_0`.
     #[arg(long, default_value = "")]
     drafts: String,
     /// The vocabulary heads draft over: head, full or N (see `generate --help`).
     #[arg(long, default_value = "head")]
     draft_vocab: DraftVocabChoice,
+    /// How heads keep their matrices: stored or q8_0 (see `generate --help`).
+    #[arg(long, default_value = "stored")]
+    draft_weights: DraftWeights,
     /// Questions (JSONL, first turn used) [default: ../shared/data/spec_bench/question.jsonl
     /// beside the repository, when it exists].
     #[arg(long)]
@@ -179,7 +182,9 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
             (None, _) => format!("{}-{}", d.kind.name(), i + 1),
         };
         let tree_args = d.tree.as_ref().unwrap_or(&a.tree);
-        let mut head = load_head_with(d.kind, &head_dir, &model, d.vocab.unwrap_or(a.draft_vocab))?;
+        let opts =
+            DraftOptions { vocab: d.vocab.unwrap_or(a.draft_vocab), weights: d.weights.unwrap_or(a.draft_weights) };
+        let mut head = load_head_opts(d.kind, &head_dir, &model, opts)?;
         let (tree, plan) = tree_args.resolve(&model, head.as_mut(), tokenizer.as_ref(), &cfg)?;
         let label = match &plan {
             Some(plan) => {
@@ -246,6 +251,7 @@ struct DraftMethod {
     dir: Option<PathBuf>,
     tree: Option<TreeArgs>,
     vocab: Option<DraftVocabChoice>,
+    weights: Option<DraftWeights>,
     /// The overrides as written, for the method's label.
     settings: Option<String>,
 }
@@ -268,6 +274,7 @@ fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
                 dir: (dir != "init").then(|| PathBuf::from(dir)),
                 tree: None,
                 vocab: None,
+                weights: None,
                 settings: None,
             };
             let settings: Vec<&str> = parts.collect();
@@ -280,7 +287,10 @@ fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
                     "budget" => t.tree_budget = value.to_string(),
                     "top_p" => t.tree_top_p = value.parse().map_err(|_| bad(format!("top_p `{value}`")))?,
                     "vocab" => method.vocab = Some(value.parse().map_err(bad)?),
-                    other => return Err(bad(format!("unknown setting `{other}` (tree, budget, top_p, vocab)"))),
+                    "weights" => method.weights = Some(value.parse().map_err(bad)?),
+                    other => {
+                        return Err(bad(format!("unknown setting `{other}` (tree, budget, top_p, vocab, weights)")))
+                    }
                 }
             }
             if !settings.is_empty() {

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use clover_engine::backend::Backend;
-use clover_engine::draft::load_head_with;
+use clover_engine::draft::load_head_opts;
 use clover_engine::error::{Error, Result};
 use clover_engine::eval::answers::Answer;
 use clover_engine::eval::decoder::Decoder;
@@ -79,7 +79,7 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     };
     let decoder = match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
-            let mut head = load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?;
+            let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;
             let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), Some(&tokenizer), &cfg)?;
             if let Some(plan) = plan {
                 eprint!("{}", plan.table());

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use clover_engine::backend::Backend;
 use clover_engine::draft::vocab::DraftVocabChoice;
 use clover_engine::draft::DraftHead;
-use clover_engine::draft::{load_head_with, DraftKind};
+use clover_engine::draft::{load_head_opts, DraftKind, DraftOptions, DraftWeights};
 use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
@@ -46,8 +46,19 @@ pub struct SpecArgs {
     /// the full vocabulary), `full`, or N (the N most frequent tokens of its draft_vocab.json).
     #[arg(long, default_value = "head")]
     pub draft_vocab: DraftVocabChoice,
+    /// How the head keeps its matrices: `stored` (as its files have them) or `q8_0` (8-bit, about
+    /// half of bf16's bytes to read per draft step on the CPU; drafts may change near ties,
+    /// output stays exact). Not on the CUDA backend.
+    #[arg(long, default_value = "stored")]
+    pub draft_weights: DraftWeights,
     #[command(flatten)]
     pub tree: TreeArgs,
+}
+
+impl SpecArgs {
+    pub fn draft_options(&self) -> DraftOptions {
+        DraftOptions { vocab: self.draft_vocab, weights: self.draft_weights }
+    }
 }
 
 /// The tree each speculative step drafts.
@@ -184,7 +195,7 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     let mut stream = TextStream::new(&tokenizer);
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
-            let mut head = load_head_with(kind.into(), head_dir, &model, a.spec.draft_vocab)?;
+            let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;
             let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), Some(&tokenizer), &cfg)?;
             if let Some(plan) = plan {
                 eprint!("{}", plan.table());

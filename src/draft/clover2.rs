@@ -153,6 +153,23 @@ impl<B: Backend> Clover2Head<B> {
         Clover2Head { lm_head, ..self }
     }
 
+    /// Every matrix the head drafts through (cells, block, FCs, its lm_head rows) stored as Q8_0
+    /// (`--draft-weights q8_0`); norms and biases kept.
+    pub fn quantize_q8_0(self, base: &Llama<B>) -> Result<Self> {
+        let b = &base.backend;
+        let q = |w: &B::Weight| b.quantize_q8_0(w);
+        Ok(Clover2Head {
+            ad0: self.ad0.map_matrices(q)?,
+            block: self.block.into_iter().map(|l| l.map_matrices(q)).collect::<Result<_>>()?,
+            head0_fc: q(&self.head0_fc)?,
+            ad1: self.ad1.map_matrices(q)?,
+            fc_state: q(&self.fc_state)?,
+            fc_embed: q(&self.fc_embed)?,
+            lm_head: self.lm_head.quantize_q8_0(base)?,
+            ..self
+        })
+    }
+
     /// Entries in the Augmenting Block's cache: after every cycle, the number of committed base
     /// positions (the newest root is not one yet).
     pub fn stable_len(&self) -> usize {

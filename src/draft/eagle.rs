@@ -99,6 +99,20 @@ impl<B: Backend> EagleHead<B> {
         EagleHead { lm_head, ..self }
     }
 
+    /// Every matrix the head drafts through (fc, the layer, its lm_head rows) stored as Q8_0
+    /// (`--draft-weights q8_0`); norms and biases kept.
+    pub fn quantize_q8_0(self, base: &Llama<B>) -> Result<Self> {
+        let b = &base.backend;
+        let q = |w: &B::Weight| b.quantize_q8_0(w);
+        Ok(EagleHead {
+            fc_embed: q(&self.fc_embed)?,
+            fc_feature: q(&self.fc_feature)?,
+            layer: self.layer.map_matrices(q)?,
+            lm_head: self.lm_head.quantize_q8_0(base)?,
+            ..self
+        })
+    }
+
     /// x = fc([E[tokens] ; features]) + b for `rows` rows.
     fn fuse(&self, base: &Llama<B>, features: &B::Buf, tokens: &[u32]) -> B::Buf {
         let b = &base.backend;

@@ -77,10 +77,57 @@ pub fn load_head_with<B: Backend + 'static>(
     base: &Llama<B>,
     vocab: DraftVocabChoice,
 ) -> Result<Box<dyn DraftHead<B>>> {
-    let lm_head = || DraftLmHead::load(dir, base, vocab);
+    load_head_opts(kind, dir, base, DraftOptions { vocab, ..Default::default() })
+}
+
+/// How a head's matrices are kept for drafting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DraftWeights {
+    /// As the head's files store them; the draft lm_head in the base model's type.
+    #[default]
+    Stored,
+    /// Q8_0 (8-bit values, an f16 scale per 32): about half of bf16's bytes to read per draft
+    /// step, where the CPU's draft step is bound by reading weights. Drafts may differ from the
+    /// stored weights' near ties; verification is untouched, so output stays exact.
+    Q8_0,
+}
+
+impl std::str::FromStr for DraftWeights {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "stored" => Ok(DraftWeights::Stored),
+            "q8_0" => Ok(DraftWeights::Q8_0),
+            _ => Err(format!("expected `stored` or `q8_0`, got `{s}`")),
+        }
+    }
+}
+
+/// What `load_head_opts` may change about a head as it loads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DraftOptions {
+    pub vocab: DraftVocabChoice,
+    pub weights: DraftWeights,
+}
+
+/// Loads a head with the vocabulary it drafts over and the type its matrices are kept in.
+pub fn load_head_opts<B: Backend + 'static>(
+    kind: DraftKind,
+    dir: &std::path::Path,
+    base: &Llama<B>,
+    opts: DraftOptions,
+) -> Result<Box<dyn DraftHead<B>>> {
+    let lm_head = DraftLmHead::load(dir, base, opts.vocab)?;
+    let q8 = opts.weights == DraftWeights::Q8_0;
     match kind {
-        DraftKind::Eagle => Ok(Box::new(eagle::EagleHead::load(dir, base)?.with_lm_head(lm_head()?))),
-        DraftKind::Clover2 => Ok(Box::new(clover2::Clover2Head::load(dir, base)?.with_lm_head(lm_head()?))),
+        DraftKind::Eagle => {
+            let head = eagle::EagleHead::load(dir, base)?.with_lm_head(lm_head);
+            Ok(Box::new(if q8 { head.quantize_q8_0(base)? } else { head }))
+        }
+        DraftKind::Clover2 => {
+            let head = clover2::Clover2Head::load(dir, base)?.with_lm_head(lm_head);
+            Ok(Box::new(if q8 { head.quantize_q8_0(base)? } else { head }))
+        }
     }
 }
 

@@ -138,6 +138,14 @@ impl<B: Backend> DraftLmHead<B> {
         Ok(DraftLmHead { rows: Some(rows), ids: Some(ids) })
     }
 
+    /// The same projection through a Q8_0 copy of its rows (of the whole base lm_head when
+    /// drafting over the full vocabulary). Logits then differ slightly from the base's, which
+    /// only drafting sees.
+    pub fn quantize_q8_0(self, base: &Llama<B>) -> Result<Self> {
+        let rows = base.backend.quantize_q8_0(self.weight(base))?;
+        Ok(DraftLmHead { rows: Some(rows), ids: self.ids })
+    }
+
     /// The projection weight: the gathered rows, or the base lm_head.
     pub fn weight<'a>(&'a self, base: &'a Llama<B>) -> &'a B::Weight {
         self.rows.as_ref().unwrap_or(base.lm_head())
@@ -155,7 +163,8 @@ impl<B: Backend> DraftLmHead<B> {
 
     /// Logits of `rows` rows of normalised features over the draft vocabulary: `[rows, N]`.
     /// Each column is computed exactly as the full projection computes it (same kernel, same
-    /// summation order), so it equals the full logit of its token.
+    /// summation order), so it equals the full logit of its token (unless quantized by
+    /// `quantize_q8_0`).
     pub fn project(&self, model: &Llama<B>, x: &B::Buf, rows: usize) -> Logits<B> {
         Logits::project(&model.backend, x, rows, self.weight(model), self.width(model))
     }

@@ -55,6 +55,20 @@ pub struct LayerCache<'a, B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// The layer with its seven matrices replaced by `f` of them (norm gains and biases kept).
+    pub fn map_matrices(self, f: impl Fn(&B::Weight) -> Result<B::Weight>) -> Result<Self> {
+        Ok(DecoderLayer {
+            q: f(&self.q)?,
+            k: f(&self.k)?,
+            v: f(&self.v)?,
+            o: f(&self.o)?,
+            gate: f(&self.gate)?,
+            up: f(&self.up)?,
+            down: f(&self.down)?,
+            ..self
+        })
+    }
+
     /// Loads `{prefix}.input_layernorm`, `{prefix}.self_attn.*`, `{prefix}.post_attention_layernorm`
     /// and `{prefix}.mlp.*`. `bytes` accumulates the weight bytes read.
     pub fn load(

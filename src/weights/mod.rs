@@ -112,6 +112,28 @@ impl HostTensor {
         }
     }
 
+    /// This matrix's values as Q8_0 blocks (`quant::quantize_q8_0`), row by row: what
+    /// `--draft-weights q8_0` reads instead of the stored type.
+    pub fn to_q8_0(&self) -> crate::Result<Self> {
+        let [_, cols] = self.shape[..] else {
+            return Err(crate::Error::input(format!("tensor {}: only a matrix can be stored as Q8_0", self.name)));
+        };
+        if cols % quant::QK != 0 {
+            return Err(crate::Error::input(format!(
+                "tensor {}: rows of {cols} values are not whole Q8_0 blocks of {}",
+                self.name,
+                quant::QK
+            )));
+        }
+        let blocks = quant::quantize_q8_0(&self.to_f32());
+        Ok(HostTensor {
+            name: self.name.clone(),
+            dtype: DType::Q8_0,
+            shape: self.shape.clone(),
+            bytes: Bytes::Owned(Arc::new(bytemuck::cast_slice(&blocks).to_vec())),
+        })
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -105,6 +105,23 @@ pub fn dequantize_into<B: Block>(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// `values` (whole blocks of 32) as Q8_0 blocks, the way llama.cpp quantizes: per block
+/// `d = max|x| / 127` and `q = round(x / d)`, so a value is off by at most d / 2 (and by the
+/// rounding of d to f16). Used for draft-head matrices (`--draft-weights q8_0`), where a smaller
+/// read matters and exactness does not: verification never sees them.
+pub fn quantize_q8_0(values: &[f32]) -> Vec<BlockQ8_0> {
+    assert_eq!(values.len() % QK, 0, "quantize_q8_0: {} values are not whole blocks of {QK}", values.len());
+    values
+        .chunks_exact(QK)
+        .map(|x| {
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            BlockQ8_0 { d: f16::from_f32(d).to_bits(), qs: std::array::from_fn(|j| (x[j] * inv).round() as i8) }
+        })
+        .collect()
+}
+
 /// The values of whole blocks of a quantized `dtype`, in order, into `out`.
 pub fn dequantize(dtype: super::DType, bytes: &[u8], out: &mut [f32]) {
     use super::DType;
@@ -136,6 +153,26 @@ pub(crate) mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn q8_0_quantization_is_within_half_a_step_and_keeps_zeros() {
+        let mut rng = Rng::new(5);
+        let mut values: Vec<f32> = (0..QK * 8).map(|_| (rng.uniform_f32() - 0.5) * 6.0).collect();
+        values[QK..2 * QK].fill(0.0); // an all-zero block: scale 0, no division by it
+        values[2 * QK + 3] = -40.0; // an outlier sets its block's scale
+        let blocks = quantize_q8_0(&values);
+        let mut back = vec![f32::NAN; values.len()];
+        dequantize_into::<BlockQ8_0>(bytemuck::cast_slice(&blocks), &mut back);
+        for (b, (block, (x, y))) in blocks.iter().zip(values.chunks(QK).zip(back.chunks(QK))).enumerate() {
+            let d = f16_to_f32(block.d);
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!((d - amax / 127.0).abs() <= amax / 127.0 / 1024.0, "block {b}: scale {d} for max {amax}");
+            assert_eq!(block.qs.iter().map(|q| q.unsigned_abs()).max(), Some(if amax > 0.0 { 127 } else { 0 }));
+            for (x, y) in x.iter().zip(y) {
+                assert!((x - y).abs() <= 0.5 * d * 1.01, "block {b}: {x} came back as {y} (step {d})");
+            }
+        }
     }
 
     /// Every type against the GGUF reader's dequantization (spec/gguf.md's table, hand-checked

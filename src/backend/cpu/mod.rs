@@ -42,6 +42,10 @@ impl Backend for CpuBackend {
         w.gather_rows(ids, name)
     }
 
+    fn quantize_q8_0(&self, w: &CpuWeight) -> Result<CpuWeight> {
+        w.to_q8_0()
+    }
+
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }

@@ -166,6 +166,13 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn quantize_q8_0(&self, w: &CudaWeight) -> Result<CudaWeight> {
+        Err(crate::error::Error::input(format!(
+            "CUDA backend: {} cannot be kept as Q8_0 (no Q8_0 GEMM here; drop --draft-weights q8_0)",
+            w.name
+        )))
+    }
+
     fn gather_weight_rows(&self, w: &CudaWeight, ids: &[u32], name: &str) -> Result<CudaWeight> {
         let idx = self.upload_u32(ids);
         let (n, width) = (int(ids.len()), int(w.cols));

@@ -11,7 +11,7 @@ use std::process::Command;
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::backend::{AttnMask, Backend, KvLayout};
 use clover_engine::draft::clover2::Clover2Head;
-use clover_engine::draft::init::init_head;
+use clover_engine::draft::init::{init_head, init_head_from};
 use clover_engine::draft::{load_head, DraftHead, DraftKind};
 use clover_engine::model::layer::{DecoderLayer, Rope};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
@@ -123,6 +123,25 @@ fn fresh_init_follows_the_reference() {
     assert_eq!(config["draft"]["kind"], "clover2");
     assert_eq!(config["clover"]["num_heads"], 5);
     assert_eq!(config["num_hidden_layers"], 2);
+}
+
+/// clover2.md §16 P4: the block's source layer is a setting (the reference's HEAD copies layer 0);
+/// a layer the base does not have, or the setting on an EAGLE-1 head, is refused.
+#[test]
+fn block_can_be_copied_from_another_base_layer() {
+    let (base_dir, _) = tiny_base_and_head("c2-init-layer");
+    let out = base_dir.parent().unwrap().join("head-from-0");
+    init_head_from(DraftKind::Clover2, &base_dir, &out, 7, Some(0)).unwrap();
+    let (base, head) = (SafetensorsFiles::open_dir(&base_dir).unwrap(), SafetensorsFiles::open_dir(&out).unwrap());
+    let shape = [64, 32];
+    let want = base.get("model.layers.0.mlp.gate_proj.weight", &shape).unwrap().to_f32();
+    for l in 0..2 {
+        assert_eq!(head.get(&format!("layers.{l}.mlp.gate_proj.weight"), &shape).unwrap().to_f32(), want);
+    }
+    let err = init_head_from(DraftKind::Clover2, &base_dir, &out, 7, Some(2)).unwrap_err().to_string();
+    assert!(err.contains("--block-from-layer 2") && err.contains("has 2 decoder layers (0..=1)"), "{err}");
+    let err = init_head_from(DraftKind::Eagle, &base_dir, &out, 7, Some(0)).unwrap_err().to_string();
+    assert!(err.contains("only a Clover-2 head"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use clover_engine::draft::init::init_head;
+use clover_engine::draft::init::init_head_from;
 use clover_engine::error::Result;
 
 use super::generate::DraftArg;
@@ -19,11 +19,15 @@ pub struct InitHeadArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Clover-2: copy the Augmenting Block's layers from this base decoder layer (0-based)
+    /// instead of the last one (clover2.md §16 P4: the reference's HEAD copies layer 0).
+    #[arg(long)]
+    block_from_layer: Option<usize>,
 }
 
 pub fn run(a: InitHeadArgs) -> Result<()> {
     let base = super::model_dir(a.model)?;
-    init_head(a.kind.into(), &base, &a.out, a.seed)?;
+    init_head_from(a.kind.into(), &base, &a.out, a.seed, a.block_from_layer)?;
     println!("wrote an untrained head to {}", a.out.display());
     Ok(())
 }

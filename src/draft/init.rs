@@ -85,22 +85,30 @@ fn clover_cell_tensors(rng: &mut Rng, h: usize, prefix: &str) -> Tensors {
         .collect()
 }
 
-/// Clover-2 (clover2.md §6, §16 P4): the Augmenting Block's layers are copies of the base
-/// model's last decoder layer and both norms start from its final norm, so the block starts out
-/// continuing the base model's computation; the FCs start near the identity on the state.
-pub fn clover2_tensors(rng: &mut Rng, c: &ModelConfig, base: &SafetensorsFiles, layers: usize) -> Result<Tensors> {
+/// Clover-2 (clover2.md §6, §16 P4): the Augmenting Block's layers are copies of base decoder
+/// layer `from_layer` (default: the last, as Clover-2's first commit and most likely the paper
+/// did; the reference's HEAD copies layer 0) and both norms start from its final norm, so the
+/// block starts out continuing the base model's computation; the FCs start near the identity on
+/// the state.
+pub fn clover2_tensors(
+    rng: &mut Rng,
+    c: &ModelConfig,
+    base: &SafetensorsFiles,
+    layers: usize,
+    from_layer: usize,
+) -> Result<Tensors> {
     let h = c.hidden_size;
-    let last = format!("model.layers.{}.", c.num_layers.saturating_sub(1));
-    let mut last_layer = Vec::new();
-    for (name, shape) in tensor_shapes(c).into_iter().filter(|(n, _)| n.starts_with(&last)) {
+    let prefix = format!("model.layers.{from_layer}.");
+    let mut copied = Vec::new();
+    for (name, shape) in tensor_shapes(c).into_iter().filter(|(n, _)| n.starts_with(&prefix)) {
         let values = base.get(&name, &shape)?.to_f32();
-        last_layer.push((name[last.len()..].to_string(), shape, values));
+        copied.push((name[prefix.len()..].to_string(), shape, values));
     }
     let final_norm = base.get("model.norm.weight", &[h])?.to_f32();
 
     let mut t = clover_cell_tensors(rng, h, clover2::AD0);
     for l in 0..layers {
-        t.extend(last_layer.iter().map(|(name, shape, v)| (format!("layers.{l}.{name}"), shape.clone(), v.clone())));
+        t.extend(copied.iter().map(|(name, shape, v)| (format!("layers.{l}.{name}"), shape.clone(), v.clone())));
     }
     t.push((clover2::CLOVER_NORM.into(), vec![h], final_norm.clone()));
     t.push((format!("{}.weight", clover2::HEAD0_FC), vec![h, h], eye_plus_uniform(rng, h, h)));
@@ -114,9 +122,37 @@ pub fn clover2_tensors(rng: &mut Rng, c: &ModelConfig, base: &SafetensorsFiles, 
 
 /// An untrained head for the base model in `base_dir`: its tensors and its `config.json`.
 pub fn fresh_head(kind: DraftKind, base_dir: &Path, seed: u64) -> Result<(Tensors, serde_json::Value)> {
+    fresh_head_from(kind, base_dir, seed, None)
+}
+
+/// `fresh_head`, with Clover-2's Augmenting Block copied from base layer `block_layer` instead of
+/// the last (`None`).
+pub fn fresh_head_from(
+    kind: DraftKind,
+    base_dir: &Path,
+    seed: u64,
+    block_layer: Option<usize>,
+) -> Result<(Tensors, serde_json::Value)> {
     let base_path = base_dir.join("config.json");
     let base_json = read_json(&base_path)?;
     let base = ModelConfig::from_json(&base_json, &base_path)?;
+    let from_layer = match block_layer {
+        Some(l) if kind != DraftKind::Clover2 => {
+            return Err(Error::input(format!(
+                "--block-from-layer {l}: only a Clover-2 head copies base layers (EAGLE-1's layer starts random)"
+            )))
+        }
+        Some(l) if l >= base.num_layers => {
+            return Err(Error::input(format!(
+                "--block-from-layer {l}: {} has {} decoder layers (0..={})",
+                base_path.display(),
+                base.num_layers,
+                base.num_layers.saturating_sub(1)
+            )))
+        }
+        Some(l) => l,
+        None => base.num_layers.saturating_sub(1),
+    };
     let mut rng = Rng::new(seed);
     Ok(match kind {
         DraftKind::Eagle => (eagle_tensors(&mut rng, &base), head_config_json(&base_json, kind.name(), 1, 10000.0)),
@@ -127,14 +163,25 @@ pub fn fresh_head(kind: DraftKind, base_dir: &Path, seed: u64) -> Result<(Tensor
             if let Some(o) = config.as_object_mut() {
                 o.insert("clover".into(), clover.to_json());
             }
-            (clover2_tensors(&mut rng, &base, &files, clover.num_layers)?, config)
+            (clover2_tensors(&mut rng, &base, &files, clover.num_layers, from_layer)?, config)
         }
     })
 }
 
 /// Writes `out_dir/config.json` and `out_dir/model.safetensors` for an untrained head.
 pub fn init_head(kind: DraftKind, base_dir: &Path, out_dir: &Path, seed: u64) -> Result<()> {
-    let (tensors, config) = fresh_head(kind, base_dir, seed)?;
+    init_head_from(kind, base_dir, out_dir, seed, None)
+}
+
+/// `init_head`, with Clover-2's Augmenting Block copied from base layer `block_layer`.
+pub fn init_head_from(
+    kind: DraftKind,
+    base_dir: &Path,
+    out_dir: &Path,
+    seed: u64,
+    block_layer: Option<usize>,
+) -> Result<()> {
+    let (tensors, config) = fresh_head_from(kind, base_dir, seed, block_layer)?;
     write_head(out_dir, &tensors, &config)
 }
 

@@ -3,8 +3,9 @@
 
 AD0(u, y) = u + concat_h(cos(q_h, k_h) * v_h), q from RMSNorm(u), k and v from y = E[x_{t+1}]
 (clover2.md section 3). This prints, per head file, the median over positions of
-|injection| / |u| on a few gen-data conversations, and the rms of AD0's Wv: the figures behind
-`distill --lr-scale` / `--init-scale` in README.md ("Trained heads").
+|injection| / |u| on a few gen-data conversations, the rms of AD0's Wv (the figures behind
+`distill --lr-scale` / `--init-scale` in README.md, "Trained heads"), and per attention head the
+mean |cos(q_h, k_h)|: how open the cosine gate is (about 0.1 for unrelated vectors of this size).
 
 Independent of the engine: numpy only, safetensors read by hand (8-byte header length, JSON
 header, raw little-endian data).
@@ -69,7 +70,7 @@ def main():
         if not w:
             sys.exit(f"error: {path} has no clover_head_mlp_rnn.* tensors (not a Clover-2 head)")
         g = lambda n: w["clover_head_mlp_rnn." + n]
-        ratios = []
+        ratios, gates = [], []
         for c in ids:
             u = shard[c + ".hidden_state_prenorm"][:-1]  # u_t pairs with x_{t+1}
             y = emb[shard[c + ".input_ids"][1:]]
@@ -81,11 +82,14 @@ def main():
             cos = (qh * kh).sum(-1) / np.maximum(np.linalg.norm(qh, axis=-1), eps) / np.maximum(
                 np.linalg.norm(kh, axis=-1), eps
             )
+            gates.append(np.abs(cos))
             injected = (cos[:, :, None] * vh).reshape(t, -1)
             ratios.append(np.linalg.norm(injected, axis=1) / np.linalg.norm(u, axis=1))
         ratios = np.concatenate(ratios)
         print(f"{path}: median |injection|/|u| {np.median(ratios):.4f} over {len(ratios)} positions, "
               f"Wv rms {g('v.weight').std():.4f}")
+        gate = np.concatenate(gates).mean(0)
+        print(f"  mean |cos(q_h, k_h)| per head: {' '.join(f'{x:.2f}' for x in gate)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ pub mod vocab;
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::model::{ForwardOutput, Llama, Logits};
-use crate::weights::HostTensor;
+use crate::weights::{Bytes, HostTensor};
 use vocab::{DraftLmHead, DraftVocabChoice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,18 +131,31 @@ pub fn load_head_opts<B: Backend + 'static>(
     }
 }
 
-/// `[rows, 2h]` → its first and second column halves as `[rows, h]` tensors.
+/// `[rows, 2h]` → its first and second column halves as `[rows, h]` tensors, in the stored type
+/// (f32 values for a quantized one, whose blocks may straddle the halves).
 pub(crate) fn split_columns(t: &HostTensor, h: usize) -> (HostTensor, HostTensor) {
-    let values = t.to_f32();
     let rows = t.shape[0];
-    let mut left = Vec::with_capacity(rows * h);
-    let mut right = Vec::with_capacity(rows * h);
-    for r in values.chunks_exact(2 * h) {
-        left.extend_from_slice(&r[..h]);
-        right.extend_from_slice(&r[h..]);
+    let half = |side: usize| format!("{}[:, {}]", t.name, [":H", "H:"][side]);
+    if t.dtype.is_quantized() {
+        let values = t.to_f32();
+        let pick = |side: usize| -> Vec<f32> {
+            values.chunks_exact(2 * h).flat_map(|r| r[side * h..(side + 1) * h].iter().copied()).collect()
+        };
+        return (
+            HostTensor::from_f32(&half(0), vec![rows, h], &pick(0)),
+            HostTensor::from_f32(&half(1), vec![rows, h], &pick(1)),
+        );
     }
-    (
-        HostTensor::from_f32(&format!("{}[:, :H]", t.name), vec![rows, h], &left),
-        HostTensor::from_f32(&format!("{}[:, H:]", t.name), vec![rows, h], &right),
-    )
+    let width = t.dtype.bytes_for(h).expect("an unquantized type has a size per value");
+    let bytes = t.bytes.as_slice();
+    let pick = |side: usize| -> Vec<u8> {
+        bytes.chunks_exact(2 * width).flat_map(|r| r[side * width..(side + 1) * width].iter().copied()).collect()
+    };
+    let tensor = |side: usize| HostTensor {
+        name: half(side),
+        dtype: t.dtype,
+        shape: vec![rows, h],
+        bytes: Bytes::Owned(std::sync::Arc::new(pick(side))),
+    };
+    (tensor(0), tensor(1))
 }

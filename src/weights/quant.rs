@@ -105,19 +105,21 @@ pub fn dequantize_into<B: Block>(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `values` (whole blocks of 32) as Q8_0 blocks, the way llama.cpp quantizes: per block
-/// `d = max|x| / 127` and `q = round(x / d)`, so a value is off by at most d / 2 (and by the
-/// rounding of d to f16). Used for draft-head matrices (`--draft-weights q8_0`), where a smaller
-/// read matters and exactness does not: verification never sees them.
+/// `values` (whole blocks of 32) as Q8_0 blocks: per block the scale `d = max|x| / 127` rounded
+/// to f16, and `q = round(x / d)` against that stored scale (llama.cpp divides by the unrounded
+/// one), so every value comes back within d / 2. Used for draft-head matrices
+/// (`--draft-weights q8_0`), where a smaller read matters and exactness does not: verification
+/// never sees them.
 pub fn quantize_q8_0(values: &[f32]) -> Vec<BlockQ8_0> {
     assert_eq!(values.len() % QK, 0, "quantize_q8_0: {} values are not whole blocks of {QK}", values.len());
     values
         .chunks_exact(QK)
         .map(|x| {
             let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            BlockQ8_0 { d: f16::from_f32(d).to_bits(), qs: std::array::from_fn(|j| (x[j] * inv).round() as i8) }
+            let d = f16::from_f32(amax / 127.0);
+            let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+            // |x| / d ≤ 127 · (1 + 2⁻¹¹) after d's rounding: the clamp only guards the type.
+            BlockQ8_0 { d: d.to_bits(), qs: std::array::from_fn(|j| (x[j] * inv).round().clamp(-127.0, 127.0) as i8) }
         })
         .collect()
 }

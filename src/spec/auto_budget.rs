@@ -18,8 +18,13 @@
 //! (its main chains are the big tree's, cut at rank B), so accept(B) = the rest of accept's time
 //! per step + calls(B) per step × the time of one call. A budget of B needs only
 //! min(10, B) candidates per level and min(5, B) levels to find the same top-B tree
-//! (`eagle2_tree`), so the draft time is the head's update on accepted tokens plus the tree
-//! expansion measured at the largest budget, scaled by the rows the smaller expansion forwards.
+//! (`eagle2_tree`), so the draft time is the head's update on accepted tokens plus min(5, B) − 1
+//! levels of min(10, B) rows each, a level timed alone for 1..=10 rows (`level_latency_ms`), plus
+//! the tree's bookkeeping (the expander's top-k and rerank, the root's row): what the largest
+//! budget's expansion took beyond its levels timed alone, charged per row. On a CPU a level of
+//! one or two rows costs far more than its share of a ten-row level (the head's weights are read
+//! whatever the rows), so scaling the largest budget's expansion by rows, as this did before, made
+//! small trees look cheaper than they are.
 //! Budget 0 stands for plain decoding: τ = 1 at verify(1).
 
 use std::time::Instant;
@@ -28,7 +33,8 @@ use crate::backend::Backend;
 use crate::draft::DraftHead;
 use crate::error::{Error, Result};
 use crate::model::{Llama, LogitRows};
-use crate::spec::drafting::TreeSpec;
+use crate::sampling::SamplingParams;
+use crate::spec::drafting::{draft_distribution, TreeSpec};
 use crate::spec::engine::{generate_speculative, GenerationConfig, SpecStats};
 use crate::spec::node_logits::NodeLogits;
 use crate::spec::tree::Eagle2Params;
@@ -64,10 +70,15 @@ pub fn chain_rows(nodes: usize) -> usize {
     }
 }
 
-/// Rows an EAGLE-2 expansion forwards through the head after the root's: top_k per level but
-/// the last.
-pub fn expansion_rows(p: Eagle2Params) -> usize {
-    p.top_k * (p.max_depth - 1)
+/// Levels an EAGLE-2 expansion forwards through the head after the root's (top_k rows each):
+/// every level but the last.
+pub fn expansion_levels(p: Eagle2Params) -> usize {
+    p.max_depth - 1
+}
+
+/// Draft rows an EAGLE-2 expansion turns into candidates: the root's and top_k per level.
+fn drafted_rows(p: Eagle2Params) -> usize {
+    1 + p.top_k * expansion_levels(p)
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -94,6 +105,11 @@ pub struct Calibration {
     pub begin_ms: f64,
     /// Growing the tree.
     pub expand_ms: f64,
+    /// One tree level of r rows (`level_ms[r - 1]`, r = 1..=10) timed alone: the head's forward,
+    /// its logits to the host and into draft distributions.
+    pub level_ms: Vec<f64>,
+    /// The rest of growing a tree, per row drafted (the root's included).
+    pub bookkeeping_ms_per_row: f64,
     /// Accepting, without the off-chain projection calls.
     pub accept_ms: f64,
     /// One off-chain projection call (0 when none was made).
@@ -101,19 +117,33 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    /// From the statistics of speculative runs at the largest budget, summed.
-    pub fn from_stats(stats: &SpecStats) -> Self {
+    /// From the statistics of speculative runs at budget `max_budget`, summed, and the level
+    /// latencies.
+    pub fn from_stats(stats: &SpecStats, max_budget: usize, level_ms: Vec<f64>) -> Self {
         let steps = stats.base.steps.max(1) as f64;
         let per_step = |secs: f64| 1000.0 * secs / steps;
-        Calibration {
+        let mut c = Calibration {
             steps: stats.base.steps,
             accepted_by_rank: stats.accepted_by_rank.clone(),
             off_chain_calls_by_rank: stats.off_chain_calls_by_rank.clone(),
             begin_ms: per_step(stats.begin_secs),
             expand_ms: per_step(stats.draft_secs - stats.begin_secs),
+            level_ms,
             accept_ms: per_step(stats.accept_secs - stats.off_chain_secs),
             off_chain_call_ms: 1000.0 * stats.off_chain_secs / stats.off_chain_calls.max(1) as f64,
-        }
+            bookkeeping_ms_per_row: 0.0,
+        };
+        let p = eagle2_tree(max_budget);
+        let levels_alone = c.draft_ms_at(max_budget) - c.begin_ms;
+        c.bookkeeping_ms_per_row = ((c.expand_ms - levels_alone) / drafted_rows(p) as f64).max(0.0);
+        c
+    }
+
+    /// Drafting at `budget`: the head's update and the tree's levels.
+    fn draft_ms_at(&self, budget: usize) -> f64 {
+        let p = eagle2_tree(budget);
+        let level = self.level_ms.get(p.top_k - 1).or(self.level_ms.last()).copied().unwrap_or(0.0);
+        self.begin_ms + expansion_levels(p) as f64 * level + drafted_rows(p) as f64 * self.bookkeeping_ms_per_row
     }
 
     /// Per step at `budget`: (drafts accepted, off-chain projection calls).
@@ -146,12 +176,11 @@ impl BudgetPlan {
             tokens_per_s: 1000.0 / verify_ms[0],
         };
         let c = &calibration;
-        let max_rows = expansion_rows(eagle2_tree(verify_ms.len() - 1)).max(1) as f64;
         let mut rows = vec![plain];
         for (budget, &verify_ms) in verify_ms.iter().enumerate().skip(1) {
             let (accepted, calls) = c.per_step_at(budget);
             let tau = 1.0 + accepted;
-            let draft_ms = c.begin_ms + c.expand_ms * expansion_rows(eagle2_tree(budget)) as f64 / max_rows;
+            let draft_ms = c.draft_ms_at(budget);
             let accept_ms = c.accept_ms + calls * c.off_chain_call_ms;
             let step_ms = draft_ms + verify_ms + accept_ms;
             let tokens_per_s = 1000.0 * tau / step_ms;
@@ -164,17 +193,23 @@ impl BudgetPlan {
     /// The plan as a table, with the choice and why.
     pub fn table(&self) -> String {
         let c = &self.calibration;
-        let (_, calls) = c.per_step_at(self.rows.len() - 1);
+        let max = self.rows.len() - 1;
+        let (_, calls) = c.per_step_at(max);
+        let levels: Vec<String> = c.level_ms.iter().map(|ms| format!("{ms:.2}")).collect();
         let mut s = format!(
-            "tree budget auto: {} calibration steps at budget {}; per step: head update {:.2} ms, tree \
-             expansion {:.2} ms, accept {:.2} ms + {calls:.2} projections off the main chain of {:.2} ms \
-             each\n{:>6} {:>7} {:>9} {:>10} {:>10} {:>9} {:>11}\n",
+            "tree budget auto: {} calibration steps at budget {max}; per step: head update {:.2} ms, tree \
+             expansion {:.2} ms (its levels timed alone: {:.2} ms, the rest {:.3} ms a row), accept {:.2} \
+             ms + {calls:.2} projections off the main chain of {:.2} ms each; a level of 1, 2, … rows: {} \
+             ms\n\
+             {:>6} {:>7} {:>9} {:>10} {:>10} {:>9} {:>11}\n",
             c.steps,
-            self.rows.len() - 1,
             c.begin_ms,
             c.expand_ms,
+            c.expand_ms - c.bookkeeping_ms_per_row * drafted_rows(eagle2_tree(max)) as f64,
+            c.bookkeeping_ms_per_row,
             c.accept_ms,
             c.off_chain_call_ms,
+            levels.join(" "),
             "budget",
             "τ",
             "draft ms",
@@ -257,6 +292,51 @@ pub fn verify_latency_ms<B: Backend>(
         .collect())
 }
 
+/// Median time in ms of one tree level of r rows drafted by `head`, r = 1..=max_rows, after one
+/// untimed pass: r children of the root after the head's update on `prompt`, each repetition
+/// from a fresh update; the head's forward, its logits brought to the host and made into draft
+/// distributions, as `drafting::grow` does per level. Leaves the head mid-sequence (decoding
+/// resets it).
+pub fn level_latency_ms<B: Backend, H: DraftHead<B> + ?Sized>(
+    model: &Llama<B>,
+    head: &mut H,
+    prompt: &[u32],
+    max_rows: usize,
+    reps: usize,
+    params: &SamplingParams,
+) -> Result<Vec<f64>> {
+    if prompt.is_empty() || max_rows == 0 || reps == 0 {
+        return Err(Error::input("level latency: needs a prompt, at least one row and one repetition"));
+    }
+    let mut cache = model.new_cache(prompt.len());
+    let prefill = model.prefill(&mut cache, prompt, LogitRows::None)?;
+    let positions: Vec<usize> = (0..prompt.len()).collect();
+    let next: Vec<u32> = prompt[1..].iter().copied().chain([prompt[0]]).collect();
+    let mut times = vec![Vec::with_capacity(reps); max_rows];
+    for rep in 0..=reps {
+        for r in 1..=max_rows {
+            head.reset();
+            head.begin(model, &prefill, &positions, &next)?;
+            let tokens: Vec<u32> = (0..r).map(|i| prompt[i % prompt.len()]).collect();
+            let t = Instant::now();
+            let logits = head.expand(model, &vec![0; r], &tokens)?.to_host(&model.backend);
+            for row in logits.chunks_exact(logits.len() / r) {
+                std::hint::black_box(draft_distribution(row, params));
+            }
+            if rep > 0 {
+                times[r - 1].push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
+}
+
 /// Calibrates `head` on `prompts` with the EAGLE-2 tree of `max_budget`, times verification on
 /// this machine, and plans the budget.
 pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
@@ -276,7 +356,8 @@ pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
         total.add(&stats);
     }
     let verify = verify_latency_ms(model, first, max_budget + 1, 5)?;
-    Ok(BudgetPlan::new(&verify, Calibration::from_stats(&total)))
+    let levels = level_latency_ms(model, head, first, eagle2_tree(max_budget).top_k, 5, &cfg.sampling)?;
+    Ok(BudgetPlan::new(&verify, Calibration::from_stats(&total, max_budget, levels)))
 }
 
 #[cfg(test)]
@@ -290,6 +371,9 @@ mod tests {
             off_chain_calls_by_rank,
             begin_ms: 0.5,
             expand_ms: 1.2,
+            // A level of 2 rows takes 0.4 ms, of 3 rows 0.6 ms.
+            level_ms: vec![0.3, 0.4, 0.6],
+            bookkeeping_ms_per_row: 0.0,
             accept_ms: 0.5,
             off_chain_call_ms: 0.0,
         }
@@ -299,8 +383,11 @@ mod tests {
     fn plan_takes_tau_from_ranks_and_maximises_tokens_per_second() {
         // 10 steps; rank 1 accepted 6 times, rank 2 three times, rank 3 once.
         let verify = [10.0, 11.0, 12.0, 20.0];
-        // Expansions forward 0, 2 and 6 rows at budgets 1, 2, 3; at 3 they take 1.2 ms.
-        assert_eq!([1, 2, 3].map(|b| expansion_rows(eagle2_tree(b))), [0, 2, 6]);
+        // Budgets 1, 2, 3 expand no level, one level of 2 rows, two levels of 3 rows.
+        assert_eq!(
+            [1, 2, 3].map(|b| (expansion_levels(eagle2_tree(b)), eagle2_tree(b).top_k)),
+            [(0, 1), (1, 2), (2, 3)]
+        );
         let plan = BudgetPlan::new(&verify, calibration(vec![0, 6, 3, 1], vec![]));
         let taus: Vec<f64> = plan.rows.iter().map(|r| r.tau).collect();
         assert!(taus.iter().zip([1.0, 1.6, 1.9, 2.0]).all(|(t, want)| (t - want).abs() < 1e-12), "{taus:?}");
@@ -315,6 +402,23 @@ mod tests {
         let plan = BudgetPlan::new(&verify, calibration(vec![0, 0, 0, 0], vec![]));
         assert_eq!(plan.budget, 0);
         assert!(plan.table().contains("chosen: plain decoding, expected 100.00 tok/s (the best tree, budget 1"));
+    }
+
+    #[test]
+    fn expansion_beyond_its_levels_is_charged_per_drafted_row() {
+        // 10 steps at budget 3 (two levels of 3 rows): 10 ms of drafting a step, 2 of them the
+        // head's update, so 8 ms growing trees, of which the levels account for 2 × 0.6 ms.
+        let mut stats = SpecStats { draft_secs: 0.1, begin_secs: 0.02, ..Default::default() };
+        stats.base.steps = 10;
+        let c = Calibration::from_stats(&stats, 3, vec![0.3, 0.4, 0.6]);
+        assert!((c.expand_ms - 8.0).abs() < 1e-9 && (c.begin_ms - 2.0).abs() < 1e-9);
+        // 7 rows drafted (the root's and 3 per level): (8 − 1.2) / 7 ms each.
+        let per_row = 6.8 / 7.0;
+        assert!((c.bookkeeping_ms_per_row - per_row).abs() < 1e-9, "{}", c.bookkeeping_ms_per_row);
+        // The largest budget's drafting comes back whole; budget 2: one level of 2 rows, 3 rows.
+        assert!((c.draft_ms_at(3) - 10.0).abs() < 1e-9);
+        assert!((c.draft_ms_at(2) - (2.0 + 0.4 + 3.0 * per_row)).abs() < 1e-9);
+        assert!((c.draft_ms_at(1) - (2.0 + per_row)).abs() < 1e-9);
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct DraftedTree {
 
 /// The distribution a dynamic tree ranks candidates by: the processed draft distribution, or at
 /// T = 0 the plain softmax (a one-hot would leave nothing to branch on).
-fn draft_distribution(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
+pub(crate) fn draft_distribution(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
     let p = if params.is_greedy() { SamplingParams::with_temperature(1.0) } else { *params };
     sampling::process(logits, &p)
 }

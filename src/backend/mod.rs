@@ -102,6 +102,13 @@ pub trait Backend: Send + Sync {
     fn quantize_q8_0(&self, w: &Self::Weight) -> Result<Self::Weight>;
     /// out[rows, n] = x[rows, k] · wᵀ with w `[n, k]`.
     fn matmul(&self, x: &Self::Buf, rows: usize, w: &Self::Weight, out: &mut Self::Buf);
+    /// `matmul` of the same `x` by each weight into its output (a layer's q, k and v): one
+    /// launch of the work where the backend can, the same values as one `matmul` each.
+    fn matmul_group(&self, x: &Self::Buf, rows: usize, parts: &mut [(&Self::Weight, &mut Self::Buf)]) {
+        for (w, out) in parts.iter_mut() {
+            self.matmul(x, rows, w, out);
+        }
+    }
     /// x[r] += bias for every row.
     fn add_bias(&self, x: &mut Self::Buf, rows: usize, bias: &Self::Weight);
     /// x += y element-wise.

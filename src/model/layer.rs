@@ -206,9 +206,7 @@ impl<B: Backend> DecoderLayer<B> {
         });
         let attn_in = normed.as_ref().unwrap_or(&*x);
         let (mut q, mut k, mut v) = (b.zeros(rows * qd), b.zeros(rows * kvd), b.zeros(rows * kvd));
-        b.matmul(attn_in, rows, &self.q, &mut q);
-        b.matmul(attn_in, rows, &self.k, &mut k);
-        b.matmul(attn_in, rows, &self.v, &mut v);
+        b.matmul_group(attn_in, rows, &mut [(&self.q, &mut q), (&self.k, &mut k), (&self.v, &mut v)]);
         if let Some([qb, kb, vb]) = &self.qkv_bias {
             b.add_bias(&mut q, rows, qb);
             b.add_bias(&mut k, rows, kb);
@@ -232,8 +230,7 @@ impl<B: Backend> DecoderLayer<B> {
         let mut normed = b.zeros(rows * h);
         b.rmsnorm(x, rows, &self.mlp_norm, self.eps, &mut normed);
         let (mut gate, mut up, mut act) = (b.zeros(rows * i), b.zeros(rows * i), b.zeros(rows * i));
-        b.matmul(&normed, rows, &self.gate, &mut gate);
-        b.matmul(&normed, rows, &self.up, &mut up);
+        b.matmul_group(&normed, rows, &mut [(&self.gate, &mut gate), (&self.up, &mut up)]);
         b.swiglu(&gate, &up, &mut act);
         let mut out = b.zeros(rows * h);
         b.matmul(&act, rows, &self.down, &mut out);

@@ -283,13 +283,18 @@ pub fn verify_latency_ms<B: Backend>(
             cache.truncate(base);
         }
     }
-    Ok(times
+    Ok(medians(times))
+}
+
+/// The median of each list of timings (each non-empty).
+fn medians(times: Vec<Vec<f64>>) -> Vec<f64> {
+    times
         .into_iter()
         .map(|mut t| {
             t.sort_by(f64::total_cmp);
             t[t.len() / 2]
         })
-        .collect())
+        .collect()
 }
 
 /// Median time in ms of one tree level of r rows drafted by `head`, r = 1..=max_rows, after one
@@ -328,13 +333,7 @@ pub fn level_latency_ms<B: Backend, H: DraftHead<B> + ?Sized>(
             }
         }
     }
-    Ok(times
-        .into_iter()
-        .map(|mut t| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
-        .collect())
+    Ok(medians(times))
 }
 
 /// Calibrates `head` on `prompts` with the EAGLE-2 tree of `max_budget`, times verification on

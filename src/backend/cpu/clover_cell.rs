@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul::matmul;
+use super::matmul::{matmul, matmul_group};
 use super::weight::CpuWeight;
 use crate::backend::CloverCellParams;
 
@@ -36,13 +36,27 @@ fn project(input: &[f32], rows: usize, w: &CpuWeight, b: &CpuWeight) -> Vec<f32>
     let (n, _) = w.matrix_shape();
     let mut out = vec![0.0; rows * n];
     matmul(input, rows, w, &mut out);
+    add_bias(&mut out, b);
+    out
+}
+
+/// `project` of one input by two weights (k and v of the token), in one matmul group.
+fn project_pair(input: &[f32], rows: usize, [(w1, b1), (w2, b2)]: [(&CpuWeight, &CpuWeight); 2]) -> [Vec<f32>; 2] {
+    let mut a = vec![0.0; rows * w1.matrix_shape().0];
+    let mut b = vec![0.0; rows * w2.matrix_shape().0];
+    matmul_group(input, rows, &mut [(w1, a.as_mut_slice()), (w2, b.as_mut_slice())]);
+    add_bias(&mut a, b1);
+    add_bias(&mut b, b2);
+    [a, b]
+}
+
+fn add_bias(out: &mut [f32], b: &CpuWeight) {
     let bias = b.to_f32();
-    for row in out.chunks_exact_mut(n) {
+    for row in out.chunks_exact_mut(bias.len()) {
         for (o, bv) in row.iter_mut().zip(&bias) {
             *o += bv;
         }
     }
-    out
 }
 
 fn projections(
@@ -69,8 +83,7 @@ fn projections(
         inv_rms.push(r);
     }
     let q = project(&normed, rows, &cell.wq, &cell.bq);
-    let k = project(y, rows, &cell.wk, &cell.bk);
-    let v = project(y, rows, &cell.wv, &cell.bv);
+    let [k, v] = project_pair(y, rows, [(&cell.wk, &cell.bk), (&cell.wv, &cell.bv)]);
     Projections { hidden: h, head_dim: h / n_heads, normed, inv_rms, q, k, v }
 }
 

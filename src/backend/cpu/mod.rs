@@ -77,6 +77,12 @@ impl Backend for CpuBackend {
         matmul::matmul(x, rows, w, out);
     }
 
+    fn matmul_group(&self, x: &Vec<f32>, rows: usize, parts: &mut [(&CpuWeight, &mut Vec<f32>)]) {
+        let mut parts: Vec<(&CpuWeight, &mut [f32])> =
+            parts.iter_mut().map(|(w, out)| (*w, out.as_mut_slice())).collect();
+        matmul::matmul_group(x, rows, &mut parts);
+    }
+
     fn add_bias(&self, x: &mut Vec<f32>, rows: usize, bias: &CpuWeight) {
         linear::add_bias(x, rows, &bias.to_f32());
     }

@@ -200,8 +200,7 @@ impl MatmulIsa {
 
 fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     let (n, k) = w.matrix_shape();
-    assert_eq!(x.len(), m * k, "matmul: x is not [{m}, {k}]");
-    assert_eq!(out.len(), m * n, "matmul: out is not [{m}, {n}]");
+    check_shapes(x, m, w, out);
     if m == 0 || n == 0 {
         return;
     }
@@ -209,35 +208,89 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     if isa == Isa::Amx && w.dtype() == DType::BF16 {
         return amx::matmul(x, m, w.packed_bf16(), out);
     }
-    let w = weights(w);
-    #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx512Bf16, Weights::BF16(wb)) = (isa, w) {
-        let rows = dpbf16::Rows::new(x, m, k);
-        let out = OutPtr(out.as_mut_ptr());
-        // SAFETY: `isa` is supported (so is AVX-512 BF16); tasks cover disjoint column ranges
-        // within `n`, and `out` (checked to be [m, n]) stays mutably borrowed until they finish.
-        return column_tasks(m, k, n, |c0, c1| unsafe { dpbf16::columns(&rows, m, k, n, wb, out, c0, c1) });
-    }
-    let job = Job { x, m, k, n, w, out: OutPtr(out.as_mut_ptr()) };
-    // SAFETY: `isa` is supported; tasks cover disjoint column ranges within `n`, and `out`
-    // (checked to be [m, n]) stays mutably borrowed until they all finish.
-    column_tasks(m, k, n, |c0, c1| unsafe { isa.columns(&job, c0, c1) });
-}
-
-/// Runs `task(c0, c1)` over column blocks covering `0..n` of an `[m, k] · [k, n]` product, on the
-/// rayon pool when there is enough work for more than one.
-fn column_tasks(m: usize, k: usize, n: usize, task: impl Fn(usize, usize) + Sync) {
-    // Column blocks in multiples of 16 keep tasks' output writes on separate cache lines.
-    let by_threads = n.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD);
-    let by_work = MIN_TASK_MACS.div_ceil(m * k.max(1));
-    let per_task = by_threads.max(by_work).next_multiple_of(16);
-    let block = |t: usize| task(t * per_task, n.min((t + 1) * per_task));
+    let columns = column_kernel(isa, x, m, w, out);
+    let per_task = task_width(m, k, n);
     let tasks = n.div_ceil(per_task);
+    let block = |t: usize| columns(t * per_task, n.min((t + 1) * per_task));
     if tasks == 1 {
         block(0);
     } else {
         (0..tasks).into_par_iter().for_each(block);
     }
+}
+
+/// Several products of the same `x` (a layer's q, k and v; its gate and up) in one parallel
+/// region: one wake-up of the thread pool instead of one per product, which at one row (a decode
+/// step: ~200 products of a few to a few tens of µs) is a measurable share of the step. Each
+/// output has the bits `matmul` gives it.
+pub fn matmul_group(x: &[f32], m: usize, parts: &mut [(&CpuWeight, &mut [f32])]) {
+    let isa = Isa::get();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx {
+        for (w, out) in parts.iter_mut() {
+            matmul_with(isa, x, m, w, out);
+        }
+        return;
+    }
+    let mut kernels = Vec::with_capacity(parts.len());
+    let mut tasks = Vec::new();
+    for (w, out) in parts.iter_mut() {
+        let (n, k) = w.matrix_shape();
+        check_shapes(x, m, w, out);
+        if m == 0 || n == 0 {
+            continue;
+        }
+        let per_task = task_width(m, k, n);
+        tasks.extend((0..n.div_ceil(per_task)).map(|t| (kernels.len(), t * per_task, n.min((t + 1) * per_task))));
+        kernels.push(column_kernel(isa, x, m, w, out));
+    }
+    let run = |&(part, c0, c1): &(usize, usize, usize)| kernels[part](c0, c1);
+    match tasks.as_slice() {
+        [] => {}
+        [one] => run(one),
+        _ => tasks.par_iter().for_each(run),
+    }
+}
+
+fn check_shapes(x: &[f32], m: usize, w: &CpuWeight, out: &[f32]) {
+    let (n, k) = w.matrix_shape();
+    assert_eq!(x.len(), m * k, "matmul: x is not [{m}, {k}]");
+    assert_eq!(out.len(), m * n, "matmul: out is not [{m}, {n}]");
+}
+
+/// The kernel of one `[m, k] · [k, n]` product as `run(c0, c1)`, which writes output columns
+/// `c0..c1` of every row: tasks given disjoint column ranges may run in parallel. `out` stays
+/// mutably borrowed for as long as the kernel lives.
+fn column_kernel<'a>(
+    isa: Isa,
+    x: &'a [f32],
+    m: usize,
+    w: &'a CpuWeight,
+    out: &'a mut [f32],
+) -> Box<dyn Fn(usize, usize) + Sync + 'a> {
+    let (n, k) = w.matrix_shape();
+    let w = weights(w);
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512Bf16, Weights::BF16(wb)) = (isa, w) {
+        let rows = dpbf16::Rows::new(x, m, k);
+        let out = OutPtr(out.as_mut_ptr());
+        // SAFETY: `isa` is supported (so is AVX-512 BF16); callers give tasks disjoint column
+        // ranges within `n`, and `out` (checked to be [m, n]) stays mutably borrowed while the
+        // kernel lives.
+        return Box::new(move |c0, c1| unsafe { dpbf16::columns(&rows, m, k, n, wb, out, c0, c1) });
+    }
+    let job = Job { x, m, k, n, w, out: OutPtr(out.as_mut_ptr()) };
+    // SAFETY: `isa` is supported; callers give tasks disjoint column ranges within `n`, and `out`
+    // (checked to be [m, n]) stays mutably borrowed while the kernel lives.
+    Box::new(move |c0, c1| unsafe { isa.columns(&job, c0, c1) })
+}
+
+/// Columns per task of an `[m, k] · [k, n]` product: a few tasks per thread, none too small,
+/// in multiples of 16, which keeps tasks' output writes on separate cache lines.
+fn task_width(m: usize, k: usize, n: usize) -> usize {
+    let by_threads = n.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD);
+    let by_work = MIN_TASK_MACS.div_ceil(m * k.max(1));
+    by_threads.max(by_work).next_multiple_of(16)
 }
 
 /// `out[m, n] = x[m, k] · wᵀ` for an f32 `w` `[n, k]`, on the calling thread (for callers that
@@ -443,6 +496,40 @@ mod tests {
         };
         let values = tensor.to_f32();
         (CpuWeight::new(tensor).unwrap(), CpuWeight::new(HostTensor::from_f32("wf", vec![n, k], &values)).unwrap())
+    }
+
+    /// A group gives each product `matmul`'s bits, whatever the other products and their types
+    /// (a layer's q, k, v; gate, up; and one too small to split), at every row count the engine
+    /// uses.
+    #[test]
+    fn a_group_gives_each_product_the_bits_of_its_own_matmul() {
+        let mut rng = Rng::new(41);
+        let k = 96;
+        for m in [1, 2, 3, 4, 5, 26] {
+            let x = random(m * k, &mut rng);
+            let (q8, _) = quantized(DType::Q8_0, 64, k, &mut rng);
+            let weights = [
+                weight(DType::BF16, 200, k, &random(200 * k, &mut rng)).0,
+                weight(DType::F32, 48, k, &random(48 * k, &mut rng)).0,
+                q8,
+                weight(DType::BF16, 16, k, &random(16 * k, &mut rng)).0,
+            ];
+            let alone: Vec<Vec<f32>> = weights
+                .iter()
+                .map(|w| {
+                    let mut out = vec![0.0; m * w.matrix_shape().0];
+                    matmul(&x, m, w, &mut out);
+                    out
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![f32::NAN; m * w.matrix_shape().0]).collect();
+            let mut parts: Vec<(&CpuWeight, &mut [f32])> =
+                weights.iter().zip(outs.iter_mut()).map(|(w, o)| (w, o.as_mut_slice())).collect();
+            matmul_group(&x, m, &mut parts);
+            for (i, (got, want)) in outs.iter().zip(&alone).enumerate() {
+                assert!(got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "m = {m}, product {i}");
+            }
+        }
     }
 
     /// Blocks widened in registers give the f32 kernel's bits on the dequantized values (the

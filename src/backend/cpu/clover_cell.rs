@@ -7,17 +7,10 @@
 //! forward's) on top of the backward's four to six, no activation memory is held between the
 //! passes, and the trait stays free of a saved-state type every backend would have to agree on.
 
-use rayon::prelude::*;
-
+use super::linear::matmul_backward;
 use super::matmul::{matmul, matmul_group};
 use super::weight::CpuWeight;
 use crate::backend::CloverCellParams;
-
-/// Rows of the input handled by one task of the gradient GEMMs; a weight row stays hot in L1
-/// while it meets all of them.
-const ROWS_PER_TILE: usize = 32;
-/// Weight-gradient rows per task: an input row stays hot while it updates all of them.
-const OUTS_PER_TILE: usize = 16;
 
 /// What both directions compute from the inputs.
 struct Projections {
@@ -158,15 +151,12 @@ pub fn clover_cell_backward(
     add_bias_grad(&mut grads.bq, &dq, h);
     add_bias_grad(&mut grads.bk, &dk, h);
     add_bias_grad(&mut grads.bv, &dv, h);
-    add_outer(&mut grads.wq, &dq, &p.normed, h);
-    add_outer(&mut grads.wk, &dk, &y[..n], h);
-    add_outer(&mut grads.wv, &dv, &y[..n], h);
-    if let Some(dy) = dy {
-        add_input_grad(&mut dy[..n], &dk, &cell.wk.to_f32(), h);
-        add_input_grad(&mut dy[..n], &dv, &cell.wv.to_f32(), h);
-    }
+    // The three projections' backward: the linear layer's register-blocked kernels.
+    let mut dy = dy;
+    matmul_backward(&y[..n], &dk, rows, &cell.wk, dy.as_deref_mut(), Some(&mut grads.wk));
+    matmul_backward(&y[..n], &dv, rows, &cell.wv, dy.as_deref_mut(), Some(&mut grads.wv));
     let mut d_normed = vec![0.0; n];
-    add_input_grad(&mut d_normed, &dq, &cell.wq.to_f32(), h);
+    matmul_backward(&p.normed, &dq, rows, &cell.wq, Some(&mut d_normed), Some(&mut grads.wq));
 
     // RMSNorm: n = x·r·g with r = (mean(x²) + eps)^-½, so ∂L/∂x = r·g⊙dn − r³/H · x · Σ g⊙dn⊙x.
     let gain = cell.gain.to_f32();
@@ -190,39 +180,6 @@ fn add_bias_grad(db: &mut [f32], dz: &[f32], h: usize) {
             *b += g;
         }
     }
-}
-
-/// dW[o][i] += Σ_r dz[r][o] · input[r][i] (dW `[H, H]`, both operands `[rows, H]`).
-fn add_outer(dw: &mut [f32], dz: &[f32], input: &[f32], h: usize) {
-    dw.par_chunks_mut(OUTS_PER_TILE * h).enumerate().for_each(|(tile, block)| {
-        let first = tile * OUTS_PER_TILE;
-        for (dzr, inr) in dz.chunks_exact(h).zip(input.chunks_exact(h)) {
-            for (j, dwr) in block.chunks_exact_mut(h).enumerate() {
-                let c = dzr[first + j];
-                if c != 0.0 {
-                    for (w, v) in dwr.iter_mut().zip(inr) {
-                        *w += c * v;
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// d_in[r][i] += Σ_o dz[r][o] · W[o][i]: the gradient through `z = in · Wᵀ`.
-fn add_input_grad(d_in: &mut [f32], dz: &[f32], w: &[f32], h: usize) {
-    d_in.par_chunks_mut(ROWS_PER_TILE * h).zip(dz.par_chunks(ROWS_PER_TILE * h)).for_each(|(di, dzt)| {
-        for (o, wr) in w.chunks_exact(h).enumerate() {
-            for (dir, dzr) in di.chunks_exact_mut(h).zip(dzt.chunks_exact(h)) {
-                let c = dzr[o];
-                if c != 0.0 {
-                    for (a, wv) in dir.iter_mut().zip(wr) {
-                        *a += c * wv;
-                    }
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]

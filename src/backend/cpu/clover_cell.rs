@@ -154,7 +154,7 @@ pub fn clover_cell_backward(
     // The three projections' backward: the linear layer's register-blocked kernels.
     let mut dy = dy;
     matmul_backward(&y[..n], &dk, rows, &cell.wk, dy.as_deref_mut(), Some(&mut grads.wk));
-    matmul_backward(&y[..n], &dv, rows, &cell.wv, dy.as_deref_mut(), Some(&mut grads.wv));
+    matmul_backward(&y[..n], &dv, rows, &cell.wv, dy, Some(&mut grads.wv));
     let mut d_normed = vec![0.0; n];
     matmul_backward(&p.normed, &dq, rows, &cell.wq, Some(&mut d_normed), Some(&mut grads.wq));
 

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::draft::init::init_head;
 use clover_engine::draft::vocab::{DraftVocab, DraftVocabChoice, DRAFT_VOCAB_FILE};
-use clover_engine::draft::{load_head_with, DraftHead, DraftKind};
+use clover_engine::draft::{load_head_with, DraftKind};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
-use clover_engine::model::{Llama, LogitRows};
+use clover_engine::model::Llama;
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig};
@@ -36,29 +36,16 @@ fn write_vocab(head: &Path, ids: Vec<u32>) {
     DraftVocab { ids, meta: serde_json::json!({ "source": "test" }) }.save(head).unwrap();
 }
 
-/// Runs begin and two levels of expand; returns every row the head produced.
-fn draft_rows(head: &mut dyn DraftHead<CpuBackend>, model: &Llama<CpuBackend>) -> Vec<Vec<f32>> {
-    let prompt = [5u32, 17, 42, 99, 3, 64];
-    let mut cache = model.new_cache(64);
-    let base = model.prefill(&mut cache, &prompt, LogitRows::Last).unwrap();
-    let rows: Vec<usize> = (0..prompt.len()).collect();
-    let next: Vec<u32> = prompt[1..].iter().copied().chain([7]).collect();
-    head.reset();
-    let first = head.begin(model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
-    let level1 = head.expand(model, &[0, 0, 0], &[10, 11, 12]).unwrap().to_host(&CpuBackend);
-    let level2 = head.expand(model, &[2, 0], &[13, 14]).unwrap().to_host(&CpuBackend);
-    vec![first, level1, level2]
-}
-
 fn columns_equal_the_full_logits(kind: DraftKind) {
     let (head_dir, model) = base_and_head(kind);
-    let full = draft_rows(load_head_with(kind, &head_dir, &model, DraftVocabChoice::Full).unwrap().as_mut(), &model);
+    let full =
+        common::draft_rows(load_head_with(kind, &head_dir, &model, DraftVocabChoice::Full).unwrap().as_mut(), &model);
     write_vocab(&head_dir, some_ids());
     for (choice, n) in [(DraftVocabChoice::FromHead, some_ids().len()), (DraftVocabChoice::Top(9), 9)] {
         let mut head = load_head_with(kind, &head_dir, &model, choice).unwrap();
         let ids = head.draft_vocab().expect("a draft vocabulary").to_vec();
         assert_eq!(ids, some_ids()[..n]);
-        let reduced = draft_rows(head.as_mut(), &model);
+        let reduced = common::draft_rows(head.as_mut(), &model);
         for (full, reduced) in full.iter().zip(&reduced) {
             assert_eq!(reduced.len(), full.len() / VOCAB * n);
             for (full_row, row) in full.chunks_exact(VOCAB).zip(reduced.chunks_exact(n)) {

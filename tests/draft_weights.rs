@@ -12,7 +12,7 @@ use clover_engine::draft::init::init_head;
 use clover_engine::draft::vocab::{DraftVocab, DraftVocabChoice};
 use clover_engine::draft::{load_head_opts, DraftHead, DraftKind, DraftOptions, DraftWeights};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
-use clover_engine::model::{Llama, LogitRows};
+use clover_engine::model::Llama;
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig};
@@ -37,26 +37,13 @@ fn load(
     load_head_opts(kind, dir, model, DraftOptions { vocab: DraftVocabChoice::FromHead, weights }).unwrap()
 }
 
-/// Runs begin and one level of expand; returns the rows the head produced, one after another.
-fn draft_rows(head: &mut dyn DraftHead<CpuBackend>, model: &Llama<CpuBackend>) -> Vec<f32> {
-    let prompt = [5u32, 17, 42, 99, 3, 64];
-    let mut cache = model.new_cache(64);
-    let base = model.prefill(&mut cache, &prompt, LogitRows::Last).unwrap();
-    let rows: Vec<usize> = (0..prompt.len()).collect();
-    let next: Vec<u32> = prompt[1..].iter().copied().chain([7]).collect();
-    head.reset();
-    let mut out = head.begin(model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
-    out.extend(head.expand(model, &[0, 0, 0], &[10, 11, 12]).unwrap().to_host(&CpuBackend));
-    out
-}
-
 fn q8_0_logits_are_close(kind: DraftKind, vocab: Option<Vec<u32>>) {
     let (head_dir, model) = base_and_head(kind, tiny_llama_config(VOCAB));
     if let Some(ids) = vocab {
         DraftVocab { ids, meta: serde_json::json!({ "source": "test" }) }.save(&head_dir).unwrap();
     }
-    let stored = draft_rows(load(kind, &head_dir, &model, DraftWeights::Stored).as_mut(), &model);
-    let q8 = draft_rows(load(kind, &head_dir, &model, DraftWeights::Q8_0).as_mut(), &model);
+    let stored = common::draft_rows(load(kind, &head_dir, &model, DraftWeights::Stored).as_mut(), &model).concat();
+    let q8 = common::draft_rows(load(kind, &head_dir, &model, DraftWeights::Q8_0).as_mut(), &model).concat();
     assert_eq!(stored.len(), q8.len());
     let scale = stored.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let worst = stored.iter().zip(&q8).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));

@@ -5,6 +5,10 @@
 
 use std::path::PathBuf;
 
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::DraftHead;
+use clover_engine::model::{Llama, LogitRows};
+
 pub fn default_model() -> Option<PathBuf> {
     let dir = clover_engine::paths::default_model_dir();
     if dir.join("config.json").exists() {
@@ -68,4 +72,19 @@ pub fn assert_clean_error(o: &std::process::Output, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
+}
+
+/// Runs begin and two levels of expand; returns every row the head produced.
+/// (The draft-vocabulary and draft-weights tests compare these rows between loadings of a head.)
+pub fn draft_rows(head: &mut dyn DraftHead<CpuBackend>, model: &Llama<CpuBackend>) -> Vec<Vec<f32>> {
+    let prompt = [5u32, 17, 42, 99, 3, 64];
+    let mut cache = model.new_cache(64);
+    let base = model.prefill(&mut cache, &prompt, LogitRows::Last).unwrap();
+    let rows: Vec<usize> = (0..prompt.len()).collect();
+    let next: Vec<u32> = prompt[1..].iter().copied().chain([7]).collect();
+    head.reset();
+    let first = head.begin(model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
+    let level1 = head.expand(model, &[0, 0, 0], &[10, 11, 12]).unwrap().to_host(&CpuBackend);
+    let level2 = head.expand(model, &[2, 0], &[13, 14]).unwrap().to_host(&CpuBackend);
+    vec![first, level1, level2]
 }

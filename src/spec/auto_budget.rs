@@ -53,6 +53,13 @@ pub const CALIBRATION_TOKENS: usize = 96;
 /// The largest budget `auto` considers (and calibrates with).
 pub const MAX_AUTO_BUDGET: usize = 32;
 
+/// Budgets expected within this fraction of the best are ties, which go to the smallest (plain
+/// decoding first). Each expectation rests on latencies timed once at start-up on a shared
+/// machine, and a tree's verification inside the decoding loop has measured dearer than the
+/// chain timed alone (README, "Where speculation wins"), more so the larger the tree: of two
+/// near-equal plans the smaller one has less to lose.
+pub const TIE: f64 = 0.02;
+
 /// The EAGLE-2 tree for `budget` draft nodes: the reference's top-10 expansion over 5 levels of
 /// drafts, narrowed for small budgets. A node of the top-B tree has at most B − 1 better
 /// siblings and its parent is in the tree, so it is among the top-B children of a top-B frontier
@@ -186,7 +193,8 @@ impl BudgetPlan {
             let tokens_per_s = 1000.0 * tau / step_ms;
             rows.push(BudgetRow { budget, tau, draft_ms, verify_ms, accept_ms, step_ms, tokens_per_s });
         }
-        let budget = rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).map_or(0, |r| r.budget);
+        let best = rows.iter().map(|r| r.tokens_per_s).fold(0.0, f64::max);
+        let budget = rows.iter().find(|r| r.tokens_per_s >= best * (1.0 - TIE)).map_or(0, |r| r.budget);
         BudgetPlan { budget, calibration, rows }
     }
 
@@ -245,6 +253,15 @@ impl BudgetPlan {
                 self.budget,
                 chosen.tokens_per_s,
                 chosen.tokens_per_s / plain,
+            );
+        }
+        let best = self.rows.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).expect("plain is a row");
+        if best.budget != self.budget {
+            s += &format!(
+                "(budget {} was expected {:.1}% faster, within the {:.0}% that counts as a tie: ties go to the smaller)\n",
+                best.budget,
+                100.0 * (best.tokens_per_s / self.rows[self.budget].tokens_per_s - 1.0),
+                100.0 * TIE
             );
         }
         s
@@ -418,6 +435,24 @@ mod tests {
         assert!((c.draft_ms_at(3) - 10.0).abs() < 1e-9);
         assert!((c.draft_ms_at(2) - (2.0 + 0.4 + 3.0 * per_row)).abs() < 1e-9);
         assert!((c.draft_ms_at(1) - (2.0 + per_row)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn near_ties_go_to_the_smaller_budget() {
+        // Budget 2 is expected 1.5% faster than budget 1 (within TIE): budget 1 is chosen; 3%
+        // faster: budget 2 is.
+        // Budget 1: 1.6 tokens in 0.5 + 11 + 0.5 ms; budget 2: 1.9 tokens in 0.9 + v + 0.5 ms.
+        for (ratio, want) in [(1.015, 1), (1.03, 2)] {
+            let verify2 = 1.9 * 12.0 / (1.6 * ratio) - 1.4;
+            let verify = [10.0, 11.0, verify2, 30.0];
+            let plan = BudgetPlan::new(&verify, calibration(vec![0, 6, 3, 1], vec![]));
+            assert!((plan.rows[2].tokens_per_s / plan.rows[1].tokens_per_s - ratio).abs() < 1e-9);
+            assert_eq!(plan.budget, want, "budget 2 expected at {ratio}× budget 1");
+            assert_eq!(
+                plan.table().contains("budget 2 was expected 1.5% faster, within the 2% that counts as a tie"),
+                want == 1
+            );
+        }
     }
 
     #[test]

@@ -163,24 +163,19 @@ pub struct SpecStats {
     pub off_chain_calls_by_rank: Vec<usize>,
 }
 
-/// `counts[at] += 1`, growing `counts` as needed.
-fn count_at(counts: &mut Vec<usize>, at: usize) {
+/// `counts[at] += n`, growing `counts` as needed.
+fn add_at(counts: &mut Vec<usize>, at: usize, n: usize) {
     if counts.len() <= at {
         counts.resize(at + 1, 0);
     }
-    counts[at] += 1;
+    counts[at] += n;
 }
 
 impl SpecStats {
     /// Adds another run's counts and times (runs of the same tree: `plan_budget` sums its
     /// calibration prompts). The step log is not kept.
     pub fn add(&mut self, o: &SpecStats) {
-        let sum = |a: &mut Vec<usize>, b: &[usize]| {
-            if a.len() < b.len() {
-                a.resize(b.len(), 0);
-            }
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-        };
+        let sum = |a: &mut Vec<usize>, b: &[usize]| b.iter().enumerate().for_each(|(i, &n)| add_at(a, i, n));
         self.base.prompt_tokens += o.base.prompt_tokens;
         self.base.new_tokens += o.base.new_tokens;
         self.base.prefill_secs += o.base.prefill_secs;
@@ -314,10 +309,10 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         stats.accepted_hist[a] += 1;
         if let Some(ranks) = &drafted.budget_ranks {
             for &node in &accepted.path_nodes[1..] {
-                count_at(&mut stats.accepted_by_rank, ranks[node]);
+                add_at(&mut stats.accepted_by_rank, ranks[node], 1);
             }
             for &node in on_demand {
-                count_at(&mut stats.off_chain_calls_by_rank, ranks[node]);
+                add_at(&mut stats.off_chain_calls_by_rank, ranks[node], 1);
             }
         }
         stats.base.steps += 1;

@@ -7,7 +7,7 @@
 //! forward's) on top of the backward's four to six, no activation memory is held between the
 //! passes, and the trait stays free of a saved-state type every backend would have to agree on.
 
-use super::linear::matmul_backward;
+use super::linear::{self, matmul_backward};
 use super::matmul::{matmul, matmul_group};
 use super::weight::CpuWeight;
 use crate::backend::CloverCellParams;
@@ -45,11 +45,7 @@ fn project_pair(input: &[f32], rows: usize, [(w1, b1), (w2, b2)]: [(&CpuWeight, 
 
 fn add_bias(out: &mut [f32], b: &CpuWeight) {
     let bias = b.to_f32();
-    for row in out.chunks_exact_mut(bias.len()) {
-        for (o, bv) in row.iter_mut().zip(&bias) {
-            *o += bv;
-        }
-    }
+    linear::add_bias(out, out.len() / bias.len(), &bias);
 }
 
 fn projections(

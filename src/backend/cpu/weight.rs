@@ -101,12 +101,12 @@ impl CpuWeight {
         }
     }
 
-    /// Rows `ids` copied as they are stored (no rounding), as a new `[ids.len(), cols]` weight.
     /// A copy stored as Q8_0 blocks (`HostTensor::to_q8_0`).
     pub fn to_q8_0(&self) -> Result<CpuWeight> {
         CpuWeight::new(self.tensor.to_q8_0()?)
     }
 
+    /// Rows `ids` copied as they are stored (no rounding), as a new `[ids.len(), cols]` weight.
     pub fn gather_rows(&self, ids: &[u32], name: &str) -> Result<CpuWeight> {
         let row_bytes = self.row_bytes();
         let bytes = self.tensor.bytes.as_slice();

@@ -199,24 +199,7 @@ impl MatmulIsa {
 }
 
 fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
-    let (n, k) = w.matrix_shape();
-    check_shapes(x, m, w, out);
-    if m == 0 || n == 0 {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Amx && w.dtype() == DType::BF16 {
-        return amx::matmul(x, m, w.packed_bf16(), out);
-    }
-    let columns = column_kernel(isa, x, m, w, out);
-    let per_task = task_width(m, k, n);
-    let tasks = n.div_ceil(per_task);
-    let block = |t: usize| columns(t * per_task, n.min((t + 1) * per_task));
-    if tasks == 1 {
-        block(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(block);
-    }
+    group_with(isa, x, m, &mut [(w, out)]);
 }
 
 /// Several products of the same `x` (a layer's q, k and v; its gate and up) in one parallel
@@ -224,20 +207,22 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
 /// step: ~200 products of a few to a few tens of µs) is a measurable share of the step. Each
 /// output has the bits `matmul` gives it.
 pub fn matmul_group(x: &[f32], m: usize, parts: &mut [(&CpuWeight, &mut [f32])]) {
-    let isa = Isa::get();
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Amx {
-        for (w, out) in parts.iter_mut() {
-            matmul_with(isa, x, m, w, out);
-        }
-        return;
-    }
+    group_with(Isa::get(), x, m, parts)
+}
+
+/// The column tasks of every product in one region (AMX products run their own, in turn).
+fn group_with(isa: Isa, x: &[f32], m: usize, parts: &mut [(&CpuWeight, &mut [f32])]) {
     let mut kernels = Vec::with_capacity(parts.len());
     let mut tasks = Vec::new();
     for (w, out) in parts.iter_mut() {
         let (n, k) = w.matrix_shape();
         check_shapes(x, m, w, out);
         if m == 0 || n == 0 {
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Amx && w.dtype() == DType::BF16 {
+            amx::matmul(x, m, w.packed_bf16(), out);
             continue;
         }
         let per_task = task_width(m, k, n);

@@ -13,9 +13,7 @@ use clover_engine::draft::vocab::{DraftVocab, DraftVocabChoice};
 use clover_engine::draft::{load_head_opts, DraftHead, DraftKind, DraftOptions, DraftWeights};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
 use clover_engine::model::Llama;
-use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::drafting::TreeSpec;
-use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig};
 use clover_engine::spec::tree::{Eagle2Params, StaticTree};
 
 const VOCAB: usize = 128;
@@ -69,18 +67,16 @@ fn greedy_speculation_with_q8_0_heads_equals_plain_decoding() {
         TreeSpec::Static(StaticTree::mc_sim_7b_63()),
         TreeSpec::Eagle2(Eagle2Params { top_k: 4, max_depth: 4, total_tokens: 9 }),
     ];
-    let cfg = GenerationConfig { max_new_tokens: 32, sampling: SamplingParams::greedy(), seed: 0, stop_ids: vec![] };
     for kind in [DraftKind::Eagle, DraftKind::Clover2] {
         let (head_dir, model) = base_and_head(kind, tiny_llama_config(VOCAB));
         let mut head = load(kind, &head_dir, &model, DraftWeights::Q8_0);
-        for p in 0..3u32 {
-            let prompt: Vec<u32> = (0..5 + p).map(|i| (p * 31 + i * 7) % VOCAB as u32).collect();
-            let (plain, _) = generate_plain(&model, &prompt, &cfg, |_| {}).unwrap();
-            for tree in &trees {
-                let (spec, _) = generate_speculative(&model, head.as_mut(), tree, &prompt, &cfg, |_| {}).unwrap();
-                assert_eq!(spec, plain, "{} head, {tree:?}", kind.name());
-            }
-        }
+        common::assert_greedy_equals_plain(
+            &model,
+            head.as_mut(),
+            &trees,
+            VOCAB as u32,
+            &format!("{} head", kind.name()),
+        );
     }
 }
 

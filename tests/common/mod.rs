@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::draft::DraftHead;
 use clover_engine::model::{Llama, LogitRows};
+use clover_engine::sampling::SamplingParams;
+use clover_engine::spec::drafting::TreeSpec;
+use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig};
 
 pub fn default_model() -> Option<PathBuf> {
     let dir = clover_engine::paths::default_model_dir();
@@ -87,4 +90,24 @@ pub fn draft_rows(head: &mut dyn DraftHead<CpuBackend>, model: &Llama<CpuBackend
     let level1 = head.expand(model, &[0, 0, 0], &[10, 11, 12]).unwrap().to_host(&CpuBackend);
     let level2 = head.expand(model, &[2, 0], &[13, 14]).unwrap().to_host(&CpuBackend);
     vec![first, level1, level2]
+}
+
+/// Greedy speculation with `head` over each tree equals plain decoding, token for token, on three
+/// short prompts of ids below `vocab`.
+pub fn assert_greedy_equals_plain(
+    model: &Llama<CpuBackend>,
+    head: &mut dyn DraftHead<CpuBackend>,
+    trees: &[TreeSpec],
+    vocab: u32,
+    what: &str,
+) {
+    let cfg = GenerationConfig { max_new_tokens: 32, sampling: SamplingParams::greedy(), seed: 0, stop_ids: vec![] };
+    for p in 0..3u32 {
+        let prompt: Vec<u32> = (0..5 + p).map(|i| (p * 31 + i * 7) % vocab).collect();
+        let (plain, _) = generate_plain(model, &prompt, &cfg, |_| {}).unwrap();
+        for tree in trees {
+            let (spec, _) = generate_speculative(model, head, tree, &prompt, &cfg, |_| {}).unwrap();
+            assert_eq!(spec, plain, "{what}, {tree:?}");
+        }
+    }
 }

@@ -31,8 +31,10 @@ pub fn attention(
     // One task per (KV head, block of rows): the scores of all its query vectors against all keys
     // come from the matmul kernel's register tiles (a key is loaded once for several queries, and
     // horizontal sums are batched), which gives each score the bits `dot_f32` gives it alone.
-    // Masked scores are computed too and then replaced by −∞: a causal prefill does twice the
-    // score work of its triangle (not measured against the old per-key loop for long prompts).
+    // Masked scores are computed too and then replaced by −∞, except that under a causal mask a
+    // block of rows stops at the last key its last row sees: a long causal prefill then does
+    // about the work of its triangle, not of the square. The keys dropped weigh exactly 0, so
+    // every row's bits are the same either way.
     let blocks = rows.div_ceil(ROWS_PER_TASK);
     let results: Vec<(usize, usize, Vec<f32>)> = (0..shape.n_kv_heads * blocks)
         .into_par_iter()
@@ -46,6 +48,10 @@ pub fn attention(
             for r in r0..r0 + block_rows {
                 qs.extend_from_slice(&q[r * width + kv * group * d..][..group * d]);
             }
+            let keys = match mask {
+                AttnMask::Causal => past + r0 + block_rows,
+                AttnMask::Tree { .. } => keys,
+            };
             let k_head = &k_cache[kv * layout.capacity * d..][..keys * d];
             let v_head = &v_cache[kv * layout.capacity * d..][..keys * d];
             let mut scores = vec![0.0f32; vectors * keys];

@@ -371,7 +371,8 @@ mod tests {
     #[test]
     fn matches_f64_reference() {
         let mut rng = Rng::new(1);
-        let mut shapes = vec![(1, 1, 1), (40, 5, 17), (64, 70, 64), (26, 130, 576), (3, 49, 1536)];
+        // (50, 90, 1536): more rows than one cache block holds, and more columns (kernel::blocks).
+        let mut shapes = vec![(1, 1, 1), (40, 5, 17), (64, 70, 64), (26, 130, 576), (3, 49, 1536), (50, 90, 1536)];
         for m in 1..=13 {
             for &(n, k) in &[(7, 3), (37, 23), (18, 100)] {
                 shapes.push((m, n, k));
@@ -437,6 +438,32 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// A call of more rows than one cache block (prefill, training: `kernel::blocks`) gives each
+    /// row the bits it has alone, whichever block and column block computed it.
+    #[test]
+    fn rows_of_a_blocked_call_keep_their_bits() {
+        let mut rng = Rng::new(5);
+        let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let many = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let (m, n, k) = (130, 300, 1536);
+        let values = random(n * k, &mut rng);
+        let x = random(m * k, &mut rng);
+        for isa in Isa::available() {
+            for dtype in DTYPES {
+                let (w, _) = weight(dtype, n, k, &values);
+                let all = many.install(|| run(isa, &x, m, &w));
+                for first in [0, 41, 42, 83, 129] {
+                    let part = single.install(|| run(isa, &x[first * k..(first + 1) * k], 1, &w));
+                    let want = &all[first * n..(first + 1) * n];
+                    assert!(
+                        part.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa:?} {dtype:?}: row {first} of m={m} differs from its own call"
+                    );
                 }
             }
         }

@@ -3,7 +3,9 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{dot_f32, matmul_f32_serial};
+use super::matmul::matmul_f32_serial;
+#[cfg(test)]
+use super::matmul::dot_f32;
 use super::vexp::{exp_lanes, LANES};
 use crate::backend::{AttnMask, AttnShape, KvLayout};
 
@@ -219,10 +221,12 @@ unsafe fn values_tile<const R: usize>(
 /// recomputing costs the QKᵀ and dO·Vᵀ products twice more, ≈ 4·(T²/2)·H multiply-adds (≈ 5 G per
 /// layer and sequence at H = 576), a tenth of one lm_head input gradient (T·V·H ≈ 58 G).
 ///
-/// Two passes, each writing disjoint outputs so no task needs a lock: per (query row, head) the
-/// softmax p, dp = dO·v, D = Σ p·dp and dq = scale·Σ p·(dp − D)·k, keeping log-sum-exp and D;
-/// then per (key row, KV head) dk = scale·Σ p·(dp − D)·q and dv = Σ p·dO over the later query
-/// rows of every query head in its group.
+/// Two passes, each writing disjoint outputs so no task needs a lock, each over blocks of
+/// `BACKWARD_BLOCK` rows of one head, whose score products come from the matmul kernel's register
+/// tiles (as the forward's) instead of one dot product per (query, key) pair:
+/// per (query block, head) the softmax p, dp = dO·Vᵀ, D = Σ p·dp and dq = scale·Σ p·(dp − D)·k,
+/// keeping log-sum-exp and D per row; then per (key block, KV head) dk = scale·Σ p·(dp − D)·q and
+/// dv = Σ p·dO over the later query rows of every query head in its group.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &[f32],
@@ -243,61 +247,135 @@ pub fn attention_backward(
     assert!(q.len() >= rows * qw && d_out.len() >= rows * qw && dq.len() >= rows * qw, "attention_backward: q rows");
     assert!(k.len() >= rows * kw && v.len() >= rows * kw, "attention_backward: k or v has fewer than {rows} rows");
     assert!(dk.len() >= rows * kw && dv.len() >= rows * kw, "attention_backward: dk or dv too short");
-    let q_head = |i: usize, h: usize| &q[i * qw + h * d..][..d];
-    let do_head = |i: usize, h: usize| &d_out[i * qw + h * d..][..d];
-    let k_head = |j: usize, g: usize| &k[j * kw + g * d..][..d];
-    let v_head = |j: usize, g: usize| &v[j * kw + g * d..][..d];
+    if rows == 0 || d == 0 {
+        return;
+    }
+    // Each head's rows as one contiguous [rows, d] matrix, as the kernels take them.
+    let (qh, doh) = (by_head(q, rows, heads, d), by_head(d_out, rows, heads, d));
+    let (kg, vg) = (by_head(k, rows, kv_heads, d), by_head(v, rows, kv_heads, d));
+    fn head(m: &[f32], rows: usize, d: usize, h: usize, r0: usize, r1: usize) -> &[f32] {
+        &m[(h * rows + r0) * d..(h * rows + r1) * d]
+    }
+    let head = |m, h, r0, r1| head(m, rows, d, h, r0, r1);
+    let blocks = rows.div_ceil(BACKWARD_BLOCK);
+    let block_rows = |b: usize| (b * BACKWARD_BLOCK, ((b + 1) * BACKWARD_BLOCK).min(rows));
 
-    // (log-sum-exp of the scaled scores, D) per (query row, head).
-    let mut stats = vec![(0.0f32, 0.0f32); rows * heads];
-    dq[..rows * qw].par_chunks_mut(d).zip(stats.par_iter_mut()).enumerate().for_each_init(
-        || (Vec::with_capacity(rows), Vec::with_capacity(rows)),
-        |(probs, dps), (task, (dqh, stat))| {
-            let (i, h) = (task / heads, task % heads);
-            let (g, qh, doh) = (h / group, q_head(i, h), do_head(i, h));
-            probs.clear();
-            probs.extend((0..=i).map(|j| dot_f32(qh, k_head(j, g)) * scale));
-            let max = probs.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in probs.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            dps.clear();
-            dps.extend((0..=i).map(|j| dot_f32(doh, v_head(j, g))));
-            let mut dsum = 0.0;
-            for (p, dp) in probs.iter_mut().zip(dps.iter()) {
-                *p /= sum;
-                dsum += *p * dp;
-            }
-            for (j, (p, dp)) in probs.iter().zip(dps.iter()).enumerate() {
-                let ds = scale * p * (dp - dsum);
-                for (o, kv) in dqh.iter_mut().zip(k_head(j, g)) {
-                    *o += ds * kv;
+    // Pass 1, per (head, query block): the rows' probabilities over keys 0..=i and dq.
+    let pass1: Vec<(Vec<f32>, Vec<(f32, f32)>)> = (0..heads * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (h, (i0, i1)) = (task / blocks, block_rows(task % blocks));
+            let (g, n, keys) = (h / group, i1 - i0, i1);
+            let (k_g, v_g) = (head(&kg, g, 0, keys), head(&vg, g, 0, keys));
+            let mut p = vec![0.0f32; n * keys];
+            let mut ds = vec![0.0f32; n * keys];
+            matmul_f32_serial(head(&qh, h, i0, i1), n, k_g, keys, &mut p);
+            matmul_f32_serial(head(&doh, h, i0, i1), n, v_g, keys, &mut ds);
+            let mut stats = Vec::with_capacity(n);
+            for (r, (p, ds)) in p.chunks_exact_mut(keys).zip(ds.chunks_exact_mut(keys)).enumerate() {
+                let seen = i0 + r + 1;
+                p[..seen].iter_mut().for_each(|s| *s *= scale);
+                let max = p[..seen].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let sum = exp_shifted(&mut p[..seen], max);
+                let mut dsum = 0.0;
+                for (pj, dp) in p[..seen].iter_mut().zip(&ds[..seen]) {
+                    *pj /= sum;
+                    dsum += *pj * dp;
                 }
+                // ds = scale·p·(dp − D) over the keys row i sees; 0 (skipped below) past them.
+                for (dsj, pj) in ds[..seen].iter_mut().zip(&p[..seen]) {
+                    *dsj = scale * pj * (*dsj - dsum);
+                }
+                ds[seen..].fill(0.0);
+                stats.push((max + sum.ln(), dsum));
             }
-            *stat = (max + sum.ln(), dsum);
-        },
-    );
+            let mut dq_block = vec![0.0f32; n * d];
+            weighted_values(&ds, keys, k_g, &mut dq_block);
+            (dq_block, stats)
+        })
+        .collect();
+    let mut stats = vec![(0.0f32, 0.0f32); rows * heads];
+    for (task, (dq_block, block_stats)) in pass1.into_iter().enumerate() {
+        let (h, (i0, _)) = (task / blocks, block_rows(task % blocks));
+        for (r, (dqr, st)) in dq_block.chunks_exact(d).zip(block_stats).enumerate() {
+            dq[(i0 + r) * qw + h * d..][..d].iter_mut().zip(dqr).for_each(|(o, x)| *o += x);
+            stats[(i0 + r) * heads + h] = st;
+        }
+    }
 
-    dk[..rows * kw].par_chunks_mut(d).zip(dv[..rows * kw].par_chunks_mut(d)).enumerate().for_each(
-        |(task, (dkh, dvh))| {
-            let (j, g) = (task / kv_heads, task % kv_heads);
-            let (kj, vj) = (k_head(j, g), v_head(j, g));
+    // Pass 2, per (KV head, key block): dk and dv from the query rows at or after each key.
+    let pass2: Vec<(Vec<f32>, Vec<f32>)> = (0..kv_heads * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (g, (j0, j1)) = (task / blocks, block_rows(task % blocks));
+            let (n, later) = (j1 - j0, rows - j0);
+            let (k_block, v_block) = (head(&kg, g, j0, j1), head(&vg, g, j0, j1));
+            let (mut dk_block, mut dv_block) = (vec![0.0f32; n * d], vec![0.0f32; n * d]);
+            let (mut p, mut ds) = (vec![0.0f32; n * later], vec![0.0f32; n * later]);
+            let (mut dk_h, mut dv_h) = (vec![0.0f32; n * d], vec![0.0f32; n * d]);
             for h in g * group..(g + 1) * group {
-                for i in j..rows {
-                    let (qh, doh) = (q_head(i, h), do_head(i, h));
-                    let (lse, dsum) = stats[i * heads + h];
-                    let p = (dot_f32(qh, kj) * scale - lse).exp();
-                    let ds = scale * p * (dot_f32(doh, vj) - dsum);
-                    for ((dkc, dvc), (qc, dc)) in dkh.iter_mut().zip(dvh.iter_mut()).zip(qh.iter().zip(doh)) {
-                        *dkc += ds * qc;
-                        *dvc += p * dc;
+                let (q_later, do_later) = (head(&qh, h, j0, rows), head(&doh, h, j0, rows));
+                matmul_f32_serial(k_block, n, q_later, later, &mut p);
+                matmul_f32_serial(v_block, n, do_later, later, &mut ds);
+                for (r, (p, ds)) in p.chunks_exact_mut(later).zip(ds.chunks_exact_mut(later)).enumerate() {
+                    // Key j0 + r is seen by the query rows from itself on: columns r.. of `later`.
+                    p[..r].fill(0.0);
+                    ds[..r].fill(0.0);
+                    for (c, (pc, dsc)) in p[r..].iter_mut().zip(&mut ds[r..]).enumerate() {
+                        let (lse, dsum) = stats[(j0 + r + c) * heads + h];
+                        *pc = *pc * scale - lse;
+                        *dsc -= dsum;
+                    }
+                    exp_shifted(&mut p[r..], 0.0);
+                    for (pc, dsc) in p[r..].iter().zip(&mut ds[r..]) {
+                        *dsc *= scale * pc;
                     }
                 }
+                weighted_values(&ds, later, q_later, &mut dk_h);
+                weighted_values(&p, later, do_later, &mut dv_h);
+                dk_block.iter_mut().zip(&dk_h).for_each(|(o, x)| *o += x);
+                dv_block.iter_mut().zip(&dv_h).for_each(|(o, x)| *o += x);
             }
-        },
-    );
+            (dk_block, dv_block)
+        })
+        .collect();
+    for (task, (dk_block, dv_block)) in pass2.into_iter().enumerate() {
+        let (g, (j0, _)) = (task / blocks, block_rows(task % blocks));
+        for (r, (dkr, dvr)) in dk_block.chunks_exact(d).zip(dv_block.chunks_exact(d)).enumerate() {
+            dk[(j0 + r) * kw + g * d..][..d].iter_mut().zip(dkr).for_each(|(o, x)| *o += x);
+            dv[(j0 + r) * kw + g * d..][..d].iter_mut().zip(dvr).for_each(|(o, x)| *o += x);
+        }
+    }
+}
+
+/// Rows of one backward task: enough that a key or query block is reused across the tile rows,
+/// few enough that a 512-token sequence's 9 heads make dozens of tasks.
+const BACKWARD_BLOCK: usize = 16;
+
+/// `x` `[rows, heads·d]` rearranged as `[heads, rows, d]`.
+fn by_head(x: &[f32], rows: usize, heads: usize, d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * heads * d);
+    for h in 0..heads {
+        for r in 0..rows {
+            out.extend_from_slice(&x[r * heads * d + h * d..][..d]);
+        }
+    }
+    out
+}
+
+/// `x ← exp(x − shift)` 16 lanes at a time (`vexp`), returning the sum in order.
+fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+    let mut sum = 0.0;
+    for chunk in x.chunks_mut(LANES) {
+        let mut lanes = [0.0f32; LANES];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        let e = exp_lanes(lanes.map(|s| s - shift));
+        for (c, e) in chunk.iter_mut().zip(e) {
+            *c = e;
+            sum += e;
+        }
+    }
+    sum
 }
 
 #[cfg(test)]
@@ -338,6 +416,29 @@ mod tests {
         assert_grad("dv", &dv, &numeric(&v64, |x| loss(&q64, &k64, x)));
         // Row 0 attends only to itself: its query cannot change the output.
         assert!(dq[..qw].iter().all(|v| v.abs() < 1e-6));
+    }
+
+    /// More rows than one backward block (`BACKWARD_BLOCK`), so blocks meet the causal edge at
+    /// different places, with grouped-query heads.
+    #[test]
+    fn backward_matches_finite_differences_across_blocks() {
+        let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+        let rows = 2 * BACKWARD_BLOCK + 5;
+        let (qw, kw) = (32, 16);
+        let mut rng = crate::rng::Rng::new(16);
+        let q = gc::random(&mut rng, rows * qw, 1.5);
+        let k = gc::random(&mut rng, rows * kw, 1.5);
+        let v = gc::random(&mut rng, rows * kw, 1.0);
+        let g = gc::random(&mut rng, rows * qw, 1.0);
+        let (q64, k64, v64, g64) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&g));
+        // Gradients start where a caller's accumulation left them: the op adds to them.
+        let (mut dq, mut dk, mut dv) = (vec![1.0; rows * qw], vec![-2.0; rows * kw], vec![0.5; rows * kw]);
+        attention_backward(&q, &k, &v, shape, rows, &g, &mut dq, &mut dk, &mut dv);
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| gc::dot(&gc::attention(q, k, v, shape, rows), &g64);
+        let shifted = |xs: &[f32], by: f32| xs.iter().map(|x| x - by).collect::<Vec<_>>();
+        assert_grad("dq", &shifted(&dq, 1.0), &numeric(&q64, |x| loss(x, &k64, &v64)));
+        assert_grad("dk", &shifted(&dk, -2.0), &numeric(&k64, |x| loss(&q64, x, &v64)));
+        assert_grad("dv", &shifted(&dv, 0.5), &numeric(&v64, |x| loss(&q64, &k64, x)));
     }
 
     /// One head, head_dim 1: attention is a softmax-weighted average of the values.

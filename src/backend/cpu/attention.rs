@@ -261,7 +261,7 @@ pub fn attention_backward(
     let block_rows = |b: usize| (b * BACKWARD_BLOCK, ((b + 1) * BACKWARD_BLOCK).min(rows));
 
     // Pass 1, per (head, query block): the rows' probabilities over keys 0..=i and dq.
-    let pass1: Vec<(Vec<f32>, Vec<(f32, f32)>)> = (0..heads * blocks)
+    let pass1: Vec<QueryBlock> = (0..heads * blocks)
         .into_par_iter()
         .map(|task| {
             let (h, (i0, i1)) = (task / blocks, block_rows(task % blocks));
@@ -347,6 +347,10 @@ pub fn attention_backward(
         }
     }
 }
+
+/// What pass 1 of `attention_backward` gives per (head, query block): the rows' dq, and per row
+/// the log-sum-exp of its scaled scores and D = Σ p·dp.
+type QueryBlock = (Vec<f32>, Vec<(f32, f32)>);
 
 /// Rows of one backward task: enough that a key or query block is reused across the tile rows,
 /// few enough that a 512-token sequence's 9 heads make dozens of tasks.

@@ -117,8 +117,10 @@ fn gemv_model_step(c: &mut Criterion) {
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Bytes(bytes as u64));
     // The scalar kernel is the portable fallback, not a contender; AMX is offered only by name.
-    for isa in MatmulIsa::available().into_iter().filter(|i| !matches!(i.name(), "scalar" | "amx")) {
-        g.bench_function(isa.name(), |b| {
+    // Each set streamed and on the tiles (`matmul::stream_rows`: which is faster depends on the CPU).
+    let sets = MatmulIsa::available().into_iter().filter(|i| !matches!(i.name(), "scalar" | "amx"));
+    for (isa, way) in sets.flat_map(|i| [(i.streamed(true), "stream"), (i.streamed(false), "tiles")]) {
+        g.bench_function(format!("{}/{way}", isa.name()), |b| {
             b.iter_custom(|iters| {
                 timed(iters, || {
                     for ((w, x), out) in weights.iter().zip(&xs).zip(outs.iter_mut()) {

@@ -253,10 +253,7 @@ pub fn attention_backward(
     // Each head's rows as one contiguous [rows, d] matrix, as the kernels take them.
     let (qh, doh) = (by_head(q, rows, heads, d), by_head(d_out, rows, heads, d));
     let (kg, vg) = (by_head(k, rows, kv_heads, d), by_head(v, rows, kv_heads, d));
-    fn head(m: &[f32], rows: usize, d: usize, h: usize, r0: usize, r1: usize) -> &[f32] {
-        &m[(h * rows + r0) * d..(h * rows + r1) * d]
-    }
-    let head = |m, h, r0, r1| head(m, rows, d, h, r0, r1);
+    let head = |m, h, r0, r1| head_rows(m, rows, d, h, r0, r1);
     let blocks = rows.div_ceil(BACKWARD_BLOCK);
     let block_rows = |b: usize| (b * BACKWARD_BLOCK, ((b + 1) * BACKWARD_BLOCK).min(rows));
 
@@ -365,6 +362,11 @@ fn by_head(x: &[f32], rows: usize, heads: usize, d: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Rows `r0..r1` of head `h` in a `by_head` matrix of `rows` rows of `d`.
+fn head_rows(m: &[f32], rows: usize, d: usize, h: usize, r0: usize, r1: usize) -> &[f32] {
+    &m[(h * rows + r0) * d..(h * rows + r1) * d]
 }
 
 /// `x ← exp(x − shift)` 16 lanes at a time (`vexp`), returning the sum in order.

@@ -124,6 +124,9 @@ pub(super) struct Job<'a> {
     pub n: usize,
     pub w: Weights<'a>,
     pub out: OutPtr,
+    /// Calls of up to this many rows stream each task's weight rows one at a time (0 or
+    /// `STREAM_ROWS`: `matmul::stream_rows`); more rows run on the tiles.
+    pub stream_rows: usize,
 }
 
 /// Fills `out[r, c0..c1]` for every row `r`: up to `STREAM_ROWS` rows a weight row at a time;
@@ -153,11 +156,12 @@ unsafe fn columns_typed<S: Load<E>, E: Element, const R: usize, const C: usize>(
     c1: usize,
 ) {
     let Job { x, m, k, n, out, .. } = *job;
-    // Up to `STREAM_ROWS` rows (plain decoding, small trees): the task's weight rows one at a time,
-    // so its column range is read as one sequential stream (rows are contiguous), prefetched
-    // `STREAM_AHEAD_BYTES` ahead. Four row streams at once, as the tiles below read them, moved a
-    // decode step's weights ~1.3× slower (docs/cpu-kernels.md). An R × 1 tile sums as every tile.
-    if m <= STREAM_ROWS {
+    debug_assert!(job.stream_rows <= STREAM_ROWS, "columns_typed has stream tiles up to {STREAM_ROWS} rows");
+    // Up to `job.stream_rows` rows (plain decoding, small trees, on CPUs where it pays: see
+    // `STREAM_ROWS`): the task's weight rows one at a time, so its column range is read as one
+    // sequential stream (rows are contiguous), prefetched `STREAM_AHEAD_BYTES` ahead. An R × 1
+    // tile sums as every tile, so the choice never changes a result.
+    if m <= job.stream_rows {
         let ahead = STREAM_AHEAD_BYTES * E::PER_UNIT / std::mem::size_of::<E>();
         for c in c0..c1 {
             let (x, out) = (x.as_ptr(), out.0.add(c));
@@ -199,8 +203,10 @@ unsafe fn columns_typed<S: Load<E>, E: Element, const R: usize, const C: usize>(
     }
 }
 
-/// Bytes of the input rows, and of the weight rows, a block keeps in L2 (1–2 MB per core on the
-/// CPUs this runs on; the two blocks together take half, leaving room for the outputs).
+/// Bytes of the input rows, and of the weight rows, a block keeps in L2 (1 MB per core on the
+/// Zen 5, 1.25 MB on the Ice Lake this project runs on; the two blocks together take about half,
+/// leaving room for the outputs). 128–512 KB measured within ~10% of each other
+/// (docs/cpu-kernels.md, "Many rows in cache blocks").
 const BLOCK_BYTES: usize = 256 << 10;
 
 /// `(rows, columns)` of a cache block for `m` rows of length `k` against weights of
@@ -341,11 +347,12 @@ pub(super) unsafe fn store_sums<S: Simd, const R: usize, const C: usize>(
     }
 }
 
-/// Up to how many rows a call takes its weight rows one at a time (one stream per task). With
-/// more, the tiles' reuse of each weight vector across four columns wins (measured: 1.28× and
-/// 1.09× faster streamed at 2 and 3 rows, 0.88× at 4, 0.64× at 6; `gemv_bf16_model_step`'s
-/// weights, one process, docs/cpu-kernels.md). `columns_typed` has a tile for each count up to 3.
-const STREAM_ROWS: usize = 3;
+/// Up to how many rows a call takes its weight rows one at a time (one stream per task) where
+/// streaming is on (`Job::stream_rows`). With more, the tiles' reuse of each weight vector across
+/// four columns wins (AMD Zen 5: 1.28× and 1.09× faster streamed at 2 and 3 rows, 0.88× at 4,
+/// 0.64× at 6; `gemv_bf16_model_step`'s weights, one process, docs/cpu-kernels.md).
+/// `columns_typed` has a tile for each count up to 3.
+pub(super) const STREAM_ROWS: usize = 3;
 const _: () = assert!(STREAM_ROWS <= 3);
 
 /// How far ahead a streamed call prefetches its weights: for `dpbf16.rs`'s loop of the

@@ -172,34 +172,78 @@ impl Isa {
     }
 }
 
+/// Up to how many rows a call streams each task's weight rows one at a time instead of running
+/// them on the register tiles (`kernel::STREAM_ROWS` or 0), chosen once: `CLOVER_MATMUL_STREAM=on`
+/// or `off` if set, else on for AMD CPUs only. Measured on this project's two machine kinds
+/// (docs/cpu-kernels.md): on an AMD Zen 5 streaming moved a decode step's weights ~1.25× faster;
+/// on an Intel Ice Lake the tiles were faster at every row count (1 row 0.91×, 2 rows 0.87×, 3
+/// rows 0.85× the streamed time). Either way every output has the same bits.
+pub fn stream_rows() -> usize {
+    static STREAM: OnceLock<usize> = OnceLock::new();
+    *STREAM.get_or_init(|| {
+        let on = match std::env::var("CLOVER_MATMUL_STREAM").as_deref() {
+            Ok("on") => true,
+            Ok("off") => false,
+            _ => cpu_is_amd(),
+        };
+        if on {
+            kernel::STREAM_ROWS
+        } else {
+            0
+        }
+    })
+}
+
+/// Whether the CPU's vendor string is AMD's.
+fn cpu_is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Leaf 0: the vendor string in ebx, edx, ecx.
+        let id = std::arch::x86_64::__cpuid(0);
+        [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes).concat() == b"AuthenticAMD"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// out[m, n] = x[m, k] · wᵀ, w `[n, k]`.
 pub fn matmul(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
-    matmul_with(Isa::get(), x, m, w, out)
+    matmul_with(Isa::get(), stream_rows(), x, m, w, out)
 }
 
 /// An instruction set this CPU supports, by its `CLOVER_MATMUL_ISA` name: for benchmarks that
 /// compare sets step by step in one process (this machine's speed drifts between runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MatmulIsa(Isa);
+pub struct MatmulIsa {
+    isa: Isa,
+    stream_rows: usize,
+}
 
 impl MatmulIsa {
-    /// Every set this CPU supports, worst first (AMX asks the OS for its permission here).
+    /// Every set this CPU supports, worst first (AMX asks the OS for its permission here), each
+    /// streaming small calls as `matmul` does on this CPU.
     pub fn available() -> Vec<MatmulIsa> {
-        Isa::available().into_iter().map(MatmulIsa).collect()
+        Isa::available().into_iter().map(|isa| MatmulIsa { isa, stream_rows: stream_rows() }).collect()
     }
 
     pub fn name(self) -> &'static str {
-        self.0.name()
+        self.isa.name()
+    }
+
+    /// This set with calls of up to 3 rows streamed (`true`) or on the tiles (`false`), whatever
+    /// this CPU's default (`stream_rows`).
+    pub fn streamed(self, on: bool) -> MatmulIsa {
+        MatmulIsa { stream_rows: if on { kernel::STREAM_ROWS } else { 0 }, ..self }
     }
 
     /// `matmul` on this set: the same tasks, a different kernel.
     pub fn matmul(self, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
-        matmul_with(self.0, x, m, w, out)
+        matmul_with(self.isa, self.stream_rows, x, m, w, out)
     }
 }
 
-fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
-    group_with(isa, x, m, &mut [(w, out)]);
+fn matmul_with(isa: Isa, stream_rows: usize, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
+    group_with(isa, stream_rows, x, m, &mut [(w, out)]);
 }
 
 /// Several products of the same `x` (a layer's q, k and v; its gate and up) in one parallel
@@ -207,11 +251,11 @@ fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
 /// step: ~200 products of a few to a few tens of µs) is a measurable share of the step. Each
 /// output has the bits `matmul` gives it.
 pub fn matmul_group(x: &[f32], m: usize, parts: &mut [(&CpuWeight, &mut [f32])]) {
-    group_with(Isa::get(), x, m, parts)
+    group_with(Isa::get(), stream_rows(), x, m, parts)
 }
 
 /// The column tasks of every product in one region (AMX products run their own, in turn).
-fn group_with(isa: Isa, x: &[f32], m: usize, parts: &mut [(&CpuWeight, &mut [f32])]) {
+fn group_with(isa: Isa, stream_rows: usize, x: &[f32], m: usize, parts: &mut [(&CpuWeight, &mut [f32])]) {
     let mut kernels = Vec::with_capacity(parts.len());
     let mut tasks = Vec::new();
     for (w, out) in parts.iter_mut() {
@@ -227,7 +271,7 @@ fn group_with(isa: Isa, x: &[f32], m: usize, parts: &mut [(&CpuWeight, &mut [f32
         }
         let per_task = task_width(m, k, n);
         tasks.extend((0..n.div_ceil(per_task)).map(|t| (kernels.len(), t * per_task, n.min((t + 1) * per_task))));
-        kernels.push(column_kernel(isa, x, m, w, out));
+        kernels.push(column_kernel(isa, stream_rows, x, m, w, out));
     }
     let run = |&(part, c0, c1): &(usize, usize, usize)| kernels[part](c0, c1);
     match tasks.as_slice() {
@@ -248,6 +292,7 @@ fn check_shapes(x: &[f32], m: usize, w: &CpuWeight, out: &[f32]) {
 /// mutably borrowed for as long as the kernel lives.
 fn column_kernel<'a>(
     isa: Isa,
+    stream_rows: usize,
     x: &'a [f32],
     m: usize,
     w: &'a CpuWeight,
@@ -264,7 +309,7 @@ fn column_kernel<'a>(
         // kernel lives.
         return Box::new(move |c0, c1| unsafe { dpbf16::columns(&rows, m, k, n, wb, out, c0, c1) });
     }
-    let job = Job { x, m, k, n, w, out: OutPtr(out.as_mut_ptr()) };
+    let job = Job { x, m, k, n, w, out: OutPtr(out.as_mut_ptr()), stream_rows };
     // SAFETY: `isa` is supported; callers give tasks disjoint column ranges within `n`, and `out`
     // (checked to be [m, n]) stays mutably borrowed while the kernel lives.
     Box::new(move |c0, c1| unsafe { isa.columns(&job, c0, c1) })
@@ -288,7 +333,7 @@ pub fn matmul_f32_serial(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f3
     if m == 0 || n == 0 {
         return;
     }
-    let job = Job { x, m, k, n, w: Weights::F32(w), out: OutPtr(out.as_mut_ptr()) };
+    let job = Job { x, m, k, n, w: Weights::F32(w), out: OutPtr(out.as_mut_ptr()), stream_rows: stream_rows() };
     // SAFETY: `Isa::get()` is supported; this one call writes all of `out`, checked to be [m, n].
     unsafe { Isa::get().columns(&job, 0, n) }
 }
@@ -358,8 +403,15 @@ mod tests {
     }
 
     fn run(isa: Isa, x: &[f32], m: usize, w: &CpuWeight) -> Vec<f32> {
+        run_streamed(isa, stream_rows(), x, m, w)
+    }
+
+    /// Both ways of running calls of up to 3 rows: on the tiles, and streamed.
+    const STREAMS: [usize; 2] = [0, kernel::STREAM_ROWS];
+
+    fn run_streamed(isa: Isa, stream_rows: usize, x: &[f32], m: usize, w: &CpuWeight) -> Vec<f32> {
         let mut out = vec![f32::NAN; m * w.matrix_shape().0];
-        matmul_with(isa, x, m, w, &mut out);
+        matmul_with(isa, stream_rows, x, m, w, &mut out);
         out
     }
 
@@ -378,13 +430,13 @@ mod tests {
                 shapes.push((m, n, k));
             }
         }
-        for isa in Isa::available() {
+        for (isa, stream) in Isa::available().into_iter().flat_map(|isa| STREAMS.map(|s| (isa, s))) {
             for &(m, n, k) in &shapes {
                 let x = random(m * k, &mut rng);
                 let values = random(n * k, &mut rng);
                 for dtype in DTYPES {
                     let (w, exact) = weight(dtype, n, k, &values);
-                    let out = run(isa, &x, m, &w);
+                    let out = run_streamed(isa, stream, &x, m, &w);
                     for r in 0..m {
                         for c in 0..n {
                             let terms = (0..k).map(|i| x[r * k + i] as f64 * exact[c * k + i] as f64);
@@ -404,7 +456,7 @@ mod tests {
                             let got = out[r * n + c] as f64;
                             assert!(
                                 (got - want).abs() <= tol,
-                                "{isa:?} {dtype:?} m={m} n={n} k={k} [{r},{c}]: {got} vs {want} (tol {tol:e})"
+                                "{isa:?} stream≤{stream} {dtype:?} m={m} n={n} k={k} [{r},{c}]: {got} vs {want} (tol {tol:e})"
                             );
                         }
                     }
@@ -414,7 +466,7 @@ mod tests {
     }
 
     /// The speculative engine's invariant: a row's result does not depend on the other rows of
-    /// the call, nor on the thread count.
+    /// the call, nor on the thread count, nor on whether the call was streamed.
     #[test]
     fn rows_are_bit_identical_whatever_m_and_threads() {
         let mut rng = Rng::new(2);
@@ -427,13 +479,14 @@ mod tests {
                     let (w, _) = weight(dtype, n, k, &values);
                     let x = random(26 * k, &mut rng);
                     let all = many.install(|| run(isa, &x, 26, &w));
-                    for m in [1, 2, 3, 5, 9] {
+                    for (m, stream) in [1, 2, 3, 5, 9].into_iter().flat_map(|m| STREAMS.map(|s| (m, s))) {
                         for first in [0, 26 - m] {
-                            let part = single.install(|| run(isa, &x[first * k..(first + m) * k], m, &w));
+                            let rows = &x[first * k..(first + m) * k];
+                            let part = single.install(|| run_streamed(isa, stream, rows, m, &w));
                             let want = &all[first * n..(first + m) * n];
                             assert!(
                                 part.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{isa:?} {dtype:?} n={n} k={k}: rows {first}..{} of m=26 differ at m={m}",
+                                "{isa:?} {dtype:?} n={n} k={k}: rows {first}..{} of m=26 differ at m={m} (stream≤{stream})",
                                 first + m
                             );
                         }
@@ -467,6 +520,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The vendor check behind the default streaming choice reads the CPUID string the kernel
+    /// reports.
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn the_vendor_check_agrees_with_the_kernel() {
+        let info = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+        let vendor = info.lines().find_map(|l| l.strip_prefix("vendor_id")).expect("a vendor_id line");
+        assert_eq!(cpu_is_amd(), vendor.trim_start_matches([' ', '\t', ':']) == "AuthenticAMD", "vendor_id{vendor}");
     }
 
     /// `dot_*` (one-column tiles, single-vector lane sums) gives the matmul's bits (four-column

@@ -3,9 +3,9 @@
 
 use rayon::prelude::*;
 
-use super::matmul::matmul_f32_serial;
 #[cfg(test)]
 use super::matmul::dot_f32;
+use super::matmul::matmul_f32_serial;
 use super::vexp::{exp_lanes, LANES};
 use crate::backend::{AttnMask, AttnShape, KvLayout};
 

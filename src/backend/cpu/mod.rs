@@ -31,7 +31,7 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads, matmul {})", rayon::current_num_threads(), matmul::kernel_choice())
     }
 
     fn weight(&self, tensor: HostTensor) -> Result<CpuWeight> {

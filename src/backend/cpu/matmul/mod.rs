@@ -4,8 +4,9 @@
 //! One kernel serves every `m`. Rayon tasks own blocks of output columns; a task walks its
 //! columns `C` weight rows at a time and runs each block against the input rows in register tiles
 //! of `R` rows × `C` columns (`kernel.rs`), so every weight is read from memory once per call and
-//! a tree of 26 tokens costs little more than one token while the weights dominate. Up to 3 rows
-//! take the weight rows one at a time instead, so a task's weights stream as one sequence.
+//! a tree of 26 tokens costs little more than one token while the weights dominate. On AMD CPUs
+//! (`stream_rows`) up to 3 rows take the weight rows one at a time instead, so a task's weights
+//! stream as one sequence; calls of many rows (prefill, training) run in L2-sized blocks.
 //!
 //! Instruction sets, picked once at first use: AVX-512 F/BW/VL (16 lanes, 6×4 tiles) or AVX2 +
 //! FMA + F16C (8 lanes, 3×4 tiles) on x86-64, NEON (8 lanes in two registers, 2×4 tiles) on
@@ -176,8 +177,8 @@ impl Isa {
 /// them on the register tiles (`kernel::STREAM_ROWS` or 0), chosen once: `CLOVER_MATMUL_STREAM=on`
 /// or `off` if set, else on for AMD CPUs only. Measured on this project's two machine kinds
 /// (docs/cpu-kernels.md): on an AMD Zen 5 streaming moved a decode step's weights ~1.25× faster;
-/// on an Intel Ice Lake the tiles were faster at every row count (1 row 0.91×, 2 rows 0.87×, 3
-/// rows 0.85× the streamed time). Either way every output has the same bits.
+/// on an Intel Ice Lake the tiles were faster at every row count (1 row 0.87–0.92×, 2 rows
+/// 0.86–0.88×, 3 rows 0.85× the streamed time). Either way every output has the same bits.
 pub fn stream_rows() -> usize {
     static STREAM: OnceLock<usize> = OnceLock::new();
     *STREAM.get_or_init(|| {
@@ -192,6 +193,13 @@ pub fn stream_rows() -> usize {
             0
         }
     })
+}
+
+/// The matmul's instruction set and how it runs calls of 1–3 rows, as `bench` reports it, e.g.
+/// "avx512, 1–3 rows streamed" (`CLOVER_MATMUL_ISA`, `CLOVER_MATMUL_STREAM`).
+pub fn kernel_choice() -> String {
+    let small = if stream_rows() > 0 { "streamed" } else { "on the tiles" };
+    format!("{}, 1–{} rows {small}", Isa::get().name(), kernel::STREAM_ROWS)
 }
 
 /// Whether the CPU's vendor string is AMD's.

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::kv::kv_write;
 #[cfg(test)]
 use super::matmul::dot_f32;
 use super::matmul::matmul_f32_serial;
@@ -250,9 +251,21 @@ pub fn attention_backward(
     if rows == 0 || d == 0 {
         return;
     }
-    // Each head's rows as one contiguous [rows, d] matrix, as the kernels take them.
-    let (qh, doh) = (by_head(q, rows, heads, d), by_head(d_out, rows, heads, d));
-    let (kg, vg) = (by_head(k, rows, kv_heads, d), by_head(v, rows, kv_heads, d));
+    // Each head's rows as one contiguous [rows, d] matrix, as the kernels take them: the layout
+    // of a KV cache of `rows` slots.
+    let by_head = |x: &[f32], heads: usize| {
+        let mut out = vec![0.0; rows * heads * d];
+        kv_write(
+            &mut out,
+            KvLayout { n_kv_heads: heads, capacity: rows, head_dim: d },
+            &x[..rows * heads * d],
+            rows,
+            0,
+        );
+        out
+    };
+    let (qh, doh) = (by_head(q, heads), by_head(d_out, heads));
+    let (kg, vg) = (by_head(k, kv_heads), by_head(v, kv_heads));
     let head = |m, h, r0, r1| head_rows(m, rows, d, h, r0, r1);
     let blocks = rows.div_ceil(BACKWARD_BLOCK);
     let block_rows = |b: usize| (b * BACKWARD_BLOCK, ((b + 1) * BACKWARD_BLOCK).min(rows));
@@ -353,23 +366,13 @@ type QueryBlock = (Vec<f32>, Vec<(f32, f32)>);
 /// few enough that a 512-token sequence's 9 heads make dozens of tasks.
 const BACKWARD_BLOCK: usize = 16;
 
-/// `x` `[rows, heads·d]` rearranged as `[heads, rows, d]`.
-fn by_head(x: &[f32], rows: usize, heads: usize, d: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows * heads * d);
-    for h in 0..heads {
-        for r in 0..rows {
-            out.extend_from_slice(&x[r * heads * d + h * d..][..d]);
-        }
-    }
-    out
-}
-
-/// Rows `r0..r1` of head `h` in a `by_head` matrix of `rows` rows of `d`.
+/// Rows `r0..r1` of head `h` in a `[heads, rows, d]` matrix.
 fn head_rows(m: &[f32], rows: usize, d: usize, h: usize, r0: usize, r1: usize) -> &[f32] {
     &m[(h * rows + r0) * d..(h * rows + r1) * d]
 }
 
-/// `x ← exp(x − shift)` 16 lanes at a time (`vexp`), returning the sum in order.
+/// `x ← exp(x − shift)` 16 lanes at a time (`vexp`), returning the sum in order. For unmasked
+/// values only: unlike `softmax_weights`, a −∞ comes out as exp(−87), not 0.
 fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
     let mut sum = 0.0;
     for chunk in x.chunks_mut(LANES) {
@@ -388,7 +391,6 @@ fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::backend::cpu::gradcheck::{self as gc, assert_grad, numeric, to_f64};
-    use crate::backend::cpu::kv::kv_write;
 
     /// Grouped-query heads (4 query heads share 2 KV heads) over T = 5 causal rows.
     #[test]

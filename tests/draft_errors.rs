@@ -1,5 +1,5 @@
-//! Bad draft inputs get clear errors: a head built for another base model, a malformed tree
-//! file, a tree deeper than the head drafts.
+//! Bad draft inputs get clear errors: a head built for another base model, truncated weights, a
+//! malformed tree file, a tree deeper than the head drafts.
 
 mod common;
 
@@ -49,6 +49,22 @@ fn head_with_a_wrong_tensor_shape_is_refused() {
     clover_engine::weights::write_f32_safetensors(&head_dir.join("model.safetensors"), &tensors).unwrap();
     let err = EagleHead::load(&head_dir, &model).err().expect("refused").to_string();
     assert!(err.contains("model.safetensors") && err.contains("fc.weight"), "{err}");
+}
+
+#[test]
+fn truncated_head_weights_are_named_as_truncated() {
+    let base = tiny_base("base-truncated", 32, 64);
+    let head_dir = base.join("head");
+    init_head(DraftKind::Eagle, &base, &head_dir, 0).unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    let weights = head_dir.join("model.safetensors");
+    let full = std::fs::metadata(&weights).unwrap().len();
+    for keep in [full / 2, 5] {
+        let file = std::fs::OpenOptions::new().write(true).open(&weights).unwrap();
+        file.set_len(keep).unwrap();
+        let err = EagleHead::load(&head_dir, &model).err().expect("a truncated head must be refused").to_string();
+        assert!(err.contains("model.safetensors") && err.contains("truncated"), "{keep} bytes: {err}");
+    }
 }
 
 #[test]

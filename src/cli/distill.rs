@@ -115,7 +115,7 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
     let (lr, _) = reference_schedule(opts.head);
     if !opts.resume {
         println!(
-            "training a {} head: lr {}, {} tokens per step, conversations cut at {}",
+            "training a draft head of kind {}: lr {}, {} tokens per step, conversations cut at {}",
             opts.head.name(),
             opts.lr.unwrap_or(lr),
             opts.batch_tokens.unwrap_or(DEFAULT_BATCH_TOKENS),

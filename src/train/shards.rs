@@ -15,6 +15,7 @@ use crate::rng::Rng;
 use crate::train::layout::{
     tensor_name, DataIndex, HIDDEN_STATE, HIDDEN_STATE_PRENORM, INDEX_FILE, INPUT_IDS, LOSS_MASK,
 };
+use crate::weights::safetensors::header_problem;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -181,7 +182,7 @@ fn open_folder(dir: &Path, maps: &mut Vec<Mmap>, records: &mut Vec<Location>) ->
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: shards are written once (temp name, then rename) and never modified in place.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let st = SafeTensors::deserialize(&map).map_err(|e| Error::format(&path, "header", e.to_string()))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| Error::format(&path, "header", header_problem(&e)))?;
         let base = map.as_ptr() as usize;
         for c in &shard.conversations {
             let t = c.tokens;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, SafeTensors};
+use safetensors::tensor::{Dtype as StDtype, SafeTensorError, SafeTensors};
 
 use super::{Bytes, DType, HostTensor};
 use crate::error::{Error, Result};
@@ -58,7 +58,7 @@ impl SafetensorsFiles {
         // truncates model files while the engine runs.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (header_len, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| Error::format(path, "header", e.to_string()))?;
+            SafeTensors::read_metadata(&map).map_err(|e| Error::format(path, "header", header_problem(&e)))?;
         let data_start = 8 + header_len;
         let file_index = self.maps.len();
         let quantized = quantized_tensors(path, meta.metadata())?;
@@ -127,6 +127,24 @@ impl SafetensorsFiles {
 pub const QUANT_KEY_PREFIX: &str = "clover.quant.";
 
 /// The quantized tensors the header's metadata names, with their types.
+/// What a reader of the error needs to hear about an unreadable safetensors header: the
+/// library's variant names (`MetadataIncompleteBuffer`) do not say "truncated".
+pub(crate) fn header_problem(e: &SafeTensorError) -> String {
+    use SafeTensorError as E;
+    let what = match e {
+        E::MetadataIncompleteBuffer => {
+            "the tensors it lists need more bytes than the file holds (truncated or partly written?)"
+        }
+        E::HeaderTooSmall | E::InvalidHeaderLength => "the file is too short for a safetensors header (truncated?)",
+        E::HeaderTooLarge => "the header length is implausibly large (not a safetensors file?)",
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+            "the header is not the JSON a safetensors file starts with (not a safetensors file?)"
+        }
+        _ => return e.to_string(),
+    };
+    format!("{what} ({e:?})")
+}
+
 fn quantized_tensors(path: &Path, metadata: &Option<HashMap<String, String>>) -> Result<HashMap<String, DType>> {
     let mut out = HashMap::new();
     for (key, value) in metadata.iter().flatten() {

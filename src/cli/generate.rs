@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -14,6 +14,7 @@ use clover_engine::spec::auto_budget::{
 };
 use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig, GenerationStats};
+use clover_engine::spec::saved_plan::{self, PlanKey};
 use clover_engine::spec::tree::{CloverTreeParams, StaticTree};
 
 use super::stream::TextStream;
@@ -59,6 +60,24 @@ impl SpecArgs {
     pub fn draft_options(&self) -> DraftOptions {
         DraftOptions { vocab: self.draft_vocab, weights: self.draft_weights }
     }
+
+    /// What a saved `--tree-budget auto` choice for this head depends on besides the machine
+    /// and the files (`PlanKey`): the head's settings, the sampling, the calibration itself.
+    pub fn plan_key(&self, backend: &str, model_dir: &Path, head_dir: &Path, cfg: &GenerationConfig) -> PlanKey {
+        let settings = [
+            ("draft", self.draft.map_or("none", |d| DraftKind::from(d).name()).to_string()),
+            ("draft options", format!("{:?}", self.draft_options())),
+            ("sampling", format!("{:?}", cfg.sampling)),
+            (
+                "calibration",
+                format!(
+                    "{} chats x {CALIBRATION_TOKENS} tokens, budgets up to {MAX_AUTO_BUDGET}",
+                    CALIBRATION_CHATS.len()
+                ),
+            ),
+        ];
+        PlanKey::new(backend, model_dir, head_dir, &settings)
+    }
 }
 
 /// The tree each speculative step drafts.
@@ -77,6 +96,10 @@ pub struct TreeArgs {
     /// Per-parent cumulative probability of the clover tree.
     #[arg(long, default_value_t = 0.95)]
     pub tree_top_p: f32,
+    /// With `--tree-budget auto` in generate and eval: calibrate again instead of reusing the
+    /// choice saved for this machine, model, head and settings (bench always calibrates).
+    #[arg(long)]
+    pub recalibrate: bool,
 }
 
 impl TreeArgs {
@@ -113,6 +136,37 @@ impl TreeArgs {
                 Err(Error::input(format!("--tree {other}: expected mc_sim_7b_63, clover, eagle2 or a .json file")))
             }
         }
+    }
+
+    /// As `resolve`, but with `--tree-budget auto` a choice saved under `key` is reused (unless
+    /// `--recalibrate`) and a new one is saved: calibrating costs more than many generations.
+    /// Returns the tree and what to tell the user about the choice.
+    pub fn resolve_saved<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        head: &mut dyn DraftHead<B>,
+        tokenizer: &TextTokenizer,
+        cfg: &GenerationConfig,
+        key: &PlanKey,
+    ) -> Result<(TreeSpec, Option<String>)> {
+        let dir = saved_plan::default_dir();
+        if self.budget()?.is_none() && !self.recalibrate {
+            self.tree_spec()?;
+            if let Some(saved) = saved_plan::load(&dir, key) {
+                return Ok((TreeSpec::Eagle2(eagle2_tree(saved.budget)), Some(saved.report())));
+            }
+        }
+        let (tree, plan) = self.resolve(model, head, Some(tokenizer), cfg)?;
+        let Some(plan) = plan else { return Ok((tree, None)) };
+        let mut report = plan.table();
+        report += &match saved_plan::save(&dir, key, &plan) {
+            Ok(path) => format!(
+                "(saved in {}: later runs with this model, head and settings reuse it; --recalibrate measures again)\n",
+                path.display()
+            ),
+            Err(e) => format!("(the choice was not saved: {e})\n"),
+        };
+        Ok((tree, Some(report)))
     }
 
     /// The tree to decode with: `tree_spec`, or with `--tree-budget auto` the EAGLE-2 tree at the
@@ -196,9 +250,10 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;
-            let (tree, plan) = a.spec.tree.resolve(&model, head.as_mut(), Some(&tokenizer), &cfg)?;
-            if let Some(plan) = plan {
-                eprint!("{}", plan.table());
+            let key = a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg);
+            let (tree, report) = a.spec.tree.resolve_saved(&model, head.as_mut(), &tokenizer, &cfg, &key)?;
+            if let Some(report) = report {
+                eprint!("{report}");
             }
             let (_, stats) = generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| stream.push(ids))?;
             println!();

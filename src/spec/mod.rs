@@ -4,5 +4,6 @@ pub mod auto_budget;
 pub mod drafting;
 pub mod engine;
 pub mod node_logits;
+pub mod saved_plan;
 pub mod tree;
 pub mod verify;

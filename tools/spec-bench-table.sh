@@ -3,7 +3,8 @@
 # Spec-Bench categories of ../shared/data/spec_bench/question.jsonl, at T = 0 and T = 1. Each
 # method and temperature is one `eval` run over the first PER_CATEGORY questions of every category
 # (first turn, 128 new tokens), then `metrics` against plain decoding at the same temperature.
-# Heads draft with the EAGLE-2 tree at `--tree-budget auto` (chosen per head on this machine).
+# Heads draft with the EAGLE-2 tree at `--tree-budget auto` (chosen per head on this machine, calibrated
+# afresh: `--recalibrate`, so a saved choice from an earlier run is not reused).
 # Environment: PER_CATEGORY (default 5), OUT (default runs/spec-bench), THREADS (default all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ for t in 0 1; do
   "$engine" "${threads[@]}" eval "${common[@]}" --out "$out/plain-t$t.jsonl"
   for head in eagle clover2; do
     "$engine" "${threads[@]}" eval "${common[@]}" --draft "$head" --draft-model "$heads/$head" \
-      --tree eagle2 --tree-budget auto --out "$out/$head-t$t.jsonl" 2> >(tee "$out/$head-t$t.log" >&2)
+      --tree eagle2 --tree-budget auto --recalibrate --out "$out/$head-t$t.jsonl" 2> >(tee "$out/$head-t$t.log" >&2)
   done
 done
 for t in 0 1; do

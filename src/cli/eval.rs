@@ -80,8 +80,8 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     let decoder = match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;
-            let key = a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg);
-            let (tree, report) = a.spec.tree.resolve_saved(&model, head.as_mut(), &tokenizer, &cfg, &key)?;
+            let key = || a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg);
+            let (tree, report) = a.spec.tree.resolve_saved(&model, head.as_mut(), &tokenizer, &cfg, key)?;
             if let Some(report) = report {
                 eprint!("{report}");
             }

@@ -138,7 +138,7 @@ impl TreeArgs {
         }
     }
 
-    /// As `resolve`, but with `--tree-budget auto` a choice saved under `key` is reused (unless
+    /// As `resolve`, but with `--tree-budget auto` a choice saved under `key()` is reused (unless
     /// `--recalibrate`) and a new one is saved: calibrating costs more than many generations.
     /// Returns the tree and what to tell the user about the choice.
     pub fn resolve_saved<B: Backend>(
@@ -147,19 +147,22 @@ impl TreeArgs {
         head: &mut dyn DraftHead<B>,
         tokenizer: &TextTokenizer,
         cfg: &GenerationConfig,
-        key: &PlanKey,
+        key: impl FnOnce() -> PlanKey,
     ) -> Result<(TreeSpec, Option<String>)> {
-        let dir = saved_plan::default_dir();
-        if self.budget()?.is_none() && !self.recalibrate {
+        if self.budget()?.is_some() {
+            return Ok((self.tree_spec()?, None));
+        }
+        let (dir, key) = (saved_plan::default_dir(), key());
+        if !self.recalibrate {
             self.tree_spec()?;
-            if let Some(saved) = saved_plan::load(&dir, key) {
+            if let Some(saved) = saved_plan::load(&dir, &key) {
                 return Ok((TreeSpec::Eagle2(eagle2_tree(saved.budget)), Some(saved.report())));
             }
         }
         let (tree, plan) = self.resolve(model, head, Some(tokenizer), cfg)?;
         let Some(plan) = plan else { return Ok((tree, None)) };
         let mut report = plan.table();
-        report += &match saved_plan::save(&dir, key, &plan) {
+        report += &match saved_plan::save(&dir, &key, &plan) {
             Ok(path) => format!(
                 "(saved in {}: later runs with this model, head and settings reuse it; --recalibrate measures again)\n",
                 path.display()
@@ -250,8 +253,8 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;
-            let key = a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg);
-            let (tree, report) = a.spec.tree.resolve_saved(&model, head.as_mut(), &tokenizer, &cfg, &key)?;
+            let key = || a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg);
+            let (tree, report) = a.spec.tree.resolve_saved(&model, head.as_mut(), &tokenizer, &cfg, key)?;
             if let Some(report) = report {
                 eprint!("{report}");
             }

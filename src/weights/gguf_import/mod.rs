@@ -1,0 +1,155 @@
+//! `import-gguf`: turns a GGUF file into an HF folder (`config.json`, `model.safetensors`,
+//! `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`) that the normal loader
+//! memory-maps, following `spec/gguf.md`.
+//!
+//! OUT_DIR must not exist or be an empty folder. Everything is written into a hidden sibling
+//! folder that is renamed onto OUT_DIR only once complete, so a failed import leaves nothing behind.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::fsutil::temp_sibling;
+use crate::weights::gguf::{GgmlType, GgufFile};
+use crate::weights::gguf_tokenizer::TokenizerMeta;
+use crate::weights::DType;
+
+mod hparams;
+mod tensor_plan;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use hparams::{config_json, HParams};
+use tensor_plan::plan_tensors;
+use writer::{write_json, write_safetensors};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportDType {
+    /// Every tensor expanded to bf16.
+    Bf16,
+    /// Every tensor expanded to f32 (the GGUF's values exactly).
+    F32,
+    /// Every tensor as the GGUF stores it: Q8_0 / Q4_0 / Q4_1 blocks stay quantized (the CPU
+    /// backend multiplies them in place), float tensors keep their type.
+    Keep,
+}
+
+impl ImportDType {
+    fn torch_name(self) -> &'static str {
+        match self {
+            ImportDType::Bf16 => "bfloat16",
+            // The quantized weights' values are computed in f32.
+            ImportDType::F32 | ImportDType::Keep => "float32",
+        }
+    }
+
+    /// How a tensor of `ty` is written.
+    fn stored(self, ty: GgmlType) -> DType {
+        match (self, ty) {
+            (ImportDType::Bf16, _) => DType::BF16,
+            (ImportDType::F32, _) => DType::F32,
+            (ImportDType::Keep, GgmlType::F32) => DType::F32,
+            (ImportDType::Keep, GgmlType::F16) => DType::F16,
+            (ImportDType::Keep, GgmlType::Bf16) => DType::BF16,
+            (ImportDType::Keep, GgmlType::Q8_0) => DType::Q8_0,
+            (ImportDType::Keep, GgmlType::Q4_0) => DType::Q4_0,
+            (ImportDType::Keep, GgmlType::Q4_1) => DType::Q4_1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportSummary {
+    /// HF `model_type`: llama, qwen2 or mistral.
+    pub model_type: &'static str,
+    pub tensors: usize,
+    /// All files of the folder together.
+    pub bytes_written: u64,
+    pub tied_embeddings: bool,
+}
+
+pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: ImportDType) -> Result<ImportSummary> {
+    let file = GgufFile::open(gguf)?;
+    let tok = TokenizerMeta::read(&file)?;
+    let hp = HParams::read(&file, tok.tokens.len())?;
+    let plan = plan_tensors(&file, &hp)?;
+    let tied = file.tensor("output.weight").is_none();
+    let staging = Staging::new(out_dir)?;
+    let dir = &staging.dir;
+    let mut bytes = write_safetensors(&file, &plan, dtype, &dir.join("model.safetensors"))?;
+    bytes += write_json(&dir.join("config.json"), &config_json(&hp, &tok, tied, dtype))?;
+    bytes += write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json())?;
+    bytes += write_json(&dir.join("tokenizer_config.json"), &tok.tokenizer_config(hp.n_ctx))?;
+    bytes += write_json(&dir.join("generation_config.json"), &tok.generation_config())?;
+    staging.commit()?;
+    Ok(ImportSummary { model_type: hp.arch.name(), tensors: plan.len(), bytes_written: bytes, tied_embeddings: tied })
+}
+
+/// `Ok(None)` when the key is absent; a present key of the wrong type is still an error.
+pub(super) fn optional<'a, T>(
+    g: &'a GgufFile,
+    key: &str,
+    get: impl Fn(&'a GgufFile, &str) -> Result<T>,
+) -> Result<Option<T>> {
+    if g.metadata.contains_key(key) {
+        get(g, key).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// A hidden sibling of OUT_DIR that becomes OUT_DIR only on `commit`; dropped uncommitted, it is removed.
+struct Staging {
+    dir: PathBuf,
+    out: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn new(out: &Path) -> Result<Self> {
+        check_out_dir(out)?;
+        if out.file_name().is_none() {
+            return Err(Error::input(format!("{}: output folder needs a name", out.display())));
+        }
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let dir = temp_sibling(out);
+        // Only a crashed earlier run with the same pid can have left this behind.
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Staging { dir, out: out.to_path_buf(), committed: false })
+    }
+
+    fn commit(mut self) -> Result<()> {
+        // check_out_dir allowed an empty folder; remove_dir refuses one that filled up since.
+        match fs::remove_dir(&self.out) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&self.out, e)),
+            _ => {}
+        }
+        fs::rename(&self.dir, &self.out).map_err(|e| Error::io(&self.out, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn check_out_dir(out: &Path) -> Result<()> {
+    match fs::read_dir(out).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => Err(Error::input(format!(
+            "{}: output folder exists and is not empty; remove it or choose another",
+            out.display()
+        ))),
+        Ok(false) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(out, e)),
+    }
+}

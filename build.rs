@@ -68,7 +68,8 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
 fn gencode_flags() -> Vec<String> {
     let archs = env::var("CLOVER_CUDA_ARCHS").unwrap_or_else(|_| "90".into());
     let mut archs: Vec<String> = archs.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
-    archs.sort();
+    // By number: "100" is newer than "90" (the PTX goes to the newest).
+    archs.sort_by_key(|a| a.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u32>().unwrap_or(0));
     let mut flags: Vec<String> = archs.iter().map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}")).collect();
     if let Some(newest) = archs.last() {
         flags.push(format!("-gencode=arch=compute_{newest},code=compute_{newest}"));

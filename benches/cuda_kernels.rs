@@ -2,13 +2,15 @@
 //! a device-to-device copy gives the memory bandwidth; RMSNorm, RoPE and SwiGLU at 4096 × 4096
 //! report bytes moved per second [≥ 70% of the copy's]; tree attention of 26 nodes over a 2k prefix
 //! (7B shape: 32 heads of 128) reports its K/V bytes per second [time ≤ 2× reading the K/V once,
-//! i.e. ≥ 50% of the copy's read rate]. Without a GPU it prints why and measures nothing.
+//! i.e. ≥ 50% of the copy's read rate]; the few-row products of decoding and verification
+//! (kernels/gemv.cu) on a 7B MLP weight report its bytes read per second. Without a GPU it prints
+//! why and measures nothing.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use clover_engine::backend::cuda::CudaBackend;
 use clover_engine::backend::{AttnMask, AttnShape, Backend, KvLayout};
-use clover_engine::weights::HostTensor;
+use clover_engine::weights::{DType, HostTensor};
 
 const N: usize = 4096;
 
@@ -90,6 +92,24 @@ fn kernels(c: &mut Criterion) {
             gpu.synchronize()
         })
     });
+
+    // Decoding and verification products: 1 and 26 rows times an 11008 × 4096 bf16 weight (90 MB,
+    // a 7B model's MLP projection); the weight is read once per call whatever the rows.
+    let (wn, wk) = (11008, 4096);
+    let bits: Vec<u16> =
+        (0..wn * wk).map(|i| half::bf16::from_f32(values[i % values.len()] * 0.02).to_bits()).collect();
+    let w = gpu.weight(HostTensor::from_bits("w", DType::BF16, vec![wn, wk], bits)).unwrap();
+    let xs = gpu.upload(&values[..26 * wk]);
+    let mut prod = gpu.zeros(26 * wn);
+    for rows in [1, 26] {
+        g.throughput(Throughput::Bytes((wn * wk * 2) as u64));
+        g.bench_function(format!("gemv_bf16_11008x4096_{rows}_rows"), |b| {
+            b.iter(|| {
+                gpu.matmul(&xs, rows, &w, &mut prod);
+                gpu.synchronize()
+            })
+        });
+    }
     g.finish();
 }
 

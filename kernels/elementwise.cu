@@ -36,12 +36,18 @@ extern "C" __global__ void clip_by_value(float* x, float limit, int n) {
     x[i] = v;
 }
 
-// out = silu(gate) · up, silu(g) = g / (1 + e^−g).
+// σ(g) = 1/(1 + e^−g), 0 below g = −87 as the CPU's (cpu/activation.rs: its exponential clamps
+// there, and silu of a huge negative g stays exactly 0).
+__device__ __forceinline__ float sigmoid(float g) {
+    return g < -87.0f ? 0.0f : 1.0f / (1.0f + expf(-g));
+}
+
+// out = silu(gate) · up = g·σ(g)·up, in the CPU's order.
 extern "C" __global__ void swiglu(float* out, const float* gate, const float* up, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    out[i] = g * sigmoid(g) * up[i];
 }
 
 // ADDS the gradients: with σ = 1/(1 + e^−g), silu'(g) = σ·(1 + g·(1 − σ)).
@@ -50,7 +56,7 @@ extern "C" __global__ void swiglu_backward(float* d_gate, float* d_up, const flo
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float g = gate[i], u = up[i], d = d_out[i];
-    const float sig = 1.0f / (1.0f + expf(-g));
+    const float sig = sigmoid(g);
     d_gate[i] += d * u * sig * (1.0f + g * (1.0f - sig));
     d_up[i] += d * g * sig;
 }
@@ -58,20 +64,14 @@ extern "C" __global__ void swiglu_backward(float* d_gate, float* d_up, const flo
 // One AdamW step, PyTorch's order, as cpu/optim.rs:
 //   p ← p·(1 − lr·wd);  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;
 //   p ← p − step_size·m / (√v / bc2_sqrt + ε)
-// with step_size = lr / (1 − β₁ᵗ) and bc2_sqrt = √(1 − β₂ᵗ), both formed in f64 and rounded to f32
-// as the CPU does. HOST VALUES: bias_correction1 = 1 − β₁ᵗ and bias_correction2 = 1 − β₂ᵗ (NOT
-// their square roots, NOT lr/…), each computed in f64 (`1.0 - (beta as f64).powf(step as f64)`)
-// and passed as f32; the kernel takes the quotient and the square root itself, in f64 (so the two
-// scalars match the CPU's to the rounding of the corrections to f32, at most 1 ulp).
+// HOST VALUES: step_size = lr / (1 − β₁ᵗ) and bc2_sqrt = √(1 − β₂ᵗ), each formed in f64 and
+// rounded once to f32, exactly as the CPU forms them (so both backends use the same two scalars).
 // The per-element arithmetic uses the _rn intrinsics so nvcc cannot fuse multiply-adds: Rust does
 // not form FMAs, and with the same operations in the same order the step is bit-exact.
 extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, float lr, float beta1, float beta2,
-                                 float eps, float weight_decay, float bias_correction1, float bias_correction2,
-                                 int n) {
+                                 float eps, float weight_decay, float step_size, float bc2_sqrt, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float step_size = (float)((double)lr / (double)bias_correction1);
-    const float bc2_sqrt = (float)sqrt((double)bias_correction2);
     const float decay = __fsub_rn(1.0f, __fmul_rn(lr, weight_decay));
     const float gi = g[i];
     const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), gi));

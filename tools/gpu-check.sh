@@ -14,11 +14,17 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = prepare ]; then
   set -e
   tools/install-cuda-compiler.sh
+  # Named explicitly: build.rs reruns when $NVCC changes, not when the compiler appears on disk, so
+  # a build made before the install would otherwise be reused without kernels.
+  export NVCC="${NVCC:-$PWD/.cuda/nvidia/cu13/bin/nvcc}"
   cargo build --release --bin clover-engine
   cargo test --release --test cuda_parity --no-run
   cargo bench --bench cuda_kernels --no-run
   rm -rf gpu-bin && mkdir -p gpu-bin
   newest() { ls -t target/release/deps/$1-* | grep -v '\.d$' | head -1; }
+  for bin in target/release/clover-engine "$(newest cuda_parity)" "$(newest cuda_kernels)"; do
+    grep -q gemv_rows_bf16 "$bin" || { echo "$bin was built without CUDA kernels" >&2; exit 1; }
+  done
   strip -o gpu-bin/clover-engine target/release/clover-engine
   strip -o gpu-bin/cuda_parity "$(newest cuda_parity)"
   strip -o gpu-bin/cuda_kernels "$(newest cuda_kernels)"
@@ -38,7 +44,9 @@ step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
   ldconfig -p | grep -E "libcuda\.so|libcublas\.so" || echo "libcuda / libcublas not in the linker cache"
 
   step "parity tests (each CUDA op against the CPU backend)"
-  timeout 240 gpu-bin/cuda_parity --nocapture --test-threads 1 2>&1
+  # CLOVER_REQUIRE_GPU: a GPU that cannot be opened fails every test instead of skipping it.
+  # CUDA_LAUNCH_BLOCKING: a faulting kernel is named by its own launch, not by a later download.
+  CLOVER_REQUIRE_GPU=1 CUDA_LAUNCH_BLOCKING=1 timeout 240 gpu-bin/cuda_parity --nocapture --test-threads 1 2>&1
 
   step "kernel benchmarks (bytes/s; compare with cuda/copy_64MiB)"
   timeout 120 gpu-bin/cuda_kernels --bench --warm-up-time 1 --measurement-time 3 2>&1 | grep -vE "^(Benchmarking|Found|  [0-9]+ \()"

@@ -26,13 +26,15 @@ use clover_engine::paths;
 pub enum Device {
     Cpu,
     Cuda(usize),
+    /// No `--device`: cuda:0 when it opens, else the CPU (`default_gpu`).
+    Default,
 }
 
 impl Device {
-    /// `cpu`, `cuda`, `cuda:N`; without the option, cuda:0 when it can be opened, else cpu.
+    /// `cpu`, `cuda`, `cuda:N`, or `Default` without the option.
     fn parse(arg: Option<&str>) -> Result<Device> {
         match arg {
-            None => Ok(if check_device(0).is_ok() { Device::Cuda(0) } else { Device::Cpu }),
+            None => Ok(Device::Default),
             Some("cpu") => Ok(Device::Cpu),
             Some("cuda") => Ok(Device::Cuda(0)),
             Some(other) => other
@@ -57,8 +59,30 @@ macro_rules! with_backend {
                 let $b = CudaBackend::new(n)?;
                 $body
             }
+            Device::Default => match default_gpu() {
+                Some($b) => $body,
+                None => {
+                    let $b = clover_engine::backend::cpu::CpuBackend;
+                    $body
+                }
+            },
         }
     };
+}
+
+/// cuda:0 when this build and the machine can run on it. A machine without a GPU (or a build
+/// without kernels) runs on the CPU silently; a GPU that is there but cannot be opened (a driver
+/// older than the kernels, a GPU this build has no code for) is said once before the CPU is used,
+/// so that a command without `--device` still runs.
+fn default_gpu() -> Option<CudaBackend> {
+    check_device(0).ok()?;
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("note: {e}; running on the CPU (--device cuda makes this an error)");
+            None
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -68,7 +92,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Where the model runs: cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's
-    /// kernels are there, else cpu).
+    /// kernels are there and it opens, else cpu).
     #[arg(long, global = true)]
     device: Option<String>,
     #[command(subcommand)]

@@ -2,7 +2,7 @@
 //! its answer with seeded noise: drafts are often right and sometimes wrong, so tests exercise
 //! acceptance at every depth, rejections, and KV compaction of long paths.
 
-use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::backend::Backend;
 use clover_engine::draft::{DraftHead, DraftKind};
 use clover_engine::model::{ForwardOutput, Llama, LogitRows, Logits};
 use clover_engine::rng::Rng;
@@ -39,7 +39,7 @@ impl OracleHead {
         OracleHead { draft_vocab: Some(ids), ..self }
     }
 
-    fn row(&mut self, model: &Llama<CpuBackend>, path: &[u32]) -> Result<Vec<f32>> {
+    fn row<B: Backend>(&mut self, model: &Llama<B>, path: &[u32]) -> Result<Vec<f32>> {
         let seq: Vec<u32> = self.committed.iter().chain(path).copied().collect();
         let mut cache = model.new_cache(seq.len());
         let mut logits = model.prefill(&mut cache, &seq, LogitRows::Last)?.logits;
@@ -53,12 +53,12 @@ impl OracleHead {
     }
 
     /// Columns of the rows this head returns.
-    fn width(&self, model: &Llama<CpuBackend>) -> usize {
+    fn width<B: Backend>(&self, model: &Llama<B>) -> usize {
         self.draft_vocab.as_ref().map_or(model.config.vocab_size, Vec::len)
     }
 }
 
-impl DraftHead<CpuBackend> for OracleHead {
+impl<B: Backend> DraftHead<B> for OracleHead {
     fn kind(&self) -> DraftKind {
         DraftKind::Eagle
     }
@@ -77,18 +77,18 @@ impl DraftHead<CpuBackend> for OracleHead {
 
     fn begin(
         &mut self,
-        model: &Llama<CpuBackend>,
-        _base: &ForwardOutput<CpuBackend>,
+        model: &Llama<B>,
+        _base: &ForwardOutput<B>,
         _rows: &[usize],
         next_tokens: &[u32],
-    ) -> Result<Logits<CpuBackend>> {
+    ) -> Result<Logits<B>> {
         self.committed.extend_from_slice(next_tokens);
         self.level_paths = vec![Vec::new()];
         let row = self.row(model, &[])?;
-        Ok(Logits::from_host(&CpuBackend, &row, self.width(model)))
+        Ok(Logits::from_host(&model.backend, &row, self.width(model)))
     }
 
-    fn expand(&mut self, model: &Llama<CpuBackend>, parents: &[usize], tokens: &[u32]) -> Result<Logits<CpuBackend>> {
+    fn expand(&mut self, model: &Llama<B>, parents: &[usize], tokens: &[u32]) -> Result<Logits<B>> {
         let mut rows = Vec::new();
         let mut paths = Vec::new();
         for (&p, &t) in parents.iter().zip(tokens) {
@@ -98,6 +98,6 @@ impl DraftHead<CpuBackend> for OracleHead {
             paths.push(path);
         }
         self.level_paths = paths;
-        Ok(Logits::from_host(&CpuBackend, &rows, self.width(model)))
+        Ok(Logits::from_host(&model.backend, &rows, self.width(model)))
     }
 }

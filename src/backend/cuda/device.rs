@@ -42,6 +42,26 @@ pub fn check(ordinal: usize) -> Result<()> {
     Ok(())
 }
 
+/// Buffers come from the device's stream-ordered pool, which by default hands freed memory back
+/// to the driver whenever the stream synchronises (every download, so every decoding step) and
+/// maps it again at the next allocation. Keeping it in the pool makes those allocations cheap.
+/// A device without pools (or a refusal) only loses the optimisation.
+fn keep_freed_memory(ctx: &CudaContext) {
+    use cudarc::driver::result::{device, mem_pool};
+    use cudarc::driver::sys::CUmemPool_attribute;
+    let mut keep_all: u64 = u64::MAX;
+    // SAFETY: the device is the context's; the release threshold attribute is a cuuint64_t.
+    unsafe {
+        if let Ok(pool) = device::get_mem_pool(ctx.cu_device()) {
+            let _ = mem_pool::set_attribute(
+                pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep_all as *mut u64).cast(),
+            );
+        }
+    }
+}
+
 pub struct Device {
     pub ordinal: usize,
     pub stream: Arc<CudaStream>,
@@ -54,6 +74,10 @@ impl Device {
     pub fn open(ordinal: usize) -> Result<Device> {
         check(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::input(format!("CUDA backend: cuda:{ordinal}: {e}")))?;
+        // SAFETY: the backend uses one stream (cuBLAS included), so stream order alone keeps every
+        // buffer's uses in order; the two events cudarc would record per allocation buy nothing.
+        unsafe { ctx.disable_event_tracking() };
+        keep_freed_memory(&ctx);
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::input(format!("CUDA backend: cuBLAS: {e}")))?;
         let mut functions = HashMap::new();

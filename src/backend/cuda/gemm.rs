@@ -1,4 +1,9 @@
-//! Every GEMM on cuBLAS (`cublasGemmEx`, f32 accumulation). Row-major `[r, c]` buffers are
+//! GEMMs. Products of at most `GEMV_MAX_ROWS` rows with a weight (decoding, tree verification)
+//! run on the engine's own kernel (kernels/gemv.cu): each output is summed in an order that
+//! depends on k alone, so a row's bits do not depend on how many rows the call has, which keeps
+//! speculative greedy output equal to plain greedy output (cuBLAS picks its kernel by shape).
+//!
+//! Every other GEMM on cuBLAS (`cublasGemmEx`, f32 accumulation). Row-major `[r, c]` buffers are
 //! column-major `c × r` matrices to cuBLAS, so `y = x · wᵀ` (x `[rows, k]`, w `[n, k]`) is the
 //! column-major `Y (n × rows) = Wᵀ · X` with W the `k × n` view of w: op(A) = T on w, op(B) = N on x.
 //! bf16 weights multiply bf16 inputs (the f32 activations rounded once, by the `f32_to_bf16`
@@ -44,6 +49,9 @@ impl Gemm {
     /// `a`, `b`, `c` are device pointers to matrices of the shapes and leading dimensions given,
     /// `a` and `b` of `self.dtype`, `c` f32, all valid until the stream has run the call.
     unsafe fn run(&self, dev: &Device, a: u64, b: u64, c: u64) {
+        // The raw cuBLAS call does not make the context current as cudarc's safe calls do; on
+        // another thread, or for cuda:N with N > 0, it would otherwise run in the wrong one.
+        dev.stream.context().bind_to_thread().expect("CUDA backend: binding the context");
         let (alpha, beta) = (1.0f32, self.beta);
         gemm_ex(
             *dev.blas.handle(),
@@ -115,12 +123,48 @@ fn with_weight(
     }
 }
 
+/// Products of at most this many rows go through `gemv_rows` (a 64-node tree verifies 64 rows);
+/// longer ones (prefill of longer prompts, training) through cuBLAS. Plain and speculative
+/// decoding prefill a prompt with the same call, so only the per-step products need the rule.
+pub const GEMV_MAX_ROWS: usize = 64;
+
+/// Weight rows per block of `gemv_rows_*` (its GEMV_WARPS: one warp per weight row).
+const GEMV_WARPS: usize = 8;
+
+/// out[rows, n] = x[rows, k] · wᵀ on kernels/gemv.cu, f32 inputs.
+fn gemv_rows(dev: &Device, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>) {
+    let (m, n, k) = (int(rows), int(w.rows), int(w.cols));
+    let cfg = LaunchConfig {
+        grid_dim: (w.rows.div_ceil(GEMV_WARPS) as u32, 1, 1),
+        block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (name, mut b) = match &w.data {
+        WeightData::F32(wd) => {
+            let mut b = dev.stream.launch_builder(dev.function("gemv_rows_f32"));
+            b.arg(&mut *out).arg(x).arg(wd);
+            ("gemv_rows_f32", b)
+        }
+        WeightData::Bf16(wd) => {
+            let mut b = dev.stream.launch_builder(dev.function("gemv_rows_bf16"));
+            b.arg(&mut *out).arg(x).arg(wd);
+            ("gemv_rows_bf16", b)
+        }
+    };
+    b.arg(&m).arg(&n).arg(&k);
+    // SAFETY: x holds rows·k values, out rows·n (checked by `matmul`), w n·k.
+    unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("CUDA backend: kernel {name}: {e}"));
+}
+
 /// out[rows, n] = x[rows, k] · wᵀ.
 pub fn matmul(dev: &Device, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>) {
     let (n, k) = (w.rows, w.cols);
     assert!(x.len() >= rows * k && out.len() >= rows * n, "matmul: buffers shorter than [{rows}, {k}] / [{rows}, {n}]");
     if rows == 0 || n == 0 {
         return;
+    }
+    if rows <= GEMV_MAX_ROWS {
+        return gemv_rows(dev, x, rows, w, out);
     }
     let g = |dtype| Gemm { trans_a: true, trans_b: false, m: n, n: rows, k, lda: k, ldb: k, ldc: n, beta: 0.0, dtype };
     with_weight(dev, g, w, x, rows * k, out);
@@ -151,6 +195,10 @@ pub fn matmul_weight_grad(
     k: usize,
     dw: &mut CudaSlice<f32>,
 ) {
+    assert!(
+        x.len() >= rows * k && dy.len() >= rows * n && dw.len() >= n * k,
+        "matmul weight gradient: buffers shorter than [{rows}, {k}] / [{rows}, {n}] / [{n}, {k}]"
+    );
     if rows == 0 || n == 0 || k == 0 {
         return;
     }

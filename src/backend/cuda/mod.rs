@@ -80,6 +80,8 @@ macro_rules! launch {
 
 impl CudaBackend {
     fn upload_u32(&self, v: &[u32]) -> CudaSlice<u32> {
+        // A zero-byte allocation is an error to the driver; an empty list gets one unused slot.
+        let v = if v.is_empty() { &[0][..] } else { v };
         self.dev.stream.clone_htod(v).expect("CUDA backend: upload")
     }
 
@@ -103,12 +105,18 @@ impl CudaBackend {
         if rows == 0 {
             return 0.0;
         }
+        let width = input.len() / rows;
+        assert!(
+            width > 0 && input.len() == rows * width && target.len() == input.len() && grad.len() == input.len(),
+            "{kernel}: input, target and gradient are not all {rows} rows of one width"
+        );
         let weights = self.upload(row_weight);
         let mut row_loss = self.alloc(rows);
-        let (r, width) = (int(rows), int(input.len() / rows));
+        let (r, width) = (int(rows), int(width));
         launch!(&self.dev, kernel, grid(rows, 1, threads); grad, &mut row_loss, input, target, &weights, &r, &width);
         let host = self.dev.stream.clone_dtoh(&row_loss).expect("CUDA backend: download");
-        host[..rows].iter().sum()
+        // Summed in f64 and rounded once, as cpu/loss.rs sums its rows.
+        host[..rows].iter().map(|&l| f64::from(l)).sum::<f64>() as f32
     }
 }
 
@@ -326,6 +334,8 @@ impl Backend for CudaBackend {
         dk: &mut CudaSlice<f32>,
         dv: &mut CudaSlice<f32>,
     ) {
+        // The kernel stages a row of q and dO in shared arrays of 128 (ATT_MAX_DIM), as the forward.
+        assert!(shape.head_dim <= 128, "CUDA attention backward: head_dim {} > 128", shape.head_dim);
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let (r, h, kvh, d) = (int(rows), int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim));
         launch!(&self.dev, "attention_backward", grid(rows, shape.n_heads, 128);
@@ -367,13 +377,13 @@ impl Backend for CudaBackend {
         step: u64,
     ) {
         assert!(step >= 1, "adamw: steps count from 1");
-        // The bias corrections in f64, as the CPU backend computes them.
+        // The two bias-corrected scalars formed in f64 and rounded once, as cpu/optim.rs does.
         let t = step as f64;
-        let bc1 = (1.0 - (hp.beta1 as f64).powf(t)) as f32;
-        let bc2 = (1.0 - (hp.beta2 as f64).powf(t)) as f32;
+        let step_size = (hp.lr as f64 / (1.0 - (hp.beta1 as f64).powf(t))) as f32;
+        let bc2_sqrt = (1.0 - (hp.beta2 as f64).powf(t)).sqrt() as f32;
         let n = int(param.len());
         launch!(&self.dev, "adamw", linear(param.len());
-            param, grad, m, v, &hp.lr, &hp.beta1, &hp.beta2, &hp.eps, &hp.weight_decay, &bc1, &bc2, &n);
+            param, grad, m, v, &hp.lr, &hp.beta1, &hp.beta2, &hp.eps, &hp.weight_decay, &step_size, &bc2_sqrt, &n);
     }
 
     fn kv_write(&self, cache: &mut CudaSlice<f32>, layout: KvLayout, new: &CudaSlice<f32>, rows: usize, start: usize) {

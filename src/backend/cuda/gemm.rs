@@ -128,15 +128,15 @@ fn with_weight(
 /// decoding prefill a prompt with the same call, so only the per-step products need the rule.
 pub const GEMV_MAX_ROWS: usize = 64;
 
-/// Weight rows per block of `gemv_rows_*` (its GEMV_WARPS: one warp per weight row).
-const GEMV_WARPS: usize = 8;
+/// Weight rows per block of `gemv_rows_*`: its GEMV_WARPS (8) warps of GEMV_COLS (4) rows each.
+const GEMV_COLS_PER_BLOCK: usize = 32;
 
 /// out[rows, n] = x[rows, k] · wᵀ on kernels/gemv.cu, f32 inputs.
 fn gemv_rows(dev: &Device, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out: &mut CudaSlice<f32>) {
     let (m, n, k) = (int(rows), int(w.rows), int(w.cols));
     let cfg = LaunchConfig {
-        grid_dim: (w.rows.div_ceil(GEMV_WARPS) as u32, 1, 1),
-        block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+        grid_dim: (w.rows.div_ceil(GEMV_COLS_PER_BLOCK) as u32, 1, 1),
+        block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
     let (name, mut b) = match &w.data {

@@ -1,8 +1,9 @@
 //! NVTX ranges around the decoding phases and the CUDA backend's kernel groups (GEMMs, attention,
 //! the Clover cell), so an Nsight Systems timeline shows draft, verify and accept per step and
-//! what each spends on the GPU. With the `nvtx` feature the library is loaded at run time (`libnvToolsExt.so`),
-//! so building needs no CUDA and a machine without it just runs without ranges; without the
-//! feature `scoped` is a plain call and compiles to nothing.
+//! what each spends on the GPU. With the `nvtx` feature the library is loaded at run time
+//! (`libnvToolsExt.so` of CUDA ≤ 12, `libnvtx3interop.so` of CUDA 13, or the file
+//! `CLOVER_NVTX_LIB` names), so building needs no CUDA and a machine without it just runs without
+//! ranges; without the feature `scoped` is a plain call and compiles to nothing.
 
 use std::ffi::CStr;
 
@@ -84,14 +85,34 @@ mod loaded {
         .as_ref()
     }
 
-    fn load() -> Result<Nvtx, libloading::Error> {
-        // SAFETY: loading runs the library's initialisers; libnvToolsExt has no unusual ones.
-        unsafe {
-            let lib = libloading::Library::new("libnvToolsExt.so.1")
-                .or_else(|_| libloading::Library::new("libnvToolsExt.so"))?;
-            let push = *lib.get::<PushFn>(b"nvtxRangePushA\0")?;
-            let pop = *lib.get::<PopFn>(b"nvtxRangePop\0")?;
-            Ok(Nvtx { push, pop, _lib: lib })
+    /// The libraries tried, in order: `CLOVER_NVTX_LIB` (a path, e.g. to the pip wheel's copy), the
+    /// NVTX v2 library of CUDA ≤ 12, then CUDA 13's `libnvtx3interop` (the same two C functions,
+    /// forwarded to the profiler that nsys injects).
+    fn candidates() -> Vec<std::ffi::OsString> {
+        let mut names: Vec<std::ffi::OsString> = std::env::var_os("CLOVER_NVTX_LIB").into_iter().collect();
+        names.extend(
+            ["libnvToolsExt.so.1", "libnvToolsExt.so", "libnvtx3interop.so.1", "libnvtx3interop.so"].map(Into::into),
+        );
+        names
+    }
+
+    fn load() -> Result<Nvtx, String> {
+        let mut tried = Vec::new();
+        for name in candidates() {
+            // SAFETY: loading runs the library's initialisers; the NVTX libraries have no unusual
+            // ones, and both symbols have these C signatures in each of them.
+            let loaded = unsafe {
+                libloading::Library::new(&name).and_then(|lib| {
+                    let push = *lib.get::<PushFn>(b"nvtxRangePushA\0")?;
+                    let pop = *lib.get::<PopFn>(b"nvtxRangePop\0")?;
+                    Ok(Nvtx { push, pop, _lib: lib })
+                })
+            };
+            match loaded {
+                Ok(n) => return Ok(n),
+                Err(e) => tried.push(e.to_string()),
+            }
         }
+        Err(format!("no NVTX library could be loaded ({}); CLOVER_NVTX_LIB can name one", tried.join("; ")))
     }
 }

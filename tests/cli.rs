@@ -39,6 +39,8 @@ fn chat_answer_names_paris() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(text.contains("Paris"), "answer: {text}");
+    // The answer ends at the end-of-turn token, which is not part of the text.
+    assert!(!text.contains("<|im_end|>"), "the stop token was printed: {text}");
     assert!(stderr(&o).contains("decode:"), "no speed line: {}", stderr(&o));
 }
 
@@ -76,6 +78,15 @@ fn score_writes_logits_safetensors() {
 fn missing_model_folder_is_named() {
     let o = engine(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
     assert_clean_error(&o, &["/nonexistent/model"]);
+}
+
+#[test]
+fn folder_without_a_model_and_a_missing_prompt_are_named() {
+    let dir = common::temp_dir("not-a-model");
+    let o = engine(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"]);
+    assert_clean_error(&o, &["not a model folder", "config.json"]);
+    let o = engine(&["generate", "--model", dir.to_str().unwrap()]);
+    assert_clean_error(&o, &["--prompt", "--chat"]);
 }
 
 #[test]

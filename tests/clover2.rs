@@ -519,6 +519,6 @@ fn cli_generates_with_a_clover2_head() {
     ]);
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "--tree {tree}: {err}");
-    assert!(out.contains("Paris"), "--tree {tree}: {out}");
+    assert!(out.contains("Paris") && !out.contains("<|im_end|>"), "--tree {tree}: {out}");
     assert!(err.contains("tau:"), "--tree {tree}: {err}");
 }

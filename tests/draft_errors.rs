@@ -1,5 +1,5 @@
-//! Bad draft inputs get clear errors: a head built for another base model, truncated weights, a
-//! malformed tree file, a tree deeper than the head drafts.
+//! Bad draft inputs get clear errors: a head built for another base model, a base model given as
+//! a head, truncated weights, a malformed tree file, a tree deeper than the head drafts.
 
 mod common;
 
@@ -36,6 +36,16 @@ fn head_for_another_base_model_is_refused() {
         let err = EagleHead::load(&head_dir, &model).err().expect("a mismatched head must be refused").to_string();
         assert!(err.contains("config.json") && err.contains(field) && err.contains("another base model"), "{err}");
     }
+}
+
+#[test]
+fn base_model_given_as_a_head_is_named_so() {
+    let base = tiny_base("base-as-head", 32, 64);
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    let err = EagleHead::load(&base, &model).err().expect("a base model is no head").to_string();
+    assert!(err.contains("base model") && err.contains("not a draft head"), "{err}");
+    let err = clover_engine::draft::clover2::Clover2Head::load(&base, &model).err().expect("refused").to_string();
+    assert!(err.contains("base model") && err.contains("not a draft head"), "{err}");
 }
 
 #[test]

@@ -110,6 +110,10 @@ fn malformed_draft_vocabularies_are_refused_naming_the_field() {
         let err = load_error(&head_dir, &model, DraftVocabChoice::FromHead);
         assert!(err.contains(DRAFT_VOCAB_FILE) && err.contains(needle), "{text}: {err}");
     }
+    // More tokens than the list has.
+    std::fs::write(head_dir.join(DRAFT_VOCAB_FILE), r#"{"token_ids": [1, 2, 3]}"#).unwrap();
+    let err = load_error(&head_dir, &model, DraftVocabChoice::Top(4));
+    assert!(err.contains(DRAFT_VOCAB_FILE) && err.contains("lists 3 tokens"), "{err}");
     // `full` never reads the file.
     assert!(load_head_with(DraftKind::Eagle, &head_dir, &model, DraftVocabChoice::Full).is_ok());
 }

@@ -117,6 +117,9 @@ fn eval_answers_resumes_and_matches_across_methods() {
     let head = dir.join("head");
     let o = engine(&["init-head", "--kind", "eagle", "--model", s(&model), "--out", s(&head)]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // A second head into the same folder is refused (it would inherit what the folder holds).
+    let again = engine(&["init-head", "--kind", "eagle", "--model", s(&model), "--out", s(&head)]);
+    common::assert_clean_error(&again, &["not empty"]);
     let eagle = dir.join("eagle.jsonl");
     run(&["--draft", "eagle", "--draft-model", s(&head)], &eagle);
     let spec = read_jsonl(&eagle);
@@ -170,7 +173,7 @@ fn bench_reports_every_method() {
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let methods = report["methods"].as_array().unwrap();
     let names: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
-    assert_eq!(names, ["plain", "eagle"]);
+    assert_eq!(names, ["plain", "eagle(init)"]);
     for m in methods {
         assert_eq!(m["prompts"], 2);
         assert_eq!(m["mismatched_prompts"], 0, "greedy output differs from plain decoding");
@@ -257,8 +260,8 @@ fn bench_per_method_settings_and_auto_budget() {
     let names: Vec<&str> =
         report["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
     assert_eq!(names[0], "plain");
-    assert!(names[1].starts_with("eagle[tree=eagle2,budget=auto]→"), "{names:?}");
-    assert_eq!(names[2], "clover2[tree=eagle2,budget=3,vocab=full]");
+    assert!(names[1].starts_with("eagle(init)[tree=eagle2,budget=auto]→"), "{names:?}");
+    assert_eq!(names[2], "clover2(init)[tree=eagle2,budget=3,vocab=full]");
     let plans = report["budget_plans"].as_array().unwrap();
     assert_eq!(plans.len(), 1);
     let rows = plans[0][1]["rows"].as_array().unwrap();

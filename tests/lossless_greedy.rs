@@ -191,9 +191,8 @@ fn shipped_heads_kept_quantized_default_model() {
 /// The first turn of every 24th Spec-Bench question in the chat template: 20 prompts over the
 /// six categories.
 fn spec_bench_prompts(tok: &clover_engine::model::TextTokenizer) -> Vec<Vec<u32>> {
-    let questions =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/spec_bench/question.jsonl"))
-            .expect("Spec-Bench questions beside the repository");
+    let questions = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/spec_bench/question.jsonl"))
+        .expect("the Spec-Bench questions in data/spec_bench");
     questions
         .lines()
         .step_by(24)

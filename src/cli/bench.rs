@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use serde::Serialize;
@@ -10,7 +10,7 @@ use clover_engine::draft::{load_head_opts, DraftKind, DraftOptions, DraftWeights
 use clover_engine::error::{Error, Result};
 use clover_engine::eval::bench::{self, Method, MethodReport};
 use clover_engine::eval::decoder::Decoder;
-use clover_engine::eval::questions::read_questions;
+use clover_engine::eval::questions::{read_questions, spec_bench_questions, SPEC_BENCH_NAME};
 use clover_engine::fsutil::write_atomically;
 use clover_engine::model::random::write_random_model_bf16_sharded;
 use clover_engine::model::{ChatMessage, Llama, ModelConfig, TextTokenizer};
@@ -39,8 +39,8 @@ pub struct BenchArgs {
     /// How heads keep their matrices: stored or q8_0 (see `generate --help`).
     #[arg(long, default_value = "stored")]
     draft_weights: DraftWeights,
-    /// Questions (JSONL, first turn used) [default: ../shared/data/spec_bench/question.jsonl
-    /// beside the repository, when it exists].
+    /// Questions (JSONL, first turn used) [default: the Spec-Bench questions built into the
+    /// binary, data/spec_bench/question.jsonl].
     #[arg(long)]
     prompts: Option<PathBuf>,
     /// How many questions, from the start of the file.
@@ -134,8 +134,10 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
     let vocab = model.config.vocab_size as u32;
     let (prompts, prompts_from) = match &tokenizer {
         Some(tokenizer) => {
-            let prompts_path = prompts_file(a.prompts.clone())?;
-            let questions = read_questions(&prompts_path)?;
+            let (questions, prompts_path) = match &a.prompts {
+                Some(path) => (read_questions(path)?, path.display().to_string()),
+                None => (spec_bench_questions()?, SPEC_BENCH_NAME.to_string()),
+            };
             let prompts = questions
                 .iter()
                 .take(a.num_prompts)
@@ -145,7 +147,7 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
                     Ok(tokenizer.encode(&text, false)?.into_iter().map(|id| id % vocab).collect())
                 })
                 .collect::<Result<Vec<Vec<u32>>>>()?;
-            (prompts, prompts_path.display().to_string())
+            (prompts, prompts_path)
         }
         None => {
             let mut rng = Rng::new(a.seed);
@@ -177,10 +179,12 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
             }
         };
         let same_kind = drafts.iter().filter(|o| o.kind == d.kind).count();
+        // An untrained head (`KIND:init`) is named so, in the table and the JSON alike.
+        let kind = if d.dir.is_some() { d.kind.name().to_string() } else { format!("{}(init)", d.kind.name()) };
         let label = match (&d.settings, same_kind) {
-            (Some(settings), _) => format!("{}[{settings}]", d.kind.name()),
-            (None, 1) => d.kind.name().to_string(),
-            (None, _) => format!("{}-{}", d.kind.name(), i + 1),
+            (Some(settings), _) => format!("{kind}[{settings}]"),
+            (None, 1) => kind,
+            (None, _) => format!("{kind}-{}", i + 1),
         };
         let tree_args = d.tree.as_ref().unwrap_or(&a.tree);
         let opts =
@@ -300,19 +304,4 @@ fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
             Ok(method)
         })
         .collect()
-}
-
-/// `--prompts`, else the Spec-Bench questions when the shared folder sits beside the repository.
-fn prompts_file(arg: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p);
-    }
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/spec_bench/question.jsonl");
-    if default.exists() {
-        return Ok(default);
-    }
-    Err(Error::input(format!(
-        "no --prompts given and the Spec-Bench questions are not at {}; pass --prompts FILE.jsonl",
-        default.display()
-    )))
 }

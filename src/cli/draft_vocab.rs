@@ -47,5 +47,13 @@ pub fn run(a: DraftVocabArgs) -> Result<()> {
         pct("heldout_coverage"),
         vocab.meta["heldout_assistant_tokens"],
     );
+    let distinct = vocab.meta["train_distinct_tokens"].as_u64().unwrap_or(0) as usize;
+    if distinct < vocab.ids.len() {
+        println!(
+            "note: only {distinct} distinct tokens occur in the training split; the other {} of the list are \
+             tokens it never used, lowest ids first (more gen-data, or a smaller --size, makes a better list)",
+            vocab.ids.len() - distinct
+        );
+    }
     Ok(())
 }

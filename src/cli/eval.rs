@@ -52,7 +52,7 @@ pub struct EvalArgs {
     /// Untimed runs of the first question before recording.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// The answers' model_id (default: the model folder's name and the method, e.g. SmolLM2-eagle).
+    /// The answers' model_id (default: the model folder's name and the method, e.g. SmolLM2-135M-Instruct-eagle).
     #[arg(long)]
     model_id: Option<String>,
 }
@@ -113,10 +113,11 @@ fn progress_line(a: &Answer) -> String {
     let lengths: Vec<usize> = c.accept_lengths.iter().flatten().flatten().copied().collect();
     let tau = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
     format!(
-        "question {} ({}): {} turns, {tokens} tokens in {secs:.1} s ({:.1} tok/s), τ {tau:.2}",
+        "question {} ({}): {} turn{}, {tokens} tokens in {secs:.1} s ({:.1} tok/s), τ {tau:.2}",
         a.question_id,
         a.category,
         c.turns.len(),
+        if c.turns.len() == 1 { "" } else { "s" },
         tokens as f64 / secs.max(1e-9)
     )
 }

@@ -32,6 +32,11 @@ pub fn run(a: ExportHeadArgs) -> Result<()> {
         HeadDType::F32 => DType::F32,
     };
     let n = export_head(&a.from, &a.out, dtype)?;
-    println!("wrote {n} tensors ({dtype:?}) and config.json to {}", a.out.display());
+    let vocab = a.out.join(clover_engine::draft::vocab::DRAFT_VOCAB_FILE).exists();
+    println!(
+        "wrote {n} tensors ({dtype:?}), config.json{} to {}",
+        if vocab { " and draft_vocab.json" } else { "" },
+        a.out.display()
+    );
     Ok(())
 }

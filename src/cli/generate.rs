@@ -128,6 +128,11 @@ impl TreeArgs {
         match self.tree.as_str() {
             "mc_sim_7b_63" => Ok(TreeSpec::Static(StaticTree::mc_sim_7b_63())),
             "clover" => {
+                // Checked here, before anything is generated (the tree itself checks it only
+                // when it first grows).
+                if !(self.tree_top_p > 0.0 && self.tree_top_p <= 1.0) {
+                    return Err(Error::input(format!("--tree-top-p {}: expected a value in (0, 1]", self.tree_top_p)));
+                }
                 Ok(TreeSpec::Clover(CloverTreeParams { budget, top_p: self.tree_top_p, ..CloverTreeParams::default() }))
             }
             "eagle2" => Ok(TreeSpec::Eagle2(eagle2_tree(budget))),
@@ -205,12 +210,13 @@ impl TreeArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "chat"])))]
 pub struct GenerateArgs {
     /// HF model folder (default: the model fetched by tools/fetch-default-model.sh).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Raw prompt text, continued as is.
-    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    #[arg(long, conflicts_with = "chat")]
     prompt: Option<String>,
     /// A user message, wrapped in the model's chat template.
     #[arg(long)]
@@ -249,7 +255,7 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
         seed: a.seed,
         stop_ids: stop_ids(&model, &tokenizer),
     };
-    let mut stream = TextStream::new(&tokenizer);
+    let mut stream = TextStream::new(&tokenizer, &cfg.stop_ids);
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;

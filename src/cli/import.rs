@@ -32,6 +32,14 @@ pub fn run(a: ImportArgs) -> Result<()> {
         DTypeArg::Keep => ImportDType::Keep,
     };
     let summary = import_gguf(&a.gguf, &a.out_dir, dtype)?;
-    println!("imported {} → {} ({summary:?})", a.gguf.display(), a.out_dir.display());
+    println!(
+        "imported {} → {}: {}, {} tensors{}, {:.1} MB written",
+        a.gguf.display(),
+        a.out_dir.display(),
+        summary.model_type,
+        summary.tensors,
+        if summary.tied_embeddings { " (lm_head tied to the embeddings)" } else { "" },
+        summary.bytes_written as f64 / 1e6
+    );
     Ok(())
 }

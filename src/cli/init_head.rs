@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use clover_engine::draft::init::init_head_from;
-use clover_engine::error::Result;
+use clover_engine::error::{Error, Result};
 
 use super::generate::DraftArg;
 
@@ -14,7 +14,8 @@ pub struct InitHeadArgs {
     /// The base model the head drafts for.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Folder to write the head to.
+    /// Folder to write the head to (new or empty: a head's folder holds more than the two files
+    /// written here, e.g. a draft_vocab.json the new head would pick up).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
@@ -27,6 +28,13 @@ pub struct InitHeadArgs {
 
 pub fn run(a: InitHeadArgs) -> Result<()> {
     let base = super::model_dir(a.model)?;
+    if std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Error::input(format!(
+            "--out {}: folder exists and is not empty (an old head's draft_vocab.json would stay with the \
+             new head); remove it or choose another",
+            a.out.display()
+        )));
+    }
     init_head_from(a.kind.into(), &base, &a.out, a.seed, a.block_from_layer)?;
     println!("wrote an untrained head to {}", a.out.display());
     Ok(())

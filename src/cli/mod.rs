@@ -163,6 +163,12 @@ fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
         if !dir.is_dir() {
             return Err(Error::input(format!("--model {}: no such folder", dir.display())));
         }
+        if !dir.join("config.json").is_file() {
+            return Err(Error::input(format!(
+                "--model {}: not a model folder (no config.json): give an HF model folder or the output of import-gguf",
+                dir.display()
+            )));
+        }
         return Ok(dir);
     }
     let dir = paths::default_model_dir();

@@ -9,6 +9,7 @@ use clover_engine::model::{ChatMessage, Llama, LogitRows, TextTokenizer};
 
 #[derive(Args)]
 pub struct ScoreArgs {
+    /// HF model folder (default: the model fetched by tools/fetch-default-model.sh).
     #[arg(long)]
     model: Option<PathBuf>,
     /// The text to score (UTF-8).

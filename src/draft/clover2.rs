@@ -25,7 +25,7 @@
 use std::path::Path;
 
 use crate::backend::{AttnMask, Backend, CloverCellParams, KvLayout};
-use crate::draft::config::{check_compatible, declared_kind, read_json, CloverConfig};
+use crate::draft::config::{check_compatible, declared_kind, read_json, refuse_base_model, CloverConfig};
 use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
@@ -99,8 +99,9 @@ impl<B: Backend> Clover2Head<B> {
         }
         let config = ModelConfig::from_json(&json, &config_path)?;
         check_compatible(&config, &base.config, &config_path)?;
-        let clover = CloverConfig::from_json(&json, &config_path)?;
         let files = SafetensorsFiles::open_dir(dir)?;
+        refuse_base_model(&files, dir)?;
+        let clover = CloverConfig::from_json(&json, &config_path)?;
         Self::from_files(config, clover, &files, base)
     }
 

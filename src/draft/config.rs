@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
+use crate::weights::safetensors::SafetensorsFiles;
 
 /// Refuses a head built for another base model: the hidden size and the vocabulary must match,
 /// since the head reads the base features and shares its lm_head.
@@ -112,4 +113,18 @@ impl CloverConfig {
             "decay_coefficient": self.decay_coefficient,
         })
     }
+}
+
+/// A base model's folder given as a head folder: its config reads like a reference head's (both
+/// are Llama configs), so without this the error would be the first head tensor it lacks. A base
+/// model's tensors are `model.*`, which no head's are.
+pub fn refuse_base_model(files: &SafetensorsFiles, dir: &Path) -> Result<()> {
+    if files.names().any(|n| n.starts_with("model.layers.") || n == "model.embed_tokens.weight") {
+        return Err(Error::input(format!(
+            "{}: this is a base model's folder (it holds model.layers.* tensors), not a draft head's; \
+             --draft-model takes a head folder (assets/, or the output of distill, export-head or init-head)",
+            dir.display()
+        )));
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::backend::{AttnMask, Backend, KvLayout};
-use crate::draft::config::{check_compatible, declared_kind, read_json};
+use crate::draft::config::{check_compatible, declared_kind, read_json, refuse_base_model};
 use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
@@ -55,6 +55,7 @@ impl<B: Backend> EagleHead<B> {
         let config = ModelConfig::from_json(&json, &config_path)?;
         check_compatible(&config, &base.config, &config_path)?;
         let files = SafetensorsFiles::open_dir(dir)?;
+        refuse_base_model(&files, dir)?;
         Self::from_files(config, &files, base)
     }
 

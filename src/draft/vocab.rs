@@ -128,6 +128,13 @@ impl<B: Backend> DraftLmHead<B> {
             };
         };
         if let DraftVocabChoice::Top(n) = choice {
+            if n > vocab.ids.len() {
+                return Err(Error::input(format!(
+                    "--draft-vocab {n}: {} lists {} tokens; give at most that many, `head` or `full`",
+                    dir.join(DRAFT_VOCAB_FILE).display(),
+                    vocab.ids.len()
+                )));
+            }
             vocab.ids.truncate(n);
         }
         Self::from_ids(base, vocab.ids)

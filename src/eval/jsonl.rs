@@ -10,6 +10,11 @@ use crate::error::{Error, Result};
 /// The records of `path` with their 1-based line numbers.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text, path)
+}
+
+/// As `read`, from text already in memory; `path` names it in errors.
+pub fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Vec<(usize, T)>> {
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

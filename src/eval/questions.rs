@@ -15,9 +15,24 @@ pub struct Question {
     pub turns: Vec<String>,
 }
 
+/// The repository's copy of Spec-Bench's questions (data/spec_bench/, Apache-2.0), built into the
+/// binary so that `bench` has real prompts wherever it runs (a GPU machine may hold only the binary).
+const SPEC_BENCH: &str = include_str!("../../data/spec_bench/question.jsonl");
+
+/// How the built-in questions are named in reports and errors.
+pub const SPEC_BENCH_NAME: &str = "data/spec_bench/question.jsonl (built in)";
+
+/// The 480 Spec-Bench questions (6 categories of 80), as `read_questions` would read the file.
+pub fn spec_bench_questions() -> Result<Vec<Question>> {
+    checked(jsonl::parse(SPEC_BENCH, Path::new(SPEC_BENCH_NAME))?, Path::new(SPEC_BENCH_NAME))
+}
+
 /// Every question of the file, in file order; a question without turns is an error.
 pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
-    let records: Vec<(usize, Question)> = jsonl::read(path)?;
+    checked(jsonl::read(path)?, path)
+}
+
+fn checked(records: Vec<(usize, Question)>, path: &Path) -> Result<Vec<Question>> {
     if records.is_empty() {
         return Err(Error::input(format!("{}: no questions", path.display())));
     }
@@ -66,6 +81,21 @@ pub fn first_per_category(questions: Vec<Question>, n: usize) -> Vec<Question> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_in_spec_bench_is_mt_bench_then_five_categories_of_80() {
+        let questions = spec_bench_questions().unwrap();
+        assert_eq!(questions.len(), 480);
+        let count = |qs: &[Question]| {
+            let mut counts = std::collections::BTreeMap::new();
+            qs.iter().for_each(|q| *counts.entry(q.category.clone()).or_insert(0) += 1);
+            counts
+        };
+        let (mt_bench, rest) = questions.split_at(80);
+        let (mt_bench, rest) = (count(mt_bench), count(rest));
+        assert!(mt_bench.len() == 8 && mt_bench.values().all(|&n| n == 10), "{mt_bench:?}");
+        assert!(rest.len() == 5 && rest.values().all(|&n| n == 80), "{rest:?}");
+    }
 
     #[test]
     fn first_per_category_keeps_file_order() {

@@ -45,6 +45,8 @@ pub fn build_draft_vocab<P: AsRef<Path>>(data: &[P], vocab_size: usize, size: us
             .collect::<Vec<_>>()
             .join("+"),
         "train_assistant_tokens": counts.iter().sum::<u64>(),
+        // Past this many, the list goes on with tokens the data never used (lowest ids first).
+        "train_distinct_tokens": counts.iter().filter(|&&c| c > 0).count(),
         "train_coverage": train_coverage,
         "heldout_assistant_tokens": heldout_total,
         "heldout_coverage": heldout_coverage,

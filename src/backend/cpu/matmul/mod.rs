@@ -82,11 +82,20 @@ impl Isa {
     fn get() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let named = std::env::var("CLOVER_MATMUL_ISA")
-                .ok()
-                .and_then(|v| Isa::available().into_iter().find(|s| s.name() == v));
             let vector = Isa::vector_sets();
-            named.unwrap_or(vector[vector.len() - 1])
+            let best = vector[vector.len() - 1];
+            let Ok(name) = std::env::var("CLOVER_MATMUL_ISA") else { return best };
+            let available = Isa::available();
+            available.iter().copied().find(|s| s.name() == name).unwrap_or_else(|| {
+                // Said once (this runs once): an unknown or unavailable set must not pass unnoticed.
+                let names: Vec<&str> = available.iter().map(|s| s.name()).collect();
+                eprintln!(
+                    "note: CLOVER_MATMUL_ISA={name} is not a set this CPU offers ({}); using {}",
+                    names.join(", "),
+                    best.name()
+                );
+                best
+            })
         })
     }
 

@@ -56,7 +56,7 @@ pub const MAX_AUTO_BUDGET: usize = 32;
 /// Budgets expected within this fraction of the best are ties, which go to the smallest (plain
 /// decoding first). Each expectation rests on latencies timed once at start-up on a shared
 /// machine, and a tree's verification inside the decoding loop has measured dearer than the
-/// chain timed alone (README, "Where speculation wins"), more so the larger the tree: of two
+/// chain timed alone (docs/speed-history.md), more so the larger the tree: of two
 /// near-equal plans the smaller one has less to lose.
 pub const TIE: f64 = 0.02;
 

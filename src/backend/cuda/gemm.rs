@@ -126,7 +126,7 @@ fn with_weight(
 /// Products of at most this many rows go through `gemv_rows` (a 64-node tree verifies 64 rows);
 /// longer ones (prefill of longer prompts, training) through cuBLAS. Plain and speculative
 /// decoding prefill a prompt with the same call, so only the per-step products need the rule.
-pub const GEMV_MAX_ROWS: usize = 64;
+const GEMV_MAX_ROWS: usize = 64;
 
 /// Weight rows per block of `gemv_rows_*`: its GEMV_WARPS (8) warps of GEMV_COLS (4) rows each.
 const GEMV_COLS_PER_BLOCK: usize = 32;
@@ -139,17 +139,15 @@ fn gemv_rows(dev: &Device, x: &CudaSlice<f32>, rows: usize, w: &CudaWeight, out:
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let (name, mut b) = match &w.data {
-        WeightData::F32(wd) => {
-            let mut b = dev.stream.launch_builder(dev.function("gemv_rows_f32"));
-            b.arg(&mut *out).arg(x).arg(wd);
-            ("gemv_rows_f32", b)
-        }
-        WeightData::Bf16(wd) => {
-            let mut b = dev.stream.launch_builder(dev.function("gemv_rows_bf16"));
-            b.arg(&mut *out).arg(x).arg(wd);
-            ("gemv_rows_bf16", b)
-        }
+    let name = match &w.data {
+        WeightData::F32(_) => "gemv_rows_f32",
+        WeightData::Bf16(_) => "gemv_rows_bf16",
+    };
+    let mut b = dev.stream.launch_builder(dev.function(name));
+    b.arg(&mut *out).arg(x);
+    match &w.data {
+        WeightData::F32(wd) => b.arg(wd),
+        WeightData::Bf16(wd) => b.arg(wd),
     };
     b.arg(&m).arg(&n).arg(&k);
     // SAFETY: x holds rows·k values, out rows·n (checked by `matmul`), w n·k.

@@ -204,6 +204,12 @@ impl TreeArgs {
             })
             .collect::<Result<Vec<Vec<u32>>>>()?;
         let calibration = GenerationConfig { max_new_tokens: CALIBRATION_TOKENS, ..cfg.clone() };
+        // Said first: on a CPU this takes tens of seconds before any output.
+        eprintln!(
+            "tree budget auto: timing verification and calibrating the head on this machine \
+             ({} prompts of {CALIBRATION_TOKENS} tokens at budget {MAX_AUTO_BUDGET}; tens of seconds on a CPU) ...",
+            prompts.len()
+        );
         let plan = plan_budget(model, head, MAX_AUTO_BUDGET, &prompts, &calibration)?;
         Ok((TreeSpec::Eagle2(eagle2_tree(plan.budget)), Some(plan)))
     }

@@ -109,3 +109,22 @@ fn malformed_tree_json_names_the_file() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("tree.json") && !err.contains("panicked"), "{err}");
 }
+
+/// Out-of-range clover-tree settings are refused before anything is generated.
+#[test]
+fn clover_tree_settings_out_of_range_are_refused_first() {
+    let Some(model) = common::default_model() else { return };
+    let dir = common::temp_dir("bad-clover-settings");
+    let head = dir.join("head");
+    init_head(DraftKind::Eagle, &model, &head, 0).unwrap();
+    for (flag, value) in [("--tree-top-p", "1.5"), ("--tree-ratio", "2")] {
+        let o = Command::new(env!("CARGO_BIN_EXE_clover-engine"))
+            .args(["generate", "--prompt", "Hi", "--max-new-tokens", "4", "--draft", "eagle"])
+            .args(["--draft-model", head.to_str().unwrap(), "--tree", "clover", flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(flag) && !err.contains("panicked"), "{flag}: {err}");
+        assert!(o.stdout.is_empty(), "{flag}: text was generated before the error");
+    }
+}

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     model: Option<PathBuf>,
     /// Draft heads as KIND:DIR, comma-separated (clover2:DIR,eagle:DIR); KIND:init is an
     /// untrained head made for the model. Empty: plain decoding only. Each may add its own
-    /// settings as `:key=value` (tree, budget, top_p, vocab, weights), to compare them in one
+    /// settings as `:key=value` (tree, budget, top_p, ratio, vocab, weights), to compare them in one
     /// run: `eagle:DIR:tree=eagle2:budget=4:vocab=4096:weights=q8_0`.
     #[arg(long, default_value = "")]
     drafts: String,
@@ -291,10 +291,13 @@ fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
                     "tree" => t.tree = value.to_string(),
                     "budget" => t.tree_budget = value.to_string(),
                     "top_p" => t.tree_top_p = value.parse().map_err(|_| bad(format!("top_p `{value}`")))?,
+                    "ratio" => t.tree_ratio = value.parse().map_err(|_| bad(format!("ratio `{value}`")))?,
                     "vocab" => method.vocab = Some(value.parse().map_err(bad)?),
                     "weights" => method.weights = Some(value.parse().map_err(bad)?),
                     other => {
-                        return Err(bad(format!("unknown setting `{other}` (tree, budget, top_p, vocab, weights)")))
+                        return Err(bad(format!(
+                            "unknown setting `{other}` (tree, budget, top_p, ratio, vocab, weights)"
+                        )))
                     }
                 }
             }

@@ -96,6 +96,10 @@ pub struct TreeArgs {
     /// Per-parent cumulative probability of the clover tree.
     #[arg(long, default_value_t = 0.95)]
     pub tree_top_p: f32,
+    /// The clover tree drops a child whose probability is below this fraction of its best
+    /// sibling's (clover2.md §11: 1/4; 0 keeps every child within top-p).
+    #[arg(long, default_value_t = 0.25)]
+    pub tree_ratio: f32,
     /// With `--tree-budget auto` in generate and eval: calibrate again instead of reusing the
     /// choice saved for this machine, model, head and settings (bench always calibrates).
     #[arg(long)]
@@ -133,7 +137,15 @@ impl TreeArgs {
                 if !(self.tree_top_p > 0.0 && self.tree_top_p <= 1.0) {
                     return Err(Error::input(format!("--tree-top-p {}: expected a value in (0, 1]", self.tree_top_p)));
                 }
-                Ok(TreeSpec::Clover(CloverTreeParams { budget, top_p: self.tree_top_p, ..CloverTreeParams::default() }))
+                if !(0.0..=1.0).contains(&self.tree_ratio) {
+                    return Err(Error::input(format!("--tree-ratio {}: expected a value in [0, 1]", self.tree_ratio)));
+                }
+                Ok(TreeSpec::Clover(CloverTreeParams {
+                    budget,
+                    top_p: self.tree_top_p,
+                    ratio: self.tree_ratio,
+                    ..CloverTreeParams::default()
+                }))
             }
             "eagle2" => Ok(TreeSpec::Eagle2(eagle2_tree(budget))),
             file if file.ends_with(".json") => Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?)),

@@ -621,6 +621,15 @@ fn distillation_losses_match_after_ten_steps() {
     }
 }
 
+/// The default model's config (SmolLM2-135M) with `layers` decoder layers.
+fn smollm2_shaped(layers: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": layers,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 2048,
+        "vocab_size": 49152, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true
+    })
+}
+
 /// The default model's shapes with random bf16 weights, written where the test runs: a GPU machine
 /// without the default model (or a network to fetch it) still checks a whole 30-layer forward.
 /// Top-1 agrees at ≥ 98% of positions and the logits within the bf16 tolerance; how many greedy
@@ -629,12 +638,7 @@ fn distillation_losses_match_after_ten_steps() {
 fn smollm2_shaped_random_model_logits() {
     let Some(gpu) = gpu() else { return };
     let dir = common::temp_dir("cuda-random-smollm2");
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-        "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 2048,
-        "vocab_size": 49152, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true
-    });
-    clover_engine::model::random::write_random_model_bf16_sharded(&dir, &config, 9).unwrap();
+    clover_engine::model::random::write_random_model_bf16_sharded(&dir, &smollm2_shaped(30), 9).unwrap();
     let mut rng = Rng::new(4);
     let prompt: Vec<u32> = (0..48).map(|_| (rng.next_u64() % 49152) as u32).collect();
     let (gt, ct) = compare_models(&dir, gpu, &prompt, "random SmolLM2-shaped model");
@@ -659,13 +663,8 @@ fn speculative_greedy_equals_plain_greedy_on_the_gpu() {
     use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
     let Some(gpu) = gpu() else { return };
     let dir = common::temp_dir("cuda-lossless");
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
-        "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 2048,
-        "vocab_size": 49152, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true
-    });
     let base = dir.join("base");
-    clover_engine::model::random::write_random_model_bf16_sharded(&base, &config, 21).unwrap();
+    clover_engine::model::random::write_random_model_bf16_sharded(&base, &smollm2_shaped(4), 21).unwrap();
     let kinds = [DraftKind::Eagle, DraftKind::Clover2];
     for kind in kinds {
         init_head(kind, &base, &dir.join(kind.name()), 3).unwrap();

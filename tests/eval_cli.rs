@@ -265,7 +265,8 @@ fn bench_per_method_settings_and_auto_budget() {
     let plans = report["budget_plans"].as_array().unwrap();
     assert_eq!(plans.len(), 1);
     let rows = plans[0][1]["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 33, "plain and budgets 1..=32");
+    // Plain decoding and budgets 1..=8 (the probe), or 1..=32 when a larger tree might pay.
+    assert!(rows.len() == 9 || rows.len() == 33, "{} plan rows", rows.len());
     assert!(rows.iter().all(|r| r["verify_ms"].as_f64().unwrap() > 0.0));
     assert_eq!(report["verify_ms_by_nodes"].as_array().unwrap().len(), 5);
     assert!(stdout.contains("verify latency by tree size"), "{stdout}");

@@ -10,7 +10,7 @@ use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::auto_budget::{
-    eagle2_tree, plan_budget, BudgetPlan, CALIBRATION_CHATS, CALIBRATION_TOKENS, MAX_AUTO_BUDGET,
+    eagle2_tree, plan_budget, BudgetPlan, CALIBRATION_CHATS, CALIBRATION_TOKENS, MAX_AUTO_BUDGET, PROBE_BUDGET,
 };
 use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig, GenerationStats};
@@ -71,7 +71,7 @@ impl SpecArgs {
             (
                 "calibration",
                 format!(
-                    "{} chats x {CALIBRATION_TOKENS} tokens, budgets up to {MAX_AUTO_BUDGET}",
+                    "{} chats x {CALIBRATION_TOKENS} tokens, budget {PROBE_BUDGET} then up to {MAX_AUTO_BUDGET} if it may pay",
                     CALIBRATION_CHATS.len()
                 ),
             ),
@@ -219,7 +219,8 @@ impl TreeArgs {
         // Said first: on a CPU this takes tens of seconds before any output.
         eprintln!(
             "tree budget auto: timing verification and calibrating the head on this machine \
-             ({} prompts of {CALIBRATION_TOKENS} tokens at budget {MAX_AUTO_BUDGET}; tens of seconds on a CPU) ...",
+             ({} prompts of {CALIBRATION_TOKENS} tokens at budget {PROBE_BUDGET}, and at {MAX_AUTO_BUDGET} if a tree \
+             that large may pay here; seconds to tens of seconds on a CPU) ...",
             prompts.len()
         );
         let plan = plan_budget(model, head, MAX_AUTO_BUDGET, &prompts, &calibration)?;

@@ -3,11 +3,14 @@
 //!
 //! - Verify latency against tree size: the model itself timed on chains of 1..=N nodes after a
 //!   prefix, sizes interleaved and repeated so that drifts of a shared machine spread evenly.
-//! - The head's acceptance by rerank rank: speculative runs on calibration prompts with the
-//!   largest budget count accepted drafts by the order the rerank admitted them. The tree of a
+//! - The head's acceptance by rerank rank: speculative runs on calibration prompts with a
+//!   budget count accepted drafts by the order the rerank admitted them. The tree of a
 //!   smaller budget B is exactly the nodes of rank ≤ B (`DynamicTree::budget_ranks`), and a
 //!   greedy node is accepted or not whatever else is in the tree, so τ(B) = 1 + Σ_{r ≤ B} a_r with
-//!   a_r the accepted drafts of rank r per step — every budget's τ from one run.
+//!   a_r the accepted drafts of rank r per step — every smaller budget's τ from one run. The runs
+//!   go at `PROBE_BUDGET` first, and at the largest budget only when an optimistic bound says a
+//!   larger tree may still pay (`larger_budget_may_win`): on a CPU it never does, and that run
+//!   was most of the start-up time.
 //!
 //! Expected tokens/s at B = τ(B) / (draft(B) + verify(B + 1) + accept(B)). Verification projects
 //! the tree's main chain to the vocabulary (`spec::node_logits`), so verify(n) is timed as the
@@ -50,8 +53,13 @@ pub const CALIBRATION_CHATS: [&str; 4] = [
 /// Tokens generated per calibration prompt.
 pub const CALIBRATION_TOKENS: usize = 96;
 
-/// The largest budget `auto` considers (and calibrates with).
+/// The largest budget `auto` considers (and calibrates with, when a tree that large may pay).
 pub const MAX_AUTO_BUDGET: usize = 32;
+
+/// The budget `auto` calibrates with first. On a CPU, where a tree of 33 nodes costs several
+/// plain steps, no budget above it can pay and the calibration at `MAX_AUTO_BUDGET` (most of the
+/// start-up time) is skipped; on a GPU the larger calibration follows.
+pub const PROBE_BUDGET: usize = 8;
 
 /// Budgets expected within this fraction of the best are ties, which go to the smallest (plain
 /// decoding first). Each expectation rests on latencies timed once at start-up on a shared
@@ -353,8 +361,9 @@ pub fn level_latency_ms<B: Backend, H: DraftHead<B> + ?Sized>(
     Ok(medians(times))
 }
 
-/// Calibrates `head` on `prompts` with the EAGLE-2 tree of `max_budget`, times verification on
-/// this machine, and plans the budget.
+/// Times verification and the head's levels on this machine, calibrates `head` on `prompts` with
+/// the EAGLE-2 tree of `PROBE_BUDGET` and, only when a larger tree may still pay
+/// (`larger_budget_may_win`), again with the tree of `max_budget`; plans the budget.
 pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
     model: &Llama<B>,
     head: &mut H,
@@ -365,15 +374,54 @@ pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
     let Some(first) = prompts.first() else {
         return Err(Error::input("tree budget auto: no calibration prompt"));
     };
-    let tree = TreeSpec::Eagle2(eagle2_tree(max_budget));
+    let verify = verify_latency_ms(model, first, max_budget + 1, 5)?;
+    let levels = level_latency_ms(model, head, first, eagle2_tree(max_budget).top_k, 5, &cfg.sampling)?;
+    let probe = PROBE_BUDGET.min(max_budget);
+    let stats = calibration_run(model, head, probe, prompts, cfg)?;
+    let plan = BudgetPlan::new(&verify[..=probe], Calibration::from_stats(&stats, probe, levels.clone()));
+    if probe == max_budget || !larger_budget_may_win(&plan, &verify) {
+        return Ok(plan);
+    }
+    let stats = calibration_run(model, head, max_budget, prompts, cfg)?;
+    Ok(BudgetPlan::new(&verify, Calibration::from_stats(&stats, max_budget, levels)))
+}
+
+/// The speculative runs on every prompt with the EAGLE-2 tree of `budget`, their statistics summed.
+fn calibration_run<B: Backend, H: DraftHead<B> + ?Sized>(
+    model: &Llama<B>,
+    head: &mut H,
+    budget: usize,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<SpecStats> {
+    let tree = TreeSpec::Eagle2(eagle2_tree(budget));
     let mut total = SpecStats::default();
     for prompt in prompts {
         let (_, stats) = generate_speculative(model, head, &tree, prompt, cfg, |_| {})?;
         total.add(&stats);
     }
-    let verify = verify_latency_ms(model, first, max_budget + 1, 5)?;
-    let levels = level_latency_ms(model, head, first, eagle2_tree(max_budget).top_k, 5, &cfg.sampling)?;
-    Ok(BudgetPlan::new(&verify, Calibration::from_stats(&total, max_budget, levels)))
+    Ok(total)
+}
+
+/// Whether a budget above the one `plan` was calibrated at could come within the tie of its best
+/// row, judged optimistically: each further rank accepted as often as the most-accepted of the
+/// last half of the calibrated ranks (acceptance falls with the rerank's rank), and such a step
+/// costing no more than its draft, its verification (`verify_ms[n - 1]` for n nodes) and the
+/// calibrated accept phase without any off-chain projection.
+pub fn larger_budget_may_win(plan: &BudgetPlan, verify_ms: &[f64]) -> bool {
+    let c = &plan.calibration;
+    let calibrated = plan.rows.len() - 1;
+    let steps = c.steps.max(1) as f64;
+    let tail_rate = (calibrated.div_ceil(2)..=calibrated)
+        .map(|r| c.accepted_by_rank.get(r).copied().unwrap_or(0) as f64 / steps)
+        .fold(0.0, f64::max);
+    let best = plan.rows.iter().map(|r| r.tokens_per_s).fold(0.0, f64::max);
+    let tau_at_calibrated = plan.rows[calibrated].tau;
+    (calibrated + 1..verify_ms.len()).any(|budget| {
+        let tau = tau_at_calibrated + (budget - calibrated) as f64 * tail_rate;
+        let step_ms = c.draft_ms_at(budget) + verify_ms[budget] + c.accept_ms;
+        1000.0 * tau / step_ms >= best * (1.0 - TIE)
+    })
 }
 
 #[cfg(test)]
@@ -418,6 +466,24 @@ mod tests {
         let plan = BudgetPlan::new(&verify, calibration(vec![0, 0, 0, 0], vec![]));
         assert_eq!(plan.budget, 0);
         assert!(plan.table().contains("chosen: plain decoding, expected 100.00 tok/s (the best tree, budget 1"));
+    }
+
+    #[test]
+    fn a_larger_calibration_runs_only_when_a_larger_tree_may_pay() {
+        // Calibrated at budget 3 (10 steps: ranks 1–3 accepted 6, 3, 1 times); verification of
+        // 1–6 nodes known. Budget 2 is best: 1.9 / 13.4 ms = 141.8 tok/s.
+        let plan = |verify: &[f64]| BudgetPlan::new(&verify[..4], calibration(vec![0, 6, 3, 1], vec![]));
+        // Where a 5-node verification costs 20 ms, budget 4 could reach τ 2.0 + 0.3 (the rank-2
+        // rate, the largest of ranks 2–3) over 2.3 (draft: 0.5 + 3 levels of 0.6) + 20 + 0.5 ms:
+        // 100.9 tok/s; budget 5 τ 2.6 over 27.4 ms: 94.9. No threat.
+        let cpu_like = [10.0, 11.0, 12.0, 13.0, 20.0, 24.0];
+        assert!(!larger_budget_may_win(&plan(&cpu_like), &cpu_like));
+        // Where verification barely grows with the tree (a GPU), budget 4 at τ 2.3 over
+        // 2.3 + 12.1 + 0.5 ms (154 tok/s) would beat it: calibrate larger.
+        let gpu_like = [10.0, 11.0, 12.0, 12.1, 12.1, 12.2];
+        assert!(larger_budget_may_win(&plan(&gpu_like), &gpu_like));
+        // Nothing larger to consider.
+        assert!(!larger_budget_may_win(&plan(&gpu_like), &gpu_like[..4]));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!   greedy node is accepted or not whatever else is in the tree, so τ(B) = 1 + Σ_{r ≤ B} a_r with
 //!   a_r the accepted drafts of rank r per step — every smaller budget's τ from one run. The runs
 //!   go at `PROBE_BUDGET` first, and at the largest budget only when an optimistic bound says a
-//!   larger tree may still pay (`larger_budget_may_win`): on a CPU it never does, and that run
-//!   was most of the start-up time.
+//!   larger tree may still pay (`larger_budget_may_win`): on the CPUs measured it did not, and
+//!   that run was most of the start-up time.
 //!
 //! Expected tokens/s at B = τ(B) / (draft(B) + verify(B + 1) + accept(B)). Verification projects
 //! the tree's main chain to the vocabulary (`spec::node_logits`), so verify(n) is timed as the
@@ -57,8 +57,9 @@ pub const CALIBRATION_TOKENS: usize = 96;
 pub const MAX_AUTO_BUDGET: usize = 32;
 
 /// The budget `auto` calibrates with first. On a CPU, where a tree of 33 nodes costs several
-/// plain steps, no budget above it can pay and the calibration at `MAX_AUTO_BUDGET` (most of the
-/// start-up time) is skipped; on a GPU the larger calibration follows.
+/// plain steps, no budget above it is expected to pay and the calibration at `MAX_AUTO_BUDGET`
+/// (most of the start-up time) is skipped; where verification grows slowly with the tree (a GPU)
+/// the larger calibration follows.
 pub const PROBE_BUDGET: usize = 8;
 
 /// Budgets expected within this fraction of the best are ties, which go to the smallest (plain

@@ -25,7 +25,8 @@ fn generate(home: &std::path::Path, model: &std::path::Path, head: &std::path::P
 
 fn calibrated(o: &Output) -> bool {
     let err = common::stderr(o);
-    let measured = err.contains("calibration steps at budget");
+    // "… calibration steps at budget N" (greedy) or "… with a static tree of N drafts" (sampling).
+    let measured = err.contains(" calibration steps ");
     let reused = err.contains("as calibrated");
     assert!(measured != reused, "either measured or reused: {err}");
     measured
@@ -55,6 +56,8 @@ fn auto_budget_is_calibrated_once_per_machine_model_head_and_settings() {
     assert!(!calibrated(&generate(&home, &model, &head, &[])), "the same run again reuses the choice");
     assert!(calibrated(&generate(&home, &model, &head, &["--recalibrate"])));
     assert!(calibrated(&generate(&home, &model, &head, &["--temperature", "1"])), "another sampling setting");
+    // Sampling plans over static trees; that choice is saved and reused too.
+    assert!(!calibrated(&generate(&home, &model, &head, &["--temperature", "1"])), "a sampled choice is reused");
 
     // A retrained head (its weights rewritten) is another head.
     init_head(DraftKind::Eagle, &model, &head, 1).unwrap();

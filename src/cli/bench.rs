@@ -16,7 +16,7 @@ use clover_engine::model::random::write_random_model_bf16_sharded;
 use clover_engine::model::{ChatMessage, Llama, ModelConfig, TextTokenizer};
 use clover_engine::rng::Rng;
 use clover_engine::sampling::SamplingParams;
-use clover_engine::spec::auto_budget::{verify_latency_ms, BudgetPlan};
+use clover_engine::spec::auto_budget::{verify_latency_ms, BudgetPlan, TreeFamily};
 use clover_engine::spec::engine::GenerationConfig;
 
 use super::generate::{stop_ids, TreeArgs};
@@ -194,9 +194,10 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         let label = match &plan {
             Some(plan) => {
                 println!("{label}: {}", plan.table());
-                match plan.budget {
-                    0 => format!("{label}→plain"),
-                    budget => format!("{label}→{budget}"),
+                match (plan.budget, &plan.calibration.family) {
+                    (0, _) => format!("{label}→plain"),
+                    (budget, TreeFamily::Eagle2) => format!("{label}→{budget}"),
+                    (budget, TreeFamily::Sampled { .. }) => format!("{label}→{budget} sampled"),
                 }
             }
             None => label,

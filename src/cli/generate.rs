@@ -70,10 +70,20 @@ impl SpecArgs {
             ("sampling", format!("{:?}", cfg.sampling)),
             (
                 "calibration",
-                format!(
-                    "{} chats x {CALIBRATION_TOKENS} tokens, budget {PROBE_BUDGET} then up to {MAX_AUTO_BUDGET} if it may pay",
-                    CALIBRATION_CHATS.len()
-                ),
+                if cfg.sampling.is_greedy() {
+                    format!(
+                        "{} chats x {CALIBRATION_TOKENS} tokens, budget {PROBE_BUDGET} then up to {MAX_AUTO_BUDGET} if it may pay",
+                        CALIBRATION_CHATS.len()
+                    )
+                } else {
+                    // Sampling plans over static trees since 2026-12-07: choices saved before (EAGLE-2
+                    // budgets) must not be reused.
+                    format!(
+                        "{} chats x {CALIBRATION_TOKENS} tokens, sampled static trees [[0],[1],[0,0]] then \
+                         mc_sim_7b_63 if it may pay",
+                        CALIBRATION_CHATS.len()
+                    )
+                },
             ),
         ];
         PlanKey::new(backend, model_dir, head_dir, &settings)
@@ -173,7 +183,7 @@ impl TreeArgs {
         if !self.recalibrate {
             self.tree_spec()?;
             if let Some(saved) = saved_plan::load(&dir, &key) {
-                return Ok((TreeSpec::Eagle2(eagle2_tree(saved.budget)), Some(saved.report())));
+                return Ok((saved.tree()?, Some(saved.report())));
             }
         }
         let (tree, plan) = self.resolve(model, head, Some(tokenizer), cfg)?;
@@ -189,8 +199,9 @@ impl TreeArgs {
         Ok((tree, Some(report)))
     }
 
-    /// The tree to decode with: `tree_spec`, or with `--tree-budget auto` the EAGLE-2 tree at the
-    /// budget planned for this head on this machine, and that plan.
+    /// The tree to decode with: `tree_spec`, or with `--tree-budget auto` the tree planned for this
+    /// head on this machine (greedy: the EAGLE-2 tree of the chosen budget; sampling: a static tree
+    /// drawn by sampling), and that plan.
     pub fn resolve<B: Backend>(
         &self,
         model: &Llama<B>,
@@ -217,14 +228,19 @@ impl TreeArgs {
             .collect::<Result<Vec<Vec<u32>>>>()?;
         let calibration = GenerationConfig { max_new_tokens: CALIBRATION_TOKENS, ..cfg.clone() };
         // Said first: on a CPU this takes tens of seconds before any output.
+        let trees = if cfg.sampling.is_greedy() {
+            format!("at budget {PROBE_BUDGET}, and at {MAX_AUTO_BUDGET} if a tree that large may pay here")
+        } else {
+            "sampling: with a static tree of 3 drafts, and with mc_sim_7b_63 if a tree that large may pay here"
+                .to_string()
+        };
         eprintln!(
             "tree budget auto: timing verification and calibrating the head on this machine \
-             ({} prompts of {CALIBRATION_TOKENS} tokens at budget {PROBE_BUDGET}, and at {MAX_AUTO_BUDGET} if a tree \
-             that large may pay here; seconds to tens of seconds on a CPU) ...",
+             ({} prompts of {CALIBRATION_TOKENS} tokens {trees}; seconds to tens of seconds on a CPU) ...",
             prompts.len()
         );
         let plan = plan_budget(model, head, MAX_AUTO_BUDGET, &prompts, &calibration)?;
-        Ok((TreeSpec::Eagle2(eagle2_tree(plan.budget)), Some(plan)))
+        Ok((plan.tree()?, Some(plan)))
     }
 }
 

@@ -29,6 +29,12 @@
 //! whatever the rows), so scaling the largest budget's expansion by rows, as this did before, made
 //! small trees look cheaper than they are.
 //! Budget 0 stands for plain decoding: τ = 1 at verify(1).
+//!
+//! When sampling (T > 0) the same plan is made over another family of trees: static trees with
+//! drafts drawn from the head and multi-round rejection sampling, which accepts far more than the
+//! EAGLE-2 tree's deterministic drafts do at T > 0 (`sampled`).
+
+mod sampled;
 
 use std::time::Instant;
 
@@ -40,7 +46,7 @@ use crate::sampling::SamplingParams;
 use crate::spec::drafting::{draft_distribution, TreeSpec};
 use crate::spec::engine::{generate_speculative, GenerationConfig, SpecStats};
 use crate::spec::node_logits::NodeLogits;
-use crate::spec::tree::Eagle2Params;
+use crate::spec::tree::{Eagle2Params, StaticTree};
 
 /// Chat prompts the head is calibrated on: generic requests, none taken from a benchmark.
 pub const CALIBRATION_CHATS: [&str; 4] = [
@@ -92,9 +98,53 @@ pub fn expansion_levels(p: Eagle2Params) -> usize {
     p.max_depth - 1
 }
 
-/// Draft rows an EAGLE-2 expansion turns into candidates: the root's and top_k per level.
-fn drafted_rows(p: Eagle2Params) -> usize {
-    1 + p.top_k * expansion_levels(p)
+/// Which trees a plan weighs, budget by budget.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum TreeFamily {
+    /// Greedy decoding: the EAGLE-2 tree of each budget (`eagle2_tree`).
+    Eagle2,
+    /// Sampling: static subtrees of the calibration tree, drafts drawn and accepted by rejection
+    /// sampling (`sampled`); `paths[r - 1]` is the rank path of the node admitted r-th, and the
+    /// budget-B tree is the first B.
+    Sampled { paths: Vec<Vec<usize>> },
+}
+
+impl TreeFamily {
+    /// Rows the head drafts per level below the root for the tree of `budget` draft nodes.
+    fn level_rows(&self, budget: usize) -> Vec<usize> {
+        match self {
+            TreeFamily::Eagle2 => {
+                let p = eagle2_tree(budget);
+                vec![p.top_k; expansion_levels(p)]
+            }
+            TreeFamily::Sampled { paths } => sampled::level_rows(&paths[..budget.min(paths.len())]),
+        }
+    }
+
+    /// The tree of `budget` draft nodes (0: the root alone, which decodes plainly).
+    pub fn tree(&self, budget: usize) -> Result<TreeSpec> {
+        match self {
+            TreeFamily::Sampled { paths } if budget > 0 => {
+                Ok(TreeSpec::Static(sampled::subtree(&paths[..budget.min(paths.len())])?))
+            }
+            _ => Ok(TreeSpec::Eagle2(eagle2_tree(budget))),
+        }
+    }
+
+    /// How the table names a budget's tree.
+    fn describe(&self, budget: usize) -> String {
+        match self {
+            TreeFamily::Eagle2 => format!("budget {budget}"),
+            TreeFamily::Sampled { paths } => {
+                format!("budget {budget}, the static tree {}", paths_json(&paths[..budget]))
+            }
+        }
+    }
+}
+
+/// Rank paths as `--tree FILE.json` takes them.
+pub fn paths_json(paths: &[Vec<usize>]) -> String {
+    serde_json::to_string(paths).unwrap_or_default()
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -110,10 +160,12 @@ pub struct BudgetRow {
 }
 
 /// What a speculative run at the largest budget measured, per step where it is a time.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Calibration {
+    pub family: TreeFamily,
     pub steps: usize,
-    /// Accepted drafts by the rank the rerank admitted them at (index r ≥ 1).
+    /// Accepted drafts by the rank the family admits their node at (index r ≥ 1): for EAGLE-2
+    /// trees the rerank's.
     pub accepted_by_rank: Vec<usize>,
     /// Projection calls off the main chain by the rank of the node that made them.
     pub off_chain_calls_by_rank: Vec<usize>,
@@ -130,36 +182,95 @@ pub struct Calibration {
     pub accept_ms: f64,
     /// One off-chain projection call (0 when none was made).
     pub off_chain_call_ms: f64,
+    /// Sampled trees: the sampler's work per base row its walk reaches (the row processed into
+    /// P) and per rejected draw (the residual), timed alone (`sampler_latency_ms`); the accept
+    /// phase of a smaller tree does less of both (`sampled::expected_rejections`).
+    pub walk_row_ms: f64,
+    pub rejection_ms: f64,
 }
 
 impl Calibration {
-    /// From the statistics of speculative runs at budget `max_budget`, summed, and the level
-    /// latencies.
-    pub fn from_stats(stats: &SpecStats, max_budget: usize, level_ms: Vec<f64>) -> Self {
+    /// From the statistics of speculative runs with the EAGLE-2 tree of `max_budget`, summed, and
+    /// the level latencies.
+    pub fn eagle2(stats: &SpecStats, max_budget: usize, level_ms: Vec<f64>) -> Self {
+        let (accepted, calls) = (stats.accepted_by_id.clone(), stats.off_chain_calls_by_id.clone());
+        Self::new(TreeFamily::Eagle2, max_budget, accepted, calls, stats, level_ms)
+    }
+
+    /// From the statistics of sampled speculative runs with the static tree `tree`, summed, and
+    /// the level latencies: its nodes put in admission order (`sampled::admission_order`).
+    pub fn sampled(stats: &SpecStats, tree: &StaticTree, level_ms: Vec<f64>) -> Self {
+        let order = sampled::admission_order(tree.paths(), &stats.accepted_by_id);
+        let by_rank = |by_node: &[usize]| {
+            [0].into_iter().chain(order.iter().map(|&node| by_node.get(node).copied().unwrap_or(0))).collect()
+        };
+        let paths = order.iter().map(|&node| tree.paths()[node].clone()).collect();
+        let (accepted, calls) = (by_rank(&stats.accepted_by_id), by_rank(&stats.off_chain_calls_by_id));
+        Self::new(TreeFamily::Sampled { paths }, order.len(), accepted, calls, stats, level_ms)
+    }
+
+    fn new(
+        family: TreeFamily,
+        max_budget: usize,
+        accepted_by_rank: Vec<usize>,
+        off_chain_calls_by_rank: Vec<usize>,
+        stats: &SpecStats,
+        level_ms: Vec<f64>,
+    ) -> Self {
         let steps = stats.base.steps.max(1) as f64;
         let per_step = |secs: f64| 1000.0 * secs / steps;
         let mut c = Calibration {
+            family,
             steps: stats.base.steps,
-            accepted_by_rank: stats.accepted_by_rank.clone(),
-            off_chain_calls_by_rank: stats.off_chain_calls_by_rank.clone(),
+            accepted_by_rank,
+            off_chain_calls_by_rank,
             begin_ms: per_step(stats.begin_secs),
             expand_ms: per_step(stats.draft_secs - stats.begin_secs),
             level_ms,
             accept_ms: per_step(stats.accept_secs - stats.off_chain_secs),
             off_chain_call_ms: 1000.0 * stats.off_chain_secs / stats.off_chain_calls.max(1) as f64,
             bookkeeping_ms_per_row: 0.0,
+            walk_row_ms: 0.0,
+            rejection_ms: 0.0,
         };
-        let p = eagle2_tree(max_budget);
         let levels_alone = c.draft_ms_at(max_budget) - c.begin_ms;
-        c.bookkeeping_ms_per_row = ((c.expand_ms - levels_alone) / drafted_rows(p) as f64).max(0.0);
+        c.bookkeeping_ms_per_row = ((c.expand_ms - levels_alone) / c.drafted_rows(max_budget) as f64).max(0.0);
         c
+    }
+
+    /// Draft rows the tree of `budget` turns into candidates: the root's and its levels'.
+    fn drafted_rows(&self, budget: usize) -> usize {
+        1 + self.family.level_rows(budget).iter().sum::<usize>()
     }
 
     /// Drafting at `budget`: the head's update and the tree's levels.
     fn draft_ms_at(&self, budget: usize) -> f64 {
-        let p = eagle2_tree(budget);
-        let level = self.level_ms.get(p.top_k - 1).or(self.level_ms.last()).copied().unwrap_or(0.0);
-        self.begin_ms + expansion_levels(p) as f64 * level + drafted_rows(p) as f64 * self.bookkeeping_ms_per_row
+        let level = |rows: usize| self.level_ms.get(rows.max(1) - 1).or(self.level_ms.last()).copied().unwrap_or(0.0);
+        let levels: f64 = self.family.level_rows(budget).into_iter().map(level).sum();
+        self.begin_ms + levels + self.drafted_rows(budget) as f64 * self.bookkeeping_ms_per_row
+    }
+
+    /// Accepting at `budget`: what the calibration's accept phase took beyond its off-chain
+    /// calls, less the sampler's work the smaller tree does not do, plus the budget's own calls.
+    fn accept_ms_at(&self, budget: usize) -> f64 {
+        let (_, calls) = self.per_step_at(budget);
+        let walk = match &self.family {
+            TreeFamily::Eagle2 => 0.0,
+            TreeFamily::Sampled { paths } => self.walk_ms(budget) - self.walk_ms(paths.len()),
+        };
+        (self.accept_ms + walk).max(0.0) + calls * self.off_chain_call_ms
+    }
+
+    /// The sampler's work per step for the sampled tree of `budget`: a processed base row per
+    /// node its walk reaches, a residual per rejected draw.
+    fn walk_ms(&self, budget: usize) -> f64 {
+        let TreeFamily::Sampled { paths } = &self.family else { return 0.0 };
+        let budget = budget.min(paths.len());
+        let rate: Vec<f64> = (1..=budget)
+            .map(|r| self.accepted_by_rank.get(r).copied().unwrap_or(0) as f64 / self.steps.max(1) as f64)
+            .collect();
+        let accepted: f64 = rate.iter().sum();
+        self.walk_row_ms * (1.0 + accepted) + self.rejection_ms * sampled::expected_rejections(&paths[..budget], &rate)
     }
 
     /// Per step at `budget`: (drafts accepted, off-chain projection calls).
@@ -172,7 +283,7 @@ impl Calibration {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BudgetPlan {
     /// The chosen budget; 0 when plain decoding is expected to be fastest (the engine then decodes
-    /// plainly: `generate_speculative` on a tree of the root alone).
+    /// plainly: `generate_speculative` on a tree of the root alone). Its tree: `tree()`.
     pub budget: usize,
     pub calibration: Calibration,
     pub rows: Vec<BudgetRow>,
@@ -194,10 +305,10 @@ impl BudgetPlan {
         let c = &calibration;
         let mut rows = vec![plain];
         for (budget, &verify_ms) in verify_ms.iter().enumerate().skip(1) {
-            let (accepted, calls) = c.per_step_at(budget);
+            let (accepted, _) = c.per_step_at(budget);
             let tau = 1.0 + accepted;
             let draft_ms = c.draft_ms_at(budget);
-            let accept_ms = c.accept_ms + calls * c.off_chain_call_ms;
+            let accept_ms = c.accept_ms_at(budget);
             let step_ms = draft_ms + verify_ms + accept_ms;
             let tokens_per_s = 1000.0 * tau / step_ms;
             rows.push(BudgetRow { budget, tau, draft_ms, verify_ms, accept_ms, step_ms, tokens_per_s });
@@ -207,14 +318,29 @@ impl BudgetPlan {
         BudgetPlan { budget, calibration, rows }
     }
 
+    /// The chosen tree.
+    pub fn tree(&self) -> Result<TreeSpec> {
+        self.calibration.family.tree(self.budget)
+    }
+
     /// The plan as a table, with the choice and why.
     pub fn table(&self) -> String {
         let c = &self.calibration;
         let max = self.rows.len() - 1;
         let (_, calls) = c.per_step_at(max);
         let levels: Vec<String> = c.level_ms.iter().map(|ms| format!("{ms:.2}")).collect();
+        let calibrated = match &c.family {
+            TreeFamily::Eagle2 => format!("at budget {max}"),
+            TreeFamily::Sampled { paths } => format!(
+                "with a static tree of {max} drafts drawn by sampling (T > 0), admitted in the order {} \
+                 (the sampler: {:.3} ms a base row its walk reaches, {:.3} ms a rejected draw)",
+                paths_json(paths),
+                c.walk_row_ms,
+                c.rejection_ms
+            ),
+        };
         let mut s = format!(
-            "tree budget auto: {} calibration steps at budget {max}; per step: head update {:.2} ms, tree \
+            "tree budget auto: {} calibration steps {calibrated}; per step: head update {:.2} ms, tree \
              expansion {:.2} ms (its levels timed alone: {:.2} ms, the rest {:.3} ms a row), accept {:.2} \
              ms + {calls:.2} projections off the main chain of {:.2} ms each; a level of 1, 2, … rows: {} \
              ms\n\
@@ -222,7 +348,7 @@ impl BudgetPlan {
             c.steps,
             c.begin_ms,
             c.expand_ms,
-            c.expand_ms - c.bookkeeping_ms_per_row * drafted_rows(eagle2_tree(max)) as f64,
+            c.expand_ms - c.bookkeeping_ms_per_row * c.drafted_rows(max) as f64,
             c.bookkeeping_ms_per_row,
             c.accept_ms,
             c.off_chain_call_ms,
@@ -249,8 +375,8 @@ impl BudgetPlan {
             s += &format!("chosen: plain decoding, expected {plain:.2} tok/s");
             if let Some(tree) = tree {
                 s += &format!(
-                    " (the best tree, budget {}, expected {:.2}× of it)",
-                    tree.budget,
+                    " (the best tree, {}, expected {:.2}× of it)",
+                    c.family.describe(tree.budget),
                     tree.tokens_per_s / plain
                 );
             }
@@ -258,8 +384,8 @@ impl BudgetPlan {
         } else {
             let chosen = &self.rows[self.budget];
             s += &format!(
-                "chosen budget {}: expected {:.2} tok/s, {:.2}× plain decoding's {plain:.2}\n",
-                self.budget,
+                "chosen {}: expected {:.2} tok/s, {:.2}× plain decoding's {plain:.2}\n",
+                c.family.describe(self.budget),
                 chosen.tokens_per_s,
                 chosen.tokens_per_s / plain,
             );
@@ -323,6 +449,31 @@ fn medians(times: Vec<Vec<f64>>) -> Vec<f64> {
         .collect()
 }
 
+/// Median times in ms of the sampled-tree sampler's two steps on rows of `vocab` tokens (after
+/// one untimed pass): processing a base row into P, and the residual a rejected draw leaves
+/// (`verify::reject_sampled_draft`), on pseudo-random logits.
+pub fn sampler_latency_ms(vocab: usize, params: &SamplingParams, reps: usize) -> (f64, f64) {
+    let mut rng = crate::rng::Rng::new(7);
+    let mut logits = || (0..vocab).map(|_| 8.0 * rng.uniform_f32()).collect::<Vec<f32>>();
+    let (base, draft) = (logits(), crate::sampling::process(&logits(), params));
+    let mut times = vec![Vec::new(); 2];
+    for rep in 0..=reps {
+        let t = Instant::now();
+        let mut p = crate::sampling::process(&base, params);
+        let processed = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        crate::spec::verify::reject_sampled_draft(&mut p, &draft, &[0]);
+        let rejected = t.elapsed().as_secs_f64() * 1000.0;
+        std::hint::black_box(&p);
+        if rep > 0 {
+            times[0].push(processed);
+            times[1].push(rejected);
+        }
+    }
+    let m = medians(times);
+    (m[0], m[1])
+}
+
 /// Median time in ms of one tree level of r rows drafted by `head`, r = 1..=max_rows, after one
 /// untimed pass: r children of the root after the head's update on `prompt`, each repetition
 /// from a fresh update; the head's forward, its logits brought to the host and made into draft
@@ -363,8 +514,10 @@ pub fn level_latency_ms<B: Backend, H: DraftHead<B> + ?Sized>(
 }
 
 /// Times verification and the head's levels on this machine, calibrates `head` on `prompts` with
-/// the EAGLE-2 tree of `PROBE_BUDGET` and, only when a larger tree may still pay
-/// (`larger_budget_may_win`), again with the tree of `max_budget`; plans the budget.
+/// the probe tree (greedy: the EAGLE-2 tree of `PROBE_BUDGET`; sampling: `sampled::probe_tree`)
+/// and, only when a larger tree may still pay (`larger_budget_may_win`), again with the largest
+/// (greedy: the EAGLE-2 tree of `max_budget`; sampling: `mc_sim_7b_63`, 25 drafts); plans the
+/// budget.
 pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
     model: &Llama<B>,
     head: &mut H,
@@ -375,27 +528,80 @@ pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
     let Some(first) = prompts.first() else {
         return Err(Error::input("tree budget auto: no calibration prompt"));
     };
-    let verify = verify_latency_ms(model, first, max_budget + 1, 5)?;
+    let greedy = cfg.sampling.is_greedy();
+    let (probe, full) = if greedy {
+        let probe = PROBE_BUDGET.min(max_budget);
+        (Probe::Eagle2(probe), Probe::Eagle2(max_budget))
+    } else {
+        let limit = |t: StaticTree| if t.paths().len() - 1 <= max_budget { Some(t) } else { None };
+        let full = limit(sampled::full_tree()).or_else(|| limit(sampled::probe_tree()));
+        let Some(full) = full else {
+            return Err(Error::input(format!(
+                "tree budget auto: sampling plans over static trees of at least 3 drafts; {max_budget} is too few"
+            )));
+        };
+        let probe = limit(sampled::probe_tree()).unwrap_or_else(|| full.clone());
+        (Probe::Sampled(probe), Probe::Sampled(full))
+    };
+    let verify = verify_latency_ms(model, first, full.drafts() + 1, 5)?;
     let levels = level_latency_ms(model, head, first, eagle2_tree(max_budget).top_k, 5, &cfg.sampling)?;
-    let probe = PROBE_BUDGET.min(max_budget);
-    let stats = calibration_run(model, head, probe, prompts, cfg)?;
-    let plan = BudgetPlan::new(&verify[..=probe], Calibration::from_stats(&stats, probe, levels.clone()));
-    if probe == max_budget || !larger_budget_may_win(&plan, &verify) {
+    let sampler = if greedy { (0.0, 0.0) } else { sampler_latency_ms(model.config.vocab_size, &cfg.sampling, 9) };
+    let plan = probe.plan(&verify, calibration_run(model, head, &probe, prompts, cfg)?, levels.clone(), sampler);
+    if probe.drafts() == full.drafts() || !larger_budget_may_win(&plan, &verify) {
         return Ok(plan);
     }
-    let stats = calibration_run(model, head, max_budget, prompts, cfg)?;
-    Ok(BudgetPlan::new(&verify, Calibration::from_stats(&stats, max_budget, levels)))
+    Ok(full.plan(&verify, calibration_run(model, head, &full, prompts, cfg)?, levels, sampler))
 }
 
-/// The speculative runs on every prompt with the EAGLE-2 tree of `budget`, their statistics summed.
+/// A tree a calibration runs with.
+// Two per plan: boxing the static tree would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Probe {
+    /// The EAGLE-2 tree of this budget.
+    Eagle2(usize),
+    /// A static tree, drafts drawn by sampling.
+    Sampled(StaticTree),
+}
+
+impl Probe {
+    fn drafts(&self) -> usize {
+        match self {
+            Probe::Eagle2(budget) => *budget,
+            Probe::Sampled(tree) => tree.paths().len() - 1,
+        }
+    }
+
+    fn spec(&self) -> TreeSpec {
+        match self {
+            Probe::Eagle2(budget) => TreeSpec::Eagle2(eagle2_tree(*budget)),
+            Probe::Sampled(tree) => TreeSpec::Static(tree.clone()),
+        }
+    }
+
+    /// The plan over budgets up to this tree's, from its calibration runs' statistics (and, for
+    /// sampled trees, the sampler's `sampler_latency_ms`).
+    fn plan(&self, verify_ms: &[f64], stats: SpecStats, level_ms: Vec<f64>, sampler_ms: (f64, f64)) -> BudgetPlan {
+        let calibration = match self {
+            Probe::Eagle2(budget) => Calibration::eagle2(&stats, *budget, level_ms),
+            Probe::Sampled(tree) => Calibration {
+                walk_row_ms: sampler_ms.0,
+                rejection_ms: sampler_ms.1,
+                ..Calibration::sampled(&stats, tree, level_ms)
+            },
+        };
+        BudgetPlan::new(&verify_ms[..=self.drafts()], calibration)
+    }
+}
+
+/// The speculative runs on every prompt with the probe's tree, their statistics summed.
 fn calibration_run<B: Backend, H: DraftHead<B> + ?Sized>(
     model: &Llama<B>,
     head: &mut H,
-    budget: usize,
+    probe: &Probe,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
 ) -> Result<SpecStats> {
-    let tree = TreeSpec::Eagle2(eagle2_tree(budget));
+    let tree = probe.spec();
     let mut total = SpecStats::default();
     for prompt in prompts {
         let (_, stats) = generate_speculative(model, head, &tree, prompt, cfg, |_| {})?;
@@ -431,6 +637,7 @@ mod tests {
 
     fn calibration(accepted_by_rank: Vec<usize>, off_chain_calls_by_rank: Vec<usize>) -> Calibration {
         Calibration {
+            family: TreeFamily::Eagle2,
             steps: 10,
             accepted_by_rank,
             off_chain_calls_by_rank,
@@ -441,6 +648,8 @@ mod tests {
             bookkeeping_ms_per_row: 0.0,
             accept_ms: 0.5,
             off_chain_call_ms: 0.0,
+            walk_row_ms: 0.0,
+            rejection_ms: 0.0,
         }
     }
 
@@ -493,7 +702,7 @@ mod tests {
         // head's update, so 8 ms growing trees, of which the levels account for 2 × 0.6 ms.
         let mut stats = SpecStats { draft_secs: 0.1, begin_secs: 0.02, ..Default::default() };
         stats.base.steps = 10;
-        let c = Calibration::from_stats(&stats, 3, vec![0.3, 0.4, 0.6]);
+        let c = Calibration::eagle2(&stats, 3, vec![0.3, 0.4, 0.6]);
         assert!((c.expand_ms - 8.0).abs() < 1e-9 && (c.begin_ms - 2.0).abs() < 1e-9);
         // 7 rows drafted (the root's and 3 per level): (8 − 1.2) / 7 ms each.
         let per_row = 6.8 / 7.0;

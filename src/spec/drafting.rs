@@ -52,8 +52,10 @@ pub struct DraftedTree {
     pub q_rows: Vec<Option<Vec<f32>>>,
     /// Static tree at T > 0: q̃ of each node's draw (≤ 0 for padding).
     pub q_tilde: Vec<f32>,
-    /// EAGLE-2 tree: the rerank's admission order of each node (see `DynamicTree::budget_ranks`).
-    pub budget_ranks: Option<Vec<usize>>,
+    /// The id each node's statistics are counted under (`SpecStats::accepted_by_id`): for an
+    /// EAGLE-2 tree the rerank's admission order, so the budget-B tree is the nodes of id ≤ B
+    /// (`DynamicTree::budget_ranks`); for a static tree the node's index. None for the Clover tree.
+    pub stat_ids: Option<Vec<usize>>,
 }
 
 /// The distribution a dynamic tree ranks candidates by: the processed draft distribution, or at
@@ -131,7 +133,7 @@ fn dynamic(tree: crate::spec::tree::DynamicTree, columns: &Columns) -> DraftedTr
         buffers: tree.buffers().clone(),
         q_rows: vec![None; n],
         q_tilde: vec![0.0; n],
-        budget_ranks: tree.budget_ranks().map(<[usize]>::to_vec),
+        stat_ids: tree.budget_ranks().map(<[usize]>::to_vec),
     }
 }
 
@@ -238,5 +240,5 @@ fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
     for (row, &node) in rows.iter_mut().zip(buffers.draft_rows()) {
         q_rows[node] = row.q.take();
     }
-    Ok(DraftedTree { buffers: buffers.clone(), tokens, q_rows, q_tilde, budget_ranks: None })
+    Ok(DraftedTree { buffers: buffers.clone(), tokens, q_rows, q_tilde, stat_ids: Some((0..n).collect()) })
 }

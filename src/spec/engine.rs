@@ -148,19 +148,20 @@ pub struct SpecStats {
     pub begin_secs: f64,
     pub verify_secs: f64,
     pub accept_secs: f64,
-    /// EAGLE-2 trees: accepted drafts counted by the rank the rerank admitted them at
-    /// (`accepted_by_rank[r]`, r ≥ 1), which predicts τ at every smaller budget.
-    pub accepted_by_rank: Vec<usize>,
+    /// Accepted drafts counted by node id (`DraftedTree::stat_ids`, ids ≥ 1): for EAGLE-2 trees
+    /// the rank the rerank admitted them at, which predicts τ at every smaller budget; for static
+    /// trees the node index, which predicts τ of every subtree (`auto_budget`).
+    pub accepted_by_id: Vec<usize>,
     /// Tree nodes projected to the vocabulary, all steps together (`node_logits`), and those of
     /// them projected off the main chain, when verification left it.
     pub logit_rows: usize,
     pub off_chain_rows: usize,
     /// Projection calls made off the main chain (each a node and its first-child chain), their
-    /// time (part of `accept_secs`), and for EAGLE-2 trees the calls counted by the rank of the
-    /// node that made them: a budget-B tree makes exactly the calls of rank ≤ B.
+    /// time (part of `accept_secs`), and the calls counted by the id of the node that made them
+    /// (for EAGLE-2 trees its rank: a budget-B tree makes exactly the calls of rank ≤ B).
     pub off_chain_calls: usize,
     pub off_chain_secs: f64,
-    pub off_chain_calls_by_rank: Vec<usize>,
+    pub off_chain_calls_by_id: Vec<usize>,
 }
 
 /// `counts[at] += n`, growing `counts` as needed.
@@ -186,12 +187,12 @@ impl SpecStats {
         self.begin_secs += o.begin_secs;
         self.verify_secs += o.verify_secs;
         self.accept_secs += o.accept_secs;
-        sum(&mut self.accepted_by_rank, &o.accepted_by_rank);
+        sum(&mut self.accepted_by_id, &o.accepted_by_id);
         self.logit_rows += o.logit_rows;
         self.off_chain_rows += o.off_chain_rows;
         self.off_chain_calls += o.off_chain_calls;
         self.off_chain_secs += o.off_chain_secs;
-        sum(&mut self.off_chain_calls_by_rank, &o.off_chain_calls_by_rank);
+        sum(&mut self.off_chain_calls_by_id, &o.off_chain_calls_by_id);
     }
 
     /// τ: tokens committed per verification step, bonus included.
@@ -307,12 +308,12 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         stats.off_chain_secs += on_demand_secs;
         let a = accepted.accepted_drafts;
         stats.accepted_hist[a] += 1;
-        if let Some(ranks) = &drafted.budget_ranks {
+        if let Some(ids) = &drafted.stat_ids {
             for &node in &accepted.path_nodes[1..] {
-                add_at(&mut stats.accepted_by_rank, ranks[node], 1);
+                add_at(&mut stats.accepted_by_id, ids[node], 1);
             }
             for &node in on_demand {
-                add_at(&mut stats.off_chain_calls_by_rank, ranks[node], 1);
+                add_at(&mut stats.off_chain_calls_by_id, ids[node], 1);
             }
         }
         stats.base.steps += 1;

@@ -14,7 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::spec::auto_budget::BudgetPlan;
+use crate::spec::auto_budget::{paths_json, BudgetPlan, TreeFamily};
+use crate::spec::drafting::TreeSpec;
 
 /// Everything a saved choice depends on, as `name = value` lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +49,9 @@ impl PlanKey {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SavedPlan {
     pub budget: usize,
+    /// The chosen tree's rank paths when the plan chose among sampled static trees (T > 0);
+    /// None for the EAGLE-2 tree of `budget`.
+    pub paths: Option<Vec<Vec<usize>>>,
     /// Expected tokens/s of the chosen budget over plain decoding's, at calibration.
     pub expected_speedup: f64,
     /// The calibration's table, as printed then.
@@ -57,12 +61,25 @@ pub struct SavedPlan {
 }
 
 impl SavedPlan {
+    /// The tree the saved choice decodes with.
+    pub fn tree(&self) -> Result<TreeSpec> {
+        match &self.paths {
+            Some(paths) => TreeFamily::Sampled { paths: paths.clone() }.tree(self.budget),
+            None => TreeFamily::Eagle2.tree(self.budget),
+        }
+    }
+
     /// One line for the user: what is reused, from when, and how to measure again.
     pub fn report(&self) -> String {
         let age = now_unix().saturating_sub(self.saved_unix);
-        let choice = match self.budget {
-            0 => "plain decoding".to_string(),
-            b => format!("budget {b} (expected {:.2}× plain decoding)", self.expected_speedup),
+        let choice = match (self.budget, &self.paths) {
+            (0, _) => "plain decoding".to_string(),
+            (b, None) => format!("budget {b} (expected {:.2}× plain decoding)", self.expected_speedup),
+            (b, Some(paths)) => format!(
+                "budget {b}, the static tree {} drawn by sampling (expected {:.2}× plain decoding)",
+                paths_json(paths),
+                self.expected_speedup
+            ),
         };
         format!(
             "tree budget auto: {choice}, as calibrated {} ago on this machine for this model, head and \
@@ -86,8 +103,19 @@ pub fn load(dir: &Path, key: &PlanKey) -> Option<SavedPlan> {
     if value.get("key")?.as_str()? != key.0 {
         return None;
     }
+    let budget = usize::try_from(value.get("budget")?.as_u64()?).ok()?;
+    let paths = match value.get("paths") {
+        None | Some(Value::Null) => None,
+        Some(paths) => {
+            let paths: Vec<Vec<usize>> = serde_json::from_value(paths.clone()).ok()?;
+            // The tree must build: a file edited by hand is a miss, not an error later.
+            TreeFamily::Sampled { paths: paths.clone() }.tree(budget).ok()?;
+            Some(paths)
+        }
+    };
     Some(SavedPlan {
-        budget: usize::try_from(value.get("budget")?.as_u64()?).ok()?,
+        budget,
+        paths,
         expected_speedup: value.get("expected_speedup")?.as_f64()?,
         table: value.get("table")?.as_str()?.to_string(),
         saved_unix: value.get("saved_unix")?.as_u64()?,
@@ -100,9 +128,14 @@ pub fn save(dir: &Path, key: &PlanKey, plan: &BudgetPlan) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(key.file_name());
     let plain = plan.rows[0].tokens_per_s;
+    let paths = match &plan.calibration.family {
+        TreeFamily::Sampled { paths } => Some(&paths[..plan.budget]),
+        TreeFamily::Eagle2 => None,
+    };
     let value = json!({
         "key": key.0,
         "budget": plan.budget,
+        "paths": paths,
         "expected_speedup": plan.rows[plan.budget].tokens_per_s / plain,
         "table": plan.table(),
         "saved_unix": now_unix(),
@@ -174,6 +207,7 @@ mod tests {
 
     fn plan(budget_wins: bool) -> BudgetPlan {
         let calibration = Calibration {
+            family: crate::spec::auto_budget::TreeFamily::Eagle2,
             steps: 10,
             accepted_by_rank: vec![0, if budget_wins { 6 } else { 0 }],
             off_chain_calls_by_rank: vec![],
@@ -183,6 +217,8 @@ mod tests {
             bookkeeping_ms_per_row: 0.0,
             accept_ms: 0.1,
             off_chain_call_ms: 0.0,
+            walk_row_ms: 0.0,
+            rejection_ms: 0.0,
         };
         BudgetPlan::new(&[10.0, 11.0], calibration)
     }
@@ -217,6 +253,30 @@ mod tests {
         let after = PlanKey::new("cpu (2 threads)", &folder, &folder, &[("temperature", "0".into())]);
         assert_ne!(after, key);
         assert!(load(&dir, &after).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A plan over sampled static trees saves its chosen tree's paths, and the tree comes back.
+    #[test]
+    fn a_sampled_choice_keeps_its_tree() {
+        let dir = temp_dir("sampled");
+        let key = PlanKey::new("cpu", &dir, &dir, &[("temperature", "1".into())]);
+        let mut plan = plan(true);
+        plan.calibration.family = TreeFamily::Sampled { paths: vec![vec![0], vec![0, 0]] };
+        assert_eq!(plan.budget, 1);
+        save(&dir, &key, &plan).unwrap();
+        let saved = load(&dir, &key).expect("saved");
+        assert_eq!(saved.paths, Some(vec![vec![0]]));
+        match saved.tree().unwrap() {
+            TreeSpec::Static(tree) => assert_eq!(tree.paths(), &[vec![], vec![0]]),
+            other => panic!("expected a static tree, got {other:?}"),
+        }
+        assert!(saved.report().contains("budget 1, the static tree [[0]] drawn by sampling"), "{}", saved.report());
+        // Paths that are not a tree (a file edited by hand): a miss.
+        let mut value: Value = serde_json::from_str(&std::fs::read_to_string(&saved.path).unwrap()).unwrap();
+        value["paths"] = json!([[1]]);
+        std::fs::write(&saved.path, value.to_string()).unwrap();
+        assert!(load(&dir, &key).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -114,17 +114,23 @@ pub fn verify_sampled_drafts<R: BaseRows + ?Sized>(
             if rng.uniform() < p[x] as f64 / q_tilde as f64 {
                 return Some(child);
             }
-            if let Some(q_j) = without(drafts.q[node], &drawn) {
-                let excess = p.iter().zip(&q_j).map(|(a, b)| (a - b).max(0.0)).collect();
-                // An empty residual means the rejection had probability 0: keep P.
-                if let Some(residual) = normalised(excess) {
-                    *p = residual;
-                }
-            }
+            reject_sampled_draft(p, drafts.q[node], &drawn);
             drawn.push(x);
         }
         None
     })
+}
+
+/// What a rejected draw leaves of the target P: normalise(max(P − Q_j, 0)), Q_j the draft
+/// distribution `q` without the earlier draws `drawn`. An empty residual means the rejection had
+/// probability 0: P is kept. (Public so that `--tree-budget auto` can time it.)
+pub fn reject_sampled_draft(p: &mut Vec<f32>, q: &[f32], drawn: &[usize]) {
+    if let Some(q_j) = without(q, drawn) {
+        let excess = p.iter().zip(&q_j).map(|(a, b)| (a - b).max(0.0)).collect();
+        if let Some(residual) = normalised(excess) {
+            *p = residual;
+        }
+    }
 }
 
 /// eagle.md §11.3, for top-k (dynamic-tree) drafts: each draft is a proposal with q = 1, accepted

@@ -122,14 +122,30 @@ pub fn verify_sampled_drafts<R: BaseRows + ?Sized>(
 }
 
 /// What a rejected draw leaves of the target P: normalise(max(P − Q_j, 0)), Q_j the draft
-/// distribution `q` without the earlier draws `drawn`. An empty residual means the rejection had
-/// probability 0: P is kept. (Public so that `--tree-budget auto` can time it.)
-pub fn reject_sampled_draft(p: &mut Vec<f32>, q: &[f32], drawn: &[usize]) {
-    if let Some(q_j) = without(q, drawn) {
-        let excess = p.iter().zip(&q_j).map(|(a, b)| (a - b).max(0.0)).collect();
-        if let Some(residual) = normalised(excess) {
-            *p = residual;
-        }
+/// distribution `q` without the earlier draws `drawn` (renormalised). An empty residual means the
+/// rejection had probability 0: P is kept. Two passes over the vocabulary and no allocation: it
+/// runs for every rejected draw of a sampled tree. (Public so that `--tree-budget auto` can time it.)
+pub fn reject_sampled_draft(p: &mut [f32], q: &[f32], drawn: &[usize]) {
+    let removed: f64 = drawn.iter().map(|&x| q[x] as f64).sum();
+    let mass = q.iter().map(|&x| x as f64).sum::<f64>() - removed;
+    if mass <= 0.0 {
+        return;
+    }
+    let inv = (1.0 / mass) as f32;
+    // Q_j is q · inv except at the earlier draws, where it is 0 and the excess is all of P.
+    let excess = |pi: f32, qi: f32| (pi - qi * inv).max(0.0);
+    let at_drawn: f64 = drawn.iter().map(|&x| p[x] as f64 - excess(p[x], q[x]) as f64).sum();
+    let total = p.iter().zip(q).map(|(&pi, &qi)| excess(pi, qi) as f64).sum::<f64>() + at_drawn;
+    if total <= 0.0 {
+        return;
+    }
+    let scale = 1.0 / total;
+    let kept: Vec<f32> = drawn.iter().map(|&x| p[x]).collect();
+    for (pi, &qi) in p.iter_mut().zip(q) {
+        *pi = (excess(*pi, qi) as f64 * scale) as f32;
+    }
+    for (&x, &px) in drawn.iter().zip(&kept) {
+        p[x] = (px as f64 * scale) as f32;
     }
 }
 
@@ -191,15 +207,6 @@ fn accepted(retrieve: &[Vec<i64>], path_nodes: Vec<usize>, next_root: i64) -> Ac
     Accepted { best_row, accepted_drafts: path_nodes.len() - 1, path_nodes, next_root }
 }
 
-/// q with the given tokens removed, renormalised.
-fn without(q: &[f32], removed: &[usize]) -> Option<Vec<f32>> {
-    let mut q = q.to_vec();
-    for &x in removed {
-        q[x] = 0.0;
-    }
-    normalised(q)
-}
-
 /// v / Σv, or `None` when nothing is left.
 fn normalised(v: Vec<f32>) -> Option<Vec<f32>> {
     let sum: f64 = v.iter().map(|&x| x as f64).sum();
@@ -210,6 +217,50 @@ fn normalised(v: Vec<f32>) -> Option<Vec<f32>> {
 mod tests {
     use super::*;
     use crate::sampling::{process, sample, sample_without_replacement, top_k_indices};
+
+    /// The residual of a rejected draw against eagle.md §11.2 computed directly in f64:
+    /// normalise(max(P − Q_j, 0)), Q_j = q without the earlier draws, renormalised; and P kept
+    /// when nothing is left of either.
+    #[test]
+    fn a_rejection_leaves_the_normalised_excess_over_q_without_earlier_draws() {
+        let mut rng = Rng::new(9);
+        for drawn in [vec![], vec![3], vec![3, 0, 17]] {
+            let row = |rng: &mut Rng| {
+                process(
+                    &(0..40).map(|_| 4.0 * rng.uniform_f32()).collect::<Vec<_>>(),
+                    &SamplingParams::with_temperature(1.0),
+                )
+            };
+            let (p, q) = (row(&mut rng), row(&mut rng));
+            let mut got = p.clone();
+            reject_sampled_draft(&mut got, &q, &drawn);
+            let mass: f64 = (0..40).filter(|i| !drawn.contains(i)).map(|i| q[i] as f64).sum();
+            let excess: Vec<f64> = (0..40)
+                .map(|i| {
+                    let qj = if drawn.contains(&i) { 0.0 } else { q[i] as f64 / mass };
+                    (p[i] as f64 - qj).max(0.0)
+                })
+                .collect();
+            let total: f64 = excess.iter().sum();
+            for i in 0..40 {
+                assert!(
+                    (got[i] as f64 - excess[i] / total).abs() < 1e-6,
+                    "drawn {drawn:?} [{i}]: {} vs {}",
+                    got[i],
+                    excess[i] / total
+                );
+            }
+        }
+        // P below Q_j everywhere (P = Q): the rejection had probability 0, P is kept.
+        let p = vec![0.25f32; 4];
+        let mut got = p.clone();
+        reject_sampled_draft(&mut got, &p, &[]);
+        assert_eq!(got, p);
+        // Nothing left of q once its draws are removed: P is kept.
+        let mut got = p.clone();
+        reject_sampled_draft(&mut got, &[0.0, 1.0, 0.0, 0.0], &[1]);
+        assert_eq!(got, p);
+    }
 
     /// eagle.md §7, `mc_sim_7b_63`.
     fn golden_retrieve() -> Vec<Vec<i64>> {

@@ -3,8 +3,9 @@
 # Spec-Bench categories of data/spec_bench/question.jsonl, at T = 0 and T = 1. Each
 # method and temperature is one `eval` run over the first PER_CATEGORY questions of every category
 # (first turn, 128 new tokens), then `metrics` against plain decoding at the same temperature.
-# Heads draft with the EAGLE-2 tree at `--tree-budget auto` (chosen per head on this machine, calibrated
-# afresh: `--recalibrate`, so a saved choice from an earlier run is not reused).
+# Heads draft at `--tree-budget auto` (chosen per head on this machine, calibrated afresh:
+# `--recalibrate`, so a saved choice from an earlier run is not reused): at T = 0 the EAGLE-2 tree of
+# the chosen budget, at T = 1 the chosen static tree drawn by sampling.
 # Environment: PER_CATEGORY (default 5), OUT (default runs/spec-bench), THREADS (default all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -100,7 +100,8 @@ pub struct TreeArgs {
     /// Draft nodes per step for the dynamic trees (root excluded), or `auto` (eagle2 tree): time
     /// verification on this machine, calibrate the head on a few built-in chat prompts, and take
     /// the budget with the highest expected tokens/s, or plain decoding when that is expected to
-    /// be fastest (the table of that choice is printed).
+    /// be fastest (the table of that choice is printed). When sampling (T > 0) it chooses among
+    /// static trees drawn by sampling instead, whose drafts are accepted more often at T > 0.
     #[arg(long, default_value = "25")]
     pub tree_budget: String,
     /// Per-parent cumulative probability of the clover tree.
@@ -134,7 +135,8 @@ impl TreeArgs {
         let budget = self.budget()?;
         if budget.is_none() && self.tree != "eagle2" {
             return Err(Error::input(format!(
-                "--tree-budget auto plans the eagle2 tree's budget; --tree {} is not eagle2",
+                "--tree-budget auto plans with --tree eagle2 (greedy: the EAGLE-2 tree's budget; when \
+                 sampling: a static tree drawn by sampling); --tree {} is not eagle2",
                 self.tree
             )));
         }

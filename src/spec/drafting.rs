@@ -167,11 +167,14 @@ struct RowDraws {
 }
 
 /// The draws of every row of `logits`: at T = 0 the backend picks each row's top-k, and the rows
-/// stay where they are.
+/// stay where they are; at T > 0 row r draws `draws[r]` tokens (its node's children: a draw is
+/// a pass over the vocabulary, and the first m draws of k are distributed alike whatever k),
+/// padded to k.
 fn draw_rows<B: Backend>(
     backend: &B,
     logits: &Logits<B>,
     k: usize,
+    draws: &[usize],
     columns: &Columns,
     params: &SamplingParams,
     rng: &mut Rng,
@@ -189,13 +192,13 @@ fn draw_rows<B: Backend>(
             .collect();
     }
     let host = logits.to_host(backend);
-    host.chunks_exact(logits.width()).map(|row| draw_row(row, k, columns, params, rng)).collect()
+    host.chunks_exact(logits.width()).zip(draws).map(|(row, &m)| draw_row(row, m, k, columns, params, rng)).collect()
 }
 
-/// One row's k draws without replacement from the processed distribution (T > 0).
-fn draw_row(logits: &[f32], k: usize, columns: &Columns, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
+/// One row's m draws without replacement from the processed distribution (T > 0), padded to k.
+fn draw_row(logits: &[f32], m: usize, k: usize, columns: &Columns, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
     let q = sampling::process(logits, params);
-    let draws = sampling::sample_without_replacement(&q, k, rng);
+    let draws = sampling::sample_without_replacement(&q, m.min(k), rng);
     let mut tokens: Vec<u32> = draws.iter().map(|&(c, _)| columns.token(c as u32)).collect();
     let mut q_tilde: Vec<f32> = draws.iter().map(|&(_, qt)| qt).collect();
     tokens.resize(k, 0);
@@ -216,14 +219,18 @@ fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
 ) -> Result<DraftedTree> {
     let buffers = tree.buffers();
     let k = tree.top_k();
-    let mut rows = draw_rows(&model.backend, &first_row, k, columns, params, rng);
+    // Draws per draft row (root first, then each level's nodes in order): its node's children.
+    let draws: Vec<usize> = buffers.draft_rows().iter().map(|&node| buffers.children(node).len()).collect();
+    let mut rows = draw_rows(&model.backend, &first_row, k, &draws[..1], columns, params, rng);
     let mut level_rows_start = 0;
     for level in buffers.levels() {
         let prev = &rows[level_rows_start..];
         let tokens: Vec<u32> = level.topk_indices.iter().map(|&i| prev[i / k].tokens[i % k]).collect();
         let logits = head.expand(model, &level.parent_slots, &tokens)?;
         level_rows_start = rows.len();
-        rows.extend(draw_rows(&model.backend, &logits, k, columns, params, rng));
+        let at = draws.len().min(rows.len());
+        let level_draws = &draws[at..draws.len().min(at + level.nodes.len())];
+        rows.extend(draw_rows(&model.backend, &logits, k, level_draws, columns, params, rng));
     }
     if rows.len() != buffers.draft_rows().len() {
         return Err(Error::input("static tree: drafted rows do not match the tree's draft rows"));

@@ -233,7 +233,8 @@ impl TreeArgs {
         let trees = if cfg.sampling.is_greedy() {
             format!("at budget {PROBE_BUDGET}, and at {MAX_AUTO_BUDGET} if a tree that large may pay here")
         } else {
-            "sampling: with a static tree of 3 drafts, and with mc_sim_7b_63 if a tree that large may pay here"
+            "with a static tree of 3 drafts drawn by sampling, and with mc_sim_7b_63 if a tree that large may \
+             pay here"
                 .to_string()
         };
         eprintln!(

@@ -55,7 +55,7 @@ pub fn process(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
         return w;
     }
     let p: Vec<f64> = w.iter().map(|&x| x as f64 / sum).collect();
-    let Some(kept) = truncation(&p, params.top_k, params.top_p) else { unreachable!("top-k or top-p is on") };
+    let kept = truncation(&p, params.top_k, params.top_p);
     let mass: f64 = kept.iter().map(|&i| p[i]).sum();
     let mut out = vec![0.0; p.len()];
     for i in kept {
@@ -176,12 +176,9 @@ fn weights(logits: &[f32], t: f64) -> (Vec<f32>, f64) {
     (w, sums.iter().sum())
 }
 
-/// The tokens that survive top-k and then top-p, or `None` when neither is active.
-fn truncation(p: &[f64], top_k: usize, top_p: f32) -> Option<Vec<usize>> {
+/// The tokens that survive top-k and then top-p (`process` calls it only when one is active).
+fn truncation(p: &[f64], top_k: usize, top_p: f32) -> Vec<usize> {
     let top_p_on = top_p < 1.0;
-    if top_k == 0 && !top_p_on {
-        return None;
-    }
     let (mut ranked, mass) = if top_k > 0 {
         let ranked = best_first(|i| p[i], (0..p.len()).collect(), top_k);
         let mass = ranked.iter().map(|&i| p[i]).sum();
@@ -198,7 +195,7 @@ fn truncation(p: &[f64], top_k: usize, top_p: f32) -> Option<Vec<usize>> {
     if top_p_on {
         ranked.truncate(nucleus_len(p, &ranked, mass, top_p));
     }
-    Some(ranked)
+    ranked
 }
 
 /// Length of the shortest prefix of `ranked` holding top_p of `mass` (at least 1).

@@ -422,15 +422,15 @@ pub fn plan_budget<B: Backend, H: DraftHead<B> + ?Sized>(
         let probe = PROBE_BUDGET.min(max_budget);
         (Probe::Eagle2(probe), Probe::Eagle2(max_budget))
     } else {
-        let limit = |t: StaticTree| if t.paths().len() - 1 <= max_budget { Some(t) } else { None };
-        let full = limit(sampled::full_tree()).or_else(|| limit(sampled::probe_tree()));
-        let Some(full) = full else {
+        let (probe, full) = (Probe::Sampled(sampled::probe_tree()), Probe::Sampled(sampled::full_tree()));
+        if probe.drafts() > max_budget {
             return Err(Error::input(format!(
-                "tree budget auto: sampling plans over static trees of at least 3 drafts; {max_budget} is too few"
+                "tree budget auto: sampling plans over static trees of at least {} drafts; {max_budget} is too few",
+                probe.drafts()
             )));
-        };
-        let probe = limit(sampled::probe_tree()).unwrap_or_else(|| full.clone());
-        (Probe::Sampled(probe), Probe::Sampled(full))
+        }
+        let full = if full.drafts() <= max_budget { full } else { Probe::Sampled(sampled::probe_tree()) };
+        (probe, full)
     };
     let verify = verify_latency_ms(model, first, full.drafts() + 1, 5)?;
     let levels = level_latency_ms(model, head, first, eagle2_tree(max_budget).top_k, 5, &cfg.sampling)?;

@@ -228,8 +228,8 @@ fn draft_static<B: Backend, H: DraftHead<B> + ?Sized>(
         let tokens: Vec<u32> = level.topk_indices.iter().map(|&i| prev[i / k].tokens[i % k]).collect();
         let logits = head.expand(model, &level.parent_slots, &tokens)?;
         level_rows_start = rows.len();
-        let at = draws.len().min(rows.len());
-        let level_draws = &draws[at..draws.len().min(at + level.nodes.len())];
+        // The level's rows take the draws that follow (a short list leaves rows out, caught below).
+        let level_draws = draws.get(level_rows_start..).unwrap_or_default();
         rows.extend(draw_rows(&model.backend, &logits, k, level_draws, columns, params, rng));
     }
     if rows.len() != buffers.draft_rows().len() {

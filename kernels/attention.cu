@@ -4,10 +4,11 @@
 // Forward: split over the keys (flash-decoding, with many queries per block). A block owns one KV
 // head, one chunk of ATT_CHUNK cache slots and up to ATT_QUERIES queries of that head's group
 // (query = (row, query head); GQA groups n_heads / n_kv_heads query heads per KV head). It stages
-// the chunk's K/V in shared memory tile by tile and runs an online softmax for all its queries at
-// once, so a tree of 26 rows reads each slot's K/V once per 16 queries, not once per query; the
-// chunks spread a long prefix over the whole GPU even for one row. `attention_combine` then
-// merges the chunks' partial (max, sum, weighted values) per query.
+// the chunk's K/V in shared memory tile by tile, for all its queries at once (a tree of 26 rows
+// reads each slot's K/V once per 16 queries, not once per query): a first sweep finds each
+// query's max score, a second sums its weights and weighted values in slot order. The chunks
+// spread a long prefix over the whole GPU even for one row. `attention_combine` then merges the
+// chunks' partial (max, sum, weighted values) per query.
 //
 // Backward: one block of ATT_THREADS threads per (row, query head), gridDim = (rows, n_heads).
 // Keys in tiles of ATT_TILE = 32 = warp size, staged in shared memory. A score is computed by a
@@ -38,30 +39,75 @@ __device__ __forceinline__ float quad_sum(float v) {
 // Pass 1 of out[row, h] = Σ_t softmax_t(scale·<q, k_t>) v_t over the visible cache slots t.
 // Causal (mask_bits == NULL): row i sees slots 0..=past+i. Tree: slots < first_key are visible,
 // slot first_key+j is visible iff mask_bits[i*mask_width + j] != 0. Slots >= past+rows never are.
-// Writes, per query (row·n_heads + h) and chunk, the chunk's running max m and sum l
-// (part_ml[2·slot], [2·slot+1]) and Σ exp(s − m)·v (part_acc[slot·head_dim ..]), with
+//
+// Chunks are ranges of ATT_CHUNK sequence *positions*, not of slots: a committed slot t <
+// first_key (every slot, under the causal mask) sits at position t, a tree slot first_key+j at
+// key_pos[j] (the host derives it from the mask: first_key plus the key's depth). Within a chunk
+// the max comes first and the sums then run key by key in slot order, zero weights adding
+// nothing. So a row's output depends only on the sequence of keys it sees, not on where they sit:
+// a tree node's ancestors in the tree block (verification) give the bits they give when committed
+// one by one (plain decoding), which keeps speculative greedy output equal to plain greedy output.
+// (An online softmax rescales at tile edges, and a warp reduction adds in lane order: both depend
+// on the slots.) The price: each chunk's keys are read and scored twice.
+//
+// Writes, per query (row·n_heads + h) and chunk, the chunk's max m and sum l = Σ e^(s − m)
+// (part_ml[2·slot], [2·slot+1]) and Σ e^(s − m)·v (part_acc[slot·head_dim ..]), with
 // slot = query·n_chunks + chunk; a chunk with nothing visible leaves m = −inf, l = 0, acc = 0.
 // Launch: grid (ceil(rows·group / ATT_QUERIES), n_chunks, n_kv_heads), block ATT_THREADS: the
 // blocks that read the same chunk are launched one after another, so all but the first find it
 // in L2.
+struct AttKeys {
+    const unsigned char* mask_bits;  // NULL: causal
+    const int* key_pos;              // tree only: the position of slot first_key + j
+    int past, first_key, mask_width, pos_begin;  // pos_begin: the chunk's first position
+};
+
+// Whether `row` sees slot t and the slot belongs to the chunk (the caller walks only slots whose
+// position can lie in it: below first_key, its own range; from first_key on, the tree block).
+__device__ __forceinline__ bool att_sees(const AttKeys& a, int row, int t) {
+    if (!a.mask_bits) return t <= a.past + row;
+    if (t < a.first_key) return true;
+    const int j = t - a.first_key, pos = a.key_pos[j];
+    return a.mask_bits[(size_t)row * a.mask_width + j] != 0 && pos >= a.pos_begin && pos < a.pos_begin + ATT_CHUNK;
+}
+
+// scale·<q, k> with the same bits wherever it is computed (no contraction of the product).
+__device__ __forceinline__ float att_score(const float* q_row, const float* k_row, int d, float scale) {
+    float dot = 0.0f;
+    for (int c = 0; c < d; ++c) dot = fmaf(q_row[c], k_row[c], dot);
+    return __fmul_rn(dot, scale);
+}
+
 extern "C" __global__ void attention_partial(float* part_acc, float* part_ml, const float* q, const float* k_cache,
-                                             const float* v_cache, const unsigned char* mask_bits, int rows,
-                                             int past, int n_heads, int n_kv_heads, int head_dim, int capacity,
-                                             float scale, int first_key, int mask_width, int n_chunks) {
+                                             const float* v_cache, const unsigned char* mask_bits, const int* key_pos,
+                                             int rows, int past, int n_heads, int n_kv_heads, int head_dim,
+                                             int capacity, float scale, int first_key, int mask_width, int n_chunks) {
     __shared__ float q_s[ATT_QUERIES][ATT_MAX_DIM];
     __shared__ float k_s[ATT_TILE][ATT_KPAD];
     __shared__ float v_s[ATT_TILE][ATT_MAX_DIM];
     __shared__ float p_s[ATT_QUERIES][ATT_TILE];
-    __shared__ float m_s[ATT_QUERIES], l_s[ATT_QUERIES], alpha_s[ATT_QUERIES];
+    __shared__ float m_s[ATT_QUERIES], l_s[ATT_QUERIES];
 
     const int chunk = blockIdx.y, kvh = blockIdx.z, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warps = ATT_THREADS / 32;
     const int d = head_dim, group = n_heads / n_kv_heads;
     const int q0 = blockIdx.x * ATT_QUERIES;             // block query qq is group query q0 + qq
     const int nq = min(ATT_QUERIES, rows * group - q0);  // >= 1 by the grid's size
-    // Slots a query of this block can see end before n_keys (causal: the block's last row's).
-    const int n_keys = mask_bits ? past + rows : past + (q0 + nq - 1) / group + 1;
-    const int k_begin = chunk * ATT_CHUNK, k_end = min(n_keys, k_begin + ATT_CHUNK);
+    const AttKeys keys{mask_bits, key_pos, past, first_key, mask_width, chunk * ATT_CHUNK};
+    // The slots to walk, as two contiguous ranges: the chunk's own slots below first_key (causal:
+    // up to the last slot the block's last row sees), then, for a tree, the whole tree block,
+    // filtered by position (only chunks that reach first_key can hold a tree key).
+    const int pos_end = keys.pos_begin + ATT_CHUNK;
+    int range_begin[2], range_end[2];
+    range_begin[0] = keys.pos_begin;
+    if (mask_bits) {
+        range_end[0] = min(pos_end, first_key);
+        range_begin[1] = first_key;
+        range_end[1] = pos_end > first_key ? past + rows : first_key;
+    } else {
+        range_end[0] = min(pos_end, past + (q0 + nq - 1) / group + 1);
+        range_begin[1] = range_end[1] = 0;
+    }
 
     for (int idx = tid; idx < nq * d; idx += ATT_THREADS) {
         const int qq = idx / d, c = idx - qq * d, qi = q0 + qq;
@@ -78,57 +124,57 @@ extern "C" __global__ void attention_partial(float* part_acc, float* part_ml, co
 
     const float* kbase = k_cache + (size_t)kvh * capacity * d;  // slot t at kbase + t*d
     const float* vbase = v_cache + (size_t)kvh * capacity * d;
-    for (int t0 = k_begin; t0 < k_end; t0 += ATT_TILE) {
-        const int cnt = min(ATT_TILE, k_end - t0);
-        __syncthreads();  // q_s, m_s published; the previous tile's k_s / v_s / p_s no longer read
-        // The tile's cnt slots are contiguous in the cache: cnt*d floats from slot t0.
-        for (int idx = tid; idx < cnt * d; idx += ATT_THREADS) {
-            const int j = idx / d, c = idx - j * d;
-            k_s[j][c] = kbase[(size_t)t0 * d + idx];
-            v_s[j][c] = vbase[(size_t)t0 * d + idx];
-        }
-        __syncthreads();
-
-        // Warp w owns queries w, w + 4, …: lane j scores key j, then the warp updates the query's
-        // online softmax. Invisible slots (and padding) are -inf without reading their dot; while
-        // everything seen so far is masked (m_new = -inf) both p and alpha are 0, not NaN.
-        for (int qq = warp; qq < ATT_QUERIES; qq += warps) {
-            float s = -INFINITY;
-            if (qq < nq && lane < cnt) {
-                const int row = (q0 + qq) / group, t = t0 + lane;
-                const bool seen = mask_bits ? (t < first_key || mask_bits[(size_t)row * mask_width + (t - first_key)] != 0)
-                                            : t <= past + row;
-                if (seen) {
-                    float dot = 0.0f;
-                    for (int c = 0; c < d; ++c) dot = fmaf(q_s[qq][c], k_s[lane][c], dot);
-                    s = dot * scale;
-                }
-            }
-            const float m_old = m_s[qq];
-            const float m_new = fmaxf(m_old, warp_max(s));
-            const float p = s == -INFINITY ? 0.0f : expf(s - m_new);
-            const float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
-            const float psum = warp_sum(p);
-            p_s[qq][lane] = p;
-            __syncwarp();  // every lane has read m_s[qq] before lane 0 replaces it
-            if (lane == 0) {
-                m_s[qq] = m_new;
-                l_s[qq] = l_s[qq] * alpha + psum;
-                alpha_s[qq] = alpha;
-            }
-        }
-        __syncthreads();
-
-        if (tid < d) {
+    // Sweep 0: each query's largest visible score in the chunk (a max is the same in any order).
+    // Sweep 1: its weights e^(s − m), their sum and the weighted values, key by key in slot order.
+    for (int sweep = 0; sweep < 2; ++sweep) {
 #pragma unroll
-            for (int qq = 0; qq < ATT_QUERIES; ++qq) {
-                float a = acc[qq] * alpha_s[qq];
-                for (int j = 0; j < cnt; ++j) {
-                    const float pj = p_s[qq][j];
-                    // Like the CPU, a zero weight skips its value (a non-finite value there stays unread).
-                    if (pj != 0.0f) a = fmaf(pj, v_s[j][tid], a);
+        for (int range = 0; range < 2; ++range) {
+            for (int t0 = range_begin[range]; t0 < range_end[range]; t0 += ATT_TILE) {
+                const int cnt = min(ATT_TILE, range_end[range] - t0);
+                // q_s, m_s published; the previous tile's k_s / v_s / p_s no longer read.
+                __syncthreads();
+                // The tile's cnt slots are contiguous in the cache: cnt*d floats from slot t0.
+                for (int idx = tid; idx < cnt * d; idx += ATT_THREADS) {
+                    const int j = idx / d, c = idx - j * d;
+                    k_s[j][c] = kbase[(size_t)t0 * d + idx];
+                    if (sweep == 1) v_s[j][c] = vbase[(size_t)t0 * d + idx];
                 }
-                acc[qq] = a;
+                __syncthreads();
+
+                // Warp w owns queries w, w + 4, …; lane j scores key j of the tile. Only lane 0
+                // of the owning warp writes m_s[qq] and l_s[qq].
+                for (int qq = warp; qq < ATT_QUERIES; qq += warps) {
+                    const bool sees = qq < nq && lane < cnt && att_sees(keys, (q0 + qq) / group, t0 + lane);
+                    const float s = sees ? att_score(q_s[qq], k_s[lane], d, scale) : -INFINITY;
+                    if (sweep == 0) {
+                        const float m = warp_max(s);
+                        if (lane == 0) m_s[qq] = fmaxf(m_s[qq], m);
+                    } else {
+                        // A seen key makes m_s finite, so no (−inf) − (−inf) here.
+                        p_s[qq][lane] = sees ? expf(s - m_s[qq]) : 0.0f;
+                        __syncwarp();  // the whole tile's weights are written before lane 0 adds them
+                        if (lane == 0) {
+                            float l = l_s[qq];
+                            for (int j = 0; j < cnt; ++j) l += p_s[qq][j];
+                            l_s[qq] = l;
+                        }
+                    }
+                }
+                if (sweep == 0) continue;
+                __syncthreads();  // p_s complete
+
+                if (tid < d) {
+#pragma unroll
+                    for (int qq = 0; qq < ATT_QUERIES; ++qq) {
+                        float a = acc[qq];
+                        for (int j = 0; j < cnt; ++j) {
+                            const float pj = p_s[qq][j];
+                            // Like the CPU, a zero weight skips its value (a non-finite value there stays unread).
+                            if (pj != 0.0f) a = fmaf(pj, v_s[j][tid], a);
+                        }
+                        acc[qq] = a;
+                    }
+                }
             }
         }
     }

@@ -37,20 +37,24 @@ extern "C" __global__ void top_k_rows(unsigned int* out, const float* x, int row
     }
 }
 
-// The softmax weight of one logit, as src/sampling.rs `softmax` computes it in f64: NaN gets 0,
-// the maximum exactly 1 (so ±inf rows never make inf − inf), others exp((x − max)/t).
-__device__ __forceinline__ double softmax_weight(float x, float max, double t) {
-    if (isnan(x)) return 0.0;
-    if (x == max) return 1.0;
-    return exp(((double)x - (double)max) / t);
+// The softmax weight of one logit, as src/sampling.rs `weights` computes it: the maximum weighs
+// exactly 1 (so ±inf rows never make inf − inf), NaN and anything below e^−87 of the maximum 0,
+// the rest exp((x − max)·(1/t)) in f32. The CPU takes its exponentials from `vexp` (relative error
+// below 2.5e−7), this from `expf`: the weights differ by a few ulp.
+__device__ __forceinline__ float softmax_weight(float x, float max, float scale) {
+    if (x == max) return 1.0f;
+    const float arg = __fmul_rn(x - max, scale);
+    if (isnan(x) || arg < -87.0f) return 0.0f;
+    return expf(arg);
 }
 
-// Mirrors `Backend::sample_rows` on the CPU: `sampling::process` with a temperature only (f64
-// softmax, probabilities rounded to f32) then `sampling::sample` (inverse CDF over the positive
-// probabilities in f64, u scaled by their total, falling back to the last positive one). Row r is
-// drawn with uniforms[r]. Each thread owns a contiguous chunk of the row; thread 0 adds the chunk
-// sums in order, so the cumulative sums differ from the CPU's left-to-right ones only by
-// rounding (a draw can differ only when u falls within ~1e−16 of a boundary).
+// Mirrors `Backend::sample_rows` on the CPU: `sampling::process` with a temperature only (f32
+// weights, their f64 sum, probabilities w·(1/sum) rounded to f32) then `sampling::sample`
+// (inverse CDF over the positive probabilities in f64, u scaled by their total, falling back to
+// the last positive one). Row r is drawn with uniforms[r]. Each thread owns a contiguous chunk of
+// the row; thread 0 adds the chunk sums in order. The sums differ from the CPU's by rounding and
+// the weights by the exponentials' few ulp, so a draw can differ only when u falls within about
+// 1e−7 (relative) of a boundary between two tokens.
 // Launch: grid rows, block 256 (the chunk arrays below hold 256 entries).
 extern "C" __global__ void sample_rows(unsigned int* out, const float* logits, const double* uniforms, int rows,
                                        int width, float temperature) {
@@ -61,7 +65,7 @@ extern "C" __global__ void sample_rows(unsigned int* out, const float* logits, c
     const int r = blockIdx.x;
     if (r >= rows) return;
     const float* x = logits + (size_t)r * width;
-    const double t = (double)temperature;
+    const float scale = (float)(1.0 / (double)temperature);  // as the CPU's (1.0 / t) as f32
 
     float max = -INFINITY;
     for (int i = threadIdx.x; i < width; i += blockDim.x) max = fmaxf(max, x[i]);  // fmaxf skips NaN
@@ -70,7 +74,7 @@ extern "C" __global__ void sample_rows(unsigned int* out, const float* logits, c
     const int per = (width + blockDim.x - 1) / blockDim.x;
     const int lo = min(width, (int)threadIdx.x * per), hi = min(width, lo + per);
     double s = 0.0;
-    for (int i = lo; i < hi; ++i) s += softmax_weight(x[i], max, t);
+    for (int i = lo; i < hi; ++i) s += (double)softmax_weight(x[i], max, scale);
     chunk[threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -81,9 +85,9 @@ extern "C" __global__ void sample_rows(unsigned int* out, const float* logits, c
         last_positive = -1;
     }
     __syncthreads();
-    const double weight_sum = total;
+    const double weight_sum = total, inv = 1.0 / weight_sum;
     // p_i, as the f32 the CPU's `process` returns.
-#define PROB(i) (weight_sum > 0.0 ? (float)(softmax_weight(x[i], max, t) / weight_sum) : (float)(1.0 / (double)width))
+#define PROB(i) (weight_sum > 0.0 ? (float)((double)softmax_weight(x[i], max, scale) * inv) : 1.0f / (float)width)
 
     double mass = 0.0;
     for (int i = lo; i < hi; ++i) {

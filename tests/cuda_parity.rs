@@ -66,12 +66,27 @@ fn quantized(name: &str, n: usize, k: usize, dtype: DType, seed: u64) -> HostTen
     HostTensor { name: name.into(), dtype, shape: vec![n, k], bytes: Bytes::Owned(std::sync::Arc::new(data)) }
 }
 
-/// max |a − b| ≤ tol · max(1, max |b|).
+/// max |a − b| ≤ tol · max(1, max |b|), NaN exactly where the CPU has NaN.
 #[track_caller]
 fn close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
+    close_to_scale(what, gpu, cpu, tol, cpu.iter().fold(1.0f32, |m, v| m.max(v.abs())));
+}
+
+/// max |a − b| ≤ tol · max |b|: for outputs whose values are all far below 1 (gradients spread
+/// over a vocabulary), where `close`'s floor of 1 would make the tolerance absolute.
+#[track_caller]
+fn close_relative(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
+    close_to_scale(what, gpu, cpu, tol, cpu.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+}
+
+#[track_caller]
+fn close_to_scale(what: &str, gpu: &[f32], cpu: &[f32], tol: f32, scale: f32) {
     assert_eq!(gpu.len(), cpu.len(), "{what}: lengths differ");
-    let scale = cpu.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let worst = gpu.iter().zip(cpu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    if let Some(i) = gpu.iter().zip(cpu).position(|(a, b)| a.is_nan() != b.is_nan()) {
+        panic!("{what}: element {i} is {} on the GPU and {} on the CPU", gpu[i], cpu[i]);
+    }
+    // Both NaN counts as equal; `f32::max` would also drop a NaN difference, so none reaches it.
+    let worst = gpu.iter().zip(cpu).filter(|(a, _)| !a.is_nan()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst <= tol * scale, "{what}: max difference {worst:e} > {tol:e} × {scale}");
     eprintln!("{what}: max difference {worst:e} (scale {scale})");
 }
@@ -155,7 +170,9 @@ fn matmul_and_its_backward() {
             p.gpu.matmul_backward(&gx, &gdy, rows, &gw, Some(&mut gdx), want_dw.then_some(&mut gdw));
             p.cpu.matmul_backward(&cx, &cdy, rows, &cw, Some(&mut cdx), want_dw.then_some(&mut cdw));
             close(&format!("matmul dx {dtype:?} {rows}×{n}×{k}"), &p.down(&gdx), &cdx, tol);
-            close(&format!("matmul dw {dtype:?} {rows}×{n}×{k}"), &p.down(&gdw), &cdw, tol);
+            if want_dw {
+                close(&format!("matmul dw {dtype:?} {rows}×{n}×{k}"), &p.down(&gdw), &cdw, tol);
+            }
         }
     }
 }
@@ -296,7 +313,7 @@ fn losses_and_adamw() {
     let g_loss = p.gpu.soft_cross_entropy(&gl, &gt, &weights, &mut gd);
     let c_loss = p.cpu.soft_cross_entropy(&cl, &ct, &weights, &mut cd);
     close("soft_cross_entropy loss", &[g_loss], &[c_loss], F32_TOL);
-    close("soft_cross_entropy d_logits", &p.down(&gd), &cd, F32_TOL);
+    close_relative("soft_cross_entropy d_logits", &p.down(&gd), &cd, F32_TOL);
 
     let width = 576;
     let (pred, target) = (random(rows * width, 23), random(rows * width, 24));
@@ -306,7 +323,7 @@ fn losses_and_adamw() {
     let g_loss = p.gpu.smooth_l1(&gp, &gtg, &weights, &mut gdp);
     let c_loss = p.cpu.smooth_l1(&cp, &ctg, &weights, &mut cdp);
     close("smooth_l1 loss", &[g_loss], &[c_loss], F32_TOL);
-    close("smooth_l1 d_pred", &p.down(&gdp), &cdp, F32_TOL);
+    close_relative("smooth_l1 d_pred", &p.down(&gdp), &cdp, F32_TOL);
 
     let n = 1000;
     let hp = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 };
@@ -357,9 +374,10 @@ fn top_k_rows_pick_the_same_columns() {
     eprintln!("top_k_rows: identical indices");
 }
 
-/// Draws at a temperature: the same index for every uniform (the cumulative sums differ by
-/// rounding only, so a mismatch needs u within ~1e−16 of a boundary), including rows with ±inf
-/// and NaN and a row of equal logits.
+/// Draws at a temperature: the same index for every uniform (the weights differ by the
+/// exponentials' few ulp and the sums by rounding, so a mismatch needs u within about 1e−7,
+/// relative, of a boundary between two tokens: about one chance in 10⁴ over the test's draws),
+/// including rows with ±inf and NaN and a row of equal logits.
 #[test]
 fn sample_rows_draw_the_same_tokens() {
     let Some(p) = Pair::new() else { return };
@@ -391,6 +409,17 @@ fn kv_cache_and_attention_over_a_prefix_and_a_tree() {
     for (past, rows, mask_from) in [(40, 7, 0), (600, 26, 0), (0, 300, 0), (700, 1, 0), (290, 9, 5)] {
         attention_case(&p, past, rows, past - mask_from);
     }
+}
+
+/// A verified tree node's attention has the bits plain decoding gives the same token, with the
+/// tree block before, across and after a chunk edge (256 positions).
+#[test]
+fn tree_attention_rows_have_plain_decodings_bits() {
+    let Some(gpu) = gpu() else { return };
+    for past in [3, 250, 254, 256, 300, 1000] {
+        common::tree_attention::tree_rows_equal_plain_rows(&gpu, past).unwrap();
+    }
+    eprintln!("tree attention: every node's bits equal plain decoding's");
 }
 
 fn attention_case(p: &Pair, past: usize, rows: usize, first_key: usize) {
@@ -570,7 +599,7 @@ fn default_model_logits_and_greedy_generation() {
     assert_eq!(gt, ct, "greedy generation differs between the GPU and the CPU");
 }
 
-/// The model in `dir` on both backends: top-1 of the prompt's logits agrees at ≥ 98% of positions
+/// The model in `dir` on both backends: top-1 of the prompt's logits agrees at all but one position in 50 (rounded up)
 /// and the logits are within the bf16 tolerance; returns 64 greedy tokens from each (GPU, CPU).
 fn compare_models(dir: &std::path::Path, gpu: CudaBackend, prompt: &[u32], what: &str) -> (Vec<u32>, Vec<u32>) {
     let g = Llama::load(dir, gpu).unwrap();
@@ -581,7 +610,8 @@ fn compare_models(dir: &std::path::Path, gpu: CudaBackend, prompt: &[u32], what:
     let argmax = |r: &[f32]| clover_engine::sampling::argmax(r);
     let same = gl.chunks(vocab).zip(cl.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
     eprintln!("{what}: top-1 equal at {same} of {} positions", prompt.len());
-    assert!(same * 100 >= prompt.len() * 98, "{what}: top-1 agreement below 98%");
+    // One position in 50 may differ, rounded up: a prompt of 35–48 tokens may have one near-tie.
+    assert!(prompt.len() - same <= prompt.len().div_ceil(50), "{what}: top-1 differs at more than 2% of positions");
     close(&format!("{what} logits"), &gl, &cl, 5e-2);
     let cfg = GenerationConfig {
         max_new_tokens: 64,
@@ -632,7 +662,7 @@ fn smollm2_shaped(layers: usize) -> serde_json::Value {
 
 /// The default model's shapes with random bf16 weights, written where the test runs: a GPU machine
 /// without the default model (or a network to fetch it) still checks a whole 30-layer forward.
-/// Top-1 agrees at ≥ 98% of positions and the logits within the bf16 tolerance; how many greedy
+/// Top-1 agrees at all but one position in 50 and the logits within the bf16 tolerance; how many greedy
 /// tokens agree is printed (random weights make near-ties that bf16 inputs may flip).
 #[test]
 fn smollm2_shaped_random_model_logits() {

@@ -83,3 +83,12 @@ fn compaction_after_accepting_a_path_equals_plain_decoding() {
         }
     }
 }
+
+/// A verified tree node's attention has the bits plain decoding gives the same token, with the
+/// tree block before, across and after a 256-slot boundary (the CUDA kernel's chunks).
+#[test]
+fn tree_attention_rows_have_plain_decodings_bits() {
+    for past in [3, 250, 254, 256, 300] {
+        common::tree_attention::tree_rows_equal_plain_rows(&CpuBackend, past).unwrap();
+    }
+}

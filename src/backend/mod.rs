@@ -82,6 +82,13 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// The most rows a `matmul` may have and still give every row the bits it gets alone (`None`:
+    /// any number). Tree verification stays within it, so that speculative greedy output equals
+    /// plain greedy output.
+    fn row_exact_matmul_rows(&self) -> Option<usize> {
+        None
+    }
+
     /// Makes a weight usable by the device. The CPU backend keeps memory-mapped bytes in place.
     fn weight(&self, tensor: HostTensor) -> Result<Self::Weight>;
     fn zeros(&self, len: usize) -> Self::Buf;

@@ -247,6 +247,15 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
             head.max_depth()
         )));
     }
+    if let Some(limit) = model.backend.row_exact_matmul_rows().filter(|&limit| tree.max_nodes() > limit) {
+        return Err(Error::input(format!(
+            "the tree verifies up to {} nodes a step, but {} multiplies at most {limit} rows with the bits \
+             each row gets alone (beyond that speculative output could differ from plain decoding): \
+             use a smaller tree or --tree-budget",
+            tree.max_nodes(),
+            model.backend.name()
+        )));
+    }
     if tree.max_nodes() <= 1 {
         // Nothing to draft (`--tree-budget auto` chose plain decoding): decode plainly, without the
         // head's update, which would cost time and change nothing.

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+pub mod tree_attention;
+
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::draft::DraftHead;
 use clover_engine::model::{Llama, LogitRows};
@@ -52,7 +54,11 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn temp_dir(name: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}", std::process::id()));
+    // CLOVER_TEST_TMPDIR: test binaries carried to another machine (tools/gpu-check.sh), where the
+    // build's target folder, compiled into them, may not exist or be writable.
+    let root = std::env::var_os("CLOVER_TEST_TMPDIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
+    let dir = root.join(format!("{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir

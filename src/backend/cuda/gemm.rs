@@ -126,7 +126,7 @@ fn with_weight(
 /// Products of at most this many rows go through `gemv_rows` (a 64-node tree verifies 64 rows);
 /// longer ones (prefill of longer prompts, training) through cuBLAS. Plain and speculative
 /// decoding prefill a prompt with the same call, so only the per-step products need the rule.
-const GEMV_MAX_ROWS: usize = 64;
+pub const GEMV_MAX_ROWS: usize = 64;
 
 /// Weight rows per block of `gemv_rows_*`: its GEMV_WARPS (8) warps of GEMV_COLS (4) rows each.
 const GEMV_COLS_PER_BLOCK: usize = 32;

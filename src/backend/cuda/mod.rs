@@ -10,6 +10,7 @@
 mod device;
 mod gemm;
 mod reused;
+mod tree_keys;
 mod weight;
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -21,12 +22,14 @@ use crate::weights::HostTensor;
 use device::Device;
 pub use device::{built_with_kernels, check as check_device};
 use reused::Reused;
+use tree_keys::{tree_key_positions, ATT_CHUNK};
 pub use weight::CudaWeight;
 use weight::WeightData;
 
 pub struct CudaBackend {
     dev: Device,
     tree_mask: Reused<u8>,
+    tree_key_pos: Reused<i32>,
     kv_moves: Reused<i32>,
 }
 
@@ -34,7 +37,12 @@ impl CudaBackend {
     /// GPU `ordinal` (`cuda:N`), or an error naming what is missing: kernels in this build, the
     /// driver or cuBLAS library, the device.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Device::open(ordinal)?, tree_mask: Reused::new(), kv_moves: Reused::new() })
+        Ok(CudaBackend {
+            dev: Device::open(ordinal)?,
+            tree_mask: Reused::new(),
+            tree_key_pos: Reused::new(),
+            kv_moves: Reused::new(),
+        })
     }
 
     /// Waits until every op issued so far has run (for timing; `download` waits by itself).
@@ -126,6 +134,10 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         format!("cuda:{}", self.dev.ordinal)
+    }
+
+    fn row_exact_matmul_rows(&self) -> Option<usize> {
+        Some(gemm::GEMV_MAX_ROWS)
     }
 
     fn weight(&self, tensor: HostTensor) -> Result<CudaWeight> {
@@ -387,6 +399,7 @@ impl Backend for CudaBackend {
     }
 
     fn kv_write(&self, cache: &mut CudaSlice<f32>, layout: KvLayout, new: &CudaSlice<f32>, rows: usize, start: usize) {
+        assert!(start + rows <= layout.capacity, "kv_write past the cache capacity");
         let (r, s) = (int(rows), int(start));
         let (h, cap, d) = (int(layout.n_kv_heads), int(layout.capacity), int(layout.head_dim));
         launch!(&self.dev, "kv_write", grid(rows, layout.n_kv_heads, 128); cache, new, &r, &s, &h, &cap, &d);
@@ -447,12 +460,26 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) {
         assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
+        // As the CPU backend (which panics on these too): the kernel would read out of bounds.
+        assert!(
+            past + rows <= layout.capacity,
+            "CUDA attention: {past} + {rows} rows beyond the cache's {}",
+            layout.capacity
+        );
+        assert!(
+            shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
+            "CUDA attention: {} query heads in groups of {} KV heads",
+            shape.n_heads,
+            shape.n_kv_heads
+        );
+        if rows == 0 {
+            return;
+        }
         let _range = nvtx::Range::new(c"attention");
-        // attention.cu: ATT_CHUNK cache slots and ATT_QUERIES queries per block of the first pass.
-        const CHUNK: usize = 256;
+        // attention.cu: ATT_CHUNK positions and ATT_QUERIES queries per block of the first pass.
         const QUERIES: usize = 16;
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let n_chunks = (past + rows).div_ceil(CHUNK);
+        let n_chunks = (past + rows).div_ceil(ATT_CHUNK);
         let group = shape.n_heads / shape.n_kv_heads;
         let queries = rows * shape.n_heads;
         // SAFETY: attention_partial writes every (query, chunk) slot of both before the combine
@@ -473,14 +500,16 @@ impl Backend for CudaBackend {
             AttnMask::Causal => {
                 let (null, first, width) = (0u64, 0i32, 0i32);
                 launch!(&self.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
-                    &null, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &width, &nc);
+                    &null, &null, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &width, &nc);
             }
             AttnMask::Tree { bits, first_key } => {
                 let width = past + rows - first_key;
-                let bits = self.tree_mask.get(&self.dev.stream, &bits[..rows * width]);
+                let bits = &bits[..rows * width];
+                let key_pos = self.tree_key_pos.get(&self.dev.stream, &tree_key_positions(bits, rows, past, first_key));
+                let bits = self.tree_mask.get(&self.dev.stream, bits);
                 let (first, w) = (int(first_key), int(width));
                 launch!(&self.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
-                    &*bits, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w, &nc);
+                    &*bits, &*key_pos, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w, &nc);
             }
         }
         launch!(&self.dev, "attention_combine", grid(rows, shape.n_heads, 128); out, &part_acc, &part_ml, &h, &d, &nc);
@@ -497,6 +526,11 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) {
         let _range = nvtx::Range::new(c"clover cell");
+        assert!(
+            n_heads > 0 && cell.gain.cols.is_multiple_of(n_heads),
+            "Clover cell: width {} in {n_heads} heads",
+            cell.gain.cols
+        );
         let p = self.cell_projections(cell, eps, x, y, rows);
         let (r, hid, heads) = (int(rows), int(cell.gain.cols), int(n_heads));
         launch!(&self.dev, "clover_combine", grid(rows, n_heads, 128); out, x, &p.q, &p.k, &p.v, &r, &hid, &heads, &eps);
@@ -516,6 +550,11 @@ impl Backend for CudaBackend {
         grads: &mut CloverCellParams<CudaSlice<f32>>,
     ) {
         let _range = nvtx::Range::new(c"clover cell backward");
+        assert!(
+            n_heads > 0 && cell.gain.cols.is_multiple_of(n_heads),
+            "Clover cell: width {} in {n_heads} heads",
+            cell.gain.cols
+        );
         let h = cell.gain.cols;
         let p = self.cell_projections(cell, eps, x, y, rows);
         let (mut dq, mut dk, mut dv) = (self.alloc(rows * h), self.alloc(rows * h), self.alloc(rows * h));

@@ -93,6 +93,29 @@ fn a_tree_of_the_root_alone_decodes_plainly() {
     assert_eq!(stats.draft_secs, 0.0, "the head ran");
 }
 
+/// Near the end of the context no tree fits any more: the last tokens come from plain steps, so
+/// the output still ends where plain decoding's does (it once stopped at the last tree that fit).
+#[test]
+fn output_ends_where_plain_decodings_does_at_the_end_of_the_context() {
+    let dir = common::temp_dir("lossless-context-end");
+    let mut config = tiny_llama_config(96);
+    config["max_position_embeddings"] = 40.into();
+    write_random_model(&dir, &config, 12).unwrap();
+    let model = Llama::load(&dir, CpuBackend).unwrap();
+    let cfg = greedy(64);
+    for (name, tree) in tree_kinds() {
+        // Prompts of 4–30 tokens: the first tree fits after some, not after others (26 nodes).
+        for (p, len) in [4u32, 9, 14, 20, 30].into_iter().enumerate() {
+            let prompt: Vec<u32> = (0..len).map(|i| (p as u32 * 13 + i * 29) % 96).collect();
+            let mut head = oracle::OracleHead::new(prompt[0], NOISE, p as u64);
+            let (plain, _) = generate_plain(&model, &prompt, &cfg, |_| {}).unwrap();
+            assert_eq!(plain.len(), 40 - prompt.len() + 1, "plain decoding fills the context");
+            let (spec, _) = generate_speculative(&model, &mut head, &tree, &prompt, &cfg, |_| {}).unwrap();
+            assert_eq!(spec, plain, "tree {name}, prompt of {len} tokens");
+        }
+    }
+}
+
 /// Noise on the oracle logits: enough to make it wrong at some depths of most steps.
 const NOISE: f32 = 20.0;
 

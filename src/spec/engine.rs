@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::draft::DraftHead;
 use crate::error::{Error, Result};
-use crate::model::{Llama, LogitRows, Logits};
+use crate::model::{KvCache, Llama, LogitRows, Logits};
 use crate::nvtx;
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
@@ -289,6 +289,7 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
     let mut first_row = Some(head.begin(model, &prefill, &rows, &next)?);
     stats.draft_secs += t0.elapsed().as_secs_f64() - stats.base.prefill_secs;
 
+    let mut finished = false;
     while cache.len() + tree.max_nodes() <= cache.capacity() {
         let t = Instant::now();
         let row = first_row.take().expect("the head drafts after every step that goes on");
@@ -353,12 +354,56 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
             total_secs: t.elapsed().as_secs_f64(),
         });
         if done {
+            finished = true;
             break;
         }
+    }
+    if !finished {
+        let plain_capacity = context_for(model.config.max_position_embeddings, prompt.len(), cfg.max_new_tokens, 0)?;
+        plain_tail(model, &mut cache, plain_capacity, root, cfg, &mut rng, &mut out, &mut stats, &mut on_tokens)?;
     }
     stats.base.decode_secs = t1.elapsed().as_secs_f64();
     stats.base.new_tokens = out.len();
     Ok((out, stats))
+}
+
+/// Plain steps once no tree fits the context any more, until plain decoding would stop too (its
+/// cache of `plain_capacity` full, `max_new_tokens`, a stop token): near the end of the context the
+/// output still ends where plain decoding's does. `root` is the last committed token, not yet in
+/// the cache.
+#[allow(clippy::too_many_arguments)]
+fn plain_tail<B: Backend>(
+    model: &Llama<B>,
+    cache: &mut KvCache<B>,
+    plain_capacity: usize,
+    mut root: u32,
+    cfg: &GenerationConfig,
+    rng: &mut Rng,
+    out: &mut Vec<u32>,
+    stats: &mut SpecStats,
+    on_tokens: &mut impl FnMut(&[u32]),
+) -> Result<()> {
+    while out.len() < cfg.max_new_tokens && cache.len() < plain_capacity.min(cache.capacity()) {
+        let t = Instant::now();
+        let logits = nvtx::scoped(c"verify", || {
+            model.prefill(cache, &[root], LogitRows::None).map(|o| model.last_logits(&o.postnorm, 1))
+        })?;
+        let t_verify = t.elapsed().as_secs_f64();
+        root = nvtx::scoped(c"accept", || pick(model, &logits, &cfg.sampling, rng));
+        out.push(root);
+        on_tokens(&[root]);
+        let t_accept = t.elapsed().as_secs_f64() - t_verify;
+        stats.accepted_hist[0] += 1;
+        stats.base.steps += 1;
+        stats.verify_secs += t_verify;
+        stats.accept_secs += t_accept;
+        let total_secs = t.elapsed().as_secs_f64();
+        stats.base.step_log.push(StepRecord { committed: 1, draft_secs: 0.0, verify_secs: t_verify, accept_secs: t_accept, total_secs });
+        if cfg.stop_ids.contains(&root) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Greedy longest match at T = 0; at T > 0 the static tree's multi-round rejection sampler or,

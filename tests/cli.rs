@@ -203,3 +203,27 @@ fn device_option_is_checked() {
         assert_clean_error(&o, &["CUDA backend"]);
     }
 }
+
+/// Out-of-range option values are refused by name before any model loads, negative numbers
+/// included (clap would call `-1` an unexpected argument), on every command that takes them.
+#[test]
+fn option_values_out_of_range_are_named() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["generate", "--chat", "hi", "--temperature", "-1"], "--temperature -1: expected a finite number ≥ 0"),
+        (&["generate", "--chat", "hi", "--temperature", "nan"], "--temperature NaN"),
+        (&["eval", "--bench", "q.jsonl", "--out", "a.jsonl", "--temperature", "inf"], "--temperature inf"),
+        (&["bench", "--temperature", "-0.5"], "--temperature -0.5"),
+        (&["generate", "--chat", "hi", "--top-p", "1.5"], "--top-p 1.5: expected a value in (0, 1]"),
+        (&["generate", "--chat", "hi", "--max-new-tokens", "0"], "--max-new-tokens 0: expected at least 1"),
+        (&["bench", "--steps", "0"], "--steps 0"),
+        (
+            &["generate", "--chat", "hi", "--draft", "eagle", "--draft-model", "h", "--tree-top-p", "2"],
+            "--tree-top-p 2",
+        ),
+        (&["generate", "--chat", "hi", "--seed", "-1"], "invalid value '-1' for '--seed <SEED>'"),
+    ];
+    for (args, message) in cases {
+        let o = engine(args);
+        assert_clean_error(&o, &[message]);
+    }
+}

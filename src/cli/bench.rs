@@ -19,6 +19,7 @@ use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::auto_budget::{verify_latency_ms, BudgetPlan, TreeFamily};
 use clover_engine::spec::engine::GenerationConfig;
 
+use super::checks;
 use super::generate::{stop_ids, TreeArgs};
 
 #[derive(Args)]
@@ -102,9 +103,9 @@ impl Drop for TempDir {
 const SYNTHETIC_PROMPT_TOKENS: usize = 64;
 
 pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
-    if a.temperature < 0.0 || a.num_prompts == 0 || a.steps == 0 {
-        return Err(Error::input("--temperature must be ≥ 0, --num-prompts and --steps ≥ 1"));
-    }
+    checks::temperature(a.temperature)?;
+    checks::at_least_one("--num-prompts", a.num_prompts)?;
+    checks::at_least_one("--steps", a.steps)?;
     let drafts = parse_drafts(&a.drafts, &a.tree)?;
     a.tree.tree_spec()?; // a bad --tree fails before the model loads
                          // The tokenizer of --model (or the default model) makes the prompts. Random weights need no
@@ -215,7 +216,7 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         "model: {weights}  on {}  prompts: {n} from {prompts_from}  tokens per prompt: ≤ {}  tree: {}  temperature: {}",
         model.backend.name(),
         a.steps,
-        a.tree.tree,
+        a.tree.tree_name(),
         a.temperature
     );
     print!("{}", report.table());
@@ -238,7 +239,7 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
             device: model.backend.name(),
             prompts: n,
             max_new_tokens: a.steps,
-            tree: &a.tree.tree,
+            tree: a.tree.tree_name(),
             temperature: a.temperature,
             methods: &report.methods,
             budget_plans: plans.into_iter().filter_map(|(label, plan)| Some((label, plan?))).collect(),
@@ -289,7 +290,7 @@ fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
                     setting.split_once('=').ok_or_else(|| bad(format!("`{setting}` is not key=value")))?;
                 let t = method.tree.get_or_insert_with(|| tree.clone());
                 match key {
-                    "tree" => t.tree = value.to_string(),
+                    "tree" => t.tree = Some(value.to_string()),
                     "budget" => t.tree_budget = value.to_string(),
                     "top_p" => t.tree_top_p = value.parse().map_err(|_| bad(format!("top_p `{value}`")))?,
                     "ratio" => t.tree_ratio = value.parse().map_err(|_| bad(format!("ratio `{value}`")))?,

@@ -4,7 +4,7 @@ use clap::Args;
 
 use clover_engine::backend::Backend;
 use clover_engine::draft::load_head_opts;
-use clover_engine::error::{Error, Result};
+use clover_engine::error::Result;
 use clover_engine::eval::answers::Answer;
 use clover_engine::eval::decoder::Decoder;
 use clover_engine::eval::harness::EvalRun;
@@ -13,6 +13,7 @@ use clover_engine::model::{Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::engine::GenerationConfig;
 
+use super::checks;
 use super::generate::{stop_ids, SpecArgs};
 
 #[derive(Args)]
@@ -58,8 +59,12 @@ pub struct EvalArgs {
 }
 
 pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
-    if a.temperature < 0.0 || a.max_new_tokens == 0 || a.max_turns == Some(0) || a.per_category == Some(0) {
-        return Err(Error::input("--temperature must be ≥ 0, --max-new-tokens, --max-turns and --per-category ≥ 1"));
+    checks::temperature(a.temperature)?;
+    checks::at_least_one("--max-new-tokens", a.max_new_tokens)?;
+    a.max_turns.map_or(Ok(()), |n| checks::at_least_one("--max-turns", n))?;
+    a.per_category.map_or(Ok(()), |n| checks::at_least_one("--per-category", n))?;
+    if a.spec.draft.is_some() {
+        a.spec.tree.tree_spec()?; // a bad --tree fails before the model loads
     }
     let mut questions = select(read_questions(&a.bench)?, a.question_begin, a.question_end, &a.bench)?;
     if let Some(n) = a.per_category {

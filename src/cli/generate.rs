@@ -17,6 +17,7 @@ use clover_engine::spec::engine::{generate_plain, generate_speculative, Generati
 use clover_engine::spec::saved_plan::{self, PlanKey};
 use clover_engine::spec::tree::{CloverTreeParams, StaticTree};
 
+use super::checks;
 use super::stream::TextStream;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,9 +95,10 @@ impl SpecArgs {
 #[derive(Args, Clone)]
 pub struct TreeArgs {
     /// mc_sim_7b_63 (static, 26 tokens), a JSON file of rank paths, clover (dynamic top-p tree)
-    /// or eagle2 (dynamic, cumulative confidence).
-    #[arg(long, default_value = "mc_sim_7b_63")]
-    pub tree: String,
+    /// or eagle2 (dynamic, cumulative confidence) [default: mc_sim_7b_63; with --tree-budget auto,
+    /// eagle2]
+    #[arg(long)]
+    pub tree: Option<String>,
     /// Draft nodes per step for the dynamic trees (root excluded), or `auto` (eagle2 tree): time
     /// verification on this machine, calibrate the head on a few built-in chat prompts, and take
     /// the budget with the highest expected tokens/s, or plain decoding when that is expected to
@@ -118,6 +120,11 @@ pub struct TreeArgs {
 }
 
 impl TreeArgs {
+    /// The tree named, or the default: `--tree-budget auto` plans with eagle2.
+    pub fn tree_name(&self) -> &str {
+        self.tree.as_deref().unwrap_or(if self.tree_budget == "auto" { "eagle2" } else { "mc_sim_7b_63" })
+    }
+
     /// The budget given, or None for `auto`.
     fn budget(&self) -> Result<Option<usize>> {
         if self.tree_budget == "auto" {
@@ -133,32 +140,27 @@ impl TreeArgs {
     /// (`resolve` then picks the budget).
     pub fn tree_spec(&self) -> Result<TreeSpec> {
         let budget = self.budget()?;
-        if budget.is_none() && self.tree != "eagle2" {
+        // Checked here, before anything is generated (the clover tree itself checks them only when
+        // it first grows); the other trees do not use them, but a value out of range is a mistake
+        // whichever tree it comes with.
+        checks::top_p("--tree-top-p", self.tree_top_p)?;
+        checks::require((0.0..=1.0).contains(&self.tree_ratio), "--tree-ratio", self.tree_ratio, "a value in [0, 1]")?;
+        if budget.is_none() && self.tree_name() != "eagle2" {
             return Err(Error::input(format!(
                 "--tree-budget auto plans with --tree eagle2 (greedy: the EAGLE-2 tree's budget; when \
                  sampling: a static tree drawn by sampling); --tree {} is not eagle2",
-                self.tree
+                self.tree_name()
             )));
         }
         let budget = budget.unwrap_or(MAX_AUTO_BUDGET);
-        match self.tree.as_str() {
+        match self.tree_name() {
             "mc_sim_7b_63" => Ok(TreeSpec::Static(StaticTree::mc_sim_7b_63())),
-            "clover" => {
-                // Checked here, before anything is generated (the tree itself checks it only
-                // when it first grows).
-                if !(self.tree_top_p > 0.0 && self.tree_top_p <= 1.0) {
-                    return Err(Error::input(format!("--tree-top-p {}: expected a value in (0, 1]", self.tree_top_p)));
-                }
-                if !(0.0..=1.0).contains(&self.tree_ratio) {
-                    return Err(Error::input(format!("--tree-ratio {}: expected a value in [0, 1]", self.tree_ratio)));
-                }
-                Ok(TreeSpec::Clover(CloverTreeParams {
-                    budget,
-                    top_p: self.tree_top_p,
-                    ratio: self.tree_ratio,
-                    ..CloverTreeParams::default()
-                }))
-            }
+            "clover" => Ok(TreeSpec::Clover(CloverTreeParams {
+                budget,
+                top_p: self.tree_top_p,
+                ratio: self.tree_ratio,
+                ..CloverTreeParams::default()
+            })),
             "eagle2" => Ok(TreeSpec::Eagle2(eagle2_tree(budget))),
             file if file.ends_with(".json") => Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?)),
             other => {
@@ -280,8 +282,11 @@ pub struct GenerateArgs {
 }
 
 pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
-    if a.temperature < 0.0 || !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        return Err(Error::input("--temperature must be ≥ 0 and --top-p in (0, 1]"));
+    checks::temperature(a.temperature)?;
+    checks::top_p("--top-p", a.top_p)?;
+    checks::at_least_one("--max-new-tokens", a.max_new_tokens)?;
+    if a.spec.draft.is_some() {
+        a.spec.tree.tree_spec()?; // a bad --tree fails before the model loads
     }
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, backend)?;
@@ -302,7 +307,7 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
             if let Some(report) = report {
                 eprint!("{report}");
             }
-            if a.spec.tree.tree == "mc_sim_7b_63" && model.backend.name().starts_with("cpu") {
+            if a.spec.tree.tree_name() == "mc_sim_7b_63" && model.backend.name().starts_with("cpu") {
                 // The papers' default tree is sized for a GPU, where verifying 26 tokens costs
                 // about one step; measured on this project's CPUs it runs at 0.4–0.6× plain decoding.
                 eprintln!(

@@ -1,6 +1,7 @@
 //! Subcommands. Each file parses nothing itself: clap does, and the library does the work.
 
 mod bench;
+mod checks;
 mod distill;
 mod draft_vocab;
 mod eval;
@@ -15,7 +16,7 @@ mod stream;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use clover_engine::backend::cuda::{check_device, CudaBackend};
 use clover_engine::error::{Error, Result};
@@ -123,6 +124,21 @@ enum Command {
     Metrics(metrics::MetricsArgs),
     /// Per-step latency of plain decoding and draft heads, interleaved in one process.
     Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// The command line, parsed. Every option that takes a value also takes a negative number
+    /// (`--temperature -1`), so that the option's own check says what is wrong with it, where clap
+    /// would call `-1` an unexpected argument.
+    pub fn parse_args() -> Cli {
+        let matches = negative_numbers_allowed(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+fn negative_numbers_allowed(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a })
+        .mut_subcommands(negative_numbers_allowed)
 }
 
 /// Runs the command on a thread of its own worker pool (`--threads`, default one per core).

@@ -398,7 +398,13 @@ fn plain_tail<B: Backend>(
         stats.verify_secs += t_verify;
         stats.accept_secs += t_accept;
         let total_secs = t.elapsed().as_secs_f64();
-        stats.base.step_log.push(StepRecord { committed: 1, draft_secs: 0.0, verify_secs: t_verify, accept_secs: t_accept, total_secs });
+        stats.base.step_log.push(StepRecord {
+            committed: 1,
+            draft_secs: 0.0,
+            verify_secs: t_verify,
+            accept_secs: t_accept,
+            total_secs,
+        });
         if cfg.stop_ids.contains(&root) {
             break;
         }

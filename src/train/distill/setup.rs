@@ -154,8 +154,14 @@ pub(super) fn resolve_run(
         if run.draft_vocab == Some(0) {
             return Err(Error::input("--draft-vocab must be at least 1"));
         }
-        if run.batch_tokens == 0 || run.max_len < 2 || run.schedule.lr.is_nan() || run.schedule.lr <= 0.0 {
-            return Err(Error::input("--batch-tokens must be at least 1, --max-len at least 2 and --lr positive"));
+        if run.batch_tokens == 0 {
+            return Err(Error::input("--batch-tokens 0: expected at least 1"));
+        }
+        if run.max_len < 2 {
+            return Err(Error::input(format!("--max-len {}: expected at least 2", run.max_len)));
+        }
+        if !(run.schedule.lr.is_finite() && run.schedule.lr > 0.0) {
+            return Err(Error::input(format!("--lr {}: expected a positive number", run.schedule.lr)));
         }
         return Ok(run);
     };

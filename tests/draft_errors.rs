@@ -48,6 +48,38 @@ fn base_model_given_as_a_head_is_named_so() {
     assert!(err.contains("base model") && err.contains("not a draft head"), "{err}");
 }
 
+/// A config that counts fewer layers than the weights hold is refused, base model and heads
+/// alike, where the missing layers would otherwise be dropped silently.
+#[test]
+fn configs_that_count_fewer_layers_than_the_weights_are_refused() {
+    let base = tiny_base("base-layers", 32, 64);
+    let config_path = base.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    let clover_dir = base.join("clover2");
+    init_head(DraftKind::Clover2, &base, &clover_dir, 0).unwrap();
+    let head_config = clover_dir.join("config.json");
+    let mut head: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&head_config).unwrap()).unwrap();
+    head["clover"]["num_layers"] = 1.into();
+    std::fs::write(&head_config, head.to_string()).unwrap();
+    let err = clover_engine::draft::clover2::Clover2Head::load(&clover_dir, &model).err().expect("refused").to_string();
+    assert!(err.contains("clover.num_layers") && err.contains("layers.1."), "{err}");
+
+    let eagle_dir = base.join("eagle");
+    init_head(DraftKind::Eagle, &base, &eagle_dir, 0).unwrap();
+    let head_config = eagle_dir.join("config.json");
+    let mut head: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&head_config).unwrap()).unwrap();
+    head["num_hidden_layers"] = 3.into();
+    std::fs::write(&head_config, head.to_string()).unwrap();
+    let err = EagleHead::load(&eagle_dir, &model).err().expect("refused").to_string();
+    assert!(err.contains("num_hidden_layers") && err.contains("one decoder layer"), "{err}");
+
+    config["num_hidden_layers"] = 1.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = Llama::load(&base, CpuBackend).err().expect("refused").to_string();
+    assert!(err.contains("model.layers.1.") && err.contains("num_hidden_layers 1"), "{err}");
+}
+
 #[test]
 fn head_with_a_wrong_tensor_shape_is_refused() {
     let base = tiny_base("base-shape", 32, 64);

@@ -271,7 +271,8 @@ fn bench_per_method_settings_and_auto_budget() {
     assert_eq!(report["verify_ms_by_nodes"].as_array().unwrap().len(), 5);
     assert!(stdout.contains("verify latency by tree size"), "{stdout}");
 
-    let o = engine(&[&args[..], &["--drafts", "eagle:init:budget=auto"]].concat());
+    // auto plans with the eagle2 tree (its default when no tree is named): a static tree is refused.
+    let o = engine(&[&args[..], &["--drafts", "eagle:init:tree=mc_sim_7b_63:budget=auto"]].concat());
     assert_clean_error(&o, &["--tree-budget auto", "eagle2"]);
     let o = engine(&[&args[..], &["--drafts", "eagle:init:vocab=0"]].concat());
     assert_clean_error(&o, &["vocab=0"]);

@@ -25,7 +25,9 @@
 use std::path::Path;
 
 use crate::backend::{AttnMask, Backend, CloverCellParams, KvLayout};
-use crate::draft::config::{check_compatible, declared_kind, read_json, refuse_base_model, CloverConfig};
+use crate::draft::config::{
+    check_compatible, declared_kind, read_json, refuse_base_model, refuse_unused_layers, CloverConfig,
+};
 use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
@@ -102,7 +104,10 @@ impl<B: Backend> Clover2Head<B> {
         let files = SafetensorsFiles::open_dir(dir)?;
         refuse_base_model(&files, dir)?;
         let clover = CloverConfig::from_json(&json, &config_path)?;
-        Self::from_files(config, clover, &files, base)
+        let layers = clover.num_layers;
+        let head = Self::from_files(config, clover, &files, base)?;
+        refuse_unused_layers(&files, &config_path, "clover.num_layers", layers)?;
+        Ok(head)
     }
 
     pub fn from_files(

@@ -128,3 +128,16 @@ pub fn refuse_base_model(files: &SafetensorsFiles, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// After a head has loaded: a `layers.N.*` tensor it did not take means the config counts fewer
+/// layers (`field`) than the weights hold, and the head would run without them.
+pub fn refuse_unused_layers(files: &SafetensorsFiles, config_path: &Path, field: &str, loaded: usize) -> Result<()> {
+    match files.unused().into_iter().find(|n| n.starts_with("layers.")) {
+        Some(name) => Err(Error::format(
+            config_path,
+            field,
+            format!("{loaded} layers, but the weights also hold {name}: the config does not describe these weights"),
+        )),
+        None => Ok(()),
+    }
+}

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::backend::{AttnMask, Backend, KvLayout};
-use crate::draft::config::{check_compatible, declared_kind, read_json, refuse_base_model};
+use crate::draft::config::{check_compatible, declared_kind, read_json, refuse_base_model, refuse_unused_layers};
 use crate::draft::vocab::DraftLmHead;
 use crate::draft::{split_columns, DraftHead, DraftKind};
 use crate::error::{Error, Result};
@@ -56,7 +56,16 @@ impl<B: Backend> EagleHead<B> {
         check_compatible(&config, &base.config, &config_path)?;
         let files = SafetensorsFiles::open_dir(dir)?;
         refuse_base_model(&files, dir)?;
-        Self::from_files(config, &files, base)
+        if config.num_layers != 1 {
+            return Err(Error::format(
+                &config_path,
+                "num_hidden_layers",
+                format!("{}: an EAGLE-1 head has one decoder layer", config.num_layers),
+            ));
+        }
+        let head = Self::from_files(config, &files, base)?;
+        refuse_unused_layers(&files, &config_path, "num_hidden_layers", 1)?;
+        Ok(head)
     }
 
     pub fn from_files(config: ModelConfig, files: &SafetensorsFiles, base: &Llama<B>) -> Result<Self> {

@@ -78,6 +78,32 @@ fn check(a: &Answer) -> std::result::Result<(), String> {
     if c.wall_time.iter().any(|t| !t.is_finite() || *t < 0.0) || c.wall_time.iter().sum::<f64>() <= 0.0 {
         return Err("`wall_time` must be finite, non-negative and not all zero".into());
     }
+    for (t, (steps, &tokens)) in c.accept_lengths.iter().flatten().zip(&c.new_tokens).enumerate() {
+        check_steps(steps, tokens).map_err(|e| format!("turn {}: {e}", t + 1))?;
+    }
+    Ok(())
+}
+
+/// A turn's `accept_lengths` against its `new_tokens`: the first token comes from the prompt's
+/// forward, every step commits at least one, and only the last step may be cut short (by the
+/// token limit or a stop token), so the last step kept between 1 and all of its tokens.
+fn check_steps(steps: &[usize], new_tokens: usize) -> std::result::Result<(), String> {
+    if steps.contains(&0) {
+        return Err("an `accept_lengths` entry is 0 (a step commits at least one token)".into());
+    }
+    let Some((&last, before)) = steps.split_last() else {
+        return match new_tokens {
+            0 | 1 => Ok(()),
+            _ => Err(format!("no steps in `accept_lengths` but {new_tokens} `new_tokens`")),
+        };
+    };
+    let kept_last = new_tokens as i64 - 1 - before.iter().sum::<usize>() as i64;
+    if kept_last < 1 || kept_last > last as i64 {
+        return Err(format!(
+            "`accept_lengths` (sum {}) do not add up to {new_tokens} `new_tokens` (the first token, then each step's)",
+            steps.iter().sum::<usize>()
+        ));
+    }
     Ok(())
 }
 
@@ -95,4 +121,20 @@ pub fn append_answer(path: &Path, answer: &Answer) -> Result<()> {
     serde_json::to_writer(&mut bytes, answer).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     bytes.push(b'\n');
     write_atomically(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_steps;
+
+    #[test]
+    fn accept_lengths_must_add_up_to_the_new_tokens() {
+        // 1 + 3 + 1 + 2 = 7 tokens; a last step cut to 1 of its 2 tokens makes 6.
+        assert!(check_steps(&[3, 1, 2], 7).is_ok());
+        assert!(check_steps(&[3, 1, 2], 6).is_ok());
+        assert!(check_steps(&[], 1).is_ok());
+        for (steps, tokens) in [(&[3, 1, 2][..], 8), (&[3, 1, 2], 5), (&[3, 0, 2], 6), (&[], 4)] {
+            assert!(check_steps(steps, tokens).is_err(), "{steps:?} for {tokens} tokens");
+        }
+    }
 }

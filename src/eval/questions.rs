@@ -37,9 +37,19 @@ fn checked(records: Vec<(usize, Question)>, path: &Path) -> Result<Vec<Question>
         return Err(Error::input(format!("{}: no questions", path.display())));
     }
     let mut questions = Vec::with_capacity(records.len());
+    // Answers are keyed by question_id (a resumed run skips the ids it has): two questions with
+    // one id would both be answered under it, and the second skipped on resume.
+    let mut first_line = std::collections::HashMap::new();
     for (line, q) in records {
         if q.turns.is_empty() {
             return Err(jsonl::line_error(path, line, format!("question {} has no turns", q.question_id)));
+        }
+        if let Some(first) = first_line.insert(q.question_id, line) {
+            return Err(jsonl::line_error(
+                path,
+                line,
+                format!("question_id {} again (first on line {first})", q.question_id),
+            ));
         }
         questions.push(q);
     }
@@ -95,6 +105,14 @@ mod tests {
         let (mt_bench, rest) = (count(mt_bench), count(rest));
         assert!(mt_bench.len() == 8 && mt_bench.values().all(|&n| n == 10), "{mt_bench:?}");
         assert!(rest.len() == 5 && rest.values().all(|&n| n == 80), "{rest:?}");
+    }
+
+    #[test]
+    fn a_repeated_question_id_is_refused_with_both_lines() {
+        let q = |id: u64| Question { question_id: id, category: "c".into(), turns: vec!["t".into()] };
+        let err = checked(vec![(1, q(81)), (2, q(82)), (3, q(81))], Path::new("q.jsonl")).unwrap_err().to_string();
+        assert!(err.contains("q.jsonl") && err.contains("question_id 81 again (first on line 1)"), "{err}");
+        assert!(checked(vec![(1, q(81)), (2, q(82))], Path::new("q.jsonl")).is_ok());
     }
 
     #[test]

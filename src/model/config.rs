@@ -52,7 +52,7 @@ impl ModelConfig {
     }
 
     pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
-        let f = Fields { json, path: path.to_path_buf() };
+        let f = Fields { json, path: path.to_path_buf(), prefix: "" };
         let model_type = f.str("model_type")?;
         let architecture = match model_type.as_str() {
             "llama" => Architecture::Llama,
@@ -82,6 +82,38 @@ impl ModelConfig {
             Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
             Some(v) => vec![v.as_u64().ok_or_else(|| Error::format(path, "eos_token_id", "not an integer"))? as u32],
         };
+        // What the engine runs is fixed; a config asking for something else is refused rather
+        // than run as if it had not asked.
+        if let Some(act) = json.get("hidden_act").filter(|v| !v.is_null()) {
+            if act.as_str() != Some("silu") {
+                return Err(Error::format(path, "hidden_act", format!("{act} is not supported (silu)")));
+            }
+        }
+        if json.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
+            return Err(Error::format(path, "mlp_bias", "MLP biases are not supported"));
+        }
+        let rms_norm_eps = f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
+        let rope_theta = f.opt_f64("rope_theta")?.unwrap_or(10000.0);
+        for (field, value) in [("rms_norm_eps", rms_norm_eps), ("rope_theta", rope_theta)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(Error::format(path, field, format!("{value}: expected a positive number")));
+            }
+        }
+        let vocab_size = f.usize("vocab_size")?;
+        let bos_token_id = f.opt_usize("bos_token_id")?.map(|v| v as u32);
+        let special = bos_token_id
+            .iter()
+            .map(|&id| ("bos_token_id", id))
+            .chain(eos_token_ids.iter().map(|&id| ("eos_token_id", id)));
+        for (field, id) in special {
+            if id as usize >= vocab_size {
+                return Err(Error::format(
+                    path,
+                    field,
+                    format!("token {id} is outside the vocabulary of {vocab_size}"),
+                ));
+            }
+        }
         Ok(ModelConfig {
             architecture,
             hidden_size,
@@ -90,15 +122,15 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
-            rope_theta: f.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            rms_norm_eps: rms_norm_eps as f32,
+            rope_theta,
             rope_scaling: rope_scaling(json, path)?,
             max_position_embeddings: f.usize("max_position_embeddings")?,
-            vocab_size: f.usize("vocab_size")?,
+            vocab_size,
             tie_word_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias: architecture == Architecture::Qwen2
                 || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
-            bos_token_id: f.opt_usize("bos_token_id")?.map(|v| v as u32),
+            bos_token_id,
             eos_token_ids,
         })
     }
@@ -155,7 +187,7 @@ fn rope_scaling(json: &Value, path: &Path) -> Result<Option<Llama3RopeScaling>> 
     let Some(scaling) = json.get("rope_scaling").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    let f = Fields { json: scaling, path: path.to_path_buf() };
+    let f = Fields { json: scaling, path: path.to_path_buf(), prefix: "rope_scaling." };
     let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("");
     if kind != "llama3" {
         return Err(Error::format(path, "rope_scaling.rope_type", format!("`{kind}` is not supported (llama3)")));
@@ -171,25 +203,30 @@ fn rope_scaling(json: &Value, path: &Path) -> Result<Option<Llama3RopeScaling>> 
 struct Fields<'a> {
     json: &'a Value,
     path: PathBuf,
+    /// Where `json` sits in the file, for the field names of errors (`rope_scaling.`).
+    prefix: &'static str,
 }
 
 impl Fields<'_> {
+    fn error(&self, key: &str, msg: &str) -> Error {
+        Error::format(&self.path, format!("{}{key}", self.prefix), msg)
+    }
+
     fn missing(&self, key: &str) -> Error {
-        Error::format(&self.path, key, "required field is missing")
+        self.error(key, "required field is missing")
     }
 
     fn str(&self, key: &str) -> Result<String> {
         let v = self.json.get(key).ok_or_else(|| self.missing(key))?;
-        v.as_str().map(str::to_string).ok_or_else(|| Error::format(&self.path, key, "not a string"))
+        v.as_str().map(str::to_string).ok_or_else(|| self.error(key, "not a string"))
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|v| Some(v as usize))
-                .ok_or_else(|| Error::format(&self.path, key, "not a non-negative integer")),
+            Some(v) => {
+                v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| self.error(key, "not a non-negative integer"))
+            }
         }
     }
 
@@ -200,7 +237,7 @@ impl Fields<'_> {
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::format(&self.path, key, "not a number")),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.error(key, "not a number")),
         }
     }
 
@@ -239,6 +276,30 @@ mod tests {
         j["model_type"] = "gpt2".into();
         let err = ModelConfig::from_json(&j, Path::new("c")).unwrap_err().to_string();
         assert!(err.contains("model_type") && err.contains("gpt2"));
+    }
+
+    /// Settings the engine cannot honour are refused by name, not run as if absent.
+    #[test]
+    fn unsupported_or_impossible_values_are_named() {
+        let cases: [(&str, Value, &str); 7] = [
+            ("hidden_act", "gelu".into(), "hidden_act"),
+            ("mlp_bias", true.into(), "mlp_bias"),
+            ("rms_norm_eps", (-1.0).into(), "rms_norm_eps"),
+            ("rope_theta", 0.0.into(), "rope_theta"),
+            ("eos_token_id", 100.into(), "eos_token_id"),
+            ("bos_token_id", 999.into(), "bos_token_id"),
+            ("rope_scaling", serde_json::json!({"rope_type": "llama3"}), "rope_scaling.factor"),
+        ];
+        for (key, value, field) in cases {
+            let mut j = base();
+            j[key] = value;
+            let err = ModelConfig::from_json(&j, Path::new("c")).unwrap_err().to_string();
+            assert!(err.contains(&format!("field `{field}`")), "{key}: {err}");
+        }
+        let mut j = base();
+        j["hidden_act"] = "silu".into();
+        j["mlp_bias"] = false.into();
+        assert!(ModelConfig::from_json(&j, Path::new("c")).is_ok());
     }
 
     #[test]

@@ -81,6 +81,26 @@ impl<B: Backend> Llama<B> {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        // Everything under `model.` is the model's own (some checkpoints also store RoPE's
+        // `inv_freq` buffers, which the engine computes): a tensor left over means the config
+        // describes another model than the weights, which would otherwise run silently wrong.
+        let unused: Vec<&str> = files
+            .unused()
+            .into_iter()
+            .filter(|n| n.starts_with("model.") && !n.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if let Some(first) = unused.first() {
+            return Err(Error::format(
+                files.first_path(),
+                *first,
+                format!(
+                    "not used by the config ({} tensors are not; num_hidden_layers {}, attention/MLP biases \
+                     not supported beyond q/k/v): the config does not describe these weights",
+                    unused.len(),
+                    c.num_layers
+                ),
+            ));
+        }
         let rope = Rope { inv_freq: config.rope_inv_freq() };
         Ok(Llama { config, backend, embed, layers, norm, lm_head, rope, weight_bytes })
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::draft::vocab::DraftVocab;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::train::distill::HELDOUT_FRACTION;
 use crate::train::shards::ShardReader;
 
@@ -29,6 +29,12 @@ pub fn count_assistant_tokens(reader: &ShardReader, records: &[usize], vocab_siz
 /// with the share of training and held-out assistant tokens they cover recorded in the list's
 /// metadata.
 pub fn build_draft_vocab<P: AsRef<Path>>(data: &[P], vocab_size: usize, size: usize) -> Result<DraftVocab> {
+    if size > vocab_size {
+        return Err(Error::input(format!(
+            "a draft vocabulary of {size} tokens: the model's vocabulary has {vocab_size} (give at most that, \
+             or leave the option out for the full vocabulary)"
+        )));
+    }
     let reader = ShardReader::open_all(data)?;
     let split = reader.split(HELDOUT_FRACTION);
     let counts = count_assistant_tokens(&reader, &split.train, vocab_size);

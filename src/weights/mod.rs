@@ -5,6 +5,7 @@ pub mod gguf_import;
 mod gguf_tokenizer;
 pub mod quant;
 pub mod safetensors;
+mod safetensors_header;
 
 use std::sync::Arc;
 

@@ -1,10 +1,10 @@
 //! Memory-mapped safetensors: one `model.safetensors`, or shards listed by
 //! `model.safetensors.index.json`. Tensors stay in the file's dtype and in the page cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensorError, SafeTensors};
@@ -24,6 +24,8 @@ pub struct SafetensorsFiles {
     paths: Vec<PathBuf>,
     maps: Vec<Arc<Mmap>>,
     entries: HashMap<String, Entry>,
+    /// Names `get` has handed out, for `unused`.
+    taken: Mutex<HashSet<String>>,
 }
 
 impl SafetensorsFiles {
@@ -45,7 +47,12 @@ impl SafetensorsFiles {
     }
 
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
-        let mut files = SafetensorsFiles { paths: Vec::new(), maps: Vec::new(), entries: HashMap::new() };
+        let mut files = SafetensorsFiles {
+            paths: Vec::new(),
+            maps: Vec::new(),
+            entries: HashMap::new(),
+            taken: Mutex::new(HashSet::new()),
+        };
         for path in paths {
             files.add_file(path)?;
         }
@@ -57,8 +64,16 @@ impl SafetensorsFiles {
         // SAFETY: the file is opened read-only; like every mmap-based loader we assume nobody
         // truncates model files while the engine runs.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| Error::format(path, "header", header_problem(&e)))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| match e {
+            // The crate does not say which tensor (or names the one after a gap): find it.
+            SafeTensorError::TensorInvalidInfo | SafeTensorError::InvalidOffset(_) => {
+                match super::safetensors_header::locate_problem(&map) {
+                    Some((name, why)) => Error::format(path, name, why),
+                    None => Error::format(path, "header", header_problem(&e)),
+                }
+            }
+            _ => Error::format(path, "header", header_problem(&e)),
+        })?;
         let data_start = 8 + header_len;
         let file_index = self.maps.len();
         let quantized = quantized_tensors(path, meta.metadata())?;
@@ -102,11 +117,25 @@ impl SafetensorsFiles {
         self.entries.keys().map(String::as_str)
     }
 
+    /// The tensors `get` has not handed out, sorted: after a model has loaded, weights its
+    /// config does not describe (a layer beyond `num_hidden_layers`, a bias it does not use).
+    pub fn unused(&self) -> Vec<&str> {
+        let taken = self.taken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut unused: Vec<&str> = self.names().filter(|n| !taken.contains(*n)).collect();
+        unused.sort_unstable();
+        unused
+    }
+
+    /// The first file (the one errors about the set as a whole name).
+    pub fn first_path(&self) -> &Path {
+        self.paths.first().map(PathBuf::as_path).unwrap_or(Path::new("model.safetensors"))
+    }
+
     /// The tensor `name`, checked against the expected shape. Misaligned data (legal in
     /// safetensors, rare in practice) is copied so typed views stay sound.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let where_ = self.paths.first().map(PathBuf::as_path).unwrap_or(Path::new("model.safetensors"));
-        let entry = self.entries.get(name).ok_or_else(|| Error::format(where_, name, "tensor is missing"))?;
+        let entry =
+            self.entries.get(name).ok_or_else(|| Error::format(self.first_path(), name, "tensor is missing"))?;
         let path = &self.paths[entry.file];
         if entry.shape != shape {
             return Err(Error::format(path, name, format!("shape {:?}, expected {:?}", entry.shape, shape)));
@@ -117,6 +146,7 @@ impl SafetensorsFiles {
         } else {
             Bytes::Owned(Arc::new(map[entry.start..entry.start + entry.len].to_vec()))
         };
+        self.taken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_string());
         Ok(HostTensor { name: name.to_string(), dtype: entry.dtype, shape: entry.shape.clone(), bytes })
     }
 }

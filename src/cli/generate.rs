@@ -162,7 +162,9 @@ impl TreeArgs {
                 ..CloverTreeParams::default()
             })),
             "eagle2" => Ok(TreeSpec::Eagle2(eagle2_tree(budget))),
-            file if file.ends_with(".json") => Ok(TreeSpec::Static(StaticTree::from_json_file(file, 10)?)),
+            file if file.ends_with(".json") => StaticTree::from_json_file(file, 10)
+                .map(TreeSpec::Static)
+                .map_err(|e| Error::input(format!("--tree {file}: {e}"))),
             other => {
                 Err(Error::input(format!("--tree {other}: expected mc_sim_7b_63, clover, eagle2 or a .json file")))
             }
@@ -316,9 +318,11 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
                      (README, \"Where speculation wins\")"
                 );
             }
-            let (_, stats) = generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| stream.push(ids))?;
+            let (out, stats) =
+                generate_speculative(&model, head.as_mut(), &tree, &prompt, &cfg, |ids| stream.push(ids))?;
             println!();
             print_speed(&stats.base);
+            note_context_end(&out, &cfg, &model, prompt.len());
             let per_depth: Vec<String> = stats.acceptance_per_depth().iter().map(|r| format!("{r:.2}")).collect();
             let steps = stats.base.steps.max(1) as f64;
             eprintln!(
@@ -331,9 +335,10 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
             );
         }
         _ => {
-            let (_, stats) = generate_plain(&model, &prompt, &cfg, |ids| stream.push(ids))?;
+            let (out, stats) = generate_plain(&model, &prompt, &cfg, |ids| stream.push(ids))?;
             println!();
             print_speed(&stats);
+            note_context_end(&out, &cfg, &model, prompt.len());
         }
     }
     Ok(())
@@ -347,6 +352,24 @@ fn print_speed(stats: &GenerationStats) {
         stats.prefill_tokens_per_sec(),
         stats.decode_tokens_per_sec()
     );
+}
+
+/// Says so when the output stopped short of `--max-new-tokens` without a stop token: the model's
+/// context (max_position_embeddings) was full.
+fn note_context_end<B: clover_engine::backend::Backend>(
+    out: &[u32],
+    cfg: &GenerationConfig,
+    model: &Llama<B>,
+    prompt: usize,
+) {
+    let stopped = out.last().is_some_and(|t| cfg.stop_ids.contains(t));
+    if out.len() < cfg.max_new_tokens && !stopped {
+        eprintln!(
+            "stopped after {} new tokens: the model's context of {} positions is full (the prompt has {prompt})",
+            out.len(),
+            model.config.max_position_embeddings
+        );
+    }
 }
 
 /// The config's EOS ids and the tokenizer's EOS token.

@@ -89,7 +89,7 @@ fn default_gpu() -> Option<CudaBackend> {
 #[derive(Parser)]
 #[command(name = "clover-engine", version, about = "Speculative decoding with Clover-2 and EAGLE-1 draft heads")]
 pub struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
+    /// Worker threads for the CPU backend (default, or 0: one per core).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Where the model runs: cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's
@@ -176,6 +176,9 @@ fn run_command(cli: Cli) -> Result<()> {
 /// `--model DIR`, or the default model from the setup script's cache.
 fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = arg {
+        if dir.is_file() {
+            return Err(Error::input(format!("--model {}: a file, not a model folder", dir.display())));
+        }
         if !dir.is_dir() {
             return Err(Error::input(format!("--model {}: no such folder", dir.display())));
         }

@@ -106,7 +106,8 @@ impl TextTokenizer {
     /// its own (it writes `bos_token` where the model wants one).
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
-            Error::format(&self.config_path, "chat_template", "the model has no chat template; use --prompt")
+            let why = if self.config_path.exists() { "the model has no chat template" } else { "the file is missing" };
+            Error::format(&self.config_path, "chat_template", format!("{why}; use --prompt for raw text"))
         })?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

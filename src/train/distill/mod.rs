@@ -115,8 +115,12 @@ impl DistillSummary {
 
 pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Result<DistillSummary> {
     let started = Instant::now();
-    if opts.steps == 0 || opts.eval_every == 0 || opts.eval_tokens == 0 {
-        return Err(Error::input("--steps, --eval-every and --eval-tokens must be at least 1"));
+    for (option, n) in
+        [("--steps", opts.steps), ("--eval-every", opts.eval_every), ("--eval-tokens", opts.eval_tokens as u64)]
+    {
+        if n == 0 {
+            return Err(Error::input(format!("{option} 0: expected at least 1")));
+        }
     }
     if opts.resume && opts.init.is_some() {
         return Err(Error::input("--init starts a new run; --resume continues the one in --out: give one of them"));
@@ -148,6 +152,13 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     }
     let resumed = find_checkpoint(opts)?;
     let run = resolve_run(opts, &reader.index, resumed.as_ref())?;
+    if let Some(n) = run.draft_vocab.filter(|&n| n > base.config.vocab_size) {
+        // Checked before anything is written to --out (the vocabulary itself is built later).
+        return Err(Error::input(format!(
+            "--draft-vocab {n}: more than the model's vocabulary of {} (leave it out for the full vocabulary)",
+            base.config.vocab_size
+        )));
+    }
     let b = &base.backend;
     let source = HeadSource::new(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()))?;
     // The checkpoint of a resumed run already holds the scaled start, trained on.
@@ -160,6 +171,13 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     let lr_factors = per_parameter("--lr-scale", &run.lr_scales, &head.params.specs)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
+    if state.step >= opts.steps {
+        eprintln!(
+            "note: the checkpoint is at step {} and --steps is {}: nothing to train (--steps counts the resumed \
+             run's earlier steps too; give a larger one to go on)",
+            state.step, opts.steps
+        );
+    }
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
     // Recounted from the data on resume too: same data (checked above), same split, same list.
     let draft_vocab = match run.draft_vocab {

@@ -66,27 +66,40 @@ fn quantized(name: &str, n: usize, k: usize, dtype: DType, seed: u64) -> HostTen
     HostTensor { name: name.into(), dtype, shape: vec![n, k], bytes: Bytes::Owned(std::sync::Arc::new(data)) }
 }
 
-/// max |a − b| ≤ tol · max(1, max |b|), NaN exactly where the CPU has NaN.
+/// max |a − b| ≤ tol · max(1, max |b|) over the finite values; NaN and ±inf exactly where the
+/// CPU has them.
 #[track_caller]
 fn close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
-    close_to_scale(what, gpu, cpu, tol, cpu.iter().fold(1.0f32, |m, v| m.max(v.abs())));
+    close_to_scale(what, gpu, cpu, tol, finite_max_abs(cpu).max(1.0));
 }
 
 /// max |a − b| ≤ tol · max |b|: for outputs whose values are all far below 1 (gradients spread
 /// over a vocabulary), where `close`'s floor of 1 would make the tolerance absolute.
 #[track_caller]
 fn close_relative(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
-    close_to_scale(what, gpu, cpu, tol, cpu.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+    close_to_scale(what, gpu, cpu, tol, finite_max_abs(cpu));
+}
+
+fn finite_max_abs(v: &[f32]) -> f32 {
+    v.iter().filter(|x| x.is_finite()).fold(0.0f32, |m, x| m.max(x.abs()))
 }
 
 #[track_caller]
 fn close_to_scale(what: &str, gpu: &[f32], cpu: &[f32], tol: f32, scale: f32) {
     assert_eq!(gpu.len(), cpu.len(), "{what}: lengths differ");
-    if let Some(i) = gpu.iter().zip(cpu).position(|(a, b)| a.is_nan() != b.is_nan()) {
+    // Non-finite values must match exactly (an inf in the scale would make every tolerance inf).
+    let same_kind = |a: f32, b: f32| {
+        if a.is_finite() && b.is_finite() {
+            true
+        } else {
+            a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan()
+        }
+    };
+    if let Some(i) = gpu.iter().zip(cpu).position(|(&a, &b)| !same_kind(a, b)) {
         panic!("{what}: element {i} is {} on the GPU and {} on the CPU", gpu[i], cpu[i]);
     }
-    // Both NaN counts as equal; `f32::max` would also drop a NaN difference, so none reaches it.
-    let worst = gpu.iter().zip(cpu).filter(|(a, _)| !a.is_nan()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    // `f32::max` would drop a NaN difference; none reaches it now.
+    let worst = gpu.iter().zip(cpu).filter(|(a, _)| a.is_finite()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst <= tol * scale, "{what}: max difference {worst:e} > {tol:e} × {scale}");
     eprintln!("{what}: max difference {worst:e} (scale {scale})");
 }

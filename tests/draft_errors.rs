@@ -73,6 +73,23 @@ fn configs_that_count_fewer_layers_than_the_weights_are_refused() {
     std::fs::write(&head_config, head.to_string()).unwrap();
     let err = EagleHead::load(&eagle_dir, &model).err().expect("refused").to_string();
     assert!(err.contains("num_hidden_layers") && err.contains("one decoder layer"), "{err}");
+    // One layer in the config, a second one in the weights.
+    head["num_hidden_layers"] = 1.into();
+    std::fs::write(&head_config, head.to_string()).unwrap();
+    let weights = eagle_dir.join("model.safetensors");
+    let files = clover_engine::weights::safetensors::SafetensorsFiles::open(std::slice::from_ref(&weights)).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = files
+        .names()
+        .map(|n| {
+            let t = files.get(n, files.shape(n).unwrap()).unwrap();
+            (n.to_string(), t.shape.clone(), t.to_f32())
+        })
+        .collect();
+    drop(files);
+    tensors.push(("layers.1.input_layernorm.weight".into(), vec![32], vec![1.0; 32]));
+    clover_engine::weights::write_f32_safetensors(&weights, &tensors).unwrap();
+    let err = EagleHead::load(&eagle_dir, &model).err().expect("refused").to_string();
+    assert!(err.contains("num_hidden_layers") && err.contains("layers.1.input_layernorm.weight"), "{err}");
 
     config["num_hidden_layers"] = 1.into();
     std::fs::write(&config_path, config.to_string()).unwrap();

@@ -85,7 +85,8 @@ impl ModelConfig {
         // What the engine runs is fixed; a config asking for something else is refused rather
         // than run as if it had not asked.
         if let Some(act) = json.get("hidden_act").filter(|v| !v.is_null()) {
-            if act.as_str() != Some("silu") {
+            // swish is silu under another name.
+            if !matches!(act.as_str(), Some("silu" | "swish")) {
                 return Err(Error::format(path, "hidden_act", format!("{act} is not supported (silu)")));
             }
         }

@@ -91,11 +91,11 @@ impl<B: Backend> Llama<B> {
             .collect();
         if let Some(first) = unused.first() {
             return Err(Error::format(
-                files.first_path(),
+                files.path_of(first).unwrap_or(files.first_path()),
                 *first,
                 format!(
-                    "not used by the config ({} tensors are not; num_hidden_layers {}, attention/MLP biases \
-                     not supported beyond q/k/v): the config does not describe these weights",
+                    "not used by the config ({} tensors are not; it has num_hidden_layers {}, q/k/v biases only \
+                     with attention_bias: true, no MLP or output biases): the config does not describe these weights",
                     unused.len(),
                     c.num_layers
                 ),

@@ -248,10 +248,13 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
         )));
     }
     if let Some(limit) = model.backend.row_exact_matmul_rows().filter(|&limit| tree.max_nodes() > limit) {
+        let fix = match tree {
+            TreeSpec::Static(_) => "a static tree of fewer nodes",
+            _ => "a smaller --tree-budget",
+        };
         return Err(Error::input(format!(
             "the tree verifies up to {} nodes a step, but {} multiplies at most {limit} rows with the bits \
-             each row gets alone (beyond that speculative output could differ from plain decoding): \
-             use a smaller tree or --tree-budget",
+             each row gets alone (beyond that speculative output could differ from plain decoding): use {fix}",
             tree.max_nodes(),
             model.backend.name()
         )));

@@ -126,6 +126,11 @@ impl SafetensorsFiles {
         unused
     }
 
+    /// The file that holds `name`.
+    pub fn path_of(&self, name: &str) -> Option<&Path> {
+        self.entries.get(name).map(|e| self.paths[e.file].as_path())
+    }
+
     /// The first file (the one errors about the set as a whole name).
     pub fn first_path(&self) -> &Path {
         self.paths.first().map(PathBuf::as_path).unwrap_or(Path::new("model.safetensors"))

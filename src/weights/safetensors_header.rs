@@ -17,9 +17,10 @@ pub fn locate_problem(file: &[u8]) -> Option<(String, String)> {
         if end > data_len || begin > end {
             return Some((name.clone(), format!("data offsets {begin}..{end} outside the {data_len} data bytes")));
         }
-        let numel = entry.get("shape")?.as_array()?.iter().map(Value::as_u64).product::<Option<u64>>()?;
+        // Checked products: this runs on headers already known to be wrong, shapes included.
+        let numel = entry.get("shape")?.as_array()?.iter().try_fold(1u64, |n, d| n.checked_mul(d.as_u64()?))?;
         if let Some(size) = entry.get("dtype").and_then(Value::as_str).and_then(dtype_bytes) {
-            if numel * size != (end - begin) as u64 {
+            if numel.checked_mul(size) != Some((end - begin) as u64) {
                 return Some((
                     name.clone(),
                     format!(

@@ -213,7 +213,7 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         None => base_dir.display().to_string(),
     };
     println!(
-        "model: {weights}  on {}  prompts: {n} from {prompts_from}  tokens per prompt: ≤ {}  tree: {}  temperature: {}",
+        "model: {weights}  on {}  prompts: {n} from {prompts_from}  tokens per prompt: ≤ {}  default tree: {}  temperature: {}",
         model.backend.name(),
         a.steps,
         a.tree.tree_name(),

@@ -158,6 +158,18 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn run_command(cli: Cli) -> Result<()> {
     let device = || Device::parse(cli.device.as_deref());
+    let runs_no_model = match &cli.command {
+        Command::ImportGguf(_) => Some("import-gguf"),
+        Command::InitHead(_) => Some("init-head"),
+        Command::Metrics(_) => Some("metrics"),
+        Command::ExportHead(_) => Some("export-head"),
+        Command::DraftVocab(_) => Some("draft-vocab"),
+        _ => None,
+    };
+    if let (Some(command), Some(device)) = (runs_no_model, &cli.device) {
+        // Said rather than ignored: someone asking for a device expects the command to use it.
+        return Err(Error::input(format!("--device {device}: {command} runs no model, on any device")));
+    }
     match cli.command {
         Command::ImportGguf(a) => import::run(a),
         Command::Generate(a) => with_backend!(device()?, b => generate::run(a, b)),

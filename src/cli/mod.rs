@@ -150,6 +150,11 @@ fn negative_numbers_allowed(cmd: clap::Command) -> clap::Command {
 pub fn run(cli: Cli) -> Result<()> {
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = cli.threads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if n > cores {
+            // Allowed (a benchmark may want it), but more workers than cores slow every step down.
+            eprintln!("note: --threads {n} on {cores} cores: the workers will take turns, slower than {cores}");
+        }
         pool = pool.num_threads(n);
     }
     let pool = pool.build().map_err(|e| Error::input(format!("--threads: {e}")))?;

@@ -146,6 +146,20 @@ fn cli_errors_name_the_file_and_field() {
         &["index.json", "hidden_size", "48", "another base model"],
     );
     fails_with(&args.iter().copied().chain(["--resume"]).collect::<Vec<_>>(), &["--resume", "no checkpoint"]);
+    // Data made with a larger vocabulary (another tokenizer): named, not an out-of-range read.
+    let narrow = root.join("narrow-vocab-model");
+    let mut config = clover_engine::model::random::tiny_llama_config(VOCAB / 2);
+    config["hidden_size"] = 32.into();
+    clover_engine::model::random::write_random_model(&narrow, &config, 7).unwrap();
+    fails_with(
+        &["distill", "--model", &s(&narrow), "--data", &s(&data), "--head", "eagle", "--out", &s(&out)],
+        &["index.json", "input_ids", "another tokenizer"],
+    );
+    let twice = format!("{},{}", s(&data), s(&data));
+    fails_with(
+        &["distill", "--model", &s(&model), "--data", &twice, "--head", "eagle", "--out", &s(&out)],
+        &["--data", "twice"],
+    );
     assert!(!out.join("model.safetensors").exists(), "a failed run writes no head");
 
     // A short run through the command line reports its speed and where the time went.

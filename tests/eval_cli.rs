@@ -113,6 +113,10 @@ fn eval_answers_resumes_and_matches_across_methods() {
     let o = run(&[], &plain);
     assert_eq!(std::fs::read(&plain).unwrap(), before, "a resumed run rewrote finished answers");
     assert!(stderr(&o).contains("0 new answers"), "{}", stderr(&o));
+    // Resuming with other settings would mix two runs in one file: refused, both named.
+    let other = ["eval", "--model", s(&model), "--bench", s(&q), "--out", s(&plain), "--max-new-tokens", "7"];
+    common::assert_clean_error(&engine(&other), &["plain.jsonl", "max_new_tokens 6", "max_new_tokens 7"]);
+    assert_eq!(std::fs::read(&plain).unwrap(), before, "a refused run touched the answers");
 
     let head = dir.join("head");
     let o = engine(&["init-head", "--kind", "eagle", "--model", s(&model), "--out", s(&head)]);

@@ -201,7 +201,8 @@ fn resumed_run_is_byte_identical_and_records_hold_the_models_features() {
 
     // Other parameters into the same folder: refused before anything is written.
     let err = gen_data(&GenDataOptions { max_len: 40, ..opts }, CpuBackend).err().expect("plan mismatch");
-    assert!(err.to_string().contains("index.json") && err.to_string().contains("other parameters"), "{err}");
+    let err = err.to_string();
+    assert!(err.contains("index.json") && err.contains("field `max_len`") && err.contains("with 40"), "{err}");
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub struct DistillArgs {
     /// Weigh the regression (SmoothL1) and distribution (soft cross-entropy) losses VLOSS and
     /// PLOSS before each head's decay, instead of the spec's (Clover-2 10,1; EAGLE-1 1,0.1).
     /// A resumed run keeps them.
-    #[arg(long, value_name = "VLOSS,PLOSS", value_delimiter = ',')]
+    #[arg(long, value_name = "VLOSS,PLOSS", value_delimiter = ',', allow_hyphen_values = true)]
     loss_weights: Option<Vec<f32>>,
 }
 

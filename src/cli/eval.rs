@@ -96,7 +96,15 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     };
     let model_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let model_id = a.model_id.unwrap_or_else(|| format!("{model_name}-{}", decoder.name()));
-    let mut run = EvalRun { model: &model, tokenizer: &tokenizer, decoder, cfg, model_id, warmup: a.warmup };
+    let settings = format!(
+        "temperature {}, max_new_tokens {}, seed {}, max_turns {}, {}",
+        a.temperature,
+        a.max_new_tokens,
+        a.seed,
+        a.max_turns.map_or("all".to_string(), |n| n.to_string()),
+        decoder.describe()
+    );
+    let mut run = EvalRun { model: &model, tokenizer: &tokenizer, decoder, cfg, model_id, settings, warmup: a.warmup };
     let total = questions.len();
     let mut written = 0;
     run.run(&questions, &a.out, |answer| {

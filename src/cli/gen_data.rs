@@ -82,5 +82,12 @@ pub fn run<B: Backend + 'static>(a: GenDataArgs, backend: B) -> Result<()> {
         );
     }
     println!("data in {}", opts.out.display());
+    if i.masked_tokens == 0 {
+        eprintln!(
+            "warning: no assistant token within --max-len {} (every reply was cut off): distill has nothing to learn \
+             from this data; give a larger --max-len",
+            i.max_len
+        );
+    }
     Ok(())
 }

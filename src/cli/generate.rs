@@ -264,7 +264,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     chat: Option<String>,
     /// System message for --chat (default: the template's own).
-    #[arg(long, requires = "chat")]
+    // `requires = "chat"` is not enforced when --prompt satisfies the input group: a conflict is.
+    #[arg(long, requires = "chat", conflicts_with = "prompt")]
     system: Option<String>,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,

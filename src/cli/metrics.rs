@@ -29,6 +29,17 @@ pub fn run(a: MetricsArgs) -> Result<()> {
     if answers.is_empty() {
         return Err(Error::input(format!("{}: no answers", a.answers.display())));
     }
+    let mut methods: Vec<&str> = answers.iter().map(|x| x.model_id.as_str()).collect();
+    methods.sort_unstable();
+    methods.dedup();
+    if methods.len() > 1 {
+        eprintln!(
+            "warning: {} holds the answers of {} model_ids ({}): the figures below average them together",
+            a.answers.display(),
+            methods.len(),
+            methods.join(", ")
+        );
+    }
     let baseline = a.baseline.as_deref().map(read_answers).transpose()?;
     let m = compute(&answers, baseline.as_deref());
     print!("{}", m.table());

@@ -14,12 +14,19 @@ use crate::fsutil::write_atomically;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub question_id: u64,
+    /// Absent from EAGLE's own answer files (its MT-bench scripts write none): one category,
+    /// `mt_bench`, the only benchmark they answer.
+    #[serde(default = "unnamed_category")]
     pub category: String,
     /// Absent from some older reference files; nothing is computed from it.
     #[serde(default)]
     pub answer_id: String,
     #[serde(default)]
     pub model_id: String,
+    /// The generation settings that produced it (this engine's answers only): a resumed run
+    /// refuses to add answers made with other settings to the same file.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settings: String,
     pub choices: Vec<Choice>,
     /// Unix time in seconds when the answer was finished.
     #[serde(default)]
@@ -61,6 +68,10 @@ pub fn read_answers(path: &Path) -> Result<Vec<Answer>> {
         answers.push(a);
     }
     Ok(answers)
+}
+
+fn unnamed_category() -> String {
+    "mt_bench".into()
 }
 
 fn check(a: &Answer) -> std::result::Result<(), String> {

@@ -33,6 +33,18 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
+    /// The method with the settings that shape its output and τ: head, draft vocabulary, tree.
+    pub fn describe(&self) -> String {
+        let Decoder::Speculative { head, tree } = self else { return "plain decoding".into() };
+        let vocab = head.draft_vocab().map_or("full".to_string(), |ids| ids.len().to_string());
+        let tree = match tree {
+            TreeSpec::Static(_) => format!("static tree of {} nodes, depth {}", tree.max_nodes(), tree.max_depth()),
+            TreeSpec::Clover(p) => format!("clover tree, budget {}, top-p {}, ratio {}", p.budget, p.top_p, p.ratio),
+            TreeSpec::Eagle2(p) => format!("eagle2 tree, budget {}", p.total_tokens.saturating_sub(1)),
+        };
+        format!("{} head, draft vocabulary {vocab}, {tree}", head.kind().name())
+    }
+
     pub fn decode(&mut self, model: &Llama<B>, prompt: &[u32], cfg: &GenerationConfig) -> Result<Decoded> {
         let t = Instant::now();
         let (ids, stats) = match self {

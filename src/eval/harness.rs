@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::answers::{append_answer, read_answers, Answer, Choice};
 use crate::eval::decoder::Decoder;
 use crate::eval::questions::Question;
@@ -21,6 +21,8 @@ pub struct EvalRun<'a, B: Backend> {
     /// `seed` is the run's seed; each turn derives its own from it (`turn_seed`).
     pub cfg: GenerationConfig,
     pub model_id: String,
+    /// `Answer::settings` of this run's answers.
+    pub settings: String,
     /// Untimed runs of the first question before any answer is recorded.
     pub warmup: usize,
 }
@@ -28,8 +30,25 @@ pub struct EvalRun<'a, B: Backend> {
 impl<B: Backend> EvalRun<'_, B> {
     /// Answers every question not already in `out`; `on_answer` sees each new answer.
     pub fn run(&mut self, questions: &[Question], out: &Path, mut on_answer: impl FnMut(&Answer)) -> Result<()> {
-        let done: HashSet<u64> =
-            if out.exists() { read_answers(out)?.iter().map(|a| a.question_id).collect() } else { HashSet::new() };
+        let existing = if out.exists() { read_answers(out)? } else { Vec::new() };
+        // One file, one method and one set of settings: metrics would average them together.
+        // (Answers without settings come from elsewhere or from before they were recorded.)
+        if let Some(a) = existing
+            .iter()
+            .find(|a| a.model_id != self.model_id || !a.settings.is_empty() && a.settings != self.settings)
+        {
+            return Err(Error::input(format!(
+                "{}: question {} was answered as `{}` ({}); this run answers as `{}` ({}): give another --out, \
+                 or the same model, method and settings to resume",
+                out.display(),
+                a.question_id,
+                a.model_id,
+                if a.settings.is_empty() { "settings not recorded" } else { &a.settings },
+                self.model_id,
+                self.settings
+            )));
+        }
+        let done: HashSet<u64> = existing.iter().map(|a| a.question_id).collect();
         let todo: Vec<&Question> = questions.iter().filter(|q| !done.contains(&q.question_id)).collect();
         if todo.is_empty() {
             return Ok(());
@@ -80,6 +99,7 @@ impl<B: Backend> EvalRun<'_, B> {
             category: q.category.clone(),
             answer_id: answer_id(q.question_id),
             model_id: self.model_id.clone(),
+            settings: self.settings.clone(),
             choices: vec![choice],
             tstamp: unix_time(),
         })

@@ -107,7 +107,11 @@ impl TextTokenizer {
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             let why = if self.config_path.exists() { "the model has no chat template" } else { "the file is missing" };
-            Error::format(&self.config_path, "chat_template", format!("{why}; use --prompt for raw text"))
+            Error::format(
+                &self.config_path,
+                "chat_template",
+                format!("{why}, so chat messages cannot be rendered (generate takes raw text with --prompt)"),
+            )
         })?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -205,6 +205,7 @@ fn build_index(
     Ok(DataIndex {
         format: FORMAT.to_string(),
         model: name(&opts.model_dir)?,
+        model_weight_bytes: Some(weight_bytes(&opts.model_dir)?),
         hidden_size: config.hidden_size,
         data: name(&opts.data)?,
         data_bytes,
@@ -221,24 +222,34 @@ fn build_index(
     })
 }
 
+/// Bytes of the model folder's safetensors files.
+fn weight_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            total += std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        }
+    }
+    Ok(total)
+}
+
 /// Writes index.json, or checks that the one already there (an earlier run into the same folder)
 /// describes the same plan, so shards made with other parameters are never mixed in. Leftovers of
 /// an interrupted run (temporary shard files) are removed.
 fn claim_out_dir(out: &Path, index: &DataIndex) -> Result<()> {
     let path = out.join(INDEX_FILE);
-    let json = index.to_json()?;
     if path.exists() {
-        let existing = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        if existing != json {
+        let existing = DataIndex::read(out)?;
+        if let Some((field, theirs, ours)) = existing.plan_difference(index) {
             return Err(Error::format(
                 &path,
-                "(plan)",
-                "the folder holds data made with other parameters (model, data, range, --max-len or \
-                 --shard-tokens); use another --out",
+                field,
+                format!("the folder's data was made with {theirs}, this run's with {ours}: use another --out"),
             ));
         }
     } else {
-        write_atomically(&path, json.as_bytes())?;
+        write_atomically(&path, index.to_json()?.as_bytes())?;
     }
     for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
         let entry = entry.map_err(|e| Error::io(out, e))?;

@@ -31,11 +31,14 @@ pub fn count_assistant_tokens(reader: &ShardReader, records: &[usize], vocab_siz
 pub fn build_draft_vocab<P: AsRef<Path>>(data: &[P], vocab_size: usize, size: usize) -> Result<DraftVocab> {
     if size > vocab_size {
         return Err(Error::input(format!(
-            "a draft vocabulary of {size} tokens: the model's vocabulary has {vocab_size} (give at most that, \
-             or leave the option out for the full vocabulary)"
+            "a draft vocabulary of {size} tokens: the model's vocabulary has {vocab_size} (give at most that)"
         )));
     }
     let reader = ShardReader::open_all(data)?;
+    reader.check_token_ids(vocab_size)?;
+    if reader.index.masked_tokens == 0 {
+        return Err(Error::input("the data holds no assistant token to count (gen-data's --max-len cut every reply)"));
+    }
     let split = reader.split(HELDOUT_FRACTION);
     let counts = count_assistant_tokens(&reader, &split.train, vocab_size);
     let (ids, train_coverage) = DraftVocab::most_frequent(&counts, size);

@@ -43,6 +43,10 @@ pub struct DataIndex {
     pub format: String,
     /// Folder name of the base model and the shape of its features.
     pub model: String,
+    /// Bytes of the model's weight files: with the name, what tells two models apart on resume
+    /// (absent from folders written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_weight_bytes: Option<u64>,
     pub hidden_size: usize,
     /// File name and size of the conversations file and how many usable conversations it holds.
     pub data: String,
@@ -80,6 +84,32 @@ pub struct ConversationEntry {
 impl DataIndex {
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string_pretty(self).map(|s| s + "\n").map_err(|e| Error::input(format!("index.json: {e}")))
+    }
+
+    /// The first setting in which `self`, a folder's plan, differs from `other`, this run's:
+    /// (field, the folder's value, this run's value). The weight bytes count only where both
+    /// were recorded; shards and counts follow from the settings, so they are compared last.
+    pub fn plan_difference(&self, other: &DataIndex) -> Option<(&'static str, String, String)> {
+        let pairs = [
+            ("model", self.model.clone(), other.model.clone()),
+            ("hidden_size", self.hidden_size.to_string(), other.hidden_size.to_string()),
+            ("data", self.data.clone(), other.data.clone()),
+            ("data_bytes", self.data_bytes.to_string(), other.data_bytes.to_string()),
+            ("start", self.start.to_string(), other.start.to_string()),
+            ("end", self.end.to_string(), other.end.to_string()),
+            ("max_len", self.max_len.to_string(), other.max_len.to_string()),
+            ("shard_tokens", self.shard_tokens.to_string(), other.shard_tokens.to_string()),
+        ];
+        if let Some(d) = pairs.into_iter().find(|(_, a, b)| a != b) {
+            return Some(d);
+        }
+        if let (Some(a), Some(b)) = (self.model_weight_bytes, other.model_weight_bytes) {
+            if a != b {
+                return Some(("model_weight_bytes", a.to_string(), b.to_string()));
+            }
+        }
+        let same_plan = DataIndex { model_weight_bytes: other.model_weight_bytes, ..self.clone() } == *other;
+        (!same_plan).then(|| ("shards", "the folder's tokenisation".into(), "this run's (another tokenizer?)".into()))
     }
 
     pub fn read(dir: &Path) -> Result<Self> {
@@ -161,6 +191,7 @@ pub fn write_data_folder(
     let index = DataIndex {
         format: FORMAT.to_string(),
         model: model.to_string(),
+        model_weight_bytes: None,
         hidden_size: hidden,
         data: "(records written directly)".to_string(),
         data_bytes: 0,
@@ -177,4 +208,45 @@ pub fn write_data_folder(
     };
     write_atomically(&dir.join(INDEX_FILE), index.to_json()?.as_bytes())?;
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> DataIndex {
+        DataIndex {
+            format: FORMAT.to_string(),
+            model: "M".into(),
+            model_weight_bytes: Some(1000),
+            hidden_size: 8,
+            data: "conv.json".into(),
+            data_bytes: 50,
+            usable_conversations: 3,
+            start: 0,
+            end: 3,
+            max_len: 64,
+            shard_tokens: 100,
+            conversations: 3,
+            tokens: 90,
+            masked_tokens: 40,
+            truncated: 0,
+            shards: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_plan_difference_names_the_setting_and_both_values() {
+        assert_eq!(plan().plan_difference(&plan()), None);
+        let other = DataIndex { max_len: 40, ..plan() };
+        assert_eq!(plan().plan_difference(&other), Some(("max_len", "64".into(), "40".into())));
+        // The same folder name, other weights (another import of the model): refused.
+        let other = DataIndex { model_weight_bytes: Some(999), ..plan() };
+        assert_eq!(plan().plan_difference(&other).map(|d| d.0), Some("model_weight_bytes"));
+        // A folder written before the weights were recorded still resumes.
+        let old = DataIndex { model_weight_bytes: None, ..plan() };
+        assert_eq!(old.plan_difference(&plan()), None);
+        let other = DataIndex { tokens: 91, ..plan() };
+        assert_eq!(plan().plan_difference(&other).map(|d| d.0), Some("shards"));
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -58,6 +58,8 @@ pub struct ShardReader {
     records: Vec<Location>,
     /// Record positions of each folder, in the order given.
     folders: Vec<Range<usize>>,
+    /// The folders, in the order given.
+    dirs: Vec<PathBuf>,
 }
 
 /// Record positions (0..len) used for training and held out for evaluation.
@@ -91,7 +93,32 @@ impl ShardReader {
             });
         }
         let index = merged.ok_or_else(|| Error::input("no data folder given"))?;
-        Ok(ShardReader { index, maps, records, folders })
+        let dirs = dirs.iter().map(|d| d.as_ref().to_path_buf()).collect();
+        Ok(ShardReader { index, maps, records, folders, dirs })
+    }
+
+    /// Every token id is below `vocab_size`, the model's: data made with another tokenizer is
+    /// named here, not found by an out-of-range read in the middle of training.
+    pub fn check_token_ids(&self, vocab_size: usize) -> Result<()> {
+        for (folder, range) in self.dirs.iter().zip(&self.folders) {
+            for i in range.clone() {
+                let loc = &self.records[i];
+                let raw = &self.maps[loc.shard][loc.input_ids.clone()];
+                let ids = raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+                if let Some(id) = ids.into_iter().find(|&id| id < 0 || id as u64 >= vocab_size as u64) {
+                    return Err(Error::format(
+                        folder.join(INDEX_FILE),
+                        "input_ids",
+                        format!(
+                            "conversation {} has token {id}, outside the model's vocabulary of {vocab_size}: the data \
+                             was made with another tokenizer",
+                            loc.index
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Number of records (conversations).

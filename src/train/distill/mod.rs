@@ -142,6 +142,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
             ),
         ));
     }
+    reader.check_token_ids(base.config.vocab_size)?;
     let split = reader.split(HELDOUT_FRACTION);
     if split.train.is_empty() {
         return Err(Error::format(
@@ -152,6 +153,13 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     }
     let resumed = find_checkpoint(opts)?;
     let run = resolve_run(opts, &reader.index, resumed.as_ref())?;
+    if run.schedule.total < opts.steps {
+        // The rate decays to 0 at the schedule's end: steps past it would change nothing.
+        return Err(Error::input(format!(
+            "--steps {}: the learning-rate schedule ends at step {} (--total-steps), where the rate reaches 0",
+            opts.steps, run.schedule.total
+        )));
+    }
     if let Some(n) = run.draft_vocab.filter(|&n| n > base.config.vocab_size) {
         // Checked before anything is written to --out (the vocabulary itself is built later).
         return Err(Error::input(format!(

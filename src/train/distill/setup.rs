@@ -58,7 +58,16 @@ pub(super) fn optimizer_and_state<B: Backend>(
 const NOISE_STREAM: u64 = 0x6e6f_6973_6520_7374;
 
 pub(super) fn open_data(dirs: &[PathBuf]) -> Result<ShardReader> {
-    for dir in dirs {
+    for (i, dir) in dirs.iter().enumerate() {
+        let same = |d: &PathBuf| {
+            d == dir || (d.canonicalize().ok().is_some() && d.canonicalize().ok() == dir.canonicalize().ok())
+        };
+        if dirs[..i].iter().any(same) {
+            return Err(Error::input(format!(
+                "--data names {} twice: its conversations would count twice",
+                dir.display()
+            )));
+        }
         if !dir.join(INDEX_FILE).exists() {
             return Err(Error::format(
                 dir.join(INDEX_FILE),
@@ -68,9 +77,15 @@ pub(super) fn open_data(dirs: &[PathBuf]) -> Result<ShardReader> {
         }
     }
     let reader = ShardReader::open_all(dirs)?;
+    let names = || dirs.iter().map(|d| d.join(INDEX_FILE).display().to_string()).collect::<Vec<_>>().join(", ");
     if reader.is_empty() {
-        let names: Vec<String> = dirs.iter().map(|d| d.join(INDEX_FILE).display().to_string()).collect();
-        return Err(Error::input(format!("{}: the data holds no conversation", names.join(", "))));
+        return Err(Error::input(format!("{}: the data holds no conversation", names())));
+    }
+    if reader.index.masked_tokens == 0 {
+        return Err(Error::input(format!(
+            "{}: the data holds no assistant token to learn from (gen-data's --max-len cut every reply)",
+            names()
+        )));
     }
     Ok(reader)
 }

@@ -138,6 +138,10 @@ fn cli_errors_name_the_file_and_field() {
     let init = s(&eagle_head);
     with_init.extend(["--init", &init]);
     fails_with(&with_init, &["config.json", "draft.kind", "eagle", "clover2"]);
+    let mut from_base = args.to_vec();
+    let base = s(&model);
+    from_base.extend(["--init", &base]);
+    fails_with(&from_base, &["base model", "not a draft head"]);
 
     let wide = root.join("wide-model");
     tiny_model(&wide, 48);

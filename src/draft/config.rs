@@ -122,7 +122,7 @@ pub fn refuse_base_model(files: &SafetensorsFiles, dir: &Path) -> Result<()> {
     if files.names().any(|n| n.starts_with("model.layers.") || n == "model.embed_tokens.weight") {
         return Err(Error::input(format!(
             "{}: this is a base model's folder (it holds model.layers.* tensors), not a draft head's; \
-             --draft-model takes a head folder (assets/, or the output of distill, export-head or init-head)",
+             a head folder is asked for (assets/, or the output of distill, export-head or init-head)",
             dir.display()
         )));
     }

@@ -67,6 +67,13 @@ pub struct DataId {
     pub tokens: usize,
 }
 
+impl std::fmt::Display for DataId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let DataId { model, hidden_size, conversations, tokens } = self;
+        write!(f, "data of {model} (hidden size {hidden_size}): {conversations} conversations, {tokens} tokens")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Optimiser steps taken.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
-use crate::draft::config::{check_compatible, declared_kind, read_json, CloverConfig};
+use crate::draft::config::{check_compatible, declared_kind, read_json, refuse_base_model, CloverConfig};
 use crate::draft::init::fresh_head;
 use crate::draft::DraftKind;
 use crate::error::{Error, Result};
@@ -216,7 +216,7 @@ pub(super) fn resolve_run(
     }
     if stored.data != data {
         let dirs: Vec<String> = opts.data_dirs.iter().map(|d| d.display().to_string()).collect();
-        return Err(differs("data", format!("{data:?} ({})", dirs.join(", ")), format!("{:?}", stored.data)));
+        return Err(differs("data", format!("{data} ({})", dirs.join(", ")), stored.data.to_string()));
     }
     Ok(stored.clone())
 }
@@ -267,7 +267,12 @@ pub(super) fn load_head<B: Backend + 'static>(
     let (json, config_path, fresh) = match source {
         HeadSource::Folder(dir) => {
             let path = dir.join("config.json");
-            (read_json(&path)?, path, None)
+            let json = read_json(&path)?;
+            if declared_kind(&json).is_none() && dir.join("model.safetensors").exists() {
+                // A base model's folder has a Llama config too; its tensors tell it apart.
+                refuse_base_model(&SafetensorsFiles::open_dir(dir)?, dir)?;
+            }
+            (json, path, None)
         }
         HeadSource::Fresh => {
             let (tensors, json) = fresh_head(kind, &opts.model_dir, seed)?;

@@ -241,12 +241,8 @@ fn claim_out_dir(out: &Path, index: &DataIndex) -> Result<()> {
     let path = out.join(INDEX_FILE);
     if path.exists() {
         let existing = DataIndex::read(out)?;
-        if let Some((field, theirs, ours)) = existing.plan_difference(index) {
-            return Err(Error::format(
-                &path,
-                field,
-                format!("the folder's data was made with {theirs}, this run's with {ours}: use another --out"),
-            ));
+        if let Some((field, why)) = existing.plan_difference(index) {
+            return Err(Error::format(&path, field, format!("{why}: use another --out")));
         }
     } else {
         write_atomically(&path, index.to_json()?.as_bytes())?;

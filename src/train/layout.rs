@@ -86,10 +86,13 @@ impl DataIndex {
         serde_json::to_string_pretty(self).map(|s| s + "\n").map_err(|e| Error::input(format!("index.json: {e}")))
     }
 
-    /// The first setting in which `self`, a folder's plan, differs from `other`, this run's:
-    /// (field, the folder's value, this run's value). The weight bytes count only where both
-    /// were recorded; shards and counts follow from the settings, so they are compared last.
-    pub fn plan_difference(&self, other: &DataIndex) -> Option<(&'static str, String, String)> {
+    /// The first setting in which `self`, a folder's plan, differs from `other`, this run's, and
+    /// how: (field, message). The weight bytes count only where both were recorded; shards and
+    /// counts follow from the settings, so they are compared last.
+    pub fn plan_difference(&self, other: &DataIndex) -> Option<(&'static str, String)> {
+        let differ = |field, theirs: String, ours: String| {
+            (field, format!("the folder's data was made with {theirs}, this run's with {ours}"))
+        };
         let pairs = [
             ("model", self.model.clone(), other.model.clone()),
             ("hidden_size", self.hidden_size.to_string(), other.hidden_size.to_string()),
@@ -100,16 +103,20 @@ impl DataIndex {
             ("max_len", self.max_len.to_string(), other.max_len.to_string()),
             ("shard_tokens", self.shard_tokens.to_string(), other.shard_tokens.to_string()),
         ];
-        if let Some(d) = pairs.into_iter().find(|(_, a, b)| a != b) {
-            return Some(d);
+        if let Some((field, theirs, ours)) = pairs.into_iter().find(|(_, a, b)| a != b) {
+            return Some(differ(field, theirs, ours));
         }
         if let (Some(a), Some(b)) = (self.model_weight_bytes, other.model_weight_bytes) {
             if a != b {
-                return Some(("model_weight_bytes", a.to_string(), b.to_string()));
+                return Some(differ("model_weight_bytes", a.to_string(), b.to_string()));
             }
         }
         let same_plan = DataIndex { model_weight_bytes: other.model_weight_bytes, ..self.clone() } == *other;
-        (!same_plan).then(|| ("shards", "the folder's tokenisation".into(), "this run's (another tokenizer?)".into()))
+        (!same_plan).then(|| {
+            let why =
+                "the same settings split the conversations into other tokens (another tokenizer or chat template?)";
+            ("shards", why.to_string())
+        })
     }
 
     pub fn read(dir: &Path) -> Result<Self> {
@@ -239,7 +246,8 @@ mod tests {
     fn a_plan_difference_names_the_setting_and_both_values() {
         assert_eq!(plan().plan_difference(&plan()), None);
         let other = DataIndex { max_len: 40, ..plan() };
-        assert_eq!(plan().plan_difference(&other), Some(("max_len", "64".into(), "40".into())));
+        let (field, why) = plan().plan_difference(&other).unwrap();
+        assert_eq!((field, why.as_str()), ("max_len", "the folder's data was made with 64, this run's with 40"));
         // The same folder name, other weights (another import of the model): refused.
         let other = DataIndex { model_weight_bytes: Some(999), ..plan() };
         assert_eq!(plan().plan_difference(&other).map(|d| d.0), Some("model_weight_bytes"));

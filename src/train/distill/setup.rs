@@ -59,10 +59,8 @@ const NOISE_STREAM: u64 = 0x6e6f_6973_6520_7374;
 
 pub(super) fn open_data(dirs: &[PathBuf]) -> Result<ShardReader> {
     for (i, dir) in dirs.iter().enumerate() {
-        let same = |d: &PathBuf| {
-            d == dir || (d.canonicalize().ok().is_some() && d.canonicalize().ok() == dir.canonicalize().ok())
-        };
-        if dirs[..i].iter().any(same) {
+        let resolved = |d: &PathBuf| d.canonicalize().unwrap_or_else(|_| d.clone());
+        if dirs[..i].iter().any(|d| resolved(d) == resolved(dir)) {
             return Err(Error::input(format!(
                 "--data names {} twice: its conversations would count twice",
                 dir.display()

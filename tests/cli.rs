@@ -216,6 +216,8 @@ fn option_values_out_of_range_are_named() {
         (&["generate", "--chat", "hi", "--top-p", "1.5"], "--top-p 1.5: expected a value in (0, 1]"),
         (&["generate", "--chat", "hi", "--max-new-tokens", "0"], "--max-new-tokens 0: expected at least 1"),
         (&["bench", "--steps", "0"], "--steps 0"),
+        (&["bench", "--verify-latency", "0"], "--verify-latency 0"),
+        (&["bench", "--json", "."], "--json .: a folder"),
         (
             &["generate", "--chat", "hi", "--draft", "eagle", "--draft-model", "h", "--tree-top-p", "2"],
             "--tree-top-p 2",

@@ -140,6 +140,17 @@ fn tree_deeper_than_the_head_is_refused() {
         panic!("a 17-level tree was accepted");
     };
     assert!(err.to_string().contains("17 levels deep"), "{err}");
+
+    // A tree larger than the whole context could never be verified: refused, not run plainly.
+    let huge = TreeSpec::Eagle2(clover_engine::spec::tree::Eagle2Params {
+        max_depth: 5,
+        total_tokens: 600,
+        ..Default::default()
+    });
+    let Err(err) = generate_speculative(&model, &mut head, &huge, &[1, 2, 3], &cfg, |_| {}) else {
+        panic!("a 600-node tree was accepted with a 512-position context");
+    };
+    assert!(err.to_string().contains("600 nodes") && err.to_string().contains("context of 512"), "{err}");
 }
 
 #[test]

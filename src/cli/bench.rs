@@ -106,6 +106,12 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
     checks::temperature(a.temperature)?;
     checks::at_least_one("--num-prompts", a.num_prompts)?;
     checks::at_least_one("--steps", a.steps)?;
+    if let Some(n) = a.verify_latency {
+        checks::at_least_one("--verify-latency", n)?;
+    }
+    if let Some(path) = a.json.as_ref().filter(|p| p.is_dir()) {
+        return Err(Error::input(format!("--json {}: a folder; give the file to write", path.display())));
+    }
     let drafts = parse_drafts(&a.drafts, &a.tree)?;
     a.tree.tree_spec()?; // a bad --tree fails before the model loads
                          // The tokenizer of --model (or the default model) makes the prompts. Random weights need no
@@ -123,8 +129,12 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
             let text = std::fs::read_to_string(config_path).map_err(|e| Error::io(config_path, e))?;
             let config: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::format(config_path, "(json)", e.to_string()))?;
-            ModelConfig::from_json(&config, config_path)?;
-            eprintln!("writing a random-weight model of {} ...", config_path.display());
+            let shape = ModelConfig::from_json(&config, config_path)?;
+            eprintln!(
+                "writing a random-weight model of {} ({:.1} GB of bf16 weights) ...",
+                config_path.display(),
+                2.0 * parameter_count(&shape) as f64 / 1e9
+            );
             write_random_model_bf16_sharded(&tmp.0.join("base"), &config, a.seed)?;
             tmp.0.join("base")
         }
@@ -158,6 +168,16 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
             (prompts, format!("random token ids ({SYNTHETIC_PROMPT_TOKENS} each; no tokenizer)"))
         }
     };
+    if let (Some(n), Some(first)) = (a.verify_latency, prompts.first()) {
+        // Checked before the methods run: the verification timing comes after them.
+        let context = model.config.max_position_embeddings;
+        if first.len() + n > context {
+            return Err(Error::input(format!(
+                "--verify-latency {n}: the first prompt's {} tokens and {n} nodes exceed the model's context of {context}",
+                first.len()
+            )));
+        }
+    }
 
     let cfg = GenerationConfig {
         max_new_tokens: a.steps,
@@ -249,6 +269,14 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         write_atomically(path, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// Parameters of a model of this shape (embedding, layers, final norm, and an untied lm_head).
+fn parameter_count(c: &ModelConfig) -> u64 {
+    let (h, q, kv, i) = (c.hidden_size as u64, c.q_dim() as u64, c.kv_dim() as u64, c.intermediate_size as u64);
+    let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+    let lm_head = if c.tie_word_embeddings { 0 } else { c.vocab_size as u64 * h };
+    c.vocab_size as u64 * h + c.num_layers as u64 * layer + h + lm_head
 }
 
 /// One `--drafts` item: a head, and the settings it overrides.

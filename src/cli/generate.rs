@@ -183,13 +183,23 @@ impl TreeArgs {
         key: impl FnOnce() -> PlanKey,
     ) -> Result<(TreeSpec, Option<String>)> {
         if self.budget()?.is_some() {
+            if self.recalibrate {
+                eprintln!("note: --recalibrate applies to --tree-budget auto only; ignored");
+            }
             return Ok((self.tree_spec()?, None));
         }
         let (dir, key) = (saved_plan::default_dir(), key());
         if !self.recalibrate {
             self.tree_spec()?;
-            if let Some(saved) = saved_plan::load(&dir, &key) {
+            if let Some(saved) = saved_plan::load(&dir, &key, !cfg.sampling.is_greedy()) {
                 return Ok((saved.tree()?, Some(saved.report())));
+            }
+            let path = saved_plan::path_for(&dir, &key);
+            if path.exists() {
+                eprintln!(
+                    "note: the saved choice in {} cannot be used (edited by hand?): calibrating again",
+                    path.display()
+                );
             }
         }
         let (tree, plan) = self.resolve(model, head, Some(tokenizer), cfg)?;

@@ -259,6 +259,13 @@ pub fn generate_speculative_with<B: Backend, H: DraftHead<B> + ?Sized>(
             model.backend.name()
         )));
     }
+    if tree.max_nodes() >= model.config.max_position_embeddings {
+        return Err(Error::input(format!(
+            "the tree verifies up to {} nodes a step, more than the model's context of {} positions holds",
+            tree.max_nodes(),
+            model.config.max_position_embeddings
+        )));
+    }
     if tree.max_nodes() <= 1 {
         // Nothing to draft (`--tree-budget auto` chose plain decoding): decode plainly, without the
         // head's update, which would cost time and change nothing.

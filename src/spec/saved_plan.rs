@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::spec::auto_budget::{paths_json, BudgetPlan, TreeFamily};
+use crate::spec::auto_budget::{paths_json, BudgetPlan, TreeFamily, MAX_AUTO_BUDGET};
 use crate::spec::drafting::TreeSpec;
 
 /// Everything a saved choice depends on, as `name = value` lines.
@@ -95,15 +95,23 @@ pub fn default_dir() -> PathBuf {
     crate::paths::cache_dir().join("auto-budget")
 }
 
+/// Where the choice for `key` is (or would be) saved.
+pub fn path_for(dir: &Path, key: &PlanKey) -> PathBuf {
+    dir.join(key.file_name())
+}
+
 /// The choice saved under `key`, if there is one. A missing, unreadable or foreign file is a miss
-/// (the caller then calibrates and overwrites it), never an error.
-pub fn load(dir: &Path, key: &PlanKey) -> Option<SavedPlan> {
-    let path = dir.join(key.file_name());
+/// (the caller then calibrates and overwrites it), never an error; so is one `auto` could not have
+/// written: a budget above `MAX_AUTO_BUDGET`, or paths where the key's settings do not sample
+/// (`sampled`: T > 0 plans a static tree and saves its paths, one per budget node; greedy plans
+/// save none).
+pub fn load(dir: &Path, key: &PlanKey, sampled: bool) -> Option<SavedPlan> {
+    let path = path_for(dir, key);
     let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
     if value.get("key")?.as_str()? != key.0 {
         return None;
     }
-    let budget = usize::try_from(value.get("budget")?.as_u64()?).ok()?;
+    let budget = usize::try_from(value.get("budget")?.as_u64()?).ok().filter(|&b| b <= MAX_AUTO_BUDGET)?;
     let paths = match value.get("paths") {
         None | Some(Value::Null) => None,
         Some(paths) => {
@@ -113,6 +121,9 @@ pub fn load(dir: &Path, key: &PlanKey) -> Option<SavedPlan> {
             Some(paths)
         }
     };
+    if sampled != paths.is_some() || paths.as_ref().is_some_and(|p| p.len() != budget) {
+        return None;
+    }
     Some(SavedPlan {
         budget,
         paths,
@@ -126,7 +137,7 @@ pub fn load(dir: &Path, key: &PlanKey) -> Option<SavedPlan> {
 /// Saves `plan` under `key` (written whole, then renamed into place); returns the file.
 pub fn save(dir: &Path, key: &PlanKey, plan: &BudgetPlan) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let path = dir.join(key.file_name());
+    let path = path_for(dir, key);
     let plain = plan.rows[0].tokens_per_s;
     let paths = match &plan.calibration.family {
         TreeFamily::Sampled { paths } => Some(&paths[..plan.budget]),
@@ -236,23 +247,24 @@ mod tests {
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::write(folder.join("model.safetensors"), b"weights").unwrap();
         let key = PlanKey::new("cpu (2 threads)", &folder, &folder, &[("temperature", "0".into())]);
-        assert!(load(&dir, &key).is_none(), "nothing saved yet");
+        assert!(load(&dir, &key, false).is_none(), "nothing saved yet");
         let plan = plan(true);
         assert_eq!(plan.budget, 1);
         let path = save(&dir, &key, &plan).unwrap();
-        let saved = load(&dir, &key).expect("saved");
+        let saved = load(&dir, &key, false).expect("saved");
         assert_eq!((saved.budget, saved.path.clone(), saved.table.clone()), (1, path, plan.table()));
         assert!((saved.expected_speedup - plan.rows[1].tokens_per_s / plan.rows[0].tokens_per_s).abs() < 1e-12);
         assert!(saved.report().contains("budget 1 (expected 1.38× plain decoding)"), "{}", saved.report());
 
         // Another setting, another backend, or a head file rewritten: a miss.
         let other = PlanKey::new("cpu (2 threads)", &folder, &folder, &[("temperature", "1".into())]);
-        assert!(load(&dir, &other).is_none());
-        assert!(load(&dir, &PlanKey::new("cpu (1 thread)", &folder, &folder, &[("temperature", "0".into())])).is_none());
+        assert!(load(&dir, &other, false).is_none());
+        assert!(load(&dir, &PlanKey::new("cpu (1 thread)", &folder, &folder, &[("temperature", "0".into())]), false)
+            .is_none());
         std::fs::write(folder.join("model.safetensors"), b"retrained weights").unwrap();
         let after = PlanKey::new("cpu (2 threads)", &folder, &folder, &[("temperature", "0".into())]);
         assert_ne!(after, key);
-        assert!(load(&dir, &after).is_none());
+        assert!(load(&dir, &after, false).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -265,7 +277,7 @@ mod tests {
         plan.calibration.family = TreeFamily::Sampled { paths: vec![vec![0], vec![0, 0]] };
         assert_eq!(plan.budget, 1);
         save(&dir, &key, &plan).unwrap();
-        let saved = load(&dir, &key).expect("saved");
+        let saved = load(&dir, &key, true).expect("saved");
         assert_eq!(saved.paths, Some(vec![vec![0]]));
         match saved.tree().unwrap() {
             TreeSpec::Static(tree) => assert_eq!(tree.paths(), &[vec![], vec![0]]),
@@ -276,7 +288,21 @@ mod tests {
         let mut value: Value = serde_json::from_str(&std::fs::read_to_string(&saved.path).unwrap()).unwrap();
         value["paths"] = json!([[1]]);
         std::fs::write(&saved.path, value.to_string()).unwrap();
-        assert!(load(&dir, &key).is_none());
+        assert!(load(&dir, &key, true).is_none());
+        // Paths that do not match the budget, paths where the settings are greedy, none where they
+        // sample, a budget auto never chooses: misses.
+        for (paths, budget, sampled) in
+            [(json!([[0], [1]]), 1, true), (json!([[0]]), 1, false), (json!(null), 1, true), (json!(null), 64, false)]
+        {
+            value["paths"] = paths;
+            value["budget"] = budget.into();
+            std::fs::write(&saved.path, value.to_string()).unwrap();
+            assert!(load(&dir, &key, sampled).is_none(), "{value}");
+        }
+        value["paths"] = json!([[0]]);
+        value["budget"] = 1.into();
+        std::fs::write(&saved.path, value.to_string()).unwrap();
+        assert!(load(&dir, &key, true).is_some(), "the file as saved loads again");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -286,13 +312,13 @@ mod tests {
         let key = PlanKey::new("cpu", &dir, &dir, &[]);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(key.file_name()), "not json").unwrap();
-        assert!(load(&dir, &key).is_none());
+        assert!(load(&dir, &key, false).is_none());
         let foreign = json!({"key": "another", "budget": 3, "expected_speedup": 1.0, "table": "", "saved_unix": 0});
         std::fs::write(dir.join(key.file_name()), foreign.to_string()).unwrap();
-        assert!(load(&dir, &key).is_none());
+        assert!(load(&dir, &key, false).is_none());
         // Plain decoding chosen: the report says so.
         save(&dir, &key, &plan(false)).unwrap();
-        assert!(load(&dir, &key).unwrap().report().contains("tree budget auto: plain decoding, as calibrated"));
+        assert!(load(&dir, &key, false).unwrap().report().contains("tree budget auto: plain decoding, as calibrated"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

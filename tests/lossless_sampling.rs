@@ -201,3 +201,21 @@ fn reduced_draft_vocabulary_temperature_one() {
         assert!(stat < critical, "{name}: with a draft vocabulary the samples do not follow the base distribution");
     }
 }
+
+/// At top-k 2 the processed draft distribution keeps two tokens, so the root's third child is
+/// not drawn: the drafter makes it the head's next most likely token, verified as a deterministic
+/// draft after the two drawn ones. The output distribution stays exact.
+#[test]
+fn top_k_two_with_three_children_pads_deterministically() {
+    let params = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0 };
+    let model = model();
+    let exact = exact(&model, &params);
+    let paths = vec![vec![0], vec![1], vec![2], vec![0, 0], vec![0, 1], vec![1, 0], vec![2, 0]];
+    let tree = TreeSpec::Static(StaticTree::from_paths(paths, 4).unwrap());
+    let (stat, df) = chi2(&sample_runs(&model, &tree, &params, accept_lossless, None), &exact, RUNS);
+    let critical = chi2_critical(df);
+    eprintln!("three children at top-k 2: chi2 {stat:.1}, df {df}, critical {critical:.1}");
+    assert!(stat < critical, "the engine's samples do not follow the base distribution");
+    let (bad, bad_df) = chi2(&sample_runs(&model, &tree, &params, accept_first_plausible, None), &exact, RUNS);
+    assert!(bad > chi2_critical(bad_df), "the chi-square test missed a wrong acceptance rule");
+}

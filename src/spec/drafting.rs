@@ -9,6 +9,7 @@ use crate::model::{Llama, Logits};
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
 use crate::spec::tree::{CloverTreeExpander, CloverTreeParams, Eagle2Expander, Eagle2Params, StaticTree, TreeBuffers};
+use crate::spec::verify::DETERMINISTIC_DRAFT;
 
 /// How each step's tree is chosen.
 // One per generation: boxing the static tree's buffers would buy nothing.
@@ -196,11 +197,23 @@ fn draw_rows<B: Backend>(
 }
 
 /// One row's m draws without replacement from the processed distribution (T > 0), padded to k.
+/// When that distribution keeps fewer than m tokens, the rest of the m are the head's next most
+/// likely tokens, drafted deterministically (`verify::DETERMINISTIC_DRAFT`): a row padded with
+/// nothing left its siblings unused, which at `--top-k 1` made a tree a chain.
 fn draw_row(logits: &[f32], m: usize, k: usize, columns: &Columns, params: &SamplingParams, rng: &mut Rng) -> RowDraws {
     let q = sampling::process(logits, params);
-    let draws = sampling::sample_without_replacement(&q, m.min(k), rng);
+    let n = m.min(k);
+    let draws = sampling::sample_without_replacement(&q, n, rng);
     let mut tokens: Vec<u32> = draws.iter().map(|&(c, _)| columns.token(c as u32)).collect();
     let mut q_tilde: Vec<f32> = draws.iter().map(|&(_, qt)| qt).collect();
+    if draws.len() < n {
+        let drawn: Vec<usize> = draws.iter().map(|&(c, _)| c).collect();
+        let next = sampling::top_k_indices(logits, n).into_iter().filter(|c| !drawn.contains(c));
+        for c in next.take(n - draws.len()) {
+            tokens.push(columns.token(c as u32));
+            q_tilde.push(DETERMINISTIC_DRAFT);
+        }
+    }
     tokens.resize(k, 0);
     q_tilde.resize(k, 0.0);
     RowDraws { tokens, q_tilde, q: Some(columns.to_full(q)) }

@@ -63,9 +63,18 @@ pub struct SampledDrafts<'a> {
     /// For each node with children: the full draft distribution its children were drawn from
     /// (processed like the base rows). Entries of leaves are not read.
     pub q: &'a [&'a [f32]],
-    /// For each node: q̃ of the draw it carries; ≤ 0 marks a padding child. The root's is not read.
+    /// For each node: q̃ of the draw it carries; 0 marks a padding child, `DETERMINISTIC_DRAFT` a
+    /// child drafted without a draw. The root's is not read.
     pub q_tilde: &'a [f32],
 }
+
+/// `SampledDrafts::q_tilde` of a child that was not drawn: when the processed draft distribution
+/// keeps fewer tokens than its node has children (a small top-k or top-p, a low temperature), the
+/// drafter fills the rest with the head's next most likely tokens. Each is verified as a dynamic
+/// tree's draft is (a proposal with q = 1, accepted with probability P(x), a rejection removing x
+/// from P), after the drawn ones: every round is a valid speculative-sampling step on the P it is
+/// given, so the output keeps P's distribution.
+pub const DETERMINISTIC_DRAFT: f32 = -1.0;
 
 /// eagle.md §10: the longest leading run of drafts equal to the base argmax of their parent; ties
 /// and a = 0 go to the first row. `tokens_ext` ends with −1 so padding never matches.
@@ -107,6 +116,14 @@ pub fn verify_sampled_drafts<R: BaseRows + ?Sized>(
         let mut drawn = Vec::new();
         for &child in &tree.children[node] {
             let q_tilde = drafts.q_tilde[child];
+            if q_tilde == DETERMINISTIC_DRAFT {
+                let x = tree.token(child);
+                if rng.uniform() < p[x] as f64 {
+                    return Some(child);
+                }
+                reject_deterministic_draft(p, x);
+                continue;
+            }
             if q_tilde <= 0.0 {
                 continue;
             }
@@ -163,14 +180,20 @@ pub fn verify_deterministic_drafts<R: BaseRows + ?Sized>(
             if rng.uniform() < p[x] as f64 {
                 return Some(child);
             }
-            let mut rest = p.clone();
-            rest[x] = 0.0;
-            if let Some(rest) = normalised(rest) {
-                *p = rest;
-            }
+            reject_deterministic_draft(p, x);
         }
         None
     })
+}
+
+/// What a rejected deterministic draft x leaves of P: P without x, renormalised (P kept when x
+/// held all of it, a rejection of probability 0).
+fn reject_deterministic_draft(p: &mut Vec<f32>, x: usize) {
+    let mut rest = p.clone();
+    rest[x] = 0.0;
+    if let Some(rest) = normalised(rest) {
+        *p = rest;
+    }
 }
 
 /// Descends from the root while `choose` accepts a child of the node (given the processed base

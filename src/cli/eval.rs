@@ -63,9 +63,7 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     checks::at_least_one("--max-new-tokens", a.max_new_tokens)?;
     a.max_turns.map_or(Ok(()), |n| checks::at_least_one("--max-turns", n))?;
     a.per_category.map_or(Ok(()), |n| checks::at_least_one("--per-category", n))?;
-    if a.spec.draft.is_some() {
-        a.spec.tree.tree_spec()?; // a bad --tree fails before the model loads
-    }
+    a.spec.check_tree()?;
     let mut questions = select(read_questions(&a.bench)?, a.question_begin, a.question_end, &a.bench)?;
     if let Some(n) = a.per_category {
         questions = first_per_category(questions, n);

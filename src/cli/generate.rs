@@ -58,6 +58,15 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
+    /// With a draft head, the tree settings checked before the model loads (a bad --tree fails
+    /// before seconds of loading).
+    pub fn check_tree(&self) -> Result<()> {
+        match self.draft {
+            Some(_) => self.tree.tree_spec().map(drop),
+            None => Ok(()),
+        }
+    }
+
     pub fn draft_options(&self) -> DraftOptions {
         DraftOptions { vocab: self.draft_vocab, weights: self.draft_weights }
     }
@@ -298,9 +307,7 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     checks::temperature(a.temperature)?;
     checks::top_p("--top-p", a.top_p)?;
     checks::at_least_one("--max-new-tokens", a.max_new_tokens)?;
-    if a.spec.draft.is_some() {
-        a.spec.tree.tree_spec()?; // a bad --tree fails before the model loads
-    }
+    a.spec.check_tree()?;
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, backend)?;
     let tokenizer = TextTokenizer::load(&dir)?;

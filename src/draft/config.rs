@@ -132,8 +132,7 @@ pub fn refuse_base_model(files: &SafetensorsFiles, dir: &Path) -> Result<()> {
 /// After a head has loaded: a `layers.N.*` tensor it did not take means the config counts fewer
 /// layers (`field`) than the weights hold, and the head would run without them.
 pub fn refuse_unused_layers(files: &SafetensorsFiles, config_path: &Path, field: &str, loaded: usize) -> Result<()> {
-    // RoPE's `inv_freq` buffers, which older checkpoints store, are computed by the engine.
-    match files.unused().into_iter().find(|n| n.starts_with("layers.") && !n.ends_with("rotary_emb.inv_freq")) {
+    match files.unused().into_iter().find(|n| n.starts_with("layers.")) {
         Some(name) => Err(Error::format(
             config_path,
             field,

@@ -81,14 +81,9 @@ impl<B: Backend> Llama<B> {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        // Everything under `model.` is the model's own (some checkpoints also store RoPE's
-        // `inv_freq` buffers, which the engine computes): a tensor left over means the config
+        // Everything under `model.` is the model's own: a tensor left over means the config
         // describes another model than the weights, which would otherwise run silently wrong.
-        let unused: Vec<&str> = files
-            .unused()
-            .into_iter()
-            .filter(|n| n.starts_with("model.") && !n.ends_with("rotary_emb.inv_freq"))
-            .collect();
+        let unused: Vec<&str> = files.unused().into_iter().filter(|n| n.starts_with("model.")).collect();
         if let Some(first) = unused.first() {
             return Err(Error::format(
                 files.path_of(first).unwrap_or(files.first_path()),

@@ -110,17 +110,22 @@ pub fn generate_plain<B: Backend>(
             break;
         }
         let start = Instant::now();
-        // No logits from the forward itself: `last_logits` projects the row (projecting in both
-        // places cost a second lm_head per token, a fifth of the default model's step).
-        logits = nvtx::scoped(c"verify", || {
-            model.prefill(&mut cache, &[next], LogitRows::None).map(|out| model.last_logits(&out.postnorm, 1))
-        })?;
+        logits = plain_step(model, &mut cache, next)?;
         running = Some((start, start.elapsed().as_secs_f64()));
         stats.steps += 1;
     }
     stats.decode_secs = t1.elapsed().as_secs_f64();
     stats.new_tokens = out.len();
     Ok((out, stats))
+}
+
+/// One plain decoding step: `token` into the cache, the logits of the next. No logits from the
+/// forward itself: `last_logits` projects the row (projecting in both places cost a second
+/// lm_head per token, a fifth of the default model's step).
+fn plain_step<B: Backend>(model: &Llama<B>, cache: &mut KvCache<B>, token: u32) -> Result<Logits<B>> {
+    nvtx::scoped(c"verify", || {
+        model.prefill(cache, &[token], LogitRows::None).map(|o| model.last_logits(&o.postnorm, 1))
+    })
 }
 
 /// From a one-row `logits`: the argmax at temperature 0, a draw at a temperature alone (both on
@@ -395,9 +400,7 @@ fn plain_tail<B: Backend>(
 ) -> Result<()> {
     while out.len() < cfg.max_new_tokens && cache.len() < plain_capacity.min(cache.capacity()) {
         let t = Instant::now();
-        let logits = nvtx::scoped(c"verify", || {
-            model.prefill(cache, &[root], LogitRows::None).map(|o| model.last_logits(&o.postnorm, 1))
-        })?;
+        let logits = plain_step(model, cache, root)?;
         let t_verify = t.elapsed().as_secs_f64();
         root = nvtx::scoped(c"accept", || pick(model, &logits, &cfg.sampling, rng));
         out.push(root);

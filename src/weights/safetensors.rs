@@ -119,9 +119,11 @@ impl SafetensorsFiles {
 
     /// The tensors `get` has not handed out, sorted: after a model has loaded, weights its
     /// config does not describe (a layer beyond `num_hidden_layers`, a bias it does not use).
+    /// RoPE's `inv_freq` buffers, which some checkpoints store and the engine computes, never count.
     pub fn unused(&self) -> Vec<&str> {
         let taken = self.taken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut unused: Vec<&str> = self.names().filter(|n| !taken.contains(*n)).collect();
+        let wanted = |n: &&str| !taken.contains(*n) && !n.ends_with("rotary_emb.inv_freq");
+        let mut unused: Vec<&str> = self.names().filter(wanted).collect();
         unused.sort_unstable();
         unused
     }

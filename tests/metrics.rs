@@ -146,3 +146,26 @@ fn malformed_answer_line_is_named() {
     let err = read_answers(&path).unwrap_err().to_string();
     assert!(err.contains("bad.jsonl: line 1"), "{err}");
 }
+
+#[test]
+fn baseline_sharing_no_question_is_refused() {
+    let dir = common::temp_dir("metrics-disjoint");
+    let baseline = dir.join("other.jsonl");
+    let text = std::fs::read_to_string(common::fixture("baseline_small.jsonl")).unwrap();
+    // The same answers under question ids the answers file does not have.
+    std::fs::write(&baseline, text.replace("\"question_id\": ", "\"question_id\": 9")).unwrap();
+    let (json, svg) = (dir.join("m.json"), dir.join("m.svg"));
+    let o = Command::new(env!("CARGO_BIN_EXE_clover-engine"))
+        .args(["metrics", "--answers"])
+        .arg(common::fixture("answers_small.jsonl"))
+        .arg("--baseline")
+        .arg(&baseline)
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    common::assert_clean_error(&o, &["other.jsonl", "none of the", "answers_small.jsonl"]);
+    assert!(!json.exists() && !svg.exists(), "a refused run wrote its outputs");
+}

@@ -41,6 +41,17 @@ pub fn run(a: MetricsArgs) -> Result<()> {
         );
     }
     let baseline = a.baseline.as_deref().map(read_answers).transpose()?;
+    if let (Some(base), Some(path)) = (&baseline, &a.baseline) {
+        // A baseline that shares no question is a wrong file, not a table with no speedups.
+        if !answers.iter().any(|x| base.iter().any(|b| b.question_id == x.question_id)) {
+            return Err(Error::input(format!(
+                "--baseline {}: answers none of the {} questions of {}: no speedup can be computed",
+                path.display(),
+                answers.len(),
+                a.answers.display()
+            )));
+        }
+    }
     let m = compute(&answers, baseline.as_deref());
     print!("{}", m.table());
     if let (Some(n), Some(path)) = (m.compared_questions, &a.baseline) {

@@ -328,6 +328,8 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     let (base_dir, head_dir) = (dir.join("base"), dir.join("head"));
     let mut config = tiny_llama_config(TINY_VOCAB);
     config["rope_theta"] = 100000.0.into();
+    // Untied, so E reading the input embedding instead of lm_head's rows would show.
+    config["tie_word_embeddings"] = false.into();
     write_random_model(&base_dir, &config, 4).unwrap();
     init_head(DraftKind::Clover2, &base_dir, &head_dir, 1).unwrap();
     // Far from the identity, so a swapped half or a missing term changes the result.
@@ -347,7 +349,7 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     let (h, v, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps as f64);
     let lm_head: Vec<f64> = SafetensorsFiles::open_dir(&base_dir)
         .unwrap()
-        .get("model.embed_tokens.weight", &[v, h])
+        .get("lm_head.weight", &[v, h])
         .unwrap()
         .to_f32()
         .into_iter()

@@ -38,10 +38,15 @@ const T: usize = 7;
 /// A tiny random base model, loaded, with its config and the frozen matrices in f64.
 fn tiny_base(name: &str) -> (Llama<CpuBackend>, Vec<f64>, Vec<f64>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("clover-head-gradcheck-{name}-{}", std::process::id()));
-    write_random_model(&dir, &tiny_llama_config(VOCAB), 3).unwrap();
+    // Untied: Clover-2's token embedding is lm_head's rows and EAGLE-1's the input embedding
+    // (clover2.md §2, eagle.md §2); with tied weights a swap of the two would pass unseen.
+    let mut config = tiny_llama_config(VOCAB);
+    config["tie_word_embeddings"] = false.into();
+    write_random_model(&dir, &config, 3).unwrap();
     let model = Llama::load(&dir, CpuBackend).unwrap();
     let lm = gc::to_f64(&model.lm_head().to_f32());
     let embed = gc::to_f64(&model.embed_tokens().to_f32());
+    assert_ne!(lm, embed, "the check needs distinct lm_head and input embedding");
     (model, lm, embed, dir)
 }
 

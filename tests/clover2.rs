@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::direct::{add, assert_close, linear, rewrite_weights, rmsnorm, Tensors};
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +24,6 @@ use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig};
 use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
 use clover_engine::weights::safetensors::SafetensorsFiles;
-use clover_engine::weights::write_f32_safetensors;
 
 const TINY_VOCAB: usize = 256;
 
@@ -246,76 +247,27 @@ fn stable_kv_length_is_the_committed_positions_after_every_cycle() {
     }
 }
 
-/// Rewrites a head's weights through `edit` (name, shape, values).
-fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
-    let files = SafetensorsFiles::open_dir(dir).unwrap();
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let shape = view.shape().to_vec();
-            let values = files.get(&name, &shape).unwrap().to_f32();
-            (name, shape, values)
-        })
-        .collect();
-    drop(files);
-    edit(&mut tensors);
-    write_f32_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
-}
-
-fn rmsnorm(x: &[f64], gain: &[f64], eps: f64) -> Vec<f64> {
-    let r = 1.0 / (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
-    x.iter().zip(gain).map(|(v, g)| v * r * g).collect()
-}
-
-/// w `[out, cols]` applied to `x` = columns `first..first + x.len()` of it.
-fn linear(w: &[f64], cols: usize, first: usize, x: &[f64]) -> Vec<f64> {
-    w.chunks_exact(cols).map(|row| row[first..first + x.len()].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
-}
-
-fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
-    a.iter().zip(b).map(|(x, y)| x + y).collect()
-}
-
-/// The spec's tensors of one head folder as f64, by name.
-struct Tensors(SafetensorsFiles);
-
-impl Tensors {
-    fn get(&self, name: &str, shape: &[usize]) -> Vec<f64> {
-        self.0.get(name, shape).unwrap().to_f32().into_iter().map(f64::from).collect()
-    }
-
-    /// AD(x, y) of clover2.md §3 with the cell under `prefix`.
-    fn ad(&self, prefix: &str, x: &[f64], y: &[f64], heads: usize, eps: f64) -> Vec<f64> {
-        let h = x.len();
-        let w = |n: &str| self.get(&format!("{prefix}.{n}.weight"), &[h, h]);
-        let b = |n: &str| self.get(&format!("{prefix}.{n}.bias"), &[h]);
-        let normed = rmsnorm(x, &self.get(&format!("{prefix}.input_layernorm.weight"), &[h]), eps);
-        let q = add(&linear(&w("q"), h, 0, &normed), &b("q"));
-        let k = add(&linear(&w("k"), h, 0, y), &b("k"));
-        let v = add(&linear(&w("v"), h, 0, y), &b("v"));
-        let d = h / heads;
-        let norm = |s: &[f64]| s.iter().map(|a| a * a).sum::<f64>().sqrt().max(eps);
-        let mut out = x.to_vec();
-        for head in 0..heads {
-            let s = head * d..(head + 1) * d;
-            let dot: f64 = s.clone().map(|i| q[i] * k[i]).sum();
-            let a = dot / (norm(&q[s.clone()]) * norm(&k[s.clone()]));
-            for i in s {
-                out[i] += a * v[i];
-            }
+/// AD(x, y) of clover2.md §3 with the cell under `prefix` of `t`.
+fn ad(t: &Tensors, prefix: &str, x: &[f64], y: &[f64], heads: usize, eps: f64) -> Vec<f64> {
+    let h = x.len();
+    let w = |n: &str| t.get(&format!("{prefix}.{n}.weight"), &[h, h]);
+    let b = |n: &str| t.get(&format!("{prefix}.{n}.bias"), &[h]);
+    let normed = rmsnorm(x, &t.get(&format!("{prefix}.input_layernorm.weight"), &[h]), eps);
+    let q = add(&linear(&w("q"), h, 0, &normed), &b("q"));
+    let k = add(&linear(&w("k"), h, 0, y), &b("k"));
+    let v = add(&linear(&w("v"), h, 0, y), &b("v"));
+    let d = h / heads;
+    let norm = |s: &[f64]| s.iter().map(|a| a * a).sum::<f64>().sqrt().max(eps);
+    let mut out = x.to_vec();
+    for head in 0..heads {
+        let s = head * d..(head + 1) * d;
+        let dot: f64 = s.clone().map(|i| q[i] * k[i]).sum();
+        let a = dot / (norm(&q[s.clone()]) * norm(&k[s.clone()]));
+        for i in s {
+            out[i] += a * v[i];
         }
-        out
     }
-}
-
-fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!((*a as f64 - b).abs() <= 1e-3 * (1.0 + b.abs()), "{what}[{i}]: {a} vs {b}");
-    }
+    out
 }
 
 /// The head's logits equal a direct computation of clover2.md §4–§5 from the stored tensors:
@@ -376,7 +328,7 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     let mut z: Vec<f32> = Vec::new();
     for (i, &tok) in next.iter().enumerate() {
         let row: Vec<f64> = u[i * h..(i + 1) * h].iter().map(|&x| x as f64).collect();
-        z.extend(t.ad("clover_head_mlp_rnn", &row, &e(tok), c.num_heads, eps).iter().map(|&x| x as f32));
+        z.extend(ad(&t, "clover_head_mlp_rnn", &row, &e(tok), c.num_heads, eps).iter().map(|&x| x as f32));
     }
     let layout = KvLayout { n_kv_heads: c.num_kv_heads, capacity: 64, head_dim: c.head_dim };
     let mut block_cache = KvCache::with_layout(&CpuBackend, 2, layout);
@@ -409,7 +361,7 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     let wc = t.get("clover_head_mlp2.weight", &[h, 2 * h]);
     let bc = t.get("clover_head_mlp2.bias", &[h]);
     let step = |parent: &[f64], tok: u32| {
-        let s = t.ad("clover_head_mlp_rnn2", parent, &e(tok), c.num_heads, eps);
+        let s = ad(&t, "clover_head_mlp_rnn2", parent, &e(tok), c.num_heads, eps);
         let pre = add(&add(&linear(&wc, 2 * h, 0, &s), &linear(&wc, 2 * h, h, &e(tok))), &bc);
         (project(&rmsnorm(&pre, &head_norm, eps)), s)
     };

@@ -19,6 +19,11 @@ pub const EAGLE_MAX_DEPTH: usize = 16;
 /// Room for tree entries after the committed pairs.
 const TREE_SLOTS: usize = 512;
 
+/// The layer's RoPE base, whatever the head config says: the reference builds its rotary
+/// embedding with the default base (eagle.md §2, step 3a), and trained checkpoints depend on it.
+/// Fresh heads write it into their config (`init-head`), so there the two agree.
+pub const EAGLE_ROPE_THETA: f64 = 10000.0;
+
 pub struct EagleHead<B: Backend> {
     pub config: ModelConfig,
     /// `embed_tokens.weight` when the checkpoint has one; else the base model's input embedding.
@@ -88,7 +93,7 @@ impl<B: Backend> EagleHead<B> {
             head_dim: config.head_dim,
         };
         Ok(EagleHead {
-            rope: Rope { inv_freq: config.rope_inv_freq() },
+            rope: Rope::plain(EAGLE_ROPE_THETA, config.head_dim),
             cache: KvCache::with_layout(b, 1, layout),
             embed,
             fc_embed: b.weight(fc_embed)?,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::draft::clover2::{self, cell_tensors, CLOVER_ROPE_THETA};
 use crate::draft::config::{head_config_json, read_json, CloverConfig};
-use crate::draft::DraftKind;
+use crate::draft::{eagle, DraftKind};
 use crate::error::{Error, Result};
 use crate::model::random::tensor_shapes;
 use crate::model::ModelConfig;
@@ -155,7 +155,9 @@ pub fn fresh_head_from(
     };
     let mut rng = Rng::new(seed);
     Ok(match kind {
-        DraftKind::Eagle => (eagle_tensors(&mut rng, &base), head_config_json(&base_json, kind.name(), 1, 10000.0)),
+        DraftKind::Eagle => {
+            (eagle_tensors(&mut rng, &base), head_config_json(&base_json, kind.name(), 1, eagle::EAGLE_ROPE_THETA))
+        }
         DraftKind::Clover2 => {
             let files = SafetensorsFiles::open_dir(base_dir)?;
             let clover = CloverConfig::default();

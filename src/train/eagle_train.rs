@@ -5,6 +5,7 @@
 //! 1.0·SmoothL1(f̂, target) + 0.1·softCE(lm_head f̂, softmax(lm_head target)), / (Σ mask + 1e-5).
 
 use crate::backend::Backend;
+use crate::draft::eagle::EAGLE_ROPE_THETA;
 use crate::draft::vocab::DraftLmHead;
 use crate::draft::DraftKind;
 use crate::model::layer::{DecoderLayer, LayerActs, LayerGrads, Rope};
@@ -72,7 +73,7 @@ impl<B: Backend> EagleTrainee<B> {
             fc_bias: b.zeros(h),
             layer: LayerGrads::zeros(b, &w.layer),
         };
-        EagleTrainee { rope: Rope { inv_freq: config.rope_inv_freq() }, loss: LossSpec::eagle(), config, w, g }
+        EagleTrainee { rope: Rope::plain(EAGLE_ROPE_THETA, config.head_dim), loss: LossSpec::eagle(), config, w, g }
     }
 
     fn build(c: &ModelConfig, weights: Vec<B::Weight>) -> Weights<B> {

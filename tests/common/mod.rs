@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+pub mod direct;
 pub mod tree_attention;
 
 use clover_engine::backend::cpu::CpuBackend;

@@ -18,8 +18,9 @@
 #   8. export both heads as bf16 into assets/smollm2-135m-instruct/{clover2,eagle}.
 # Every stage resumes: rerun the script (with a larger STEPS / STEPS2 / STEPS3) to continue training.
 # Environment: STEPS (round 1: train until this many steps, default 240), STEPS2 (round 2, default
-# 320), STEPS3 (round 3, default 330), STEPS4 (round 4, default 548), STEPS5 (450), STEPS6 (1000), RUNS (work folder, default runs/), THREADS (CPU threads per
-# distill run, default all cores).
+# 320), STEPS3 (round 3, default 330), STEPS4 (round 4, default 548), STEPS5 (450), STEPS6 (1000),
+# ROUNDS (stop after this many rounds, default 6; below 6 nothing is exported, so assets/ stays as
+# it is), RUNS (work folder, default runs/), THREADS (CPU threads per distill run, default all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,16 @@ runs="${RUNS:-runs}"
 threads=()
 [ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
 engine=target/release/clover-engine
+rounds="${ROUNDS:-6}"
+case "$rounds" in [1-6]) ;; *) echo "error: ROUNDS=$rounds: give 1 to 6" >&2; exit 2 ;; esac
+
+# Ends the script after round $1 when ROUNDS asks for no more (a trial must not reach the export).
+stop_after() {
+  if [ "$rounds" -le "$1" ]; then
+    echo "ROUNDS=$rounds: stopped after round $1; the heads are in $runs/, assets/ is unchanged"
+    exit 0
+  fi
+}
 
 cargo build --release
 tools/fetch-default-model.sh
@@ -41,6 +52,7 @@ for head in clover2 eagle; do
     --steps "$steps" --batch-tokens 2048 --lr 1e-3 --warmup 20 --total-steps 240 --max-len 512 \
     --eval-every 20 --eval-tokens 2048 --seed 0 "${resume[@]}"
 done
+stop_after 1
 
 # One warm-started round of one head: from the head folder INIT (or resuming OUT) at peak lr 3e-4,
 # warm-up 20, over the 8192 most frequent assistant tokens. Arguments: head, out, init, data
@@ -60,12 +72,14 @@ steps2="${STEPS2:-320}"
 for head in clover2 eagle; do
   warm_round "$head" "$runs/$head-r2" "$runs/$head" "$runs/sharegpt-512" "$steps2" "$steps2" 40 1
 done
+stop_after 2
 
 # Round 3: new conversations, ShareGPT [1000, 2547), one epoch from round 2, same settings.
 "$engine" gen-data --out "$runs/sharegpt-512-b" --start 1000 --end 2547 --max-len 512
 for head in clover2 eagle; do
   warm_round "$head" "$runs/$head-r3" "$runs/$head-r2" "$runs/sharegpt-512-b" "${STEPS3:-330}" 330 55 2
 done
+stop_after 3
 
 # Round 4: both data folders together, one epoch from round 3 (548 steps, seed 3). Clover-2 starts
 # with AD0's token injection (v) scaled by 5 and trains it at 20x the learning rate (README,
@@ -76,6 +90,7 @@ for head in clover2 eagle; do
   warm_round "$head" "$runs/$head-r4" "$runs/$head-r3" "$runs/sharegpt-512,$runs/sharegpt-512-b" \
     "${STEPS4:-548}" 548 50 3 "${extra[@]}"
 done
+stop_after 4
 
 # Round 5: new conversations, ShareGPT [2547, 4547), one epoch from round 4 (450 steps, seed 4);
 # Clover-2 keeps AD0's v at 20x the learning rate. (The shipped heads' round 5 started from the bf16
@@ -89,6 +104,7 @@ for head in clover2 eagle; do
   [ "$head" = clover2 ] && extra=("${ad0_rate[@]}")
   warm_round "$head" "$runs/$head-r5" "$runs/$head-r4" "$runs/sharegpt-512-c" "${STEPS5:-450}" 450 50 4 "${extra[@]}"
 done
+stop_after 5
 
 # Round 6: 2,500 more new conversations, ShareGPT [4547, 7047), then 1000 steps (about one epoch)
 # from round 5 over the round-5 and round-6 folders together (seed 5); then export both heads.

@@ -92,8 +92,9 @@ pub struct Cli {
     /// Worker threads for the CPU backend (default, or 0: one per core).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Where the model runs: cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's
-    /// kernels are there and it opens, else cpu).
+    /// Where the model runs, for the commands that run one (generate, score, gen-data, distill,
+    /// eval, bench): cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's kernels are
+    /// there and it opens, else cpu).
     #[arg(long, global = true)]
     device: Option<String>,
     #[command(subcommand)]

@@ -219,3 +219,34 @@ fn top_k_two_with_three_children_pads_deterministically() {
     let (bad, bad_df) = chi2(&sample_runs(&model, &tree, &params, accept_first_plausible, None), &exact, RUNS);
     assert!(bad > chi2_critical(bad_df), "the chi-square test missed a wrong acceptance rule");
 }
+
+/// At T > 0 with `--top-k 1` the processed draft distribution is one token, but an EAGLE-2 tree
+/// of three root children still verifies the head's three most likely tokens: it ranks by the
+/// draft distribution at the temperature alone (cut tokens would come in token-id order, or not
+/// at all).
+#[test]
+fn eagle2_tree_ranks_past_a_top_k_cut() {
+    use clover_engine::draft::DraftHead;
+    use clover_engine::spec::drafting::draft_tree;
+    let model = model();
+    let mut cache = model.new_cache(PROMPT.len());
+    let base = model.prefill(&mut cache, &PROMPT, LogitRows::Last).unwrap();
+    // A noiseless oracle drafts the base model's own logits, whose order is known.
+    let mut head = oracle::OracleHead::new(PROMPT[0], 0.0, 1);
+    DraftHead::<CpuBackend>::reset(&mut head);
+    let root = 4;
+    let rows: Vec<usize> = (0..PROMPT.len()).collect();
+    let next: Vec<u32> = PROMPT[1..].iter().copied().chain([root]).collect();
+    let first = head.begin(&model, &base, &rows, &next).unwrap();
+    let want: Vec<u32> = {
+        let mut c = model.new_cache(PROMPT.len() + 1);
+        let logits = model.prefill(&mut c, &[PROMPT.as_slice(), &[root]].concat(), LogitRows::Last).unwrap().logits;
+        let mut order: Vec<u32> = (0..VOCAB as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        order[..3].to_vec()
+    };
+    let tree = TreeSpec::Eagle2(Eagle2Params { top_k: 3, max_depth: 1, total_tokens: 4 });
+    let params = SamplingParams { temperature: 0.7, top_k: 1, top_p: 1.0 };
+    let drafted = draft_tree(&tree, &model, &mut head, root, first, &params, &mut Rng::new(0)).unwrap();
+    assert_eq!(drafted.tokens, [&[root], want.as_slice()].concat(), "root, then the head's top three");
+}

@@ -9,7 +9,7 @@ use crate::draft::DraftHead;
 use crate::error::{Error, Result};
 use crate::model::{Llama, LogitRows};
 use crate::sampling::SamplingParams;
-use crate::spec::drafting::draft_distribution;
+use crate::spec::drafting::{draft_distribution, eagle2_ranking};
 use crate::spec::node_logits::NodeLogits;
 
 use super::chain_rows;
@@ -114,7 +114,7 @@ pub fn level_latency_ms<B: Backend, H: DraftHead<B> + ?Sized>(
             let t = Instant::now();
             let logits = head.expand(model, &vec![0; r], &tokens)?.to_host(&model.backend);
             for row in logits.chunks_exact(logits.len() / r) {
-                std::hint::black_box(draft_distribution(row, params));
+                std::hint::black_box(draft_distribution(row, &eagle2_ranking(params)));
             }
             if rep > 0 {
                 times[r - 1].push(t.elapsed().as_secs_f64() * 1000.0);

@@ -27,11 +27,14 @@ pub(super) fn top_p_candidates(row: &[f32], top_p: f32, ratio: f32) -> Vec<(u32,
     cands
 }
 
-/// The `k` most probable tokens of a row, most probable first. A size-k heap over the row keeps
-/// this O(V log k) without copying the vocabulary, which matters at k = 10 over ~50k tokens.
+/// The `k` most probable tokens of a row, most probable first, and only tokens with q > 0: at
+/// T > 0 a top-k or top-p processor zeroes most of the row, and a token it cut would enter the tree
+/// at a score of −inf, in token-id order, taking a verification slot from a token the base's own
+/// cut almost always rejects. A size-k heap over the row keeps this O(V log k) without copying
+/// the vocabulary, which matters at k = 10 over ~50k tokens.
 pub(super) fn top_k_candidates(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut heap: BinaryHeap<Reverse<BestFirst>> = BinaryHeap::with_capacity(k + 1);
-    for (token, &q) in row.iter().enumerate() {
+    for (token, &q) in row.iter().enumerate().filter(|&(_, &q)| q > 0.0) {
         let cand = BestFirst(token as u32, q);
         if heap.len() < k {
             heap.push(Reverse(cand));

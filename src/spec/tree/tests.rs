@@ -229,6 +229,8 @@ fn top_k_matches_a_full_sort_with_ties_to_lower_tokens() {
     sorted.sort_by(by_descending_prob);
     assert_eq!(top_k_candidates(&row, 10), sorted[..10]);
     assert_eq!(top_k_candidates(&[0.25, 0.5, 0.25], 10), [(1, 0.5), (0, 0.25), (2, 0.25)]);
+    // Tokens a top-k or top-p processor cut (q = 0) are no candidates, however many are asked for.
+    assert_eq!(top_k_candidates(&[0.0, 0.7, 0.0, 0.3, 0.0], 4), [(1, 0.7), (3, 0.3)]);
 }
 
 /// Rows over a 4-token vocabulary with q = 1 children, so that scores tie exactly.
@@ -257,8 +259,9 @@ fn eagle2_rerank_respects_the_budget_and_prefers_shallower_ties() {
     assert_eq!(tree.buffers().parents(), [None, Some(0), Some(0), Some(1), Some(2), Some(3)]);
     assert_eq!(tree.buffers().row_width(), 2);
 
+    // Every candidate with q > 0: two a level (each row below depth 1 gives one token q = 1).
     let everything = eagle2_tie_tree(100);
-    assert_eq!(everything.buffers().num_nodes(), 1 + 2 + 4 + 4);
+    assert_eq!(everything.buffers().num_nodes(), 1 + 2 + 2 + 2);
 }
 
 /// A budget-B tree is the nodes of rank ≤ B of any larger tree grown from the same rows.

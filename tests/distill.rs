@@ -43,8 +43,14 @@ fn learns(kind: DraftKind) -> DistillSummary {
     assert_eq!(lines.iter().filter(|l| l.split == TRAIN).count(), 30);
     let heads = if kind == DraftKind::Clover2 { 5 } else { 1 };
     assert!(lines.iter().all(|l| l.vloss.len() == heads && l.ploss.len() == heads));
-    let top1 = &summary.last_eval.as_ref().unwrap().top1;
-    assert!(top1.len() == heads && top1.iter().all(|a| (0.0..=1.0).contains(a)), "{top1:?}");
+    let e = summary.last_eval.as_ref().unwrap();
+    assert!(e.top1.len() == heads && e.top1.iter().all(|a| (0.0..=1.0).contains(a)), "{:?}", e.top1);
+    // Top-2 and top-3 agreement contain top-1's and do not exceed 1.
+    for i in 0..heads {
+        let (t1, t2, t3) = (e.top1[i], e.top2[i], e.top3[i]);
+        assert!(t1 <= t2 && t2 <= t3 && t3 <= 1.0, "{kind:?} head {i}: top-1/2/3 {t1} {t2} {t3}");
+    }
+    assert!(e.top3.iter().sum::<f64>() > e.top1.iter().sum::<f64>(), "top-3 never adds a match: {e:?}");
     for file in ["loss.svg", "accuracy.svg", "config.json", "model.safetensors"] {
         assert!(out.join(file).exists(), "{file} is written");
     }

@@ -7,6 +7,7 @@ use clover_engine::error::{Error, Result};
 use clover_engine::train::distill::{
     distill, reference_schedule, DistillOptions, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
 };
+use clover_engine::train::metrics::percents;
 use clover_engine::train::tensor_scale::TensorScale;
 use clover_engine::train::timers::Phase;
 
@@ -139,8 +140,13 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
     }
     match &s.last_eval {
         Some(e) => {
-            let top1: Vec<String> = e.top1.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
-            println!("held-out loss {:.4}, top-1 agreement with the base model per head: {}", e.loss, top1.join(" "));
+            println!(
+                "held-out loss {:.4}, agreement with the base model's argmax per head: top-1 {}, top-2 {}, top-3 {}",
+                e.loss,
+                percents(&e.top1),
+                percents(&e.top2),
+                percents(&e.top3)
+            );
         }
         None => println!(
             "no held-out evaluation: no held-out conversation (the last 5%) has assistant tokens within --max-len"

@@ -47,7 +47,11 @@ pub struct HeadSums {
     pub vloss: f64,
     pub ploss: f64,
     pub rows: usize,
+    /// Held-out rows whose base-model argmax is the head's first choice, among its first two,
+    /// among its first three (clover2.md §8's logged top-1/2/3 accuracy).
     pub top1: usize,
+    pub top2: usize,
+    pub top3: usize,
 }
 
 impl HeadSums {
@@ -56,6 +60,8 @@ impl HeadSums {
         self.ploss += o.ploss;
         self.rows += o.rows;
         self.top1 += o.top1;
+        self.top2 += o.top2;
+        self.top3 += o.top3;
     }
 }
 
@@ -195,9 +201,13 @@ pub fn head_losses<B: Backend>(
             sums[i].ploss +=
                 b.soft_cross_entropy(&logits, shifted.as_ref().unwrap_or(&teacher), &weights, &mut d_logits) as f64;
             if let Some(want) = &teacher_top1 {
-                let got = argmax_rows(&b.download(&logits), vocab);
                 let token = |column: usize| lm.ids().map_or(column, |ids| ids[column] as usize);
-                sums[i].top1 += got.iter().zip(&want[skip..]).filter(|(&g, &w)| token(g) == w).count();
+                for (got, &w) in top3_rows(&b.download(&logits), vocab).iter().zip(&want[skip..]) {
+                    let rank = got.iter().position(|&g| g.is_some_and(|g| token(g) == w));
+                    sums[i].top1 += usize::from(rank.is_some_and(|r| r < 1));
+                    sums[i].top2 += usize::from(rank.is_some_and(|r| r < 2));
+                    sums[i].top3 += usize::from(rank.is_some());
+                }
             }
             if wants.grads {
                 let mut dx = b.zeros(n * hidden);
@@ -225,6 +235,24 @@ fn argmax_rows(values: &[f32], width: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Each row's three largest values' indices, largest first, the earlier index first on ties (so
+/// the first is `argmax_rows`'s); `None` past the row's width.
+fn top3_rows(values: &[f32], width: usize) -> Vec<[Option<usize>; 3]> {
+    values
+        .chunks_exact(width)
+        .map(|row| {
+            let mut best: [Option<(usize, f32)>; 3] = [None; 3];
+            for (k, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
+                // Strictly greater moves a value up, so an earlier index keeps its place on ties.
+                let Some(slot) = best.iter().position(|b| b.is_none_or(|(_, bv)| v > bv)) else { continue };
+                best[slot..].rotate_right(1);
+                best[slot] = Some((k, v));
+            }
+            best.map(|b| b.map(|(k, _)| k))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,9 +273,12 @@ mod tests {
         // and ploss_1 = 1.4582/2, the same as plain sums divided by (Σ mask + 1); the total
         // weighs them back.
         let spec = LossSpec::clover(2, 1.0, 0.7);
-        let scaled =
-            vec![HeadSums::default(), HeadSums { vloss: 3.5 * 0.65625, ploss: 0.35 * 1.4582, rows: 1, top1: 0 }];
-        let plain = vec![HeadSums::default(), HeadSums { vloss: 0.65625, ploss: 1.4582, rows: 1, top1: 0 }];
+        let scaled = vec![
+            HeadSums::default(),
+            HeadSums { vloss: 3.5 * 0.65625, ploss: 0.35 * 1.4582, rows: 1, ..Default::default() },
+        ];
+        let plain =
+            vec![HeadSums::default(), HeadSums { vloss: 0.65625, ploss: 1.4582, rows: 1, ..Default::default() }];
         for per_head in [spec.per_head(&scaled, false), spec.per_head(&plain, true)] {
             assert!((per_head[1].0 - 0.328125).abs() < 1e-6 && (per_head[1].1 - 0.7291).abs() < 1e-6, "{per_head:?}");
             assert!((spec.total(&per_head) - 0.7 * (10.0 * 0.328125 + 0.7291)).abs() < 1e-5);
@@ -269,5 +300,20 @@ mod tests {
     #[test]
     fn argmax_takes_the_first_of_ties() {
         assert_eq!(argmax_rows(&[1.0, 3.0, 3.0, -1.0, -2.0, -1.0], 3), [1, 0]);
+    }
+
+    #[test]
+    fn top3_orders_by_value_then_index() {
+        let rows = [0.5, 2.0, -1.0, 2.0, 7.0, 0.5, /* */ 1.0, f32::NAN, 1.0, /* */ 4.0, 3.0];
+        assert_eq!(top3_rows(&rows[..6], 6), [[Some(4), Some(1), Some(3)]]);
+        assert_eq!(top3_rows(&rows[6..9], 3), [[Some(0), Some(2), None]]);
+        assert_eq!(top3_rows(&rows[9..], 2), [[Some(0), Some(1), None]]);
+        let many: Vec<f32> = (0..40).map(|i| ((i * 17) % 11) as f32).collect();
+        for (row, top) in many.chunks_exact(8).zip(top3_rows(&many, 8)) {
+            assert_eq!(top[0], Some(argmax_rows(row, 8)[0]), "the first is argmax's");
+            let mut order: Vec<usize> = (0..8).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            assert_eq!(top, [Some(order[0]), Some(order[1]), Some(order[2])]);
+        }
     }
 }

@@ -30,12 +30,22 @@ pub struct MetricsLine {
     /// Held-out: per head, the fraction of rows whose top-1 token is the base model's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top1: Vec<f64>,
+    /// Held-out: per head, the fraction whose base token is among the head's first two / three.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top2: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top3: Vec<f64>,
     /// Tokens in the batch (train) or in the held-out set (heldout).
     pub tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
+}
+
+/// Per-head fractions as percentages, "37.6% 35.0% …", for the progress lines.
+pub fn percents(fractions: &[f64]) -> String {
+    fractions.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect::<Vec<_>>().join(" ")
 }
 
 pub const TRAIN: &str = "train";

@@ -15,7 +15,7 @@ use crate::train::batches::Batcher;
 use crate::train::checkpoint::{self, CheckpointFiles, CheckpointState, RunConfig, TrainState, EXP_AVG, EXP_AVG_SQ};
 use crate::train::head::{Mode, TrainHead};
 use crate::train::losses::HeadSums;
-use crate::train::metrics::{MetricsLine, MetricsLog, HELDOUT, TRAIN};
+use crate::train::metrics::{percents, MetricsLine, MetricsLog, HELDOUT, TRAIN};
 use crate::train::optim::Optimizer;
 use crate::train::params::ParamSet;
 use crate::train::shards::{Record, ShardReader};
@@ -101,13 +101,13 @@ impl<B: Backend> Run<'_, B> {
         if !self.opts.progress {
             return;
         }
-        let top1: Vec<String> = line.top1.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
         bar.suspend(|| {
             println!(
-                "step {:>6}  held-out loss {:.4}  top-1 vs base per head: {}",
+                "step {:>6}  held-out loss {:.4}  top-1 vs base per head: {}  (top-3: {})",
                 line.step,
                 line.loss,
-                top1.join(" ")
+                percents(&line.top1),
+                percents(&line.top3)
             )
         });
     }
@@ -177,6 +177,8 @@ impl<B: Backend> Run<'_, B> {
             vloss: per_head.iter().map(|p| p.0).collect(),
             ploss: per_head.iter().map(|p| p.1).collect(),
             top1: Vec::new(),
+            top2: Vec::new(),
+            top3: Vec::new(),
             tokens,
             lr: Some(lr as f64),
             tokens_per_s: Some(tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)),
@@ -216,6 +218,8 @@ impl<B: Backend> Run<'_, B> {
             vloss: per_head.iter().map(|p| p.0).collect(),
             ploss: per_head.iter().map(|p| p.1).collect(),
             top1: sums.iter().map(|s| s.top1 as f64 / s.rows.max(1) as f64).collect(),
+            top2: sums.iter().map(|s| s.top2 as f64 / s.rows.max(1) as f64).collect(),
+            top3: sums.iter().map(|s| s.top3 as f64 / s.rows.max(1) as f64).collect(),
             tokens,
             lr: None,
             tokens_per_s: None,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::direct::{add, assert_close, linear, rewrite_weights, rmsnorm, Tensors};
+use common::direct::{add, assert_close, begin_on_prompt, linear, rewrite_weights, rmsnorm, Tensors, PROMPT};
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use clover_engine::draft::init::{init_head, init_head_from};
 use clover_engine::draft::{load_head, DraftHead, DraftKind};
 use clover_engine::model::layer::{DecoderLayer, Rope};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
-use clover_engine::model::{ForwardOutput, KvCache, Llama, LogitRows, Logits};
+use clover_engine::model::{ForwardOutput, KvCache, Llama, Logits};
 use clover_engine::rng::Rng;
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::drafting::TreeSpec;
@@ -299,28 +299,14 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     let model = Llama::load(&base_dir, CpuBackend).unwrap();
     let c = model.config.clone();
     let (h, v, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps as f64);
-    let lm_head: Vec<f64> = SafetensorsFiles::open_dir(&base_dir)
-        .unwrap()
-        .get("lm_head.weight", &[v, h])
-        .unwrap()
-        .to_f32()
-        .into_iter()
-        .map(f64::from)
-        .collect();
+    let lm_head = Tensors::open(&base_dir).get("lm_head.weight", &[v, h]);
     let e = |t: u32| lm_head[t as usize * h..(t as usize + 1) * h].to_vec();
     let project = |f: &[f64]| linear(&lm_head, h, 0, f);
     let head_files = SafetensorsFiles::open_dir(&head_dir).unwrap();
-    let t = Tensors(SafetensorsFiles::open_dir(&head_dir).unwrap());
+    let t = Tensors::open(&head_dir);
 
-    let prompt = [5u32, 17, 42, 99, 3, 64];
-    let root = 7u32;
-    let mut cache = model.new_cache(64);
-    let base = model.prefill(&mut cache, &prompt, LogitRows::Last).unwrap();
-    let rows: Vec<usize> = (0..prompt.len()).collect();
-    let next: Vec<u32> = prompt[1..].iter().copied().chain([root]).collect();
     let mut head = Clover2Head::load(&head_dir, &model).unwrap();
-    head.reset();
-    let logits0 = head.begin(&model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
+    let (base, next, logits0) = begin_on_prompt(&model, &mut head);
 
     // AD₀ over (u_t, E[x_{t+1}]), then the two block layers (the shared, separately tested
     // decoder layer) at positions 0.. with RoPE base 10000.
@@ -332,7 +318,8 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     }
     let layout = KvLayout { n_kv_heads: c.num_kv_heads, capacity: 64, head_dim: c.head_dim };
     let mut block_cache = KvCache::with_layout(&CpuBackend, 2, layout);
-    let positions: Vec<u32> = (0..prompt.len() as u32).collect();
+    let n = PROMPT.len();
+    let positions: Vec<u32> = (0..n as u32).collect();
     let cos_sin = Rope::plain(10000.0, c.head_dim).cos_sin(&positions);
     for l in 0..2 {
         let layer = DecoderLayer::load(
@@ -345,9 +332,9 @@ fn drafts_match_a_direct_computation_of_the_spec() {
             &mut 0,
         )
         .unwrap();
-        layer.forward(&CpuBackend, &mut z, prompt.len(), block_cache.layer(l), &cos_sin, AttnMask::Causal);
+        layer.forward(&CpuBackend, &mut z, n, block_cache.layer(l), &cos_sin, AttnMask::Causal);
     }
-    let last: Vec<f64> = z[(prompt.len() - 1) * h..].iter().map(|&x| x as f64).collect();
+    let last: Vec<f64> = z[(n - 1) * h..].iter().map(|&x| x as f64).collect();
     let s0 = rmsnorm(&last, &t.get("clover_norm.weight", &[h]), eps);
     let head_norm = t.get("clover_head_norm.weight", &[h]);
     let f0 = rmsnorm(
@@ -374,7 +361,7 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     assert_close(&logits2[..v], &step(&s1b, 31).0, "head 2, node 0");
     assert_close(&logits2[v..2 * v], &step(&s1b, 2).0, "head 2, node 1");
     assert_close(&logits2[2 * v..], &step(&s1a, 31).0, "head 2, node 2");
-    assert_eq!(head.stable_len(), prompt.len());
+    assert_eq!(head.stable_len(), n);
 }
 
 fn copy_head(src: &Path, name: &str) -> PathBuf {

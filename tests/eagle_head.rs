@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::direct::{add, assert_close, linear, rewrite_weights, Tensors};
+use common::direct::{add, assert_close, begin_on_prompt, linear, rewrite_weights, Tensors};
 
 use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::backend::{AttnMask, KvLayout};
@@ -16,7 +16,7 @@ use clover_engine::draft::init::init_head;
 use clover_engine::draft::{DraftHead, DraftKind};
 use clover_engine::model::layer::{DecoderLayer, Rope};
 use clover_engine::model::random::{tiny_llama_config, write_random_model};
-use clover_engine::model::{KvCache, Llama, LogitRows};
+use clover_engine::model::{KvCache, Llama};
 use clover_engine::rng::Rng;
 
 #[test]
@@ -73,15 +73,8 @@ fn drafts_match_a_direct_computation_of_the_spec() {
         (last, logits)
     };
 
-    let prompt = [5u32, 17, 42, 99, 3, 64];
-    let root = 7u32;
-    let mut cache = model.new_cache(64);
-    let base = model.prefill(&mut cache, &prompt, LogitRows::Last).unwrap();
-    let rows: Vec<usize> = (0..prompt.len()).collect();
-    let next: Vec<u32> = prompt[1..].iter().copied().chain([root]).collect();
     let mut head = EagleHead::load(&head_dir, &model).unwrap();
-    head.reset();
-    let logits0 = head.begin(&model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
+    let (base, next, logits0) = begin_on_prompt(&model, &mut head);
 
     let features = clover_engine::backend::Backend::download(&CpuBackend, &base.postnorm);
     let prefix: Vec<Vec<f32>> = next

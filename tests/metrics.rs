@@ -104,21 +104,26 @@ fn svg_has_both_charts() {
     assert!(svg.contains(">0.82<") && svg.contains(">2.33<") && svg.contains(">overall<"));
 }
 
+/// `metrics` on the hand-made answers against `baseline`, writing JSON and SVG.
+fn metrics_cli(baseline: &std::path::Path, json: &std::path::Path, svg: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_clover-engine"))
+        .args(["metrics", "--answers"])
+        .arg(common::fixture("answers_small.jsonl"))
+        .arg("--baseline")
+        .arg(baseline)
+        .arg("--json")
+        .arg(json)
+        .arg("--svg")
+        .arg(svg)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn metrics_cli_writes_table_json_and_svg() {
     let dir = common::temp_dir("metrics-cli");
     let (json, svg) = (dir.join("m.json"), dir.join("m.svg"));
-    let o = Command::new(env!("CARGO_BIN_EXE_clover-engine"))
-        .args(["metrics", "--answers"])
-        .arg(common::fixture("answers_small.jsonl"))
-        .arg("--baseline")
-        .arg(common::fixture("baseline_small.jsonl"))
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .unwrap();
+    let o = metrics_cli(&common::fixture("baseline_small.jsonl"), &json, &svg);
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let row = table.lines().find(|l| l.starts_with("qa")).unwrap();
@@ -155,17 +160,7 @@ fn baseline_sharing_no_question_is_refused() {
     // The same answers under question ids the answers file does not have.
     std::fs::write(&baseline, text.replace("\"question_id\": ", "\"question_id\": 9")).unwrap();
     let (json, svg) = (dir.join("m.json"), dir.join("m.svg"));
-    let o = Command::new(env!("CARGO_BIN_EXE_clover-engine"))
-        .args(["metrics", "--answers"])
-        .arg(common::fixture("answers_small.jsonl"))
-        .arg("--baseline")
-        .arg(&baseline)
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .unwrap();
+    let o = metrics_cli(&baseline, &json, &svg);
     common::assert_clean_error(&o, &["other.jsonl", "none of the", "answers_small.jsonl"]);
     assert!(!json.exists() && !svg.exists(), "a refused run wrote its outputs");
 }

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::DraftHead;
+use clover_engine::model::{ForwardOutput, Llama, LogitRows};
 use clover_engine::weights::safetensors::SafetensorsFiles;
 use clover_engine::weights::write_f32_safetensors;
 
@@ -58,4 +61,23 @@ pub fn assert_close(got: &[f32], want: &[f64], what: &str) {
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
         assert!((*a as f64 - b).abs() <= 1e-3 * (1.0 + b.abs()), "{what}[{i}]: {a} vs {b}");
     }
+}
+
+/// The prompt both direct tests draft after, and the root token that follows it.
+pub const PROMPT: [u32; 6] = [5, 17, 42, 99, 3, 64];
+pub const ROOT: u32 = 7;
+
+/// The base forward over `PROMPT`, the tokens paired with its rows (`PROMPT[1..]` then `ROOT`),
+/// and the root row of `head` after a fresh `begin` on them.
+pub fn begin_on_prompt(
+    model: &Llama<CpuBackend>,
+    head: &mut dyn DraftHead<CpuBackend>,
+) -> (ForwardOutput<CpuBackend>, Vec<u32>, Vec<f32>) {
+    let mut cache = model.new_cache(64);
+    let base = model.prefill(&mut cache, &PROMPT, LogitRows::Last).unwrap();
+    let rows: Vec<usize> = (0..PROMPT.len()).collect();
+    let next: Vec<u32> = PROMPT[1..].iter().copied().chain([ROOT]).collect();
+    head.reset();
+    let root_row = head.begin(model, &base, &rows, &next).unwrap().to_host(&CpuBackend);
+    (base, next, root_row)
 }

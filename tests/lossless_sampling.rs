@@ -2,7 +2,7 @@
 //! distributions can be enumerated exactly, 20k sampled continuations (first 3 tokens) from the
 //! whole engine are compared with the exact distribution by a chi-square test, for the static
 //! and both dynamic trees, at T = 1 and at T = 0.7 with top-p 0.9. A deliberately wrong
-//! acceptance rule must fail the same test.
+//! acceptance rule must fail the same test. The real heads (untrained) are checked the same way.
 
 mod common;
 
@@ -12,12 +12,16 @@ mod oracle;
 use std::collections::HashMap;
 
 use clover_engine::backend::cpu::CpuBackend;
+use clover_engine::draft::init::init_head;
+use clover_engine::draft::{load_head, DraftKind};
 use clover_engine::model::random::{tiny_llama_config, write_random_model_scaled};
 use clover_engine::model::{Llama, LogitRows};
 use clover_engine::rng::Rng;
 use clover_engine::sampling::{self, SamplingParams};
 use clover_engine::spec::drafting::{DraftedTree, TreeSpec};
-use clover_engine::spec::engine::{accept_lossless, generate_speculative_with, AcceptRule, GenerationConfig};
+use clover_engine::spec::engine::{
+    accept_lossless, generate_speculative, generate_speculative_with, AcceptRule, GenerationConfig,
+};
 use clover_engine::spec::tree::{CloverTreeParams, Eagle2Params, StaticTree};
 use clover_engine::spec::verify::{Accepted, BaseRows};
 
@@ -40,11 +44,15 @@ fn trees() -> Vec<(&'static str, TreeSpec)> {
 }
 
 fn model() -> Llama<CpuBackend> {
+    Llama::load(&model_dir(), CpuBackend).unwrap()
+}
+
+fn model_dir() -> std::path::PathBuf {
     let dir = common::temp_dir("chi2-model");
     let mut config = tiny_llama_config(VOCAB);
     config["num_hidden_layers"] = 1.into();
     write_random_model_scaled(&dir, &config, 21, 0.25).unwrap();
-    Llama::load(&dir, CpuBackend).unwrap()
+    dir
 }
 
 /// P(t1, t2, t3 | prompt) under the processed base distributions, for every sequence.
@@ -117,17 +125,27 @@ fn sample_runs(
     rule: AcceptRule,
     draft_vocab: Option<&[u32]>,
 ) -> HashMap<[u32; 3], usize> {
-    let mut counts = HashMap::new();
-    for run in 0..RUNS {
-        let cfg = GenerationConfig { max_new_tokens: 3, sampling: *params, seed: run as u64, stop_ids: vec![] };
-        let mut head = oracle::OracleHead::new(PROMPT[0], 1.0, run as u64 ^ 0xABCD);
+    count_runs(|run| {
+        let mut head = oracle::OracleHead::new(PROMPT[0], 1.0, run ^ 0xABCD);
         if let Some(ids) = draft_vocab {
             head = head.with_draft_vocab(ids.to_vec());
         }
-        let (out, _) = generate_speculative_with(model, &mut head, tree, &PROMPT, &cfg, rule, |_| {}).unwrap();
+        generate_speculative_with(model, &mut head, tree, &PROMPT, &three_tokens(params, run), rule, |_| {}).unwrap().0
+    })
+}
+
+/// The first three tokens of `RUNS` runs, counted by sequence; `one(run)` gives run `run`'s.
+fn count_runs(mut one: impl FnMut(u64) -> Vec<u32>) -> HashMap<[u32; 3], usize> {
+    let mut counts = HashMap::new();
+    for run in 0..RUNS as u64 {
+        let out = one(run);
         *counts.entry([out[0], out[1], out[2]]).or_insert(0) += 1;
     }
     counts
+}
+
+fn three_tokens(params: &SamplingParams, seed: u64) -> GenerationConfig {
+    GenerationConfig { max_new_tokens: 3, sampling: *params, seed, stop_ids: vec![] }
 }
 
 /// Wrong on purpose: accepts the first child whenever the base gives it any real probability,
@@ -249,4 +267,42 @@ fn eagle2_tree_ranks_past_a_top_k_cut() {
     let params = SamplingParams { temperature: 0.7, top_k: 1, top_p: 1.0 };
     let drafted = draft_tree(&tree, &model, &mut head, root, first, &params, &mut Rng::new(0)).unwrap();
     assert_eq!(drafted.tokens, [&[root], want.as_slice()].concat(), "root, then the head's top three");
+}
+
+/// The real heads (untrained EAGLE-1 and Clover-2, initialised as `init-head` does) at T = 1 on
+/// every tree kind: their own draft distributions, draws and stored q̃, and their state updates
+/// after accepted paths between steps, still give the base model's distribution. (The oracle
+/// head above tests acceptance at every depth; these test the heads' own plumbing at T > 0.)
+#[test]
+fn real_heads_temperature_one() {
+    let params = SamplingParams::with_temperature(1.0);
+    let dir = model_dir();
+    let model = Llama::load(&dir, CpuBackend).unwrap();
+    let exact = exact(&model, &params);
+    for kind in [DraftKind::Eagle, DraftKind::Clover2] {
+        let head_dir = dir.join(format!("head-{}", kind.name()));
+        let _ = std::fs::remove_dir_all(&head_dir);
+        init_head(kind, &dir, &head_dir, 5).unwrap();
+        let mut head = load_head(kind, &head_dir, &model).unwrap();
+        for (name, tree) in trees() {
+            let (mut steps, mut accepted) = (0, 0);
+            let counts = count_runs(|run| {
+                let (out, stats) =
+                    generate_speculative(&model, head.as_mut(), &tree, &PROMPT, &three_tokens(&params, run), |_| {})
+                        .unwrap();
+                steps += stats.base.steps;
+                accepted += stats.accepted_hist.iter().enumerate().map(|(a, n)| a * n).sum::<usize>();
+                out
+            });
+            let (stat, df) = chi2(&counts, &exact, RUNS);
+            let critical = chi2_critical(df);
+            let rate = accepted as f64 / steps as f64;
+            eprintln!(
+                "{} head, {name}: chi2 {stat:.1}, df {df}, critical {critical:.1}, {rate:.2} drafts accepted a step",
+                kind.name()
+            );
+            assert!(stat < critical, "{} head, {name}: the samples do not follow the base distribution", kind.name());
+            assert!(rate > 0.1, "{} head, {name}: too few drafts accepted ({rate}) to test acceptance", kind.name());
+        }
+    }
 }

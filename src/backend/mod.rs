@@ -96,10 +96,10 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     /// Copies rows `[start, start + rows)` of a `? × width` buffer into a new buffer.
     fn slice_rows(&self, buf: &Self::Buf, width: usize, start: usize, rows: usize) -> Self::Buf;
-    /// out[i] = buf[rows[i]] for a `? × width` buffer.
+    /// `out[i] = buf[rows[i]]` for a `? × width` buffer.
     fn gather_rows(&self, buf: &Self::Buf, width: usize, rows: &[usize]) -> Self::Buf;
 
-    /// out[r] = table[ids[r]] as f32.
+    /// `out[r] = table[ids[r]]` as f32.
     fn embedding(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);
     /// A new weight of rows `ids` of `w` (`[n, k]` → `[ids.len(), k]`) in w's own dtype: the
     /// lm_head restricted to a reduced draft vocabulary.
@@ -116,11 +116,11 @@ pub trait Backend: Send + Sync {
             self.matmul(x, rows, w, out);
         }
     }
-    /// x[r] += bias for every row.
+    /// `x[r] += bias` for every row.
     fn add_bias(&self, x: &mut Self::Buf, rows: usize, bias: &Self::Weight);
     /// x += y element-wise.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
-    /// out[r] = x[r] / rms(x[r]) · gain.
+    /// `out[r] = x[r] / rms(x[r]) · gain`.
     fn rmsnorm(&self, x: &Self::Buf, rows: usize, gain: &Self::Weight, eps: f32, out: &mut Self::Buf);
     /// Rotate-half RoPE in place on `rows × n_heads × head_dim`; `cos_sin` is `rows × head_dim`
     /// (cos of the head_dim/2 frequencies, then their sin), built by the caller per position.
@@ -144,7 +144,7 @@ pub trait Backend: Send + Sync {
     /// backend copies the values into an owned f32 tensor (a copy of the head's parameters per
     /// step, negligible beside the step's GEMMs); a device backend may wrap the buffer instead.
     fn weight_from_buf(&self, name: &str, shape: &[usize], buf: &Self::Buf) -> Result<Self::Weight>;
-    /// Backward of `gather_rows`: dst[rows[i]] += src[i] for a `? × width` dst (a row listed
+    /// Backward of `gather_rows`: `dst[rows[i]] += src[i]` for a `? × width` dst (a row listed
     /// twice receives both).
     fn scatter_add_rows(&self, dst: &mut Self::Buf, width: usize, rows: &[usize], src: &Self::Buf);
     /// Backward of `rmsnorm` for `rows` rows: dx += dL/dx, d_gain += dL/dgain (summed over rows),

@@ -2,22 +2,22 @@
 //! AD₀ over the newly committed pairs (pre-norm base feature u_t, embedding of x_{t+1}), then the
 //! Augmenting Block (two ordinary Llama layers with their own KV cache, only ever appended), and
 //! turns the last row into the state s⁰ and head 0's logits. Each `expand` runs the next head on
-//! one tree level: sⁱ = AD₁(sⁱ⁻¹[parent], E[token]), fⁱ = RMSNorm_head(W_c [sⁱ ; eⁱ] + b_c). Every
-//! head's f goes through the base lm_head, and E, the token embedding, is that same matrix.
+//! one tree level: `sⁱ = AD₁(sⁱ⁻¹[parent], E[token])`, `fⁱ = RMSNorm_head(W_c [sⁱ ; eⁱ] + b_c)`.
+//! Every head's f goes through the base lm_head, and E, the token embedding, is that same matrix.
 //!
 //! Tensor names are the reference `Clover2Model` state dict (the frozen `clover_embed_tokens`
 //! copy of the lm_head is not stored, and is ignored if present):
 //!
 //! | name | shape | role |
 //! |---|---|---|
-//! | `clover_head_mlp_rnn.input_layernorm.weight` | [H] | AD₀ query-norm gain |
-//! | `clover_head_mlp_rnn.{q,k,v}.weight` / `.bias` | [H,H] / [H] | AD₀ projections |
+//! | `clover_head_mlp_rnn.input_layernorm.weight` | `[H]` | AD₀ query-norm gain |
+//! | `clover_head_mlp_rnn.{q,k,v}.weight` / `.bias` | `[H,H]` / `[H]` | AD₀ projections |
 //! | `layers.{0,1}.*` | | Augmenting Block: Llama layers with input_layernorm |
-//! | `clover_norm.weight` | [H] | norm after the block |
-//! | `clover_head_mlp.weight` / `.bias` | [H,H] / [H] | head 0 FC |
+//! | `clover_norm.weight` | `[H]` | norm after the block |
+//! | `clover_head_mlp.weight` / `.bias` | `[H,H]` / `[H]` | head 0 FC |
 //! | `clover_head_mlp_rnn2.*` | as AD₀ | AD₁, shared by heads ≥ 1 |
-//! | `clover_head_mlp2.weight` / `.bias` | [H,2H] / [H] | FC of heads ≥ 1, input `[s ; e]` |
-//! | `clover_head_norm.weight` | [H] | norm shared by every head |
+//! | `clover_head_mlp2.weight` / `.bias` | `[H,2H]` / `[H]` | FC of heads ≥ 1, input `[s ; e]` |
+//! | `clover_head_norm.weight` | `[H]` | norm shared by every head |
 //!
 //! The AD cell's sub-names (`input_layernorm`, `q`, `k`, `v`) are those of the reference's
 //! `ResAttentionBlock`.

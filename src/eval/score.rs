@@ -7,7 +7,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
 
-/// log softmax(logits)[index], computed in f64.
+/// `log softmax(logits)[index]`, computed in f64.
 pub fn log_softmax_at(logits: &[f32], index: usize) -> f64 {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();

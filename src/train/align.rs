@@ -70,7 +70,7 @@ impl Aligned {
         self.mask[t + head]
     }
 
-    /// Σ_t mask_i[t]: head i's term of its loss denominator.
+    /// `Σ_t mask_i[t]`: head i's term of its loss denominator.
     pub fn mask_sum(&self, head: usize) -> usize {
         self.mask.iter().skip(head).map(|&m| m as usize).sum()
     }

@@ -148,7 +148,7 @@ pub struct Wants {
 /// the vocabulary of `lm` (the base lm_head, or its rows for a draft vocabulary: the teacher is
 /// then the base distribution renormalised over those tokens, the only ones the head can draft).
 /// Top-1 agreement is always against the base model's argmax over the full vocabulary. Returns
-/// the sums per head and, with `wants.grads`, dL/df[i] for each.
+/// the sums per head and, with `wants.grads`, `dL/df[i]` for each.
 #[allow(clippy::too_many_arguments)]
 pub fn head_losses<B: Backend>(
     b: &B,

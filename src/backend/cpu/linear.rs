@@ -16,7 +16,7 @@ const DW_ROWS_PER_TASK: usize = 32;
 /// Rows of x per pass over a task's dW rows: the tile stays in L2 while every dW row meets it.
 const X_ROWS_PER_TILE: usize = 64;
 
-/// x[r] += bias for the first `rows` rows.
+/// `x[r] += bias` for the first `rows` rows.
 pub fn add_bias(x: &mut [f32], rows: usize, bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()).take(rows) {
         for (v, b) in row.iter_mut().zip(bias) {

@@ -107,10 +107,11 @@ fn incremental_draft_state_equals_a_fresh_head_on_the_committed_sequence() {
             let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
             let diff = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
             worst = worst.max(diff);
-            // Batching the features differently moves the logits by rounding only (~1e-4 of
-            // their scale); a feature or token off by one node moves them by a large fraction.
+            // The CPU backend gives a row the same bits whatever the batch (0 here); the bound
+            // leaves room for rounding only. A feature or token one node off moved them by 0.6–0.9
+            // of their scale.
             assert!(
-                diff < 2e-2,
+                diff < 1e-3,
                 "{} head after {n} committed positions: root logits differ by {diff} of their scale",
                 kind.name()
             );

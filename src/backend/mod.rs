@@ -89,6 +89,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Waits until every op issued so far has run. Ops on a device run after the call that
+    /// issues them returns, so a phase timed on the host ends with this (the CPU runs ops in the
+    /// call: nothing to wait for).
+    fn synchronize(&self) {}
+
     /// Makes a weight usable by the device. The CPU backend keeps memory-mapped bytes in place.
     fn weight(&self, tensor: HostTensor) -> Result<Self::Weight>;
     fn zeros(&self, len: usize) -> Self::Buf;

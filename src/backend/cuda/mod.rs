@@ -45,11 +45,6 @@ impl CudaBackend {
         })
     }
 
-    /// Waits until every op issued so far has run (for timing; `download` waits by itself).
-    pub fn synchronize(&self) {
-        self.dev.stream.synchronize().expect("CUDA backend: synchronize");
-    }
-
     /// dst ← src on the device (the copy-bandwidth reference of the kernel benchmarks).
     pub fn copy(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) {
         self.dev.stream.memcpy_dtod(src, dst).expect("CUDA backend: copy");
@@ -138,6 +133,10 @@ impl Backend for CudaBackend {
 
     fn row_exact_matmul_rows(&self) -> Option<usize> {
         Some(gemm::GEMV_MAX_ROWS)
+    }
+
+    fn synchronize(&self) {
+        self.dev.stream.synchronize().expect("CUDA backend: synchronize");
     }
 
     fn weight(&self, tensor: HostTensor) -> Result<CudaWeight> {

@@ -138,6 +138,22 @@ fn eval_answers_resumes_and_matches_across_methods() {
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("mt_bench") && table.contains("overall"), "{table}");
 
+    // --max-length caps prompt + answer: question 321's prompt plus 2 new tokens; at 1 (every
+    // prompt already past it) each turn still answers with one token.
+    let tok = clover_engine::model::TextTokenizer::load(&model).unwrap();
+    let msg = clover_engine::model::ChatMessage::new("user", "What is the capital of France?");
+    let prompt_len = tok.encode(&tok.render_chat(&[msg], true).unwrap(), false).unwrap().len();
+    let capped = dir.join("capped.jsonl");
+    run(&["--max-length", &(prompt_len + 2).to_string()], &capped);
+    let capped = read_jsonl(&capped);
+    assert_eq!(usizes(&capped[1]["choices"][0]["new_tokens"]), [2], "question 321 capped at its prompt + 2");
+    assert!(capped[1]["settings"].as_str().unwrap().contains(&format!("max_length {}", prompt_len + 2)));
+    let one = dir.join("one.jsonl");
+    run(&["--max-length", "1"], &one);
+    for a in read_jsonl(&one) {
+        assert!(usizes(&a["choices"][0]["new_tokens"]).iter().all(|&n| n == 1), "{a}");
+    }
+
     // --max-turns 1: the first turn only, and it is the same answer as in the two-turn run.
     let first = dir.join("first.jsonl");
     run(&["--max-turns", "1"], &first);

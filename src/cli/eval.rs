@@ -34,6 +34,10 @@ pub struct EvalArgs {
     temperature: f32,
     #[arg(long, default_value_t = 1024)]
     max_new_tokens: usize,
+    /// A turn also stops once prompt and answer hold this many tokens (the reference protocol's
+    /// 1960, clover2.md §16 P7), and always at the model's context.
+    #[arg(long, default_value_t = 1960)]
+    max_length: usize,
     /// Answer only the first N turns of each question (1 = first turn only, as the τ figures of
     /// the EAGLE and Clover papers on MT-bench are often quoted); default: every turn.
     #[arg(long)]
@@ -61,6 +65,7 @@ pub struct EvalArgs {
 pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     checks::temperature(a.temperature)?;
     checks::at_least_one("--max-new-tokens", a.max_new_tokens)?;
+    checks::at_least_one("--max-length", a.max_length)?;
     a.max_turns.map_or(Ok(()), |n| checks::at_least_one("--max-turns", n))?;
     a.per_category.map_or(Ok(()), |n| checks::at_least_one("--per-category", n))?;
     a.spec.check_tree()?;
@@ -95,14 +100,24 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     let model_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let model_id = a.model_id.unwrap_or_else(|| format!("{model_name}-{}", decoder.name()));
     let settings = format!(
-        "temperature {}, max_new_tokens {}, seed {}, max_turns {}, {}",
+        "temperature {}, max_new_tokens {}, max_length {}, seed {}, max_turns {}, {}",
         a.temperature,
         a.max_new_tokens,
+        a.max_length,
         a.seed,
         a.max_turns.map_or("all".to_string(), |n| n.to_string()),
         decoder.describe()
     );
-    let mut run = EvalRun { model: &model, tokenizer: &tokenizer, decoder, cfg, model_id, settings, warmup: a.warmup };
+    let mut run = EvalRun {
+        model: &model,
+        tokenizer: &tokenizer,
+        decoder,
+        cfg,
+        max_length: a.max_length,
+        model_id,
+        settings,
+        warmup: a.warmup,
+    };
     let total = questions.len();
     let mut written = 0;
     run.run(&questions, &a.out, |answer| {

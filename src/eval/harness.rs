@@ -20,6 +20,8 @@ pub struct EvalRun<'a, B: Backend> {
     pub decoder: Decoder<B>,
     /// `seed` is the run's seed; each turn derives its own from it (`turn_seed`).
     pub cfg: GenerationConfig,
+    /// A turn stops once prompt and answer hold this many tokens (at least one is generated).
+    pub max_length: usize,
     pub model_id: String,
     /// `Answer::settings` of this run's answers.
     pub settings: String,
@@ -79,7 +81,14 @@ impl<B: Backend> EvalRun<'_, B> {
         for (t, turn) in q.turns.iter().enumerate() {
             messages.push(ChatMessage::new("user", turn));
             let prompt = self.tokenizer.encode(&self.tokenizer.render_chat(&messages, true)?, false)?;
-            let cfg = GenerationConfig { seed: turn_seed(self.cfg.seed, q.question_id, t), ..self.cfg.clone() };
+            // The reference stops a turn past its length limit; here the limit caps the new
+            // tokens, so an answer ends exactly there (and a prompt already past it gets one).
+            let room = self.max_length.saturating_sub(prompt.len()).max(1);
+            let cfg = GenerationConfig {
+                seed: turn_seed(self.cfg.seed, q.question_id, t),
+                max_new_tokens: self.cfg.max_new_tokens.min(room),
+                ..self.cfg.clone()
+            };
             let d = self.decoder.decode(self.model, &prompt, &cfg)?;
             let text_ids = match d.ids.split_last() {
                 Some((last, rest)) if cfg.stop_ids.contains(last) => rest,

@@ -200,9 +200,17 @@ fn resumed_run_is_byte_identical_and_records_hold_the_models_features() {
     assert!(err.to_string().contains("other-model") && err.to_string().contains("same base model"), "{err}");
 
     // Other parameters into the same folder: refused before anything is written.
-    let err = gen_data(&GenDataOptions { max_len: 40, ..opts }, CpuBackend).err().expect("plan mismatch");
+    let err = gen_data(&GenDataOptions { max_len: 40, ..opts.clone() }, CpuBackend).err().expect("plan mismatch");
     let err = err.to_string();
     assert!(err.contains("index.json") && err.contains("field `max_len`") && err.contains("with 40"), "{err}");
+    // A folder whose run read the data file differently (an older gen-data) is refused too.
+    let path = resumed.join("index.json");
+    let index = std::fs::read_to_string(&path).unwrap();
+    let older = index.replacen("\"usable_conversations\": 7", "\"usable_conversations\": 6", 1);
+    assert_ne!(older, index);
+    std::fs::write(&path, older).unwrap();
+    let err = gen_data(&opts, CpuBackend).err().expect("another reading of the data").to_string();
+    assert!(err.contains("field `usable_conversations`") && err.contains("opens with an assistant turn"), "{err}");
 }
 
 #[test]

@@ -19,6 +19,8 @@ use crate::model::ChatMessage;
 pub struct Conversation {
     pub id: String,
     pub messages: Vec<ChatMessage>,
+    /// Assistant turns dropped from before the first user turn (see `ShareGptReader::convert`).
+    pub dropped_opening_turns: usize,
 }
 
 /// Why a complete record was not turned into a conversation.
@@ -28,9 +30,8 @@ pub enum SkipReason {
     Malformed,
     /// A turn whose `from` is none of human, gpt, system (e.g. bing, bard, chatgpt).
     UnknownRole,
-    /// The first turn after any system turns is not the user's (ShareGPT's split continuations
-    /// start with a gpt turn whose question is in the previous part), or there are no turns.
-    NotUserFirst,
+    /// No user turn at all (or no turns).
+    NoUserTurn,
     NoAssistantTurn,
 }
 
@@ -39,7 +40,7 @@ impl fmt::Display for SkipReason {
         f.write_str(match self {
             SkipReason::Malformed => "malformed record",
             SkipReason::UnknownRole => "unknown role",
-            SkipReason::NotUserFirst => "first turn not from the user",
+            SkipReason::NoUserTurn => "no user turn",
             SkipReason::NoAssistantTurn => "no assistant turn",
         })
     }
@@ -50,6 +51,8 @@ pub struct ReadReport {
     /// Complete array elements found (usable or skipped).
     pub records: usize,
     pub usable: usize,
+    /// Usable conversations that opened with assistant turns, dropped (`ShareGptReader::convert`).
+    pub opened_by_assistant: usize,
     pub skipped: BTreeMap<SkipReason, usize>,
     /// Bytes of an incomplete last element (the broken tail), 0 when the file ends cleanly.
     pub truncated_bytes: usize,
@@ -60,6 +63,9 @@ pub struct ReadReport {
 impl fmt::Display for ReadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} complete records, {} usable conversations", self.records, self.usable)?;
+        if self.opened_by_assistant > 0 {
+            write!(f, " ({} of them opened with an assistant turn, dropped)", self.opened_by_assistant)?;
+        }
         for (reason, n) in &self.skipped {
             write!(f, "; skipped {n} ({reason})")?;
         }
@@ -171,10 +177,13 @@ impl<R: BufRead> ShareGptReader<R> {
         }
     }
 
-    /// Turns one complete record into a conversation, or says why it cannot be used.
+    /// Turns one complete record into a conversation, or says why it cannot be used. Assistant
+    /// turns before the first user turn are dropped and the rest kept, as the references' data
+    /// scripts do (they drop a first turn not from the human): ShareGPT splits long
+    /// conversations, and a continuation opens with the answer to a question in the part before.
     fn convert(bytes: &[u8]) -> std::result::Result<Conversation, SkipReason> {
         let raw: RawRecord = serde_json::from_slice(bytes).map_err(|_| SkipReason::Malformed)?;
-        let messages = raw
+        let mut messages = raw
             .conversations
             .into_iter()
             .map(|t| {
@@ -187,13 +196,18 @@ impl<R: BufRead> ShareGptReader<R> {
                 Ok(ChatMessage { role: role.to_string(), content: t.value })
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        if messages.iter().find(|m| m.role != "system").map(|m| m.role.as_str()) != Some("user") {
-            return Err(SkipReason::NotUserFirst);
-        }
+        let first_user = messages.iter().position(|m| m.role == "user").ok_or(SkipReason::NoUserTurn)?;
+        let before = messages.len();
+        let mut i = 0;
+        messages.retain(|m| {
+            i += 1;
+            i > first_user || m.role != "assistant"
+        });
+        let dropped_opening_turns = before - messages.len();
         if !messages.iter().any(|m| m.role == "assistant") {
             return Err(SkipReason::NoAssistantTurn);
         }
-        Ok(Conversation { id: raw.id, messages })
+        Ok(Conversation { id: raw.id, messages, dropped_opening_turns })
     }
 
     /// Scans to the next usable conversation; None at the end of the array or of the input.
@@ -223,6 +237,7 @@ impl<R: BufRead> ShareGptReader<R> {
                     match Self::convert(&bytes) {
                         Ok(c) => {
                             self.report.usable += 1;
+                            self.report.opened_by_assistant += usize::from(c.dropped_opening_turns > 0);
                             return Ok(Some(c));
                         }
                         Err(reason) => *self.report.skipped.entry(reason).or_default() += 1,
@@ -269,6 +284,7 @@ mod tests {
     const RECORDS: &str = r#"[
   {"id": "a", "conversations": [{"from": "human", "value": "hi {[\"quoted\"]}"}, {"from": "gpt", "value": "hello \\ }"}]},
   {"id": "b", "conversations": [{"from": "gpt", "value": "continued"}, {"from": "human", "value": "ok"}]},
+  {"id": "b2", "conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "continued"}, {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]},
   {"id": "c", "conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
   {"id": "d", "conversations": [{"from": "human", "value": "only a question"}]},
   {"id": "e", "conversations": [{"from": "human", "value": "q"}, {"from": "bing", "value": "a"}]},
@@ -281,20 +297,23 @@ mod tests {
         let text =
             format!("{RECORDS},\n  {{\"id\": \"h\", \"conversations\": [{{\"from\": \"human\", \"value\": \"cut of");
         let (convs, report) = read(&text);
-        assert_eq!(convs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a", "c", "g"]);
+        assert_eq!(convs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a", "b2", "c", "g"]);
         assert_eq!(convs[0].messages[0], ChatMessage::new("user", "hi {[\"quoted\"]}"));
         assert_eq!(convs[0].messages[1], ChatMessage::new("assistant", "hello \\ }"));
-        assert_eq!(convs[1].messages[0].role, "system");
-        assert_eq!(report.records, 8);
-        assert_eq!(report.usable, 3);
+        // The opening assistant turn is dropped, the system turn before it and the rest kept.
+        let roles: Vec<&str> = convs[1].messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!((roles.as_slice(), convs[1].dropped_opening_turns), (["system", "user", "assistant"].as_slice(), 1));
+        assert_eq!(convs[2].messages[0].role, "system");
+        assert_eq!(report.records, 9);
+        assert_eq!((report.usable, report.opened_by_assistant), (4, 1));
         let skipped: Vec<(SkipReason, usize)> = report.skipped.iter().map(|(r, n)| (*r, *n)).collect();
         assert_eq!(
             skipped,
             [
                 (SkipReason::Malformed, 1),
                 (SkipReason::UnknownRole, 1),
-                (SkipReason::NotUserFirst, 2),
-                (SkipReason::NoAssistantTurn, 1)
+                (SkipReason::NoUserTurn, 1),
+                (SkipReason::NoAssistantTurn, 2)
             ]
         );
         assert!(!report.closed);
@@ -304,11 +323,11 @@ mod tests {
     #[test]
     fn complete_file_is_closed_and_cut_between_records_is_not_an_error() {
         let (convs, report) = read(&format!("{RECORDS}\n]\n"));
-        assert_eq!(convs.len(), 3);
+        assert_eq!(convs.len(), 4);
         assert!(report.closed);
         assert_eq!(report.truncated_bytes, 0);
         let (convs, report) = read(&format!("{RECORDS},"));
-        assert_eq!((convs.len(), report.closed, report.truncated_bytes), (3, false, 0));
+        assert_eq!((convs.len(), report.closed, report.truncated_bytes), (4, false, 0));
     }
 
     #[test]

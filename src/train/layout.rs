@@ -106,6 +106,15 @@ impl DataIndex {
         if let Some((field, theirs, ours)) = pairs.into_iter().find(|(_, a, b)| a != b) {
             return Some(differ(field, theirs, ours));
         }
+        if self.usable_conversations != other.usable_conversations {
+            let why = format!(
+                "the folder's run found {} usable conversations in the data file, this run {} (before \
+                 2026-12-07 gen-data skipped a conversation that opens with an assistant turn; it now drops \
+                 that turn and keeps the rest)",
+                self.usable_conversations, other.usable_conversations
+            );
+            return Some(("usable_conversations", why));
+        }
         if let (Some(a), Some(b)) = (self.model_weight_bytes, other.model_weight_bytes) {
             if a != b {
                 return Some(differ("model_weight_bytes", a.to_string(), b.to_string()));

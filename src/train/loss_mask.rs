@@ -9,8 +9,12 @@
 //! full rendering whose byte offset starts inside such a span are masked in.
 //!
 //! What falls in a span: the reply and the template's end-of-turn marker (`<|im_end|>` in ChatML,
-//! `</s>` in Vicuna, `<|eot_id|>` in Llama 3), which the base model emits to stop and so the draft
-//! must learn to predict. What does not: the assistant header (`<|im_start|>assistant\n`), the
+//! `</s>` in Vicuna, `<|eot_id|>` in Llama 3), as the references mask it. With the alignment of
+//! clover2.md §8 the bit at position t weighs the row that reads token t+1 and predicts t+2, so
+//! the marker's own prediction is weighed by the reply's last bit, the marker's bit weighs a row
+//! that inference never drafts (it stops at the marker), and the row that reads the reply's first
+//! token (the header's last position, the first draft of every answer) gets no weight: the
+//! references' choice, kept for comparable heads. What does not: the assistant header (`<|im_start|>assistant\n`), the
 //! newline some templates put after the end-of-turn marker, and all system and user turns. A token
 //! that merges the end of the header with the start of the reply (byte-level BPE joins "\n" and a
 //! leading space) starts in the header and stays out: at inference the header is part of the

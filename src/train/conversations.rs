@@ -197,13 +197,10 @@ impl<R: BufRead> ShareGptReader<R> {
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let first_user = messages.iter().position(|m| m.role == "user").ok_or(SkipReason::NoUserTurn)?;
-        let before = messages.len();
-        let mut i = 0;
-        messages.retain(|m| {
-            i += 1;
-            i > first_user || m.role != "assistant"
-        });
-        let dropped_opening_turns = before - messages.len();
+        let opening: Vec<ChatMessage> = messages.drain(..first_user).collect();
+        let dropped_opening_turns = opening.iter().filter(|m| m.role == "assistant").count();
+        let messages: Vec<ChatMessage> =
+            opening.into_iter().filter(|m| m.role != "assistant").chain(messages).collect();
         if !messages.iter().any(|m| m.role == "assistant") {
             return Err(SkipReason::NoAssistantTurn);
         }

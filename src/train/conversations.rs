@@ -33,6 +33,9 @@ pub enum SkipReason {
     /// No user turn at all (or no turns).
     NoUserTurn,
     NoAssistantTurn,
+    /// After any system turns, the turns do not alternate user, assistant, user, … (two turns of
+    /// one role in a row, or a system turn later on): a shape the chat never has at inference.
+    NotAlternating,
 }
 
 impl fmt::Display for SkipReason {
@@ -42,6 +45,7 @@ impl fmt::Display for SkipReason {
             SkipReason::UnknownRole => "unknown role",
             SkipReason::NoUserTurn => "no user turn",
             SkipReason::NoAssistantTurn => "no assistant turn",
+            SkipReason::NotAlternating => "turns do not alternate user / assistant",
         })
     }
 }
@@ -204,6 +208,10 @@ impl<R: BufRead> ShareGptReader<R> {
         if !messages.iter().any(|m| m.role == "assistant") {
             return Err(SkipReason::NoAssistantTurn);
         }
+        let turns = messages.iter().skip_while(|m| m.role == "system");
+        if turns.enumerate().any(|(j, m)| m.role != ["user", "assistant"][j % 2]) {
+            return Err(SkipReason::NotAlternating);
+        }
         Ok(Conversation { id: raw.id, messages, dropped_opening_turns })
     }
 
@@ -287,7 +295,8 @@ mod tests {
   {"id": "e", "conversations": [{"from": "human", "value": "q"}, {"from": "bing", "value": "a"}]},
   {"id": "f", "conversations": []},
   {"id": 7, "conversations": []},
-  {"id": "g", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}"#;
+  {"id": "g", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},
+  {"id": "i", "conversations": [{"from": "human", "value": "x"}, {"from": "human", "value": "again"}, {"from": "gpt", "value": "y"}]}"#;
 
     #[test]
     fn truncated_file_recovers_complete_records_and_stops_cleanly() {
@@ -301,7 +310,7 @@ mod tests {
         let roles: Vec<&str> = convs[1].messages.iter().map(|m| m.role.as_str()).collect();
         assert_eq!((roles.as_slice(), convs[1].dropped_opening_turns), (["system", "user", "assistant"].as_slice(), 1));
         assert_eq!(convs[2].messages[0].role, "system");
-        assert_eq!(report.records, 9);
+        assert_eq!(report.records, 10);
         assert_eq!((report.usable, report.opened_by_assistant), (4, 1));
         let skipped: Vec<(SkipReason, usize)> = report.skipped.iter().map(|(r, n)| (*r, *n)).collect();
         assert_eq!(
@@ -310,7 +319,8 @@ mod tests {
                 (SkipReason::Malformed, 1),
                 (SkipReason::UnknownRole, 1),
                 (SkipReason::NoUserTurn, 1),
-                (SkipReason::NoAssistantTurn, 2)
+                (SkipReason::NoAssistantTurn, 2),
+                (SkipReason::NotAlternating, 1)
             ]
         );
         assert!(!report.closed);

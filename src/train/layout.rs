@@ -110,7 +110,7 @@ impl DataIndex {
             let why = format!(
                 "the folder's run found {} usable conversations in the data file, this run {} (before \
                  2026-12-07 gen-data skipped a conversation that opens with an assistant turn; it now drops \
-                 that turn and keeps the rest)",
+                 that turn and keeps the rest, and skips turns that do not alternate)",
                 self.usable_conversations, other.usable_conversations
             );
             return Some(("usable_conversations", why));

@@ -8,7 +8,7 @@ mod common;
 mod tiny_training;
 
 use common::engine;
-use tiny_training::{options, setup, tiny_model, VOCAB};
+use tiny_training::{options, setup, tiny_model, write_data_seeded, VOCAB};
 
 use std::path::{Path, PathBuf};
 
@@ -391,4 +391,39 @@ fn loss_weights_replace_the_spec_terms_and_resume_keeps_them() {
     let err = distill(&opts, CpuBackend).expect_err("a zero weight").to_string();
     assert!(err.contains("--loss-weights"), "{err}");
     assert!(!refused.exists(), "a refused run writes nothing");
+}
+
+/// `--eval-data`: the held-out figures come from every conversation of another gen-data folder
+/// (up to --eval-tokens) instead of the training folders' tails; training itself is unchanged. A
+/// folder made from another base model is refused, naming its index.json.
+#[test]
+fn eval_data_replaces_the_heldout_tails() {
+    let (root, model, data) = setup("eval-data");
+    let other = root.join("other-data");
+    write_data_seeded(&model, &other, 6, 99);
+    let (out_a, out_b) = (root.join("a"), root.join("b"));
+    let a = distill(&options(&model, &data, DraftKind::Eagle, &out_a, 4), CpuBackend).unwrap();
+    let with_eval =
+        DistillOptions { eval_data: vec![other.clone()], ..options(&model, &data, DraftKind::Eagle, &out_b, 4) };
+    let b = distill(&with_eval, CpuBackend).unwrap();
+    let other_tokens = clover_engine::train::shards::ShardReader::open(&other).unwrap().index.tokens as u64;
+    assert_eq!(b.last_eval.as_ref().unwrap().tokens, other_tokens, "all 6 conversations of the other folder");
+    assert_ne!(a.last_eval.as_ref().unwrap().loss, b.last_eval.as_ref().unwrap().loss);
+    let train = |out: &Path| metrics(out).into_iter().filter(|l| l.split == TRAIN).map(|l| l.loss).collect::<Vec<_>>();
+    assert_eq!(train(&out_a), train(&out_b), "evaluation data must not change training");
+
+    let foreign = root.join("foreign-data");
+    std::fs::create_dir_all(&foreign).unwrap();
+    for entry in std::fs::read_dir(&other).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, foreign.join(path.file_name().unwrap())).unwrap();
+    }
+    let index = std::fs::read_to_string(foreign.join("index.json")).unwrap();
+    let renamed = index.replacen("\"model\": \"tiny\"", "\"model\": \"another\"", 1);
+    assert_ne!(renamed, index);
+    std::fs::write(foreign.join("index.json"), renamed).unwrap();
+    let refused =
+        DistillOptions { eval_data: vec![foreign], ..options(&model, &data, DraftKind::Eagle, &root.join("c"), 4) };
+    let err = distill(&refused, CpuBackend).err().expect("another base model").to_string();
+    assert!(err.contains("foreign-data") && err.contains("index.json") && err.contains("--eval-data"), "{err}");
 }

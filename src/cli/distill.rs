@@ -59,6 +59,11 @@ pub struct DistillArgs {
     /// Held-out tokens evaluated each time.
     #[arg(long, default_value_t = 1024)]
     eval_tokens: usize,
+    /// Evaluate on these gen-data folders (repeated, or separated by commas) instead of the
+    /// training folders' held-out tails: e.g. the base model's own answers to benchmark questions
+    /// (tools/answers-to-sharegpt.py, then gen-data).
+    #[arg(long, value_delimiter = ',')]
+    eval_data: Vec<PathBuf>,
     /// Seed of the data order, the fresh head's initialisation and EAGLE's input noise [default: 0].
     #[arg(long)]
     seed: Option<u64>,
@@ -111,6 +116,7 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         loss_weights,
         eval_every: a.eval_every,
         eval_tokens: a.eval_tokens,
+        eval_data: a.eval_data,
         progress: true,
     };
     let (lr, _) = reference_schedule(opts.head);

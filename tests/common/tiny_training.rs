@@ -27,9 +27,14 @@ pub fn tiny_model(dir: &Path, hidden: usize) {
 /// `n` conversations of random tokens run through the model, as gen-data would store them: the
 /// first quarter of each is the "user" (mask 0), the rest the "assistant" (mask 1).
 pub fn write_data(model_dir: &Path, dir: &Path, n: usize) {
+    write_data_seeded(model_dir, dir, n, 11);
+}
+
+/// `write_data` with other random conversations for each `seed`.
+pub fn write_data_seeded(model_dir: &Path, dir: &Path, n: usize, seed: u64) {
     let model = Llama::load(model_dir, CpuBackend).unwrap();
     let h = model.config.hidden_size;
-    let mut rng = Rng::new(11);
+    let mut rng = Rng::new(seed);
     let mut cache = model.new_cache(64);
     let records: Vec<ShardRecord> = (0..n)
         .map(|i| {
@@ -80,6 +85,7 @@ pub fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u6
         loss_weights: None,
         eval_every: 10,
         eval_tokens: 1000,
+        eval_data: Vec::new(),
         progress: false,
     }
 }

@@ -30,7 +30,9 @@ use crate::train::tensor_scale::{per_parameter, TensorScale};
 use crate::train::timers::{Phase, Timers};
 
 use run::Run;
-use setup::{eval_set, find_checkpoint, load_head, open_data, optimizer_and_state, resolve_run, HeadSource};
+use setup::{
+    eval_set, find_checkpoint, load_head, open_data, open_eval_data, optimizer_and_state, resolve_run, HeadSource,
+};
 
 /// The held-out tail of the conversations (both references: 95 % / 5 %).
 pub const HELDOUT_FRACTION: f64 = 0.05;
@@ -75,6 +77,10 @@ pub struct DistillOptions {
     pub eval_every: u64,
     /// Held-out tokens evaluated (the first conversations of the held-out tail).
     pub eval_tokens: usize,
+    /// Evaluate on these gen-data folders instead of the training folders' held-out tails (which
+    /// stay out of training either way): e.g. the base model's own answers to benchmark
+    /// questions, the references' evaluation data (clover2.md §7). Empty: the held-out tails.
+    pub eval_data: Vec<PathBuf>,
     /// Show a progress bar and print the held-out evaluations.
     pub progress: bool,
 }
@@ -125,7 +131,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     if opts.resume && opts.init.is_some() {
         return Err(Error::input("--init starts a new run; --resume continues the one in --out: give one of them"));
     }
-    let reader = open_data(&opts.data_dirs)?;
+    let reader = open_data("--data", &opts.data_dirs)?;
     let first_index = opts.data_dirs[0].join(INDEX_FILE);
     let base = Llama::load(&opts.model_dir, backend)?;
     if reader.hidden_size() != base.config.hidden_size {
@@ -200,12 +206,20 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         None => DraftLmHead::full(),
     };
 
-    let eval_set = eval_set(&reader, &split.heldout, run.max_len, opts.eval_tokens);
+    let eval_data = match opts.eval_data.is_empty() {
+        true => None,
+        false => Some(open_eval_data(&opts.eval_data, &reader, base.config.vocab_size)?),
+    };
+    let (eval_reader, eval_set) = match &eval_data {
+        Some(r) => (r, eval_set(r, &(0..r.len()).collect::<Vec<_>>(), run.max_len, opts.eval_tokens)),
+        None => (&reader, eval_set(&reader, &split.heldout, run.max_len, opts.eval_tokens)),
+    };
     let batcher = Batcher::new(split.train, run.seed, run.batch_tokens, state.data);
     let r = Run {
         opts,
         run,
         reader: &reader,
+        eval_reader,
         base: &base,
         params: head.params,
         config: head.config,

@@ -28,6 +28,8 @@ pub(super) struct Run<'a, B: Backend> {
     pub(super) opts: &'a DistillOptions,
     pub(super) run: RunConfig,
     pub(super) reader: &'a ShardReader,
+    /// Where `eval_set`'s records are: `reader` (its held-out tails) or the `--eval-data` folders.
+    pub(super) eval_reader: &'a ShardReader,
     pub(super) base: &'a Llama<B>,
     pub(super) params: ParamSet<B>,
     pub(super) config: serde_json::Value,
@@ -203,8 +205,8 @@ impl<B: Backend> Run<'_, B> {
         let mut scratch = Timers::default();
         let b = &self.base.backend;
         for &i in &self.eval_set {
-            let mut rec = self.reader.record(i);
-            truncate(&mut rec, self.run.max_len, self.reader.hidden_size());
+            let mut rec = self.eval_reader.record(i);
+            truncate(&mut rec, self.run.max_len, self.eval_reader.hidden_size());
             tokens += rec.len() as u64;
             let rec_sums = self.trainee.pass(b, self.base, &self.lm, &rec, &scales, Mode::Eval, &mut scratch);
             sums.iter_mut().zip(&rec_sums).for_each(|(s, r)| s.add(r));

@@ -57,12 +57,13 @@ pub(super) fn optimizer_and_state<B: Backend>(
 /// stream that initialised the head.
 const NOISE_STREAM: u64 = 0x6e6f_6973_6520_7374;
 
-pub(super) fn open_data(dirs: &[PathBuf]) -> Result<ShardReader> {
+/// The gen-data folders of `option` (`--data` or `--eval-data`) as one data set.
+pub(super) fn open_data(option: &str, dirs: &[PathBuf]) -> Result<ShardReader> {
     for (i, dir) in dirs.iter().enumerate() {
         let resolved = |d: &PathBuf| d.canonicalize().unwrap_or_else(|_| d.clone());
         if dirs[..i].iter().any(|d| resolved(d) == resolved(dir)) {
             return Err(Error::input(format!(
-                "--data names {} twice: its conversations would count twice",
+                "{option} names {} twice: its conversations would count twice",
                 dir.display()
             )));
         }
@@ -70,7 +71,7 @@ pub(super) fn open_data(dirs: &[PathBuf]) -> Result<ShardReader> {
             return Err(Error::format(
                 dir.join(INDEX_FILE),
                 "(file)",
-                "missing: --data must be a folder written by `clover-engine gen-data` (index.json and its shards)",
+                format!("missing: {option} must be a folder written by `clover-engine gen-data` (index.json and its shards)"),
             ));
         }
     }
@@ -85,6 +86,28 @@ pub(super) fn open_data(dirs: &[PathBuf]) -> Result<ShardReader> {
             names()
         )));
     }
+    Ok(reader)
+}
+
+/// `--eval-data`: folders evaluated instead of the training folders' held-out tails, which must
+/// come from the training data's base model.
+pub(super) fn open_eval_data(dirs: &[PathBuf], train: &ShardReader, vocab_size: usize) -> Result<ShardReader> {
+    let reader = open_data("--eval-data", dirs)?;
+    if reader.index.model != train.index.model || reader.hidden_size() != train.hidden_size() {
+        return Err(Error::format(
+            dirs[0].join(INDEX_FILE),
+            "model",
+            format!(
+                "{} (hidden_size {}) differs from the training data's {} (hidden_size {}): --eval-data must come \
+                 from the same base model as --data",
+                reader.index.model,
+                reader.hidden_size(),
+                train.index.model,
+                train.hidden_size()
+            ),
+        ));
+    }
+    reader.check_token_ids(vocab_size)?;
     Ok(reader)
 }
 

@@ -424,6 +424,6 @@ fn eval_data_replaces_the_heldout_tails() {
     std::fs::write(foreign.join("index.json"), renamed).unwrap();
     let refused =
         DistillOptions { eval_data: vec![foreign], ..options(&model, &data, DraftKind::Eagle, &root.join("c"), 4) };
-    let err = distill(&refused, CpuBackend).err().expect("another base model").to_string();
+    let err = distill(&refused, CpuBackend).expect_err("another base model").to_string();
     assert!(err.contains("foreign-data") && err.contains("index.json") && err.contains("--eval-data"), "{err}");
 }

@@ -51,6 +51,10 @@ fn learns(kind: DraftKind) -> DistillSummary {
         assert!(t1 <= t2 && t2 <= t3 && t3 <= 1.0, "{kind:?} head {i}: top-1/2/3 {t1} {t2} {t3}");
     }
     assert!(e.top3.iter().sum::<f64>() > e.top1.iter().sum::<f64>(), "top-3 never adds a match: {e:?}");
+    // The top-1 chain through depth 0 is head 0's top-1; each depth keeps a subset of the last.
+    assert_eq!(e.chain.len(), heads);
+    assert!((e.chain[0] - e.top1[0]).abs() < 1e-12, "{e:?}");
+    assert!(e.chain.windows(2).all(|w| w[1] <= w[0]), "{:?}", e.chain);
     for file in ["loss.svg", "accuracy.svg", "config.json", "model.safetensors"] {
         assert!(out.join(file).exists(), "{file} is written");
     }

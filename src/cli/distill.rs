@@ -153,6 +153,14 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
                 percents(&e.top2),
                 percents(&e.top3)
             );
+            if e.chain.len() > 1 {
+                println!(
+                    "top-1 chain accepted through depth 1..{}: {} (τ of a top-1 chain {:.3})",
+                    e.chain.len(),
+                    percents(&e.chain),
+                    1.0 + e.chain.iter().sum::<f64>()
+                );
+            }
         }
         None => println!(
             "no held-out evaluation: no held-out conversation (the last 5%) has assistant tokens within --max-len"

@@ -52,6 +52,11 @@ pub struct HeadSums {
     pub top1: usize,
     pub top2: usize,
     pub top3: usize,
+    /// Held-out rows t where heads 0..=i all put the base model's argmax first (head i's row t
+    /// continues head 0's row t by i tokens): the chain of top-1 drafts from position t accepted
+    /// through depth i. On text that follows the base model's greedy choices (`--eval-data` made
+    /// from its own answers) that is what greedy decoding with a top-1 chain would accept.
+    pub chain: usize,
 }
 
 impl HeadSums {
@@ -62,6 +67,7 @@ impl HeadSums {
         self.top1 += o.top1;
         self.top2 += o.top2;
         self.top3 += o.top3;
+        self.chain += o.chain;
     }
 }
 
@@ -164,6 +170,9 @@ pub fn head_losses<B: Backend>(
     let (lm_head, vocab) = (lm.weight(base), lm.width(base));
     let mut sums = vec![HeadSums::default(); f.len()];
     let mut grads = Vec::with_capacity(f.len());
+    // Per head and row, whether its first choice is the base model's (held-out passes only).
+    let mut first_hit: Vec<Vec<bool>> =
+        if wants.top1 { (0..f.len()).map(|i| vec![false; a.rows(i)]).collect() } else { Vec::new() };
     // SmoothL1 over every row (masked rows get weight 0): cheap, H wide. It writes its gradient,
     // so it goes first and the cross-entropy's is added to it.
     for (i, fi) in f.iter().enumerate() {
@@ -202,8 +211,9 @@ pub fn head_losses<B: Backend>(
                 b.soft_cross_entropy(&logits, shifted.as_ref().unwrap_or(&teacher), &weights, &mut d_logits) as f64;
             if let Some(want) = &teacher_top1 {
                 let token = |column: usize| lm.ids().map_or(column, |ids| ids[column] as usize);
-                for (got, &w) in top3_rows(&b.download(&logits), vocab).iter().zip(&want[skip..]) {
+                for ((got, &w), &t) in top3_rows(&b.download(&logits), vocab).iter().zip(&want[skip..]).zip(&rows) {
                     let rank = got.iter().position(|&g| g.is_some_and(|g| token(g) == w));
+                    first_hit[i][t] = rank == Some(0);
                     sums[i].top1 += usize::from(rank.is_some_and(|r| r < 1));
                     sums[i].top2 += usize::from(rank.is_some_and(|r| r < 2));
                     sums[i].top3 += usize::from(rank.is_some());
@@ -215,6 +225,9 @@ pub fn head_losses<B: Backend>(
                 b.scatter_add_rows(&mut grads[i], hidden, &rows, &dx);
             }
         }
+    }
+    for i in 0..first_hit.len() {
+        sums[i].chain = (0..a.rows(i)).filter(|&t| a.row_mask(i, t) != 0 && (0..=i).all(|h| first_hit[h][t])).count();
     }
     if !wants.grads {
         grads.clear();

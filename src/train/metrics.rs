@@ -35,6 +35,10 @@ pub struct MetricsLine {
     pub top2: Vec<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top3: Vec<f64>,
+    /// Held-out: per depth i, the fraction of positions whose top-1 drafts through head i all
+    /// agree with the base model (`HeadSums::chain`); 1 + their sum is the τ of a top-1 chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<f64>,
     /// Tokens in the batch (train) or in the held-out set (heldout).
     pub tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

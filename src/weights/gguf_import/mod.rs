@@ -45,14 +45,17 @@ impl ImportDType {
         }
     }
 
-    /// How a tensor of `ty` is written.
-    fn stored(self, ty: GgmlType) -> DType {
+    /// How a tensor of `ty` with `n_dims` dimensions is written. Only matrices keep their blocks:
+    /// llama.cpp never quantizes a vector, and a kept vector (a quantized bias) would be one row of
+    /// blocks the loader and the Q/K un-permutation have no use for, so it is expanded to f32.
+    fn stored(self, ty: GgmlType, n_dims: usize) -> DType {
         match (self, ty) {
             (ImportDType::Bf16, _) => DType::BF16,
             (ImportDType::F32, _) => DType::F32,
             (ImportDType::Keep, GgmlType::F32) => DType::F32,
             (ImportDType::Keep, GgmlType::F16) => DType::F16,
             (ImportDType::Keep, GgmlType::Bf16) => DType::BF16,
+            (ImportDType::Keep, _) if n_dims < 2 => DType::F32,
             (ImportDType::Keep, GgmlType::Q8_0) => DType::Q8_0,
             (ImportDType::Keep, GgmlType::Q4_0) => DType::Q4_0,
             (ImportDType::Keep, GgmlType::Q4_1) => DType::Q4_1,

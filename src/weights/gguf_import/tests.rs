@@ -210,6 +210,28 @@ fn kept_blocks_give_the_logits_of_the_f32_import() {
     fs::remove_dir_all(expanded.parent().unwrap()).unwrap();
 }
 
+/// A quantized vector (a Q4_0 or Q8_0 Q bias) is expanded to f32 by `--dtype keep` and
+/// un-permuted like the f32 import's (it divided by zero, or scrambled the Q8_0 one's blocks).
+#[test]
+fn kept_import_expands_quantized_vectors() {
+    let mut rng = crate::rng::Rng::new(12);
+    let name = "model.layers.0.self_attn.q_proj.bias";
+    for type_id in [2, 8] {
+        let mut b = tiny_model("llama", "smollm");
+        b.tensor("blk.0.attn_q.bias", &[32], type_id, random_blocks(type_id, 32, &mut rng));
+        let (kept, result) = import_tiny(&format!("keep-vector-{type_id}"), &b, ImportDType::Keep);
+        result.expect("keep import");
+        let (expanded, result) = import_tiny(&format!("f32-vector-{type_id}"), &b, ImportDType::F32);
+        result.expect("f32 import");
+        let (hk, dk) = read_safetensors(&kept.join("model.safetensors"));
+        let (he, de) = read_safetensors(&expanded.join("model.safetensors"));
+        assert_eq!(hk[name]["dtype"], "F32", "type {type_id}");
+        assert_eq!(tensor_values(&hk, &dk, name), tensor_values(&he, &de, name), "type {type_id}");
+        fs::remove_dir_all(kept.parent().unwrap()).unwrap();
+        fs::remove_dir_all(expanded.parent().unwrap()).unwrap();
+    }
+}
+
 #[test]
 fn writes_hf_tokenizer_files() {
     let (out, result) = import_tiny("tokenizer", &tiny_model("llama", "smollm"), ImportDType::Bf16);

@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 use super::tensor_plan::{unpermute_qk, PlannedTensor};
 use super::ImportDType;
 use crate::error::{Error, Result};
-use crate::weights::gguf::GgufFile;
+use crate::weights::gguf::{GgmlType, GgufFile};
 use crate::weights::safetensors::QUANT_KEY_PREFIX;
+use crate::weights::DType;
 
 /// Streams one tensor at a time: only the current tensor's values are ever in memory.
 pub(super) fn write_safetensors(
@@ -30,7 +31,10 @@ pub(super) fn write_safetensors(
     w.write_all(&header).map_err(io_err)?;
     let mut written = 8 + header.len() as u64;
     for (_, t) in order {
-        written += if dtype == ImportDType::Keep {
+        let stored = dtype.stored(t.info.ggml_type, t.info.dims.len());
+        // Kept as in the file, unless it is a quantized vector expanded to f32.
+        let as_in_file = dtype == ImportDType::Keep && !(stored == DType::F32 && t.info.ggml_type != GgmlType::F32);
+        written += if as_in_file {
             // Rows are whole blocks, so un-permuting moves bytes of rows.
             let mut bytes = g.tensor_bytes(t.info)?.to_vec();
             if let Some((n_head, row_len)) = t.unpermute {
@@ -44,7 +48,7 @@ pub(super) fn write_safetensors(
             if let Some((n_head, row_len)) = t.unpermute {
                 values = unpermute_qk(&values, n_head, row_len);
             }
-            write_values(&mut w, &values, dtype).map_err(io_err)?
+            write_values(&mut w, &values, stored).map_err(io_err)?
         };
     }
     let file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
@@ -59,7 +63,9 @@ fn data_order<'p, 'a>(
     dtype: ImportDType,
 ) -> Vec<(&'p String, &'p PlannedTensor<'a>)> {
     let mut order: Vec<_> = plan.iter().collect();
-    order.sort_by_key(|(name, t)| (std::cmp::Reverse(dtype.stored(t.info.ggml_type).align()), name.as_str()));
+    order.sort_by_key(|(name, t)| {
+        (std::cmp::Reverse(dtype.stored(t.info.ggml_type, t.info.dims.len()).align()), name.as_str())
+    });
     order
 }
 
@@ -71,7 +77,7 @@ fn safetensors_header(order: &[(&String, &PlannedTensor)], dtype: ImportDType) -
     metadata.insert("format".into(), json!("pt"));
     let mut offset = 0u64;
     for &(name, t) in order {
-        let stored = dtype.stored(t.info.ggml_type);
+        let stored = dtype.stored(t.info.ggml_type, t.info.dims.len());
         let bytes = stored.bytes_for(t.info.n_elements() as usize).expect("GGUF tensors are whole blocks") as u64;
         let (st_dtype, shape) = if stored.is_quantized() {
             metadata.insert(format!("{QUANT_KEY_PREFIX}{name}"), json!(stored.name()));
@@ -95,19 +101,19 @@ fn safetensors_header(order: &[(&String, &PlannedTensor)], dtype: ImportDType) -
     bytes
 }
 
-fn write_values(w: &mut impl Write, values: &[f32], dtype: ImportDType) -> io::Result<u64> {
+/// Values as bf16 when `dtype` is BF16, else as f32.
+fn write_values(w: &mut impl Write, values: &[f32], dtype: DType) -> io::Result<u64> {
     const CHUNK: usize = 1 << 16;
     let mut buf = Vec::with_capacity(CHUNK * 4);
     for chunk in values.chunks(CHUNK) {
         buf.clear();
         match dtype {
-            ImportDType::Bf16 => chunk.iter().for_each(|&v| buf.extend(bf16::from_f32(v).to_le_bytes())),
-            ImportDType::F32 => chunk.iter().for_each(|&v| buf.extend(v.to_le_bytes())),
-            ImportDType::Keep => unreachable!("kept tensors are copied as bytes"),
+            DType::BF16 => chunk.iter().for_each(|&v| buf.extend(bf16::from_f32(v).to_le_bytes())),
+            _ => chunk.iter().for_each(|&v| buf.extend(v.to_le_bytes())),
         }
         w.write_all(&buf)?;
     }
-    let size = if dtype == ImportDType::Bf16 { 2 } else { 4 };
+    let size = if dtype == DType::BF16 { 2 } else { 4 };
     Ok(values.len() as u64 * size)
 }
 

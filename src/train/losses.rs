@@ -226,8 +226,8 @@ pub fn head_losses<B: Backend>(
             }
         }
     }
-    for i in 0..first_hit.len() {
-        sums[i].chain = (0..a.rows(i)).filter(|&t| a.row_mask(i, t) != 0 && (0..=i).all(|h| first_hit[h][t])).count();
+    for (i, s) in sums.iter_mut().enumerate().take(first_hit.len()) {
+        s.chain = (0..a.rows(i)).filter(|&t| a.row_mask(i, t) != 0 && (0..=i).all(|h| first_hit[h][t])).count();
     }
     if !wants.grads {
         grads.clear();

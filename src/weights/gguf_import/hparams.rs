@@ -11,7 +11,6 @@ use crate::weights::gguf_tokenizer::TokenizerMeta;
 pub(super) enum Arch {
     Llama,
     Qwen2,
-    Mistral,
 }
 
 impl Arch {
@@ -20,11 +19,14 @@ impl Arch {
         match g.get_str(KEY)? {
             "llama" => Ok(Arch::Llama),
             "qwen2" => Ok(Arch::Qwen2),
-            "mistral" => Ok(Arch::Mistral),
+            // llama.cpp writes Mistral models as `llama` (permuted Q/K rows); a file that says
+            // `mistral` comes from some other converter, whose Q/K row order is not known here.
             other => Err(Error::format(
                 &g.path,
                 KEY,
-                format!("unsupported architecture `{other}` (llama, qwen2, mistral are)"),
+                format!(
+                    "unsupported architecture `{other}` (llama and qwen2 are; llama.cpp writes Mistral models as llama)"
+                ),
             )),
         }
     }
@@ -33,7 +35,6 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
-            Arch::Mistral => "mistral",
         }
     }
 
@@ -41,7 +42,6 @@ impl Arch {
         match self {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
-            Arch::Mistral => "MistralForCausalLM",
         }
     }
 }
@@ -69,6 +69,12 @@ impl HParams {
             0 => Err(Error::format(&g.path, k, "must be > 0")),
             v => Ok(v),
         };
+        // Scaled RoPE (linear, YaRN, …) is not imported: dropping it would run the model with
+        // other rotations past its original context, silently.
+        let scaling = key("rope.scaling.type");
+        if let Some(kind) = optional(g, &scaling, GgufFile::get_str)?.filter(|&k| k != "none") {
+            return Err(Error::format(&g.path, scaling, format!("`{kind}`: scaled RoPE is not supported")));
+        }
         let n_head = nonzero(key("attention.head_count"), g.get_u32(&key("attention.head_count"))?)?;
         let n_head_kv = optional(g, &key("attention.head_count_kv"), GgufFile::get_u32)?.unwrap_or(n_head);
         let n_tokens = u32::try_from(n_tokens)

@@ -65,7 +65,7 @@ impl ImportDType {
 
 #[derive(Debug, Clone)]
 pub struct ImportSummary {
-    /// HF `model_type`: llama, qwen2 or mistral.
+    /// HF `model_type`: llama or qwen2.
     pub model_type: &'static str,
     pub tensors: usize,
     /// All files of the folder together.
@@ -86,8 +86,22 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: ImportDType) -> Result<Im
     bytes += write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json())?;
     bytes += write_json(&dir.join("tokenizer_config.json"), &tok.tokenizer_config(hp.n_ctx))?;
     bytes += write_json(&dir.join("generation_config.json"), &tok.generation_config())?;
+    check_loads(gguf, dir)?;
     staging.commit()?;
     Ok(ImportSummary { model_type: hp.arch.name(), tensors: plan.len(), bytes_written: bytes, tied_embeddings: tied })
+}
+
+/// The staged folder loads as a model (every tensor present, of the shape its config asks for, none
+/// left over): a GGUF whose tensors contradict its own hyperparameters is refused here, naming
+/// the GGUF, instead of leaving a folder that fails later. Loading maps the weights, it reads none.
+fn check_loads(gguf: &Path, staged: &Path) -> Result<()> {
+    match crate::model::Llama::load(staged, crate::backend::cpu::CpuBackend) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let msg = e.to_string().replace(&format!("{}{}", staged.display(), std::path::MAIN_SEPARATOR), "");
+            Err(Error::format(gguf, "(tensors)", format!("do not make the model its metadata describes: {msg}")))
+        }
+    }
 }
 
 /// `Ok(None)` when the key is absent; a present key of the wrong type is still an error.

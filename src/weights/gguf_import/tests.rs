@@ -218,7 +218,9 @@ fn kept_import_expands_quantized_vectors() {
     let name = "model.layers.0.self_attn.q_proj.bias";
     for type_id in [2, 8] {
         let mut b = tiny_model("llama", "smollm");
-        b.tensor("blk.0.attn_q.bias", &[32], type_id, random_blocks(type_id, 32, &mut rng));
+        b.tensor("blk.0.attn_q.bias", &[32], type_id, random_blocks(type_id, 32, &mut rng))
+            .f32_tensor("blk.0.attn_k.bias", &[16], &iota(16))
+            .f32_tensor("blk.0.attn_v.bias", &[16], &iota(16));
         let (kept, result) = import_tiny(&format!("keep-vector-{type_id}"), &b, ImportDType::Keep);
         result.expect("keep import");
         let (expanded, result) = import_tiny(&format!("f32-vector-{type_id}"), &b, ImportDType::F32);
@@ -230,6 +232,25 @@ fn kept_import_expands_quantized_vectors() {
         fs::remove_dir_all(kept.parent().unwrap()).unwrap();
         fs::remove_dir_all(expanded.parent().unwrap()).unwrap();
     }
+}
+
+/// Tensors that contradict the file's own metadata (here an embedding of 7 rows for 8 tokens),
+/// a scaled RoPE and the `mistral` architecture name are refused naming the GGUF, leaving no folder.
+#[test]
+fn inconsistent_or_unsupported_files_are_refused_without_output() {
+    let mut b = tiny_model("llama", "smollm");
+    b.f32_tensor("token_embd.weight", &[N_EMBD, 7], &iota(N_EMBD * 7));
+    let (out, result) = import_tiny("inconsistent", &b, ImportDType::F32);
+    let err = result.expect_err("an embedding of 7 rows for 8 tokens").to_string();
+    assert!(err.contains("tiny.gguf") && err.contains("model.embed_tokens.weight") && err.contains("[7, 32]"), "{err}");
+    assert!(!out.exists() && fs::read_dir(out.parent().unwrap()).unwrap().count() == 1, "only the GGUF is left");
+
+    let mut b = tiny_model("llama", "smollm");
+    b.kv("llama.rope.scaling.type", GgufValue::String("linear".into()));
+    let err = import_tiny("scaled", &b, ImportDType::F32).1.expect_err("scaled RoPE").to_string();
+    assert!(err.contains("rope.scaling.type") && err.contains("linear"), "{err}");
+    let err = import_tiny("mistral", &tiny_model("mistral", "smollm"), ImportDType::F32).1.expect_err("mistral");
+    assert!(err.to_string().contains("writes Mistral models as llama"), "{err}");
 }
 
 #[test]
@@ -270,7 +291,10 @@ fn writes_hf_tokenizer_files() {
 #[test]
 fn qwen2_is_not_unpermuted_and_gets_its_pre_tokenizer() {
     let mut b = tiny_model("qwen2", "qwen2");
-    b.f32_tensor("blk.0.attn_q.bias", &[32], &iota(32)).f32_tensor("output.weight", &[N_EMBD, 8], &iota(N_EMBD * 8));
+    b.f32_tensor("blk.0.attn_q.bias", &[32], &iota(32))
+        .f32_tensor("blk.0.attn_k.bias", &[16], &iota(16))
+        .f32_tensor("blk.0.attn_v.bias", &[16], &iota(16))
+        .f32_tensor("output.weight", &[N_EMBD, 8], &iota(N_EMBD * 8));
     let (out, result) = import_tiny("qwen2", &b, ImportDType::F32);
     assert!(!result.expect("import").tied_embeddings);
     let (header, data) = read_safetensors(&out.join("model.safetensors"));

@@ -21,7 +21,9 @@ pub(super) fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     }
     let version = r.u32("version")?;
     if !(2..=3).contains(&version) {
-        return Err(Error::format(path, "version", format!("unsupported GGUF version {version} (2 and 3 are)")));
+        // A big-endian file (llama.cpp can write one for s390x) reads as a byte-swapped version.
+        let note = if (2..=3).contains(&version.swap_bytes()) { ": a big-endian GGUF, not supported" } else { "" };
+        return Err(Error::format(path, "version", format!("unsupported GGUF version {version} (2 and 3 are){note}")));
     }
     let tensor_count = r.count("tensor_count")?;
     let kv_count = r.count("metadata_kv_count")?;

@@ -116,7 +116,10 @@ fn rejects_bad_magic_version_and_block_misfit() {
     let mut bytes = all_types_file();
     bytes[4] = 1;
     let err = open_bytes("version", &bytes).err().expect("v1").to_string();
-    assert!(err.contains("version"), "{err}");
+    assert!(err.contains("version") && !err.contains("big-endian"), "{err}");
+    bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+    let err = open_bytes("big-endian", &bytes).err().expect("big-endian").to_string();
+    assert!(err.contains("big-endian"), "{err}");
     bytes[0] = b'X';
     assert!(open_bytes("magic", &bytes).is_err());
 

@@ -33,7 +33,7 @@ fn decode_step(c: &mut Criterion) {
     }
     let gguf = clover_engine::paths::default_gguf_file();
     let kept = std::env::temp_dir().join(format!("clover-bench-q4_1-{}", std::process::id()));
-    let imported = import_gguf(&gguf, &kept, ImportDType::Keep);
+    let imported = import_gguf(&gguf, &kept, ImportDType::Keep, &|d| Llama::load(d, CpuBackend).map(|_| ()));
     match imported.and_then(|_| Llama::load(&kept, CpuBackend)) {
         Ok(model) => decode_bench(c, "decode_step_q4_1_kept", &model),
         Err(e) => eprintln!("decode_step_q4_1_kept skipped: {e} (run tools/fetch-default-model.sh)"),

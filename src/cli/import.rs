@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use clover_engine::backend::cpu::CpuBackend;
 use clover_engine::error::Result;
+use clover_engine::model::Llama;
 use clover_engine::weights::gguf_import::{import_gguf, ImportDType};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -31,7 +33,8 @@ pub fn run(a: ImportArgs) -> Result<()> {
         DTypeArg::F32 => ImportDType::F32,
         DTypeArg::Keep => ImportDType::Keep,
     };
-    let summary = import_gguf(&a.gguf, &a.out_dir, dtype)?;
+    let loads = |dir: &std::path::Path| Llama::load(dir, CpuBackend).map(|_| ());
+    let summary = import_gguf(&a.gguf, &a.out_dir, dtype, &loads)?;
     println!(
         "imported {} → {}: {}, {} tensors{}, {:.1} MB written",
         a.gguf.display(),

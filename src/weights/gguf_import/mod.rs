@@ -73,7 +73,14 @@ pub struct ImportSummary {
     pub tied_embeddings: bool,
 }
 
-pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: ImportDType) -> Result<ImportSummary> {
+/// `loads` is the check a finished folder must pass before it becomes `out_dir`: the model loader
+/// (`Llama::load`), passed in by the caller, since weights/ sits below model/.
+pub fn import_gguf(
+    gguf: &Path,
+    out_dir: &Path,
+    dtype: ImportDType,
+    loads: &dyn Fn(&Path) -> Result<()>,
+) -> Result<ImportSummary> {
     let file = GgufFile::open(gguf)?;
     let tok = TokenizerMeta::read(&file)?;
     let hp = HParams::read(&file, tok.tokens.len())?;
@@ -86,7 +93,7 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: ImportDType) -> Result<Im
     bytes += write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json())?;
     bytes += write_json(&dir.join("tokenizer_config.json"), &tok.tokenizer_config(hp.n_ctx))?;
     bytes += write_json(&dir.join("generation_config.json"), &tok.generation_config())?;
-    check_loads(gguf, dir)?;
+    check_loads(gguf, dir, loads)?;
     staging.commit()?;
     Ok(ImportSummary { model_type: hp.arch.name(), tensors: plan.len(), bytes_written: bytes, tied_embeddings: tied })
 }
@@ -94,9 +101,9 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, dtype: ImportDType) -> Result<Im
 /// The staged folder loads as a model (every tensor present, of the shape its config asks for, none
 /// left over): a GGUF whose tensors contradict its own hyperparameters is refused here, naming
 /// the GGUF, instead of leaving a folder that fails later. Loading maps the weights, it reads none.
-fn check_loads(gguf: &Path, staged: &Path) -> Result<()> {
-    match crate::model::Llama::load(staged, crate::backend::cpu::CpuBackend) {
-        Ok(_) => Ok(()),
+fn check_loads(gguf: &Path, staged: &Path, loads: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
+    match loads(staged) {
+        Ok(()) => Ok(()),
         Err(e) => {
             let msg = e.to_string().replace(&format!("{}{}", staged.display(), std::path::MAIN_SEPARATOR), "");
             Err(Error::format(gguf, "(tensors)", format!("do not make the model its metadata describes: {msg}")))
@@ -133,8 +140,7 @@ impl Staging {
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let dir = temp_sibling(out);
-        // Only a crashed earlier run with the same pid can have left this behind.
-        let _ = fs::remove_dir_all(&dir);
+        remove_abandoned_stagings(out, parent);
         fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Staging { dir, out: out.to_path_buf(), committed: false })
     }
@@ -148,6 +154,22 @@ impl Staging {
         fs::rename(&self.dir, &self.out).map_err(|e| Error::io(&self.out, e))?;
         self.committed = true;
         Ok(())
+    }
+}
+
+/// Removes staging folders of `out` left by imports that were killed (a staging folder is removed
+/// by its own run otherwise): those of processes no longer running, where /proc tells.
+fn remove_abandoned_stagings(out: &Path, parent: &Path) {
+    let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name.strip_prefix(&prefix) else { continue };
+        let alive = pid != std::process::id().to_string() && Path::new("/proc").join(pid).exists();
+        if !alive {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -55,12 +55,17 @@ fn tiny_model(arch: &str, pre: &str) -> GgufBuilder {
     b
 }
 
+/// What the CLI checks an import with: the folder loads as a model.
+fn loads(dir: &Path) -> Result<()> {
+    crate::model::Llama::load(dir, crate::backend::cpu::CpuBackend).map(|_| ())
+}
+
 fn import_tiny(test: &str, b: &GgufBuilder, dtype: ImportDType) -> (PathBuf, Result<ImportSummary>) {
     let dir = scratch_dir(test);
     let gguf = dir.join("tiny.gguf");
     fs::write(&gguf, b.build()).expect("write gguf");
     let out = dir.join("hf");
-    let result = import_gguf(&gguf, &out, dtype);
+    let result = import_gguf(&gguf, &out, dtype, &loads);
     (out, result)
 }
 
@@ -334,11 +339,16 @@ fn refuses_non_empty_output_folder() {
     let (out, result) = import_tiny("non_empty", &b, ImportDType::Bf16);
     result.expect("first import");
     let gguf = out.parent().unwrap().join("tiny.gguf");
-    let err = import_gguf(&gguf, &out, ImportDType::Bf16).expect_err("second import").to_string();
+    let err = import_gguf(&gguf, &out, ImportDType::Bf16, &loads).expect_err("second import").to_string();
     assert!(err.contains("not empty"), "{err}");
     fs::remove_dir_all(&out).unwrap();
     fs::create_dir(&out).unwrap();
-    import_gguf(&gguf, &out, ImportDType::Bf16).expect("an empty folder is fine");
+    // A killed import's staging folder (its process gone) is removed by the next import.
+    let abandoned = out.parent().unwrap().join(".hf.partial-4000000000");
+    fs::create_dir(&abandoned).unwrap();
+    fs::write(abandoned.join("model.safetensors"), b"half").unwrap();
+    import_gguf(&gguf, &out, ImportDType::Bf16, &loads).expect("an empty folder is fine");
+    assert!(!abandoned.exists(), "the abandoned staging folder is left");
 }
 
 /// Where `tools/fetch-default-model.sh` leaves the GGUF.
@@ -355,7 +365,7 @@ fn imports_real_smollm2() {
     }
     let gguf = gguf.as_path();
     let out = scratch_dir("smollm2").join("hf");
-    let summary = import_gguf(gguf, &out, ImportDType::Bf16).expect("import");
+    let summary = import_gguf(gguf, &out, ImportDType::Bf16, &loads).expect("import");
     assert_eq!((summary.tensors, summary.tied_embeddings), (272, true));
     let config = read_json(&out.join("config.json"));
     let expect = json!({

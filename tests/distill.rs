@@ -86,6 +86,8 @@ fn resume_is_exact(kind: DraftKind) {
     let mut stale = std::fs::read_to_string(split.join(METRICS_FILE)).unwrap();
     stale.push_str(&stale.lines().find(|l| l.contains(TRAIN)).unwrap().replace("\"step\":1,", "\"step\":11,"));
     stale.push('\n');
+    // … and, killed while appending, half a line.
+    stale.push_str("{\"split\":\"train\",\"step\":12,\"lo");
     std::fs::write(split.join(METRICS_FILE), stale).unwrap();
     let mut resumed = options(&model, &data, kind, &split, 20);
     resumed.resume = true;

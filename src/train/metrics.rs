@@ -75,8 +75,14 @@ impl MetricsLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(Error::io(&path, e)),
         };
+        // A run killed while appending leaves a last line without its newline: it was written
+        // after the checkpoint being resumed from, so it is dropped with the other later lines.
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..=end],
+            None => "",
+        };
         let mut lines = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in complete.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let parsed: MetricsLine = serde_json::from_str(line)
                 .map_err(|e| Error::format(&path, format!("line {}", n + 1), e.to_string()))?;
             if parsed.step <= step {

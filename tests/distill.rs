@@ -204,6 +204,12 @@ fn cli_errors_name_the_file_and_field() {
     fails_with(&["export-head", "--from", &s(&not_data), "--out", &s(&root.join("x"))], &["config.json"]);
     fails_with(&["export-head", "--from", &s(&model), "--out", &s(&root.join("x"))], &["config.json", "draft.kind"]);
     assert!(!root.join("x").exists(), "a failed export writes nothing");
+    // Over a base model's folder: refused, the model untouched. Over a head: updated.
+    let before = std::fs::read(model.join("model.safetensors")).unwrap();
+    fails_with(&["export-head", "--from", &s(&out), "--out", &s(&model)], &["config.json", "not a draft head"]);
+    assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), before, "the base model was overwritten");
+    let o = engine(&["export-head", "--from", &s(&out), "--out", &s(&shipped), "--dtype", "f32"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
 }
 
 /// `draft-vocab` counts the assistant tokens of the training split (the last 5% of records are

@@ -33,6 +33,15 @@ pub fn export_head(from: &Path, out: &Path, dtype: DType) -> Result<usize> {
     if out.canonicalize().ok().is_some_and(|o| from.canonicalize().ok() == Some(o)) {
         return Err(Error::input(format!("--out {} is the folder being exported", out.display())));
     }
+    let out_config = out.join("config.json");
+    if out_config.exists() && declared_kind(&read_json(&out_config)?).is_none() {
+        // Exporting over a head updates it; over anything else (a base model) it would destroy it.
+        return Err(Error::format(
+            &out_config,
+            "draft.kind",
+            "--out holds a model that is not a draft head: give an empty folder or a head's folder",
+        ));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_safetensors(&out.join("model.safetensors"), &tensors, dtype)?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::input(e.to_string()))?;

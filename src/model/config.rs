@@ -100,6 +100,19 @@ impl ModelConfig {
                 return Err(Error::format(path, field, format!("{value}: expected a positive number")));
             }
         }
+        // Sliding-window attention is not implemented. Within the window it is full attention,
+        // so a Mistral model's context stops at its window (Mistral-7B-v0.1: 4,096 of 32,768);
+        // Qwen2's per-layer windows are refused.
+        let mut max_position_embeddings = f.usize("max_position_embeddings")?;
+        if architecture == Architecture::Qwen2 && json.get("use_sliding_window").and_then(Value::as_bool) == Some(true)
+        {
+            return Err(Error::format(path, "use_sliding_window", "sliding-window attention is not supported"));
+        }
+        if architecture == Architecture::Mistral {
+            if let Some(window) = f.opt_usize("sliding_window")? {
+                max_position_embeddings = max_position_embeddings.min(window);
+            }
+        }
         let vocab_size = f.usize("vocab_size")?;
         let bos_token_id = f.opt_usize("bos_token_id")?.map(|v| v as u32);
         let special = bos_token_id
@@ -126,7 +139,7 @@ impl ModelConfig {
             rms_norm_eps: rms_norm_eps as f32,
             rope_theta,
             rope_scaling: rope_scaling(json, path)?,
-            max_position_embeddings: f.usize("max_position_embeddings")?,
+            max_position_embeddings,
             vocab_size,
             tie_word_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias: architecture == Architecture::Qwen2
@@ -267,6 +280,25 @@ mod tests {
         j.as_object_mut().unwrap().remove("hidden_size");
         let err = ModelConfig::from_json(&j, Path::new("m/config.json")).unwrap_err().to_string();
         assert!(err.contains("m/config.json") && err.contains("hidden_size"), "{err}");
+    }
+
+    /// Sliding windows: Mistral's caps the context (full attention within it is exact), Qwen2's
+    /// per-layer ones are refused, a null window changes nothing.
+    #[test]
+    fn sliding_windows_cap_the_context_or_are_refused() {
+        let mut j = base();
+        j["model_type"] = "mistral".into();
+        j["sliding_window"] = 128.into();
+        assert_eq!(ModelConfig::from_json(&j, Path::new("c")).unwrap().max_position_embeddings, 128);
+        j["sliding_window"] = Value::Null;
+        assert_eq!(ModelConfig::from_json(&j, Path::new("c")).unwrap().max_position_embeddings, 256);
+        j["model_type"] = "qwen2".into();
+        j["use_sliding_window"] = true.into();
+        let err = ModelConfig::from_json(&j, Path::new("c")).unwrap_err().to_string();
+        assert!(err.contains("use_sliding_window"), "{err}");
+        j["use_sliding_window"] = false.into();
+        j["sliding_window"] = 64.into();
+        assert_eq!(ModelConfig::from_json(&j, Path::new("c")).unwrap().max_position_embeddings, 256);
     }
 
     #[test]

@@ -18,9 +18,6 @@ pub enum Error {
     /// A command-line argument or API input that cannot be used (over-long prompt, bad option).
     #[error("{0}")]
     Input(String),
-    /// The backend cannot run the request (no device, kernels missing, out of memory).
-    #[error("backend: {0}")]
-    Backend(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

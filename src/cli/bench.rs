@@ -113,10 +113,11 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         return Err(Error::input(format!("--json {}: a folder; give the file to write", path.display())));
     }
     let drafts = parse_drafts(&a.drafts, &a.tree)?;
-    a.tree.tree_spec()?; // a bad --tree fails before the model loads
-                         // The tokenizer of --model (or the default model) makes the prompts. Random weights need no
-                         // model folder: without one, the prompts are random token ids (a GPU machine that has only
-                         // the binary can still measure per-step latency).
+    // A bad --tree fails before the model loads.
+    a.tree.tree_spec()?;
+    // The tokenizer of --model (or the default model) makes the prompts. Random weights need no
+    // model folder: without one, the prompts are random token ids (a GPU machine that has only
+    // the binary can still measure per-step latency).
     let tokenizer_dir = match (&a.random_weights, super::model_dir(a.model.clone())) {
         (_, Ok(dir)) => Some(dir),
         (Some(_), Err(_)) if a.model.is_none() => None,

@@ -39,10 +39,6 @@ impl TreeSpec {
             TreeSpec::Eagle2(p) => p.total_tokens,
         }
     }
-
-    pub fn is_dynamic(&self) -> bool {
-        !matches!(self, TreeSpec::Static(_))
-    }
 }
 
 /// One step's tree: node tokens (root first) and, for the static sampler, what the draws kept.

@@ -7,6 +7,9 @@ Produces in --out:
   reference_logits.json  top-32 logits + logsumexp per position, from the independent
                          numpy forward in tools/reference_forward.py (GGUF weights, f64 math)
   tokenizer_cases.json   ids from Python `tokenizers` on DIR/tokenizer.json (the engine's import)
+  reference_greedy.json  greedy answers (argmax of the same f64 reference) to chat-templated
+                         questions, up to 32 tokens
+`--only greedy` (repeatable) writes just the named fixtures.
 It also prints how far a bf16 rounding of all weights moves the reference (the bf16 budget),
 and cross-checks DIR/tokenizer.json against a tokenizer built independently from the GGUF.
 """
@@ -38,6 +41,10 @@ LOGIT_PROMPTS = [
     ("french", "La tour Eiffel a été construite en 1889 pour l'Exposition universelle de Paris."),
 ]
 CHAT_MESSAGES = [{"role": "user", "content": "Write a haiku about the sea."}]
+
+# Greedy answers of the reference (f64) to chat-templated questions, for the greedy-text fixture.
+GREEDY_QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea."]
+GREEDY_NEW_TOKENS = 32
 
 # Hand-written tokenizer edge cases: digits, whitespace, CJK, emoji/ZWJ, specials, accents, code.
 EDGE_TEXTS = [
@@ -77,6 +84,8 @@ def parse_args():
                     help="poll this long for MODEL_DIR/tokenizer.json to appear")
     ap.add_argument("--tokenizer-from-gguf", action="store_true",
                     help="fallback: build the tokenizer from GGUF metadata instead of MODEL_DIR")
+    ap.add_argument("--only", choices=["tokenizer", "logits", "greedy"], action="append",
+                    help="write only these fixtures (repeatable; default: all)")
     return ap.parse_args()
 
 
@@ -196,6 +205,31 @@ def make_logits_fixture(args, reader, tok, tok_desc, sha):
     return fixture
 
 
+def make_greedy_fixture(args, reader, tok, tok_desc, sha):
+    """Greedy continuations of chat-templated questions by the f64 reference, up to the eos."""
+    cfg, w32, _ = ref.load_weights(args.gguf)
+    eos = int(ref.field_value(reader, "tokenizer.ggml.eos_token_id"))
+    cases = []
+    for question in GREEDY_QUESTIONS:
+        chat = ref.render_chat(reader, [{"role": "user", "content": question}], add_generation_prompt=True)
+        prompt = tok.encode(chat, add_special_tokens=False).ids
+        ids, new = list(prompt), []
+        for _ in range(GREEDY_NEW_TOKENS):
+            nxt = int(np.argmax(ref.forward(cfg, w32, ids, dtype=np.float64)[-1]))
+            ids.append(nxt)
+            new.append(nxt)
+            if nxt == eos:
+                break
+        print(f"greedy: {question!r} -> {tok.decode(new)!r}")
+        cases.append({"question": question, "prompt_ids": [int(i) for i in prompt], "greedy_ids": new})
+    return {
+        "source": ("tools/make_fixtures.py: greedy decoding (argmax of the f64 numpy reference forward, "
+                   f"tools/reference_forward.py) of SmolLM2-135M-Instruct.Q4_1.gguf sha256 {sha}, "
+                   f"at most {GREEDY_NEW_TOKENS} new tokens, stopping at the eos; prompt ids from {tok_desc}"),
+        "cases": cases,
+    }
+
+
 # -------------------------------------------------------------- tokenizer ----
 
 def clip(text, limit=MAX_TEXT_CHARS):
@@ -288,10 +322,16 @@ def main():
     reader = ref.gguf.GGUFReader(args.gguf)
     tok, tok_desc = resolve_tokenizer(args, reader)
     check_chat_template(args, reader)
-    write_json(os.path.join(args.out, "tokenizer_cases.json"),
-               make_tokenizer_fixture(args, tok, tok_desc, reader), "cases")
-    write_json(os.path.join(args.out, "reference_logits.json"),
-               make_logits_fixture(args, reader, tok, tok_desc, sha), "cases")
+    wanted = set(args.only or ["tokenizer", "logits", "greedy"])
+    if "tokenizer" in wanted:
+        write_json(os.path.join(args.out, "tokenizer_cases.json"),
+                   make_tokenizer_fixture(args, tok, tok_desc, reader), "cases")
+    if "logits" in wanted:
+        write_json(os.path.join(args.out, "reference_logits.json"),
+                   make_logits_fixture(args, reader, tok, tok_desc, sha), "cases")
+    if "greedy" in wanted:
+        write_json(os.path.join(args.out, "reference_greedy.json"),
+                   make_greedy_fixture(args, reader, tok, tok_desc, sha), "cases")
 
 
 def check_chat_template(args, reader):

@@ -304,6 +304,33 @@ impl Backend for CpuBackend {
 mod tests {
     use super::*;
 
+    /// Embedding rows are the table's rows as f32, for every stored type: against the tensor's
+    /// own expansion (`HostTensor::to_f32`), in id order, repeats included.
+    #[test]
+    fn embedding_gathers_the_rows_of_every_stored_type() {
+        let (rows, dim) = (5, 64);
+        let values: Vec<f32> = (0..rows * dim).map(|i| ((i * 37) % 101) as f32 / 16.0 - 3.0).collect();
+        let f32_table = HostTensor::from_f32("e", vec![rows, dim], &values);
+        let bf16_bits = values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+        let tables = [
+            f32_table.to_q8_0().unwrap(),
+            HostTensor::from_bits("e", crate::weights::DType::BF16, vec![rows, dim], bf16_bits),
+            f32_table,
+        ];
+        let ids = [3u32, 0, 3, 4];
+        for table in tables {
+            let expanded = table.to_f32();
+            let dtype = table.dtype;
+            let w = CpuBackend.weight(table).unwrap();
+            let mut out = vec![0.0; ids.len() * dim];
+            CpuBackend.embedding(&w, &ids, &mut out);
+            for (r, &id) in ids.iter().enumerate() {
+                let id = id as usize;
+                assert_eq!(out[r * dim..][..dim], expanded[id * dim..][..dim], "{dtype:?} row {r} (id {id})");
+            }
+        }
+    }
+
     /// scatter_add_rows is the adjoint of gather_rows: <gather(x), g> = <x, scatter(g)>, with a
     /// row gathered twice receiving both gradients.
     #[test]

@@ -83,6 +83,6 @@ mod tests {
     #[should_panic(expected = "capacity")]
     fn write_past_the_capacity_is_refused() {
         let mut cache = filled();
-        kv_write(&mut cache, L, &vec![0.0; L.n_kv_heads * L.head_dim * 2], 2, 4);
+        kv_write(&mut cache, L, &[0.0; L.n_kv_heads * L.head_dim * 2], 2, 4);
     }
 }

@@ -132,7 +132,8 @@ impl GgufTensorInfo {
         self.dims.iter().product()
     }
 
-    fn n_bytes(&self) -> Option<u64> {
+    /// The tensor's bytes in the file (None only for dims that overflow, refused at open).
+    pub fn n_bytes(&self) -> Option<u64> {
         let (values, bytes) = self.ggml_type.block();
         let n = self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
         (n / values as u64).checked_mul(bytes as u64)

@@ -6,6 +6,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use half::bf16;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -30,7 +31,14 @@ pub(super) fn write_safetensors(
     w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io_err)?;
     w.write_all(&header).map_err(io_err)?;
     let mut written = 8 + header.len() as u64;
+    // Tensors of the GGUF read so far, in bytes: a 7B file takes minutes (drawn only on a terminal).
+    let bar = ProgressBar::new(order.iter().map(|(_, t)| t.info.n_bytes().unwrap_or(0)).sum());
+    bar.set_style(
+        ProgressStyle::with_template("{wide_bar} {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     for (_, t) in order {
+        bar.inc(t.info.n_bytes().unwrap_or(0));
         let stored = dtype.stored(t.info.ggml_type, t.info.dims.len());
         // Kept as in the file, unless it is a quantized vector expanded to f32.
         let as_in_file = dtype == ImportDType::Keep && !(stored == DType::F32 && t.info.ggml_type != GgmlType::F32);
@@ -51,6 +59,7 @@ pub(super) fn write_safetensors(
             write_values(&mut w, &values, stored).map_err(io_err)?
         };
     }
+    bar.finish_and_clear();
     let file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
     file.sync_all().map_err(io_err)?;
     Ok(written)

@@ -128,6 +128,11 @@ impl DataIndex {
         })
     }
 
+    /// Both folders hold features of one base model (its name and hidden size agree).
+    pub fn same_base_model(&self, other: &DataIndex) -> bool {
+        self.model == other.model && self.hidden_size == other.hidden_size
+    }
+
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(INDEX_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

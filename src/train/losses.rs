@@ -214,7 +214,7 @@ pub fn head_losses<B: Backend>(
                 for ((got, &w), &t) in top3_rows(&b.download(&logits), vocab).iter().zip(&want[skip..]).zip(&rows) {
                     let rank = got.iter().position(|&g| g.is_some_and(|g| token(g) == w));
                     first_hit[i][t] = rank == Some(0);
-                    sums[i].top1 += usize::from(rank.is_some_and(|r| r < 1));
+                    sums[i].top1 += usize::from(first_hit[i][t]);
                     sums[i].top2 += usize::from(rank.is_some_and(|r| r < 2));
                     sums[i].top3 += usize::from(rank.is_some());
                 }

@@ -245,7 +245,7 @@ fn open_folder(dir: &Path, maps: &mut Vec<Mmap>, records: &mut Vec<Location>) ->
 /// The index of several folders: the first one's, counts summed, shards concatenated. Folders of
 /// another base model (name or feature size) are refused.
 fn merge(mut into: DataIndex, next: DataIndex, dir: &Path) -> Result<DataIndex> {
-    if next.model != into.model || next.hidden_size != into.hidden_size {
+    if !next.same_base_model(&into) {
         return Err(Error::format(
             dir.join(INDEX_FILE),
             "model",

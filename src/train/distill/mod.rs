@@ -206,10 +206,9 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         None => DraftLmHead::full(),
     };
 
-    let eval_data = match opts.eval_data.is_empty() {
-        true => None,
-        false => Some(open_eval_data(&opts.eval_data, &reader, base.config.vocab_size)?),
-    };
+    let eval_data = (!opts.eval_data.is_empty())
+        .then(|| open_eval_data(&opts.eval_data, &reader, base.config.vocab_size))
+        .transpose()?;
     let (eval_reader, eval_set) = match &eval_data {
         Some(r) => (r, eval_set(r, &(0..r.len()).collect::<Vec<_>>(), run.max_len, opts.eval_tokens)),
         None => (&reader, eval_set(&reader, &split.heldout, run.max_len, opts.eval_tokens)),

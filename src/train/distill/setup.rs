@@ -93,7 +93,7 @@ pub(super) fn open_data(option: &str, dirs: &[PathBuf]) -> Result<ShardReader> {
 /// come from the training data's base model.
 pub(super) fn open_eval_data(dirs: &[PathBuf], train: &ShardReader, vocab_size: usize) -> Result<ShardReader> {
     let reader = open_data("--eval-data", dirs)?;
-    if reader.index.model != train.index.model || reader.hidden_size() != train.hidden_size() {
+    if !reader.index.same_base_model(&train.index) {
         return Err(Error::format(
             dirs[0].join(INDEX_FILE),
             "model",

@@ -63,4 +63,13 @@ fn auto_budget_is_calibrated_once_per_machine_model_head_and_settings() {
     init_head(DraftKind::Eagle, &model, &head, 1).unwrap();
     assert!(calibrated(&generate(&home, &model, &head, &[])));
     assert!(!calibrated(&generate(&home, &model, &head, &[])));
+
+    // A saved file that cannot be read back is calibrated over, and the user told so.
+    for entry in home.join("auto-budget").read_dir().unwrap() {
+        std::fs::write(entry.unwrap().path(), "{ not json").unwrap();
+    }
+    let over = generate(&home, &model, &head, &[]);
+    assert!(calibrated(&over));
+    assert!(common::stderr(&over).contains("cannot be used"), "{}", common::stderr(&over));
+    assert!(!calibrated(&generate(&home, &model, &head, &[])), "the new choice replaced it");
 }

@@ -9,9 +9,8 @@ use clover_engine::draft::{load_head_opts, DraftKind, DraftOptions, DraftWeights
 use clover_engine::error::{Error, Result};
 use clover_engine::model::{ChatMessage, Llama, TextTokenizer};
 use clover_engine::sampling::SamplingParams;
-use clover_engine::spec::auto_budget::{
-    eagle2_tree, plan_budget, BudgetPlan, CALIBRATION_CHATS, CALIBRATION_TOKENS, MAX_AUTO_BUDGET, PROBE_BUDGET,
-};
+use clover_engine::spec::auto_budget::{eagle2_tree, BudgetPlan, MAX_AUTO_BUDGET};
+use clover_engine::spec::auto_plan;
 use clover_engine::spec::drafting::TreeSpec;
 use clover_engine::spec::engine::{generate_plain, generate_speculative, GenerationConfig, GenerationStats};
 use clover_engine::spec::saved_plan::{self, PlanKey};
@@ -78,23 +77,7 @@ impl SpecArgs {
             ("draft", self.draft.map_or("none", |d| DraftKind::from(d).name()).to_string()),
             ("draft options", format!("{:?}", self.draft_options())),
             ("sampling", format!("{:?}", cfg.sampling)),
-            (
-                "calibration",
-                if cfg.sampling.is_greedy() {
-                    format!(
-                        "{} chats x {CALIBRATION_TOKENS} tokens, budget {PROBE_BUDGET} then up to {MAX_AUTO_BUDGET} if it may pay",
-                        CALIBRATION_CHATS.len()
-                    )
-                } else {
-                    // Sampling plans over static trees since 2026-12-07: choices saved before (EAGLE-2
-                    // budgets) must not be reused.
-                    format!(
-                        "{} chats x {CALIBRATION_TOKENS} tokens, sampled static trees [[0],[1],[0,0]] then \
-                         mc_sim_7b_63 if it may pay",
-                        CALIBRATION_CHATS.len()
-                    )
-                },
-            ),
+            ("calibration", auto_plan::calibration_summary(cfg)),
         ];
         PlanKey::new(backend, model_dir, head_dir, &settings)
     }
@@ -191,36 +174,18 @@ impl TreeArgs {
         cfg: &GenerationConfig,
         key: impl FnOnce() -> PlanKey,
     ) -> Result<(TreeSpec, Option<String>)> {
+        let tree = self.tree_spec()?;
         if self.budget()?.is_some() {
             if self.recalibrate {
                 eprintln!("note: --recalibrate applies to --tree-budget auto only; ignored");
             }
-            return Ok((self.tree_spec()?, None));
+            return Ok((tree, None));
         }
-        let (dir, key) = (saved_plan::default_dir(), key());
-        if !self.recalibrate {
-            self.tree_spec()?;
-            if let Some(saved) = saved_plan::load(&dir, &key, !cfg.sampling.is_greedy()) {
-                return Ok((saved.tree()?, Some(saved.report())));
-            }
-            let path = saved_plan::path_for(&dir, &key);
-            if path.exists() {
-                eprintln!(
-                    "note: the saved choice in {} cannot be used (edited by hand?): calibrating again",
-                    path.display()
-                );
-            }
-        }
-        let (tree, plan) = self.resolve(model, head, Some(tokenizer), cfg)?;
-        let Some(plan) = plan else { return Ok((tree, None)) };
-        let mut report = plan.table();
-        report += &match saved_plan::save(&dir, &key, &plan) {
-            Ok(path) => format!(
-                "(saved in {}: later runs with this model, head and settings reuse it; --recalibrate measures again)\n",
-                path.display()
-            ),
-            Err(e) => format!("(the choice was not saved: {e})\n"),
-        };
+        let dir = saved_plan::default_dir();
+        let (tree, report) =
+            auto_plan::saved_or_planned(&dir, &key(), self.recalibrate, model, head, tokenizer, cfg, &mut |notice| {
+                eprintln!("{notice}")
+            })?;
         Ok((tree, Some(report)))
     }
 
@@ -241,31 +206,7 @@ impl TreeArgs {
         let Some(tokenizer) = tokenizer else {
             return Err(Error::input("--tree-budget auto calibrates on chat prompts and needs a tokenizer (--model)"));
         };
-        // A random-weight model (bench --random-weights) may have a smaller vocabulary than the
-        // tokenizer; its ids are folded into it, as bench does with its prompts.
-        let vocab = model.config.vocab_size as u32;
-        let prompts = CALIBRATION_CHATS
-            .iter()
-            .map(|c| {
-                let ids = tokenizer.encode(&tokenizer.render_chat(&[ChatMessage::new("user", c)], true)?, false)?;
-                Ok(ids.into_iter().map(|id| id % vocab).collect())
-            })
-            .collect::<Result<Vec<Vec<u32>>>>()?;
-        let calibration = GenerationConfig { max_new_tokens: CALIBRATION_TOKENS, ..cfg.clone() };
-        // Said first: on a CPU this takes tens of seconds before any output.
-        let trees = if cfg.sampling.is_greedy() {
-            format!("at budget {PROBE_BUDGET}, and at {MAX_AUTO_BUDGET} if a tree that large may pay here")
-        } else {
-            "with a static tree of 3 drafts drawn by sampling, and with mc_sim_7b_63 if a tree that large may \
-             pay here"
-                .to_string()
-        };
-        eprintln!(
-            "tree budget auto: timing verification and calibrating the head on this machine \
-             ({} prompts of {CALIBRATION_TOKENS} tokens {trees}; seconds to tens of seconds on a CPU) ...",
-            prompts.len()
-        );
-        let plan = plan_budget(model, head, MAX_AUTO_BUDGET, &prompts, &calibration)?;
+        let plan = auto_plan::plan_on_chats(model, head, tokenizer, cfg, &mut |notice| eprintln!("{notice}"))?;
         Ok((plan.tree()?, Some(plan)))
     }
 }

@@ -1,6 +1,7 @@
 //! Speculative decoding: candidate trees, verification, and the decoding loops.
 
 pub mod auto_budget;
+pub mod auto_plan;
 pub mod drafting;
 pub mod engine;
 pub mod node_logits;

@@ -145,6 +145,10 @@ fn embedding_and_row_copies() {
         p.gpu.embedding(&gathered, &[0, 1, 2, 3, 4], &mut go);
         p.cpu.embedding(&p.cpu.gather_weight_rows(&cw, &ids, "rows").unwrap(), &[0, 1, 2, 3, 4], &mut co);
         close(&format!("gather_weight_rows {dtype:?}"), &p.down(&go), &co, 0.0);
+        // A row past the table is an error on both, not a read past the device buffer.
+        let bad = [1u32, vocab as u32];
+        let (gerr, cerr) = (p.gpu.gather_weight_rows(&gw, &bad, "rows"), p.cpu.gather_weight_rows(&cw, &bad, "rows"));
+        assert!(gerr.is_err() && cerr.is_err(), "gather_weight_rows of row {vocab} of {vocab}");
     }
     let src = random(6 * width, 2);
     let (gs, cs) = p.bufs(&src);
@@ -163,11 +167,13 @@ fn embedding_and_row_copies() {
 fn matmul_and_its_backward() {
     let Some(p) = Pair::new() else { return };
     // Up to 64 rows on kernels/gemv.cu (an odd k takes its element-wise loads), 80 on cuBLAS.
-    for (rows, n, k) in [(1, 576, 576), (26, 1536, 576), (7, 49, 37), (80, 96, 200)] {
+    // 64 and 65 rows: the last call of the GEMV and the first of cuBLAS; k = 601: a tail of an
+    // odd length after whole vectors.
+    for (rows, n, k) in [(1, 576, 576), (26, 1536, 576), (7, 49, 37), (80, 96, 200), (64, 40, 601), (65, 40, 601)] {
         let x = random(rows * k, 4);
         let w = random(n * k, 5);
         let dy = random(rows * n, 6);
-        for dtype in [DType::F32, DType::BF16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let tol = if dtype == DType::F32 { F32_TOL } else { BF16_TOL };
             let (gw, cw) = p.weights(tensor("w", &[n, k], &w, dtype));
             let (gx, cx) = p.bufs(&x);
@@ -278,7 +284,13 @@ fn elementwise_ops_and_their_backward() {
 #[test]
 fn rmsnorm_and_rope_with_backward() {
     let Some(p) = Pair::new() else { return };
-    let (rows, heads, d) = (5, 9, 64);
+    // The default model's heads, a row narrower than a warp, and 128-wide heads.
+    for (rows, heads, d) in [(5, 9, 64), (3, 3, 10), (4, 32, 128)] {
+        rmsnorm_and_rope_case(&p, rows, heads, d);
+    }
+}
+
+fn rmsnorm_and_rope_case(p: &Pair, rows: usize, heads: usize, d: usize) {
     let width = heads * d;
     let x = random(rows * width, 16);
     let dout = random(rows * width, 17);
@@ -288,13 +300,13 @@ fn rmsnorm_and_rope_with_backward() {
     let (mut go, mut co) = p.bufs(&vec![0.0; rows * width]);
     p.gpu.rmsnorm(&gx, rows, &gain_g, 1e-5, &mut go);
     p.cpu.rmsnorm(&cx, rows, &gain_c, 1e-5, &mut co);
-    close("rmsnorm", &p.down(&go), &co, F32_TOL);
+    close(&format!("rmsnorm {heads}×{d}"), &p.down(&go), &co, F32_TOL);
     let (mut gdx, mut cdx) = p.bufs(&random(rows * width, 19));
     let (mut gdg, mut cdg) = p.bufs(&random(width, 20));
     p.gpu.rmsnorm_backward(&gx, rows, &gain_g, 1e-5, &gd, &mut gdx, &mut gdg);
     p.cpu.rmsnorm_backward(&cx, rows, &gain_c, 1e-5, &cd, &mut cdx, &mut cdg);
-    close("rmsnorm_backward dx", &p.down(&gdx), &cdx, F32_TOL);
-    close("rmsnorm_backward d_gain", &p.down(&gdg), &cdg, F32_TOL);
+    close(&format!("rmsnorm_backward dx {heads}×{d}"), &p.down(&gdx), &cdx, F32_TOL);
+    close(&format!("rmsnorm_backward d_gain {heads}×{d}"), &p.down(&gdg), &cdg, F32_TOL);
 
     let cos_sin: Vec<f32> = (0..rows)
         .flat_map(|r| {
@@ -307,10 +319,10 @@ fn rmsnorm_and_rope_with_backward() {
     let (mut gr, mut cr) = p.bufs(&x);
     p.gpu.rope(&mut gr, rows, heads, d, &gcs);
     p.cpu.rope(&mut cr, rows, heads, d, &ccs);
-    close("rope", &p.down(&gr), &cr, F32_TOL);
+    close(&format!("rope {heads}×{d}"), &p.down(&gr), &cr, F32_TOL);
     p.gpu.rope_backward(&mut gr, rows, heads, d, &gcs);
     p.cpu.rope_backward(&mut cr, rows, heads, d, &ccs);
-    close("rope_backward", &p.down(&gr), &cr, F32_TOL);
+    close(&format!("rope_backward {heads}×{d}"), &p.down(&gr), &cr, F32_TOL);
 }
 
 #[test]
@@ -419,8 +431,31 @@ fn kv_cache_and_attention_over_a_prefix_and_a_tree() {
     // The forward splits the cache into chunks of 256 slots and the queries into blocks of 16:
     // one chunk; three chunks under a 26-node tree; a long causal prefill (later query blocks see
     // more chunks); one decode row; a tree whose mask starts inside the prefix.
+    let model = AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
     for (past, rows, mask_from) in [(40, 7, 0), (600, 26, 0), (0, 300, 0), (700, 1, 0), (290, 9, 5)] {
-        attention_case(&p, past, rows, past - mask_from);
+        attention_case(&p, model, past, rows, past - mask_from, 3, false);
+    }
+}
+
+/// Head shapes beyond the default model's, and masks that hide keys of earlier tree levels.
+#[test]
+fn attention_of_other_head_shapes_and_sparse_masks() {
+    let Some(p) = Pair::new() else { return };
+    let shape = |n_heads, n_kv_heads, head_dim| AttnShape { n_heads, n_kv_heads, head_dim };
+    // (shape, past, rows, first_key, spare cache slots, prefix keys masked)
+    for (shape, past, rows, first_key, slack, sparse) in [
+        // head_dim at the kernel's limit, one query head per KV head
+        (shape(8, 8, 128), 40, 7, 30, 0, false),
+        // head_dim not a power of two, a tree over earlier levels with keys hidden
+        (shape(4, 2, 80), 290, 9, 285, 17, true),
+        // 16 query heads per KV head: one row's heads fill a whole query block
+        (shape(32, 2, 64), 20, 5, 20, 1, false),
+        // the visible block starts a chunk before the new rows
+        (shape(9, 3, 64), 300, 11, 200, 5, true),
+        // a causal prefill of a few rows with odd head_dim
+        (shape(6, 3, 33), 0, 3, 0, 2, false),
+    ] {
+        attention_case(&p, shape, past, rows, first_key, slack, sparse);
     }
 }
 
@@ -435,9 +470,11 @@ fn tree_attention_rows_have_plain_decodings_bits() {
     eprintln!("tree attention: every node's bits equal plain decoding's");
 }
 
-fn attention_case(p: &Pair, past: usize, rows: usize, first_key: usize) {
-    let shape = AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
-    let layout = KvLayout { n_kv_heads: 3, capacity: past + rows + 3, head_dim: 64 };
+/// Attention of `rows` new rows after `past` cached ones, causal and with a tree mask: keys
+/// `first_key..past` are visible to every row (or, `sparse`, to a row only when row + key is not
+/// a multiple of 3), and each new row sees itself and its ancestors in a binary tree.
+fn attention_case(p: &Pair, shape: AttnShape, past: usize, rows: usize, first_key: usize, slack: usize, sparse: bool) {
+    let layout = KvLayout { n_kv_heads: shape.n_kv_heads, capacity: past + rows + slack, head_dim: shape.head_dim };
     let kv_width = shape.n_kv_heads * shape.head_dim;
     let cache_len = layout.n_kv_heads * layout.capacity * layout.head_dim;
     let (mut gk, mut ck) = p.bufs(&vec![0.0; cache_len]);
@@ -458,7 +495,9 @@ fn attention_case(p: &Pair, past: usize, rows: usize, first_key: usize) {
     let width = past + rows - first_key;
     let mut bits = vec![0u8; rows * width];
     for i in 0..rows {
-        bits[i * width..i * width + past - first_key].fill(1);
+        for j in 0..past - first_key {
+            bits[i * width + j] = u8::from(!sparse || (i + j) % 3 != 0);
+        }
         let mut j = i;
         loop {
             bits[i * width + past - first_key + j] = 1;
@@ -472,9 +511,10 @@ fn attention_case(p: &Pair, past: usize, rows: usize, first_key: usize) {
         let (mut go, mut co) = p.bufs(&vec![0.0; q.len()]);
         p.gpu.attention(&gq, &gk, &gv, layout, shape, rows, past, mask, &mut go);
         p.cpu.attention(&cq, &ck, &cv, layout, shape, rows, past, mask, &mut co);
-        close(&format!("attention {name}, {rows} rows after {past}"), &p.down(&go), &co, F32_TOL);
+        close(&format!("attention {name}, {shape:?}, {rows} rows after {past}"), &p.down(&go), &co, F32_TOL);
     }
-    let moves = [(past + rows - 1, past), (past + rows / 2, past + 1)];
+    // The last move reads a slot an earlier one wrote; one moves a slot onto itself.
+    let moves = [(past + rows - 1, past), (past + rows / 2, past + 1), (past, past + rows - 1), (past + 1, past + 1)];
     p.gpu.kv_move(&mut gk, layout, &moves);
     p.cpu.kv_move(&mut ck, layout, &moves);
     close("kv_move", &p.down(&gk), &ck, 0.0);
@@ -483,8 +523,21 @@ fn attention_case(p: &Pair, past: usize, rows: usize, first_key: usize) {
 #[test]
 fn attention_backward_matches() {
     let Some(p) = Pair::new() else { return };
-    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 32 };
-    let rows = 37;
+    let shape = |n_heads, n_kv_heads, head_dim| AttnShape { n_heads, n_kv_heads, head_dim };
+    // The default model's grouping (3), head sizes up to the limit and one not a multiple of 4,
+    // one row, and a row count of a whole warp.
+    for (shape, rows) in [
+        (shape(4, 2, 32), 37),
+        (shape(9, 3, 64), 20),
+        (shape(3, 1, 128), 32),
+        (shape(6, 2, 30), 9),
+        (shape(2, 2, 64), 1),
+    ] {
+        attention_backward_case(&p, shape, rows);
+    }
+}
+
+fn attention_backward_case(p: &Pair, shape: AttnShape, rows: usize) {
     let (qw, kw) = (shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim);
     let (gq, cq) = p.bufs(&random(rows * qw, 50));
     let (gk, ck) = p.bufs(&random(rows * kw, 51));
@@ -495,53 +548,58 @@ fn attention_backward_matches() {
     let (mut gdv, mut cdv) = p.bufs(&random(rows * kw, 56));
     p.gpu.attention_backward(&gq, &gk, &gv, shape, rows, &gd, &mut gdq, &mut gdk, &mut gdv);
     p.cpu.attention_backward(&cq, &ck, &cv, shape, rows, &cd, &mut cdq, &mut cdk, &mut cdv);
-    close("attention_backward dq", &p.down(&gdq), &cdq, F32_TOL);
-    close("attention_backward dk", &p.down(&gdk), &cdk, F32_TOL);
-    close("attention_backward dv", &p.down(&gdv), &cdv, F32_TOL);
+    close(&format!("attention_backward dq {shape:?} {rows} rows"), &p.down(&gdq), &cdq, F32_TOL);
+    close(&format!("attention_backward dk {shape:?} {rows} rows"), &p.down(&gdk), &cdk, F32_TOL);
+    close(&format!("attention_backward dv {shape:?} {rows} rows"), &p.down(&gdv), &cdv, F32_TOL);
 }
 
 #[test]
 fn clover_cell_and_its_backward() {
     let Some(p) = Pair::new() else { return };
-    let (h, heads, rows) = (64, 4, 6);
-    let make = |dtype: DType| {
-        let t =
-            |name: &str, shape: &[usize], seed: u64| tensor(name, shape, &random(shape.iter().product(), seed), dtype);
-        [
-            t("gain", &[h], 60),
-            t("wq", &[h, h], 61),
-            t("bq", &[h], 62),
-            t("wk", &[h, h], 63),
-            t("bk", &[h], 64),
-            t("wv", &[h, h], 65),
-            t("bv", &[h], 66),
-        ]
+    // (width, heads, rows, weights, a row whose q is 0 (the cosine's eps clamp), dy wanted)
+    for (h, heads, rows, dtype, clamp, with_dy) in [
+        (64, 4, 6, DType::F32, false, true),
+        (64, 4, 5, DType::BF16, true, true),
+        // the default model's width; more rows than the engine's GEMV takes (cuBLAS)
+        (576, 9, 70, DType::F32, true, false),
+        (576, 9, 70, DType::BF16, false, true),
+    ] {
+        clover_cell_case(&p, h, heads, rows, dtype, clamp, with_dy);
+    }
+}
+
+fn clover_cell_case(p: &Pair, h: usize, heads: usize, rows: usize, dtype: DType, clamp: bool, with_dy: bool) {
+    let what = format!("clover_cell {h}/{heads} heads, {rows} rows, {dtype:?}{}", if clamp { ", q = 0" } else { "" });
+    let tol = if dtype == DType::F32 { F32_TOL } else { BF16_TOL };
+    let t = |name: &str, shape: &[usize], seed: u64| {
+        let mut values = random(shape.iter().product(), seed);
+        if clamp && name == "bq" {
+            values.fill(0.0);
+        }
+        tensor(name, shape, &values, dtype)
     };
-    let [gain, wq, bq, wk, bk, wv, bv] = make(DType::F32);
-    let gcell = CloverCellParams {
-        gain: p.gpu.weight(gain.clone()).unwrap(),
-        wq: p.gpu.weight(wq.clone()).unwrap(),
-        bq: p.gpu.weight(bq.clone()).unwrap(),
-        wk: p.gpu.weight(wk.clone()).unwrap(),
-        bk: p.gpu.weight(bk.clone()).unwrap(),
-        wv: p.gpu.weight(wv.clone()).unwrap(),
-        bv: p.gpu.weight(bv.clone()).unwrap(),
-    };
-    let ccell = CloverCellParams {
-        gain: p.cpu.weight(gain).unwrap(),
-        wq: p.cpu.weight(wq).unwrap(),
-        bq: p.cpu.weight(bq).unwrap(),
-        wk: p.cpu.weight(wk).unwrap(),
-        bk: p.cpu.weight(bk).unwrap(),
-        wv: p.cpu.weight(wv).unwrap(),
-        bv: p.cpu.weight(bv).unwrap(),
-    };
-    let (gx, cx) = p.bufs(&random(rows * h, 67));
+    let tensors = [
+        t("gain", &[h], 60),
+        t("wq", &[h, h], 61),
+        t("bq", &[h], 62),
+        t("wk", &[h, h], 63),
+        t("bk", &[h], 64),
+        t("wv", &[h, h], 65),
+        t("bv", &[h], 66),
+    ];
+    let gcell = params(tensors.iter().map(|t| p.gpu.weight(t.clone()).unwrap()).collect());
+    let ccell = params(tensors.into_iter().map(|t| p.cpu.weight(t).unwrap()).collect());
+    let mut x = random(rows * h, 67);
+    if clamp {
+        // A zero state normalises to 0, so q = bq = 0 in every head of row 0.
+        x[..h].fill(0.0);
+    }
+    let (gx, cx) = p.bufs(&x);
     let (gy, cy) = p.bufs(&random(rows * h, 68));
     let (mut go, mut co) = p.bufs(&vec![0.0; rows * h]);
     p.gpu.clover_cell(&gcell, heads, 1e-5, &gx, &gy, rows, &mut go);
     p.cpu.clover_cell(&ccell, heads, 1e-5, &cx, &cy, rows, &mut co);
-    close("clover_cell", &p.down(&go), &co, F32_TOL);
+    close(&what, &p.down(&go), &co, tol);
 
     let (gd, cd) = p.bufs(&random(rows * h, 69));
     let (mut gdx, mut cdx) = p.bufs(&vec![0.0; rows * h]);
@@ -550,10 +608,11 @@ fn clover_cell_and_its_backward() {
     let g: Vec<_> = sizes.iter().map(|&n| p.gpu.upload(&vec![0.0; n])).collect();
     let c: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
     let (mut ggrads, mut cgrads) = (params(g), params(c));
-    p.gpu.clover_cell_backward(&gcell, heads, 1e-5, &gx, &gy, rows, &gd, &mut gdx, Some(&mut gdy), &mut ggrads);
-    p.cpu.clover_cell_backward(&ccell, heads, 1e-5, &cx, &cy, rows, &cd, &mut cdx, Some(&mut cdy), &mut cgrads);
-    close("clover_cell_backward dx", &p.down(&gdx), &cdx, F32_TOL);
-    close("clover_cell_backward dy", &p.down(&gdy), &cdy, F32_TOL);
+    let (gdy_arg, cdy_arg) = if with_dy { (Some(&mut gdy), Some(&mut cdy)) } else { (None, None) };
+    p.gpu.clover_cell_backward(&gcell, heads, 1e-5, &gx, &gy, rows, &gd, &mut gdx, gdy_arg, &mut ggrads);
+    p.cpu.clover_cell_backward(&ccell, heads, 1e-5, &cx, &cy, rows, &cd, &mut cdx, cdy_arg, &mut cgrads);
+    close(&format!("{what} backward dx"), &p.down(&gdx), &cdx, tol);
+    close(&format!("{what} backward dy"), &p.down(&gdy), &cdy, tol);
     for (name, gbuf, cbuf) in [
         ("gain", &ggrads.gain, &cgrads.gain),
         ("wq", &ggrads.wq, &cgrads.wq),
@@ -563,7 +622,7 @@ fn clover_cell_and_its_backward() {
         ("wv", &ggrads.wv, &cgrads.wv),
         ("bv", &ggrads.bv, &cgrads.bv),
     ] {
-        close(&format!("clover_cell_backward d{name}"), &p.down(gbuf), cbuf, F32_TOL);
+        close(&format!("{what} backward d{name}"), &p.down(gbuf), cbuf, tol);
     }
 }
 

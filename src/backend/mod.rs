@@ -89,6 +89,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The largest attention head size this backend's kernels take (`None`: any). A model with
+    /// larger heads is refused when it loads rather than at its first attention call.
+    fn max_head_dim(&self) -> Option<usize> {
+        None
+    }
+
     /// Waits until every op issued so far has run. Ops on a device run after the call that
     /// issues them returns, so a phase timed on the host ends with this (the CPU runs ops in the
     /// call: nothing to wait for).

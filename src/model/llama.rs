@@ -53,6 +53,13 @@ impl<B: Backend> Llama<B> {
 
     pub fn from_files(config: ModelConfig, files: &SafetensorsFiles, backend: B) -> Result<Self> {
         let c = &config;
+        if let Some(limit) = backend.max_head_dim().filter(|&limit| c.head_dim > limit) {
+            return Err(Error::input(format!(
+                "config.json: head_dim {} is above the {limit} that the {} backend's attention takes",
+                c.head_dim,
+                backend.name()
+            )));
+        }
         let h = c.hidden_size;
         let mut weight_bytes = 0;
         let mut get = |name: &str, shape: &[usize]| -> Result<B::Weight> {

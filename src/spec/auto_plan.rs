@@ -67,6 +67,8 @@ pub fn plan_on_chats<B: Backend>(
 /// else a new plan (`plan_on_chats`), saved under `key`. Returns the tree and what to tell the
 /// user: the reused choice, or the plan's table and where it was saved. A saved file that cannot
 /// be used is calibrated over, and said so; a plan that cannot be saved is still used.
+// The store (dir, key, recalibrate) and what `plan_on_chats` takes.
+#[allow(clippy::too_many_arguments)]
 pub fn saved_or_planned<B: Backend>(
     dir: &Path,
     key: &PlanKey,

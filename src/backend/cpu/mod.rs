@@ -88,6 +88,7 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
+        assert_eq!(x.len(), y.len(), "add of buffers of different lengths");
         for (a, b) in x.iter_mut().zip(y) {
             *a += b;
         }

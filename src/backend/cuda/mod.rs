@@ -22,7 +22,6 @@ use crate::weights::HostTensor;
 use device::Device;
 pub use device::{built_with_kernels, check as check_device};
 use reused::Reused;
-use tree_keys::{tree_key_positions, ATT_CHUNK};
 pub use weight::CudaWeight;
 use weight::WeightData;
 
@@ -70,7 +69,7 @@ fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
 macro_rules! launch {
     ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         let dev: &Device = $dev;
-        let cfg: LaunchConfig = $cfg;
+        let cfg: cudarc::driver::LaunchConfig = $cfg;
         if cfg.grid_dim.0 > 0 && cfg.grid_dim.1 > 0 {
             let mut builder = dev.stream.launch_builder(dev.function($name));
             $( builder.arg($arg); )*
@@ -80,6 +79,11 @@ macro_rules! launch {
         }
     }};
 }
+
+// After `launch!`: the op families below use it.
+mod attention;
+mod clover_cell;
+mod loss;
 
 impl CudaBackend {
     fn upload_u32(&self, v: &[u32]) -> CudaSlice<u32> {
@@ -91,35 +95,13 @@ impl CudaBackend {
     fn alloc(&self, len: usize) -> CudaSlice<f32> {
         self.dev.stream.alloc_zeros::<f32>(len.max(1)).expect("CUDA backend: allocation")
     }
+}
 
-    /// A loss kernel of `(grad, row_loss, input, target, row_weight, rows, width)` (loss.cu): one
-    /// block of `threads` per row of `row_weight`, each writing its row's gradient and weighted
-    /// loss; returns the rows' sum.
-    fn weighted_row_loss(
-        &self,
-        kernel: &'static str,
-        threads: u32,
-        input: &CudaSlice<f32>,
-        target: &CudaSlice<f32>,
-        row_weight: &[f32],
-        grad: &mut CudaSlice<f32>,
-    ) -> f32 {
-        let rows = row_weight.len();
-        if rows == 0 {
-            return 0.0;
-        }
-        let width = input.len() / rows;
-        assert!(
-            width > 0 && input.len() == rows * width && target.len() == input.len() && grad.len() == input.len(),
-            "{kernel}: input, target and gradient are not all {rows} rows of one width"
-        );
-        let weights = self.upload(row_weight);
-        let mut row_loss = self.alloc(rows);
-        let (r, width) = (int(rows), int(width));
-        launch!(&self.dev, kernel, grid(rows, 1, threads); grad, &mut row_loss, input, target, &weights, &r, &width);
-        let host = self.dev.stream.clone_dtoh(&row_loss).expect("CUDA backend: download");
-        // Summed in f64 and rounded once, as cpu/loss.rs sums its rows.
-        host[..rows].iter().map(|&l| f64::from(l)).sum::<f64>() as f32
+/// Row indices a kernel will follow, checked on the host first: on the CPU an index past the end
+/// panics at the slice, on the GPU it would read (or, scattering, write) another allocation.
+fn check_rows(op: &str, rows: impl IntoIterator<Item = usize>, limit: usize) {
+    if let Some(bad) = rows.into_iter().find(|&r| r >= limit) {
+        panic!("CUDA backend: {op}: row {bad} of {limit}");
     }
 }
 
@@ -133,6 +115,11 @@ impl Backend for CudaBackend {
 
     fn row_exact_matmul_rows(&self) -> Option<usize> {
         Some(gemm::GEMV_MAX_ROWS)
+    }
+
+    fn max_head_dim(&self) -> Option<usize> {
+        // attention.cu stages a query row in shared arrays of ATT_MAX_DIM.
+        Some(128)
     }
 
     fn synchronize(&self) {
@@ -168,6 +155,7 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, buf: &CudaSlice<f32>, width: usize, rows: &[usize]) -> CudaSlice<f32> {
+        check_rows("gather_rows", rows.iter().copied(), buf.len() / width.max(1));
         let mut out = self.alloc(rows.len() * width);
         let idx = self.upload_u32(&rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
         let (n, w) = (int(rows.len()), int(width));
@@ -176,6 +164,8 @@ impl Backend for CudaBackend {
     }
 
     fn embedding(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaSlice<f32>) {
+        check_rows("embedding", ids.iter().map(|&id| id as usize), table.rows);
+        assert!(out.len() >= ids.len() * table.cols, "CUDA backend: embedding: output smaller than {} rows", ids.len());
         let idx = self.upload_u32(ids);
         let (rows, width) = (int(ids.len()), int(table.cols));
         let cfg = grid(ids.len(), 1, 256);
@@ -193,6 +183,13 @@ impl Backend for CudaBackend {
     }
 
     fn gather_weight_rows(&self, w: &CudaWeight, ids: &[u32], name: &str) -> Result<CudaWeight> {
+        // An error, as the CPU backend's (cpu/weight.rs): the ids come from a head's files.
+        if let Some(&r) = ids.iter().find(|&&r| r as usize >= w.rows) {
+            return Err(crate::error::Error::input(format!(
+                "{name}: row {r} of {} is past its {} rows",
+                w.name, w.rows
+            )));
+        }
         let idx = self.upload_u32(ids);
         let (n, width) = (int(ids.len()), int(w.cols));
         let cfg = grid(ids.len(), 1, 256);
@@ -222,6 +219,7 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>) {
+        assert_eq!(x.len(), y.len(), "CUDA backend: add of buffers of different lengths");
         let n = int(x.len());
         launch!(&self.dev, "add", linear(x.len()); x, y, &n);
     }
@@ -237,6 +235,10 @@ impl Backend for CudaBackend {
     }
 
     fn swiglu(&self, gate: &CudaSlice<f32>, up: &CudaSlice<f32>, out: &mut CudaSlice<f32>) {
+        assert!(
+            gate.len() == up.len() && up.len() == out.len(),
+            "CUDA backend: swiglu of buffers of different lengths"
+        );
         let n = int(gate.len());
         launch!(&self.dev, "swiglu", linear(gate.len()); out, gate, up, &n);
     }
@@ -265,6 +267,12 @@ impl Backend for CudaBackend {
     }
 
     fn scatter_add_rows(&self, dst: &mut CudaSlice<f32>, width: usize, rows: &[usize], src: &CudaSlice<f32>) {
+        check_rows("scatter_add_rows", rows.iter().copied(), dst.len() / width.max(1));
+        assert!(
+            src.len() >= rows.len() * width,
+            "CUDA backend: scatter_add_rows: source smaller than {} rows",
+            rows.len()
+        );
         let idx = self.upload_u32(&rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
         let (n, w) = (int(rows.len()), int(width));
         launch!(&self.dev, "scatter_add_rows", grid(rows.len(), 1, 256); dst, src, &idx, &n, &w);
@@ -304,7 +312,12 @@ impl Backend for CudaBackend {
         d_gate: &mut CudaSlice<f32>,
         d_up: &mut CudaSlice<f32>,
     ) {
-        let n = int(gate.len());
+        let n = gate.len();
+        assert!(
+            [up.len(), d_out.len(), d_gate.len(), d_up.len()].iter().all(|&len| len == n),
+            "CUDA backend: swiglu_backward of buffers of different lengths"
+        );
+        let n = int(n);
         launch!(&self.dev, "swiglu_backward", linear(gate.len()); d_gate, d_up, gate, up, d_out, &n);
     }
 
@@ -345,12 +358,7 @@ impl Backend for CudaBackend {
         dk: &mut CudaSlice<f32>,
         dv: &mut CudaSlice<f32>,
     ) {
-        // The kernel stages a row of q and dO in shared arrays of 128 (ATT_MAX_DIM), as the forward.
-        assert!(shape.head_dim <= 128, "CUDA attention backward: head_dim {} > 128", shape.head_dim);
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let (r, h, kvh, d) = (int(rows), int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim));
-        launch!(&self.dev, "attention_backward", grid(rows, shape.n_heads, 128);
-            dq, dk, dv, q, k, v, d_out, &r, &h, &kvh, &d, &scale);
+        attention::backward(self, q, k, v, shape, rows, d_out, dq, dk, dv);
     }
 
     fn soft_cross_entropy(
@@ -360,7 +368,7 @@ impl Backend for CudaBackend {
         row_weight: &[f32],
         d_logits: &mut CudaSlice<f32>,
     ) -> f32 {
-        self.weighted_row_loss("soft_cross_entropy", 1024, logits, teacher_logits, row_weight, d_logits)
+        loss::soft_cross_entropy(self, logits, teacher_logits, row_weight, d_logits)
     }
 
     fn smooth_l1(
@@ -370,12 +378,11 @@ impl Backend for CudaBackend {
         row_weight: &[f32],
         d_pred: &mut CudaSlice<f32>,
     ) -> f32 {
-        self.weighted_row_loss("smooth_l1", 256, pred, target, row_weight, d_pred)
+        loss::smooth_l1(self, pred, target, row_weight, d_pred)
     }
 
     fn clip_by_value(&self, x: &mut CudaSlice<f32>, limit: f32) {
-        let n = int(x.len());
-        launch!(&self.dev, "clip_by_value", linear(x.len()); x, &limit, &n);
+        loss::clip_by_value(self, x, limit);
     }
 
     fn adamw(
@@ -387,14 +394,7 @@ impl Backend for CudaBackend {
         hp: &AdamW,
         step: u64,
     ) {
-        assert!(step >= 1, "adamw: steps count from 1");
-        // The two bias-corrected scalars formed in f64 and rounded once, as cpu/optim.rs does.
-        let t = step as f64;
-        let step_size = (hp.lr as f64 / (1.0 - (hp.beta1 as f64).powf(t))) as f32;
-        let bc2_sqrt = (1.0 - (hp.beta2 as f64).powf(t)).sqrt() as f32;
-        let n = int(param.len());
-        launch!(&self.dev, "adamw", linear(param.len());
-            param, grad, m, v, &hp.lr, &hp.beta1, &hp.beta2, &hp.eps, &hp.weight_decay, &step_size, &bc2_sqrt, &n);
+        loss::adamw(self, param, grad, m, v, hp, step);
     }
 
     fn kv_write(&self, cache: &mut CudaSlice<f32>, layout: KvLayout, new: &CudaSlice<f32>, rows: usize, start: usize) {
@@ -409,6 +409,7 @@ impl Backend for CudaBackend {
         if rows == 0 || k == 0 {
             return Vec::new();
         }
+        assert!(x.len() >= rows * width, "CUDA backend: top_k_rows: {rows} rows of {width} in {} values", x.len());
         let mut out = self.dev.stream.alloc_zeros::<u32>(rows * k).expect("CUDA backend: allocation");
         let (r, w, kk) = (int(rows), int(width), int(k));
         launch!(&self.dev, "top_k_rows", grid(rows, 1, 256); &mut out, x, &r, &w, &kk);
@@ -424,6 +425,8 @@ impl Backend for CudaBackend {
         uniforms: &[f64],
     ) -> Vec<u32> {
         assert!(uniforms.len() >= rows, "sample_rows: one uniform per row");
+        // The kernel scales by 1 / temperature; greedy rows are `top_k_rows` with k = 1.
+        assert!(temperature > 0.0, "sample_rows: temperature {temperature} is not above 0");
         if rows == 0 || width == 0 {
             return vec![0; rows];
         }
@@ -439,6 +442,7 @@ impl Backend for CudaBackend {
         if moves.is_empty() {
             return;
         }
+        check_rows("kv_move", moves.iter().flat_map(|&(from, to)| [from, to]), layout.capacity);
         let pairs: Vec<i32> = moves.iter().flat_map(|&(from, to)| [int(from), int(to)]).collect();
         let pairs = self.kv_moves.get(&self.dev.stream, &pairs);
         let n = int(moves.len());
@@ -458,60 +462,7 @@ impl Backend for CudaBackend {
         mask: AttnMask,
         out: &mut CudaSlice<f32>,
     ) {
-        assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
-        // As the CPU backend (which panics on these too): the kernel would read out of bounds.
-        assert!(
-            past + rows <= layout.capacity,
-            "CUDA attention: {past} + {rows} rows beyond the cache's {}",
-            layout.capacity
-        );
-        assert!(
-            shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
-            "CUDA attention: {} query heads in groups of {} KV heads",
-            shape.n_heads,
-            shape.n_kv_heads
-        );
-        if rows == 0 {
-            return;
-        }
-        let _range = nvtx::Range::new(c"attention");
-        // attention.cu: ATT_CHUNK positions and ATT_QUERIES queries per block of the first pass.
-        const QUERIES: usize = 16;
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let n_chunks = (past + rows).div_ceil(ATT_CHUNK);
-        let group = shape.n_heads / shape.n_kv_heads;
-        let queries = rows * shape.n_heads;
-        // SAFETY: attention_partial writes every (query, chunk) slot of both before the combine
-        // pass reads them, so they need no zeroing (a memset of megabytes per layer otherwise).
-        let (mut part_acc, mut part_ml) = unsafe {
-            let stream = &self.dev.stream;
-            let alloc = |n: usize| stream.alloc::<f32>(n.max(1)).expect("CUDA backend: allocation");
-            (alloc(queries * n_chunks * shape.head_dim), alloc(queries * n_chunks * 2))
-        };
-        let cfg = LaunchConfig {
-            grid_dim: ((rows * group).div_ceil(QUERIES) as u32, n_chunks as u32, shape.n_kv_heads as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (r, p, nc) = (int(rows), int(past), int(n_chunks));
-        let (h, kvh, d, cap) = (int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim), int(layout.capacity));
-        match mask {
-            AttnMask::Causal => {
-                let (null, first, width) = (0u64, 0i32, 0i32);
-                launch!(&self.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
-                    &null, &null, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &width, &nc);
-            }
-            AttnMask::Tree { bits, first_key } => {
-                let width = past + rows - first_key;
-                let bits = &bits[..rows * width];
-                let key_pos = self.tree_key_pos.get(&self.dev.stream, &tree_key_positions(bits, rows, past, first_key));
-                let bits = self.tree_mask.get(&self.dev.stream, bits);
-                let (first, w) = (int(first_key), int(width));
-                launch!(&self.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
-                    &*bits, &*key_pos, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w, &nc);
-            }
-        }
-        launch!(&self.dev, "attention_combine", grid(rows, shape.n_heads, 128); out, &part_acc, &part_ml, &h, &d, &nc);
+        attention::forward(self, q, k_cache, v_cache, layout, shape, rows, past, mask, out);
     }
 
     fn clover_cell(
@@ -524,15 +475,7 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut CudaSlice<f32>,
     ) {
-        let _range = nvtx::Range::new(c"clover cell");
-        assert!(
-            n_heads > 0 && cell.gain.cols.is_multiple_of(n_heads),
-            "Clover cell: width {} in {n_heads} heads",
-            cell.gain.cols
-        );
-        let p = self.cell_projections(cell, eps, x, y, rows);
-        let (r, hid, heads) = (int(rows), int(cell.gain.cols), int(n_heads));
-        launch!(&self.dev, "clover_combine", grid(rows, n_heads, 128); out, x, &p.q, &p.k, &p.v, &r, &hid, &heads, &eps);
+        clover_cell::forward(self, cell, n_heads, eps, x, y, rows, out);
     }
 
     fn clover_cell_backward(
@@ -548,66 +491,6 @@ impl Backend for CudaBackend {
         dy: Option<&mut CudaSlice<f32>>,
         grads: &mut CloverCellParams<CudaSlice<f32>>,
     ) {
-        let _range = nvtx::Range::new(c"clover cell backward");
-        assert!(
-            n_heads > 0 && cell.gain.cols.is_multiple_of(n_heads),
-            "Clover cell: width {} in {n_heads} heads",
-            cell.gain.cols
-        );
-        let h = cell.gain.cols;
-        let p = self.cell_projections(cell, eps, x, y, rows);
-        let (mut dq, mut dk, mut dv) = (self.alloc(rows * h), self.alloc(rows * h), self.alloc(rows * h));
-        let (r, hid, heads) = (int(rows), int(h), int(n_heads));
-        launch!(&self.dev, "clover_cell_grads", grid(rows, n_heads, 128);
-            &mut dq, &mut dk, &mut dv, &p.q, &p.k, &p.v, d_out, &r, &hid, &heads, &eps);
-        // The residual.
-        let n = int(rows * h);
-        launch!(&self.dev, "add", linear(rows * h); &mut *dx, d_out, &n);
-        self.bias_backward(&dq, rows, &mut grads.bq);
-        self.bias_backward(&dk, rows, &mut grads.bk);
-        self.bias_backward(&dv, rows, &mut grads.bv);
-        gemm::matmul_weight_grad(&self.dev, &p.normed, &dq, rows, h, h, &mut grads.wq);
-        gemm::matmul_weight_grad(&self.dev, y, &dk, rows, h, h, &mut grads.wk);
-        gemm::matmul_weight_grad(&self.dev, y, &dv, rows, h, h, &mut grads.wv);
-        if let Some(dy) = dy {
-            gemm::matmul_input_grad(&self.dev, &dk, rows, &cell.wk, dy);
-            gemm::matmul_input_grad(&self.dev, &dv, rows, &cell.wv, dy);
-        }
-        let mut d_normed = self.alloc(rows * h);
-        gemm::matmul_input_grad(&self.dev, &dq, rows, &cell.wq, &mut d_normed);
-        self.rmsnorm_backward(x, rows, &cell.gain, eps, &d_normed, dx, &mut grads.gain);
-    }
-}
-
-/// What both directions of the Clover cell compute from its inputs (clover2.md §3).
-struct CellProjections {
-    normed: CudaSlice<f32>,
-    q: CudaSlice<f32>,
-    k: CudaSlice<f32>,
-    v: CudaSlice<f32>,
-}
-
-impl CudaBackend {
-    fn cell_projections(
-        &self,
-        cell: &CloverCellParams<CudaWeight>,
-        eps: f32,
-        x: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
-        rows: usize,
-    ) -> CellProjections {
-        let h = cell.gain.cols;
-        let mut normed = self.alloc(rows * h);
-        self.rmsnorm(x, rows, &cell.gain, eps, &mut normed);
-        let project = |input: &CudaSlice<f32>, w: &CudaWeight, b: &CudaWeight| {
-            let mut out = self.alloc(rows * h);
-            self.matmul(input, rows, w, &mut out);
-            self.add_bias(&mut out, rows, b);
-            out
-        };
-        let q = project(&normed, &cell.wq, &cell.bq);
-        let k = project(y, &cell.wk, &cell.bk);
-        let v = project(y, &cell.wv, &cell.bv);
-        CellProjections { normed, q, k, v }
+        clover_cell::backward(self, cell, n_heads, eps, x, y, rows, d_out, dx, dy, grads);
     }
 }

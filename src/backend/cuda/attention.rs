@@ -1,0 +1,122 @@
+//! Attention on the GPU: the two-pass forward over the KV cache (`attention_partial` per chunk of
+//! `ATT_CHUNK` cached positions and block of queries, then `attention_combine`), with the causal or
+//! tree mask of `AttnMask`, and the training backward over one sequence. The CPU's `attention.rs`
+//! is the reference of both (tests/cuda_parity.rs).
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::tree_keys::{tree_key_positions, ATT_CHUNK};
+use super::{grid, int, CudaBackend, Device};
+use crate::backend::{AttnMask, AttnShape, KvLayout};
+use crate::nvtx;
+
+/// `Backend::attention`.
+// The `Backend` op's arguments and the backend.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    be: &CudaBackend,
+    q: &CudaSlice<f32>,
+    k_cache: &CudaSlice<f32>,
+    v_cache: &CudaSlice<f32>,
+    layout: KvLayout,
+    shape: AttnShape,
+    rows: usize,
+    past: usize,
+    mask: AttnMask,
+    out: &mut CudaSlice<f32>,
+) {
+    assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
+    // As the CPU backend (which panics on these too): the kernel would read out of bounds.
+    assert!(
+        past + rows <= layout.capacity,
+        "CUDA attention: {past} + {rows} rows beyond the cache's {}",
+        layout.capacity
+    );
+    assert!(
+        shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
+        "CUDA attention: {} query heads in groups of {} KV heads",
+        shape.n_heads,
+        shape.n_kv_heads
+    );
+    if rows == 0 {
+        return;
+    }
+    let _range = nvtx::Range::new(c"attention");
+    // attention.cu: ATT_CHUNK positions and ATT_QUERIES queries per block of the first pass.
+    const QUERIES: usize = 16;
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    let n_chunks = (past + rows).div_ceil(ATT_CHUNK);
+    let group = shape.n_heads / shape.n_kv_heads;
+    let queries = rows * shape.n_heads;
+    // SAFETY: attention_partial writes every (query, chunk) slot of both before the combine
+    // pass reads them, so they need no zeroing (a memset of megabytes per layer otherwise).
+    let (mut part_acc, mut part_ml) = unsafe {
+        let stream = &be.dev.stream;
+        let alloc = |n: usize| stream.alloc::<f32>(n.max(1)).expect("CUDA backend: allocation");
+        (alloc(queries * n_chunks * shape.head_dim), alloc(queries * n_chunks * 2))
+    };
+    let cfg = LaunchConfig {
+        grid_dim: ((rows * group).div_ceil(QUERIES) as u32, n_chunks as u32, shape.n_kv_heads as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (r, p, nc) = (int(rows), int(past), int(n_chunks));
+    let (h, kvh, d, cap) = (int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim), int(layout.capacity));
+    match mask {
+        AttnMask::Causal => {
+            let (null, first, width) = (0u64, 0i32, 0i32);
+            launch!(&be.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
+                &null, &null, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &width, &nc);
+        }
+        AttnMask::Tree { bits, first_key } => {
+            let width = past + rows - first_key;
+            let bits = &bits[..rows * width];
+            let key_pos = be.tree_key_pos.get(&be.dev.stream, &tree_key_positions(bits, rows, past, first_key));
+            let bits = be.tree_mask.get(&be.dev.stream, bits);
+            let (first, w) = (int(first_key), int(width));
+            launch!(&be.dev, "attention_partial", cfg; &mut part_acc, &mut part_ml, q, k_cache, v_cache,
+                &*bits, &*key_pos, &r, &p, &h, &kvh, &d, &cap, &scale, &first, &w, &nc);
+        }
+    }
+    launch!(&be.dev, "attention_combine", grid(rows, shape.n_heads, 128); out, &part_acc, &part_ml, &h, &d, &nc);
+}
+
+/// `Backend::attention_backward`.
+// The `Backend` op's arguments and the backend.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    be: &CudaBackend,
+    q: &CudaSlice<f32>,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    shape: AttnShape,
+    rows: usize,
+    d_out: &CudaSlice<f32>,
+    dq: &mut CudaSlice<f32>,
+    dk: &mut CudaSlice<f32>,
+    dv: &mut CudaSlice<f32>,
+) {
+    // The kernel stages a row of q and dO in shared arrays of 128 (ATT_MAX_DIM), as the forward.
+    assert!(shape.head_dim <= 128, "CUDA attention backward: head_dim {} > 128", shape.head_dim);
+    // As the forward: the kernel maps query head h to KV head h / (n_heads / n_kv_heads).
+    assert!(
+        shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
+        "CUDA attention backward: {} query heads in groups of {} KV heads",
+        shape.n_heads,
+        shape.n_kv_heads
+    );
+    let (qw, kw) = (rows * shape.n_heads * shape.head_dim, rows * shape.n_kv_heads * shape.head_dim);
+    assert!(
+        q.len() >= qw
+            && d_out.len() >= qw
+            && dq.len() >= qw
+            && [k.len(), v.len(), dk.len(), dv.len()].iter().all(|&n| n >= kw),
+        "CUDA attention backward: buffers smaller than {rows} rows of {} query and {} KV heads",
+        shape.n_heads,
+        shape.n_kv_heads
+    );
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    let (r, h, kvh, d) = (int(rows), int(shape.n_heads), int(shape.n_kv_heads), int(shape.head_dim));
+    launch!(&be.dev, "attention_backward", grid(rows, shape.n_heads, 128);
+        dq, dk, dv, q, k, v, d_out, &r, &h, &kvh, &d, &scale);
+}

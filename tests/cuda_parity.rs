@@ -4,8 +4,10 @@
 //! `tools/gpu-check.sh` runs these on one with `CLOVER_REQUIRE_GPU=1`, which makes that a failure.
 //!
 //! Tolerances: f32 ops differ from the CPU by summation order and FMA contraction only (1e-4
-//! relative to the largest value); GEMMs of more than 64 rows with bf16 weights round their
-//! inputs to bf16 on the GPU (cuBLAS multiplies two bf16 operands), so bf16 GEMMs get 1e-2.
+//! relative to the largest value); cuBLAS GEMMs with bf16 weights (more than 64 rows, and every
+//! input gradient) take their f32 inputs as two bf16 parts, hi + lo (about 2⁻¹⁶ of each input
+//! lost, cuda/gemm.rs), so bf16 GEMMs get 1e-3. Whole models keep looser bounds: 30 layers carry
+//! those differences forward.
 
 mod common;
 
@@ -105,7 +107,7 @@ fn close_to_scale(what: &str, gpu: &[f32], cpu: &[f32], tol: f32, scale: f32) {
 }
 
 const F32_TOL: f32 = 1e-4;
-const BF16_TOL: f32 = 1e-2;
+const BF16_TOL: f32 = 1e-3;
 
 /// Both backends with the same weights and inputs.
 struct Pair {
@@ -655,9 +657,9 @@ use clover_engine::model::{Llama, LogitRows};
 use clover_engine::sampling::SamplingParams;
 use clover_engine::spec::engine::{generate_plain, GenerationConfig};
 
-/// The default model on both backends: logits of a chat prompt agree (the GPU's GEMMs take bf16
-/// inputs, so top-1 and a loose value bound are checked), and greedy decoding gives the same 64
-/// tokens.
+/// The default model on both backends: logits of a chat prompt agree (top-1, and a value bound
+/// loose enough for 30 layers of summation-order differences), and greedy decoding gives the same
+/// 64 tokens.
 #[test]
 fn default_model_logits_and_greedy_generation() {
     let Some(gpu) = gpu() else { return };
@@ -735,7 +737,7 @@ fn smollm2_shaped(layers: usize) -> serde_json::Value {
 /// The default model's shapes with random bf16 weights, written where the test runs: a GPU machine
 /// without the default model (or a network to fetch it) still checks a whole 30-layer forward.
 /// Top-1 agrees at all but one position in 50 and the logits within the bf16 tolerance; how many greedy
-/// tokens agree is printed (random weights make near-ties that bf16 inputs may flip).
+/// tokens agree is printed (random weights make near-ties that summation order may flip).
 #[test]
 fn smollm2_shaped_random_model_logits() {
     let Some(gpu) = gpu() else { return };

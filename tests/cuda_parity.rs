@@ -456,6 +456,8 @@ fn attention_of_other_head_shapes_and_sparse_masks() {
         (shape(9, 3, 64), 300, 11, 200, 5, true),
         // a causal prefill of a few rows with odd head_dim
         (shape(6, 3, 33), 0, 3, 0, 2, false),
+        // a prefill long enough to run in two passes (cuda/attention.rs, PARTIAL_FLOATS)
+        (shape(32, 8, 128), 0, 2100, 0, 0, false),
     ] {
         attention_case(&p, shape, past, rows, first_key, slack, sparse);
     }

@@ -7,8 +7,23 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::tree_keys::{tree_key_positions, ATT_CHUNK};
 use super::{grid, int, CudaBackend, Device};
-use crate::backend::{AttnMask, AttnShape, KvLayout};
+use crate::backend::{AttnMask, AttnShape, Backend, KvLayout};
 use crate::nvtx;
+
+/// attention.cu: queries per block of the first pass (`ATT_QUERIES`).
+const QUERIES: usize = 16;
+
+/// The most floats of per-chunk partial results (`part_acc` and `part_ml`) one pass allocates:
+/// they grow with rows × chunks, i.e. with the square of a causal prefill's length (a 32-head,
+/// 128-wide model would need 4 GiB at 8k tokens in one pass), so a longer prefill runs in passes
+/// of fewer rows. 2²⁶ floats: 256 MiB.
+const PARTIAL_FLOATS: usize = 1 << 26;
+
+/// Rows of a causal block over `keys` cached positions that keep one pass within `PARTIAL_FLOATS`.
+fn causal_rows_per_pass(shape: AttnShape, keys: usize) -> usize {
+    let per_row = shape.n_heads * keys.div_ceil(ATT_CHUNK) * (shape.head_dim + 2);
+    (PARTIAL_FLOATS / per_row.max(1)).max(QUERIES)
+}
 
 /// `Backend::attention`.
 // The `Backend` op's arguments and the backend.
@@ -41,9 +56,24 @@ pub(super) fn forward(
     if rows == 0 {
         return;
     }
+    let per_pass = causal_rows_per_pass(shape, past + rows);
+    if matches!(mask, AttnMask::Causal) && rows > per_pass {
+        // Each pass is the causal attention of its rows after all the slots before them. A query's
+        // result does not depend on the other queries of its call (its keys' chunks are fixed by
+        // slot), so the passes give the bits of one call.
+        let width = shape.n_heads * shape.head_dim;
+        for start in (0..rows).step_by(per_pass) {
+            let n = per_pass.min(rows - start);
+            let q_part = be.slice_rows(q, width, start, n);
+            let mut out_part = be.alloc(n * width);
+            forward(be, &q_part, k_cache, v_cache, layout, shape, n, past + start, mask, &mut out_part);
+            let mut dst = out.slice_mut(start * width..(start + n) * width);
+            be.dev.stream.memcpy_dtod(&out_part, &mut dst).expect("CUDA backend: copy");
+        }
+        return;
+    }
     let _range = nvtx::Range::new(c"attention");
-    // attention.cu: ATT_CHUNK positions and ATT_QUERIES queries per block of the first pass.
-    const QUERIES: usize = 16;
+    // attention.cu: ATT_CHUNK positions and QUERIES queries per block of the first pass.
     let scale = 1.0 / (shape.head_dim as f32).sqrt();
     let n_chunks = (past + rows).div_ceil(ATT_CHUNK);
     let group = shape.n_heads / shape.n_kv_heads;

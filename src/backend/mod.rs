@@ -23,6 +23,18 @@ pub struct AdamW {
     pub weight_decay: f32,
 }
 
+impl AdamW {
+    /// The step's two bias-corrected scalars, lr / (1 − β₁ᵗ) and √(1 − β₂ᵗ), formed in f64 and
+    /// rounded once: every backend takes them from here, so their updates agree to the bit.
+    pub fn bias_corrections(&self, step: u64) -> (f32, f32) {
+        assert!(step >= 1, "adamw: steps count from 1");
+        let t = step as f64;
+        let step_size = (self.lr as f64 / (1.0 - (self.beta1 as f64).powf(t))) as f32;
+        let bc2_sqrt = (1.0 - (self.beta2 as f64).powf(t)).sqrt() as f32;
+        (step_size, bc2_sqrt)
+    }
+}
+
 /// Which cached keys a block of `rows` new query rows (written at slots `past..past + rows`) may
 /// attend to.
 #[derive(Clone, Copy, Debug)]

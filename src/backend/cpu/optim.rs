@@ -12,12 +12,9 @@ const ELEMS_PER_TASK: usize = 1 << 14;
 /// decay, applied first), m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g², then
 /// p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε), the order of PyTorch's own update.
 pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamW, step: u64) {
-    assert!(step >= 1, "adamw: steps count from 1");
     let n = param.len();
     assert!(grad.len() == n && m.len() == n && v.len() == n, "adamw: parameter, gradient and moments differ in size");
-    let t = step as f64;
-    let step_size = (hp.lr as f64 / (1.0 - (hp.beta1 as f64).powf(t))) as f32;
-    let bc2_sqrt = (1.0 - (hp.beta2 as f64).powf(t)).sqrt() as f32;
+    let (step_size, bc2_sqrt) = hp.bias_corrections(step);
     let decay = 1.0 - hp.lr * hp.weight_decay;
     let (b1, b2) = (hp.beta1, hp.beta2);
     param.par_iter_mut().zip(grad).zip(m.par_iter_mut().zip(v.par_iter_mut())).with_min_len(ELEMS_PER_TASK).for_each(

@@ -19,6 +19,18 @@ const QUERIES: usize = 16;
 /// of fewer rows. 2²⁶ floats: 256 MiB.
 const PARTIAL_FLOATS: usize = 1 << 26;
 
+/// Both directions map query head h to KV head h / (n_heads / n_kv_heads) and stage a head's row
+/// in arrays of `ATT_MAX_DIM` (128): another shape would read out of bounds.
+fn check_heads(shape: AttnShape) {
+    assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
+    assert!(
+        shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
+        "CUDA attention: {} query heads in groups of {} KV heads",
+        shape.n_heads,
+        shape.n_kv_heads
+    );
+}
+
 /// Rows of a causal block over `keys` cached positions that keep one pass within `PARTIAL_FLOATS`.
 fn causal_rows_per_pass(shape: AttnShape, keys: usize) -> usize {
     let per_row = shape.n_heads * keys.div_ceil(ATT_CHUNK) * (shape.head_dim + 2);
@@ -40,19 +52,13 @@ pub(super) fn forward(
     mask: AttnMask,
     out: &mut CudaSlice<f32>,
 ) {
-    assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
     // As the CPU backend (which panics on these too): the kernel would read out of bounds.
     assert!(
         past + rows <= layout.capacity,
         "CUDA attention: {past} + {rows} rows beyond the cache's {}",
         layout.capacity
     );
-    assert!(
-        shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
-        "CUDA attention: {} query heads in groups of {} KV heads",
-        shape.n_heads,
-        shape.n_kv_heads
-    );
+    check_heads(shape);
     if rows == 0 {
         return;
     }
@@ -126,15 +132,7 @@ pub(super) fn backward(
     dk: &mut CudaSlice<f32>,
     dv: &mut CudaSlice<f32>,
 ) {
-    // The kernel stages a row of q and dO in shared arrays of 128 (ATT_MAX_DIM), as the forward.
-    assert!(shape.head_dim <= 128, "CUDA attention backward: head_dim {} > 128", shape.head_dim);
-    // As the forward: the kernel maps query head h to KV head h / (n_heads / n_kv_heads).
-    assert!(
-        shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
-        "CUDA attention backward: {} query heads in groups of {} KV heads",
-        shape.n_heads,
-        shape.n_kv_heads
-    );
+    check_heads(shape);
     let (qw, kw) = (rows * shape.n_heads * shape.head_dim, rows * shape.n_kv_heads * shape.head_dim);
     assert!(
         q.len() >= qw

@@ -22,12 +22,7 @@ pub(super) fn forward(
     out: &mut CudaSlice<f32>,
 ) {
     let _range = nvtx::Range::new(c"clover cell");
-    assert!(
-        n_heads > 0 && cell.gain.cols.is_multiple_of(n_heads),
-        "Clover cell: width {} in {n_heads} heads",
-        cell.gain.cols
-    );
-    let p = cell_projections(be, cell, eps, x, y, rows);
+    let p = cell_projections(be, cell, n_heads, eps, x, y, rows);
     let (r, hid, heads) = (int(rows), int(cell.gain.cols), int(n_heads));
     launch!(&be.dev, "clover_combine", grid(rows, n_heads, 128); out, x, &p.q, &p.k, &p.v, &r, &hid, &heads, &eps);
 }
@@ -49,13 +44,8 @@ pub(super) fn backward(
     grads: &mut CloverCellParams<CudaSlice<f32>>,
 ) {
     let _range = nvtx::Range::new(c"clover cell backward");
-    assert!(
-        n_heads > 0 && cell.gain.cols.is_multiple_of(n_heads),
-        "Clover cell: width {} in {n_heads} heads",
-        cell.gain.cols
-    );
     let h = cell.gain.cols;
-    let p = cell_projections(be, cell, eps, x, y, rows);
+    let p = cell_projections(be, cell, n_heads, eps, x, y, rows);
     let (mut dq, mut dk, mut dv) = (be.alloc(rows * h), be.alloc(rows * h), be.alloc(rows * h));
     let (r, hid, heads) = (int(rows), int(h), int(n_heads));
     launch!(&be.dev, "clover_cell_grads", grid(rows, n_heads, 128);
@@ -89,11 +79,17 @@ struct CellProjections {
 fn cell_projections(
     be: &CudaBackend,
     cell: &CloverCellParams<CudaWeight>,
+    n_heads: usize,
     eps: f32,
     x: &CudaSlice<f32>,
     y: &CudaSlice<f32>,
     rows: usize,
 ) -> CellProjections {
+    assert!(
+        n_heads > 0 && cell.gain.cols.is_multiple_of(n_heads),
+        "Clover cell: width {} in {n_heads} heads",
+        cell.gain.cols
+    );
     let h = cell.gain.cols;
     let mut normed = be.alloc(rows * h);
     be.rmsnorm(x, rows, &cell.gain, eps, &mut normed);

@@ -45,13 +45,9 @@ pub(super) fn adamw(
     hp: &AdamW,
     step: u64,
 ) {
-    assert!(step >= 1, "adamw: steps count from 1");
     let n = param.len();
     assert!(grad.len() == n && m.len() == n && v.len() == n, "adamw: parameter, gradient and moments differ in size");
-    // The two bias-corrected scalars formed in f64 and rounded once, as cpu/optim.rs does.
-    let t = step as f64;
-    let step_size = (hp.lr as f64 / (1.0 - (hp.beta1 as f64).powf(t))) as f32;
-    let bc2_sqrt = (1.0 - (hp.beta2 as f64).powf(t)).sqrt() as f32;
+    let (step_size, bc2_sqrt) = hp.bias_corrections(step);
     let n = int(n);
     launch!(&be.dev, "adamw", linear(param.len());
         param, grad, m, v, &hp.lr, &hp.beta1, &hp.beta2, &hp.eps, &hp.weight_decay, &step_size, &bc2_sqrt, &n);

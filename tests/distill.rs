@@ -439,3 +439,44 @@ fn eval_data_replaces_the_heldout_tails() {
     let err = distill(&refused, CpuBackend).expect_err("another base model").to_string();
     assert!(err.contains("foreign-data") && err.contains("index.json") && err.contains("--eval-data"), "{err}");
 }
+
+/// `--keep-draft-vocab`: a head trained over a counted list, fine-tuned with the list kept, drafts
+/// over the same list (saved beside it); a resumed run keeps it without the option; a starting head
+/// without a list, or the option beside `--draft-vocab N`, is refused.
+#[test]
+fn keep_draft_vocab_fine_tunes_over_the_starting_heads_list() {
+    let (root, model, data) = setup("distill-keep-vocab");
+    let kind = DraftKind::Eagle;
+    let first = root.join("first");
+    distill(&DistillOptions { draft_vocab: Some(24), ..options(&model, &data, kind, &first, 4) }, CpuBackend).unwrap();
+    let list = std::fs::read(first.join("draft_vocab.json")).unwrap();
+
+    let tuned = root.join("tuned");
+    let keep = |steps: u64| DistillOptions {
+        init: Some(first.clone()),
+        keep_draft_vocab: true,
+        ..options(&model, &data, kind, &tuned, steps)
+    };
+    distill(&keep(3), CpuBackend).unwrap();
+    assert_eq!(std::fs::read(tuned.join("draft_vocab.json")).unwrap(), list, "the starting head's list");
+    let head = load_head(kind, &tuned, &Llama::load(&model, CpuBackend).unwrap()).unwrap();
+    assert_eq!(head.draft_vocab().map(<[u32]>::len), Some(24));
+    let resumed = DistillOptions { init: None, keep_draft_vocab: false, resume: true, ..keep(6) };
+    distill(&resumed, CpuBackend).unwrap();
+    assert_eq!(std::fs::read(tuned.join("draft_vocab.json")).unwrap(), list, "kept on resume");
+    assert!(metrics(&tuned).iter().any(|l| l.step == 6), "the resumed run trained");
+
+    let full = root.join("full");
+    distill(&options(&model, &data, kind, &full, 2), CpuBackend).unwrap();
+    let no_list = DistillOptions {
+        init: Some(full.clone()),
+        keep_draft_vocab: true,
+        ..options(&model, &data, kind, &root.join("a"), 2)
+    };
+    let err = distill(&no_list, CpuBackend).expect_err("a starting head without a list").to_string();
+    assert!(err.contains("--keep-draft-vocab") && err.contains("draft_vocab.json"), "{err}");
+    let both = DistillOptions { draft_vocab: Some(24), ..keep(3) };
+    let err =
+        distill(&DistillOptions { out: root.join("b"), ..both }, CpuBackend).expect_err("both options").to_string();
+    assert!(err.contains("--keep-draft-vocab") && err.contains("--draft-vocab"), "{err}");
+}

@@ -72,6 +72,11 @@ pub struct DistillArgs {
     /// The lm_head losses, most of a step, shrink by N / vocabulary size.
     #[arg(long)]
     draft_vocab: Option<usize>,
+    /// Train over the --init head's own draft vocabulary (its draft_vocab.json, kept as it is)
+    /// instead of counting one on this data: fine-tuning a head on new data without changing the
+    /// tokens it drafts. A resumed run keeps it.
+    #[arg(long, conflicts_with = "draft_vocab")]
+    keep_draft_vocab: bool,
     /// Train the parameters whose tensor names start with PREFIX at FACTOR times the learning
     /// rate (repeated, or separated by commas; the last match wins), e.g.
     /// `clover_head_mlp_rnn.v=30` for Clover-2's token injection in AD₀. A resumed run keeps them.
@@ -111,6 +116,7 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         max_len: a.max_len,
         seed: a.seed,
         draft_vocab: a.draft_vocab,
+        keep_draft_vocab: a.keep_draft_vocab,
         lr_scales: a.lr_scale,
         init_scales: a.init_scale,
         loss_weights,

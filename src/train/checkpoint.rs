@@ -45,6 +45,10 @@ pub struct RunConfig {
     /// Absent in checkpoints written before the option existed.
     #[serde(default)]
     pub draft_vocab: Option<usize>,
+    /// The starting head's own draft vocabulary, kept (`--keep-draft-vocab`); absent: false, and in
+    /// checkpoints written before the option existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draft_vocab_kept: bool,
     /// Per-parameter learning-rate factors (`--lr-scale`); absent when there are none, and in
     /// checkpoints written before the option existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -80,6 +80,7 @@ pub fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u6
         max_len: None,
         seed: Some(5),
         draft_vocab: None,
+        keep_draft_vocab: false,
         lr_scales: Vec::new(),
         init_scales: Vec::new(),
         loss_weights: None,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::draft::init::write_head;
-use crate::draft::vocab::DraftLmHead;
+use crate::draft::vocab::{DraftLmHead, DraftVocab};
 use crate::draft::DraftKind;
 use crate::error::{Error, Result};
 use crate::model::Llama;
@@ -67,6 +67,10 @@ pub struct DistillOptions {
     /// Train over a reduced draft vocabulary of this many tokens (the most frequent assistant
     /// tokens of the training split), saved beside the head as draft_vocab.json.
     pub draft_vocab: Option<usize>,
+    /// Train over the `init` head's own draft vocabulary (its draft_vocab.json, kept as it is)
+    /// instead of counting one on the data: fine-tuning a head on new data without changing
+    /// which tokens it drafts.
+    pub keep_draft_vocab: bool,
     /// Learning-rate factors by tensor-name prefix (empty: every parameter at the schedule's rate).
     pub lr_scales: Vec<TensorScale>,
     /// Factors the starting head's tensors are multiplied by, by tensor-name prefix (new runs).
@@ -194,9 +198,10 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     }
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
     // Recounted from the data on resume too: same data (checked above), same split, same list.
-    let draft_vocab = match run.draft_vocab {
-        Some(n) => Some(build_draft_vocab(&opts.data_dirs, base.config.vocab_size, n)?),
-        None => None,
+    let draft_vocab = match (run.draft_vocab, run.draft_vocab_kept) {
+        (Some(n), _) => Some(build_draft_vocab(&opts.data_dirs, base.config.vocab_size, n)?),
+        (None, true) => Some(kept_draft_vocab(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()), &base)?),
+        (None, false) => None,
     };
     let lm = match &draft_vocab {
         Some(v) => {
@@ -237,4 +242,23 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         weights_current: true,
     };
     r.train(started)
+}
+
+/// `--keep-draft-vocab`: the starting head's list, read from `--init` in a new run and from the
+/// checkpoint (which holds the list it trained over) in a resumed one.
+fn kept_draft_vocab<B: Backend>(
+    opts: &DistillOptions,
+    checkpoint: Option<&std::path::Path>,
+    base: &Llama<B>,
+) -> Result<DraftVocab> {
+    let Some(dir) = checkpoint.or(opts.init.as_deref()) else {
+        return Err(Error::input("--keep-draft-vocab keeps the --init head's draft vocabulary: give --init"));
+    };
+    DraftVocab::load(dir, base.config.vocab_size)?.ok_or_else(|| {
+        Error::input(format!(
+            "--keep-draft-vocab: {} has no draft_vocab.json (the head drafts over the full vocabulary; \
+             leave the option out, or give --draft-vocab N to count one on the data)",
+            dir.display()
+        ))
+    })
 }

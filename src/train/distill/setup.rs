@@ -178,6 +178,7 @@ pub(super) fn resolve_run(
             seed: opts.seed.unwrap_or(0),
             data,
             draft_vocab: opts.draft_vocab,
+            draft_vocab_kept: opts.keep_draft_vocab,
             lr_scales: opts.lr_scales.clone(),
             init_scales: opts.init_scales.clone(),
             loss_weights: opts.loss_weights,
@@ -189,6 +190,12 @@ pub(super) fn resolve_run(
         }
         if run.draft_vocab == Some(0) {
             return Err(Error::input("--draft-vocab must be at least 1"));
+        }
+        if run.draft_vocab.is_some() && run.draft_vocab_kept {
+            return Err(Error::input(
+                "--draft-vocab N counts a new draft vocabulary on the data; --keep-draft-vocab keeps the --init \
+                 head's: give one of them",
+            ));
         }
         if run.batch_tokens == 0 {
             return Err(Error::input("--batch-tokens 0: expected at least 1"));
@@ -225,6 +232,13 @@ pub(super) fn resolve_run(
     check("seed", opts.seed.map(|v| v.to_string()), stored.seed.to_string())?;
     let vocab_name = |v: Option<usize>| v.map_or("the full vocabulary".to_string(), |n| format!("{n} tokens"));
     check("draft_vocab", opts.draft_vocab.map(|v| vocab_name(Some(v))), vocab_name(stored.draft_vocab))?;
+    let kept_name =
+        |kept: bool| if kept { "the --init head's draft vocabulary kept" } else { "no kept draft vocabulary" };
+    check(
+        "draft_vocab_kept",
+        opts.keep_draft_vocab.then(|| kept_name(true).to_string()),
+        kept_name(stored.draft_vocab_kept).to_string(),
+    )?;
     let scales_name = |s: &[TensorScale]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     let given_scales = (!opts.lr_scales.is_empty()).then(|| scales_name(&opts.lr_scales));
     check("lr_scales", given_scales, scales_name(&stored.lr_scales))?;

@@ -475,6 +475,7 @@ fn keep_draft_vocab_fine_tunes_over_the_starting_heads_list() {
     };
     let err = distill(&no_list, CpuBackend).expect_err("a starting head without a list").to_string();
     assert!(err.contains("--keep-draft-vocab") && err.contains("draft_vocab.json"), "{err}");
+    assert!(!root.join("a").exists(), "nothing written to --out");
     let both = DistillOptions { draft_vocab: Some(24), ..keep(3) };
     let err =
         distill(&DistillOptions { out: root.join("b"), ..both }, CpuBackend).expect_err("both options").to_string();

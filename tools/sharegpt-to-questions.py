@@ -13,8 +13,9 @@ inference (the ShareGPT answers were written by another model).
         --answers runs/self-answers.jsonl --out runs/self-answers.json
     clover-engine gen-data --data runs/self-answers.json --out runs/self-512 --max-len 512
 
-Records `start..end` of the file (0-based, in file order, counting every complete record) are
-read; each gives one question (question_id: its record number, category "sharegpt") with its
+Records `start..end` of the file (0-based, in file order, counting every complete record: not
+gen-data's `--start/--end`, which count the conversations it can use, so record r holds usable
+conversation r or a later one) are read; each gives one question (question_id: its record number, category "sharegpt") with its
 first `--max-turns` user turns, or none when it has no user turn, or one longer than
 `--max-chars` (a long pasted document would spend the answer's budget on its prompt). The file of
 tools/fetch-sharegpt.sh is cut off mid-record; its complete records are read, as gen-data does.
@@ -42,8 +43,11 @@ def records(path):
             return
         try:
             record, i = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            return  # the cut-off last record
+        except json.JSONDecodeError as e:
+            # The cut-off last record ends the file; a malformed one before others is an error.
+            if '"conversations"' in text[e.pos :]:
+                sys.exit(f"error: {path}: a malformed record at character {e.pos}: {e.msg}")
+            return
         yield record
 
 
@@ -66,9 +70,10 @@ def main():
         seen = number + 1
         if number < a.start:
             continue
+        messages = record.get("conversations") if isinstance(record, dict) else None
         turns = [
-            m.get("value", "").strip()
-            for m in record.get("conversations", [])
+            (m.get("value") or "").strip()
+            for m in (messages if isinstance(messages, list) else [])
             if isinstance(m, dict) and m.get("from") == "human"
         ][: a.max_turns]
         if not turns or any(not t or len(t) > a.max_chars for t in turns):

@@ -174,13 +174,13 @@ impl TreeArgs {
         cfg: &GenerationConfig,
         key: impl FnOnce() -> PlanKey,
     ) -> Result<(TreeSpec, Option<String>)> {
-        let tree = self.tree_spec()?;
         if self.budget()?.is_some() {
             if self.recalibrate {
                 eprintln!("note: --recalibrate applies to --tree-budget auto only; ignored");
             }
-            return Ok((tree, None));
+            return Ok((self.tree_spec()?, None));
         }
+        self.tree_spec()?;
         let dir = saved_plan::default_dir();
         let (tree, report) =
             auto_plan::saved_or_planned(&dir, &key(), self.recalibrate, model, head, tokenizer, cfg, &mut |notice| {

@@ -102,3 +102,26 @@ pub fn saved_or_planned<B: Backend>(
     };
     Ok((plan.tree()?, report))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SamplingParams;
+
+    /// Saved choices are keyed by this text: a change of wording would make every saved choice a
+    /// miss. Change it on purpose only, with the method.
+    #[test]
+    fn the_calibration_summary_keeps_its_wording() {
+        let cfg = |temperature| GenerationConfig {
+            max_new_tokens: 1,
+            sampling: SamplingParams::with_temperature(temperature),
+            seed: 0,
+            stop_ids: vec![],
+        };
+        assert_eq!(calibration_summary(&cfg(0.0)), "4 chats x 96 tokens, budget 8 then up to 32 if it may pay");
+        assert_eq!(
+            calibration_summary(&cfg(1.0)),
+            "4 chats x 96 tokens, sampled static trees [[0],[1],[0,0]] then mc_sim_7b_63 if it may pay"
+        );
+    }
+}

@@ -83,7 +83,8 @@ impl Gemm {
 
 /// x as two bf16 parts (raw bits), hi + lo ≈ x, for products with bf16 weights.
 fn split_bf16(dev: &Device, x: &CudaSlice<f32>, len: usize) -> (CudaSlice<u16>, CudaSlice<u16>) {
-    let alloc = || dev.stream.alloc_zeros::<u16>(len.max(1)).expect("CUDA backend: allocating a bf16 copy");
+    // SAFETY: the kernel below writes all `len` values of both before any GEMM reads them.
+    let alloc = || unsafe { dev.stream.alloc::<u16>(len.max(1)) }.expect("CUDA backend: allocating a bf16 copy");
     let (mut hi, mut lo) = (alloc(), alloc());
     let n = int(len);
     let cfg = LaunchConfig {

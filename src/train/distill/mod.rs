@@ -177,6 +177,13 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
             base.config.vocab_size
         )));
     }
+    // Made before anything is written to --out, so that a list that cannot be made leaves no head
+    // there. Recounted from the data on resume too: same data (checked above), same split, same list.
+    let draft_vocab = match (run.draft_vocab, run.draft_vocab_kept) {
+        (Some(n), _) => Some(build_draft_vocab(&opts.data_dirs, base.config.vocab_size, n)?),
+        (None, true) => Some(kept_draft_vocab(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()), &base)?),
+        (None, false) => None,
+    };
     let b = &base.backend;
     let source = HeadSource::new(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()))?;
     // The checkpoint of a resumed run already holds the scaled start, trained on.
@@ -197,12 +204,6 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         );
     }
     write_head(&opts.out, &head.params.tensors(b, &head.params.values, ""), &head.config)?;
-    // Recounted from the data on resume too: same data (checked above), same split, same list.
-    let draft_vocab = match (run.draft_vocab, run.draft_vocab_kept) {
-        (Some(n), _) => Some(build_draft_vocab(&opts.data_dirs, base.config.vocab_size, n)?),
-        (None, true) => Some(kept_draft_vocab(opts, resumed.as_ref().map(|(dir, _)| dir.as_path()), &base)?),
-        (None, false) => None,
-    };
     let lm = match &draft_vocab {
         Some(v) => {
             v.save(&opts.out)?;

@@ -10,6 +10,9 @@ use super::{grid, int, CudaBackend, Device};
 use crate::backend::{AttnMask, AttnShape, Backend, KvLayout};
 use crate::nvtx;
 
+/// attention.cu: the largest head a query row of its shared arrays holds (`ATT_MAX_DIM`).
+pub(super) const MAX_HEAD_DIM: usize = 128;
+
 /// attention.cu: queries per block of the first pass (`ATT_QUERIES`).
 const QUERIES: usize = 16;
 
@@ -22,7 +25,7 @@ const PARTIAL_FLOATS: usize = 1 << 26;
 /// Both directions map query head h to KV head h / (n_heads / n_kv_heads) and stage a head's row
 /// in arrays of `ATT_MAX_DIM` (128): another shape would read out of bounds.
 fn check_heads(shape: AttnShape) {
-    assert!(shape.head_dim <= 128, "CUDA attention: head_dim {} > 128", shape.head_dim);
+    assert!(shape.head_dim <= MAX_HEAD_DIM, "CUDA attention: head_dim {} > {MAX_HEAD_DIM}", shape.head_dim);
     assert!(
         shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
         "CUDA attention: {} query heads in groups of {} KV heads",
@@ -62,8 +65,11 @@ pub(super) fn forward(
     if rows == 0 {
         return;
     }
-    let per_pass = causal_rows_per_pass(shape, past + rows);
-    if matches!(mask, AttnMask::Causal) && rows > per_pass {
+    let per_pass = match mask {
+        AttnMask::Causal => causal_rows_per_pass(shape, past + rows),
+        AttnMask::Tree { .. } => rows,
+    };
+    if rows > per_pass {
         // Each pass is the causal attention of its rows after all the slots before them. A query's
         // result does not depend on the other queries of its call (its keys' chunks are fixed by
         // slot), so the passes give the bits of one call.

@@ -20,6 +20,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKerne
 
 use super::device::Device;
 use super::weight::{CudaWeight, WeightData};
+use super::{int, linear};
 
 /// One column-major `C = α·op(A)·op(B) + β·C` with f32 α, β and accumulation.
 struct Gemm {
@@ -33,10 +34,6 @@ struct Gemm {
     ldc: usize,
     beta: f32,
     dtype: cudaDataType,
-}
-
-fn int(n: usize) -> i32 {
-    i32::try_from(n).unwrap_or_else(|_| panic!("CUDA backend: size {n} exceeds the 32-bit range of the kernels"))
 }
 
 fn op(t: bool) -> cublasOperation_t {
@@ -87,15 +84,11 @@ fn split_bf16(dev: &Device, x: &CudaSlice<f32>, len: usize) -> (CudaSlice<u16>, 
     let alloc = || unsafe { dev.stream.alloc::<u16>(len.max(1)) }.expect("CUDA backend: allocating a bf16 copy");
     let (mut hi, mut lo) = (alloc(), alloc());
     let n = int(len);
-    let cfg = LaunchConfig {
-        grid_dim: (len.div_ceil(256).max(1) as u32, 1, 1), /* len ≥ 1 where called */
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let mut b = dev.stream.launch_builder(dev.function("f32_split_bf16"));
     b.arg(&mut hi).arg(&mut lo).arg(x).arg(&n);
     // SAFETY: the kernel reads n floats of x and writes n values of hi and lo, all at least that long.
-    unsafe { b.launch(cfg) }.expect("CUDA backend: f32_split_bf16");
+    // len ≥ 1 where called (an empty grid would be a launch error).
+    unsafe { b.launch(linear(len)) }.expect("CUDA backend: f32_split_bf16");
     (hi, lo)
 }
 

@@ -92,6 +92,12 @@ impl CudaBackend {
         self.dev.stream.clone_htod(v).expect("CUDA backend: upload")
     }
 
+    /// Row indices for a gather or scatter over `limit` rows, checked (`check_rows`) and uploaded.
+    fn row_indices(&self, op: &str, rows: &[usize], limit: usize) -> CudaSlice<u32> {
+        check_rows(op, rows.iter().copied(), limit);
+        self.upload_u32(&rows.iter().map(|&r| r as u32).collect::<Vec<_>>())
+    }
+
     fn alloc(&self, len: usize) -> CudaSlice<f32> {
         self.dev.stream.alloc_zeros::<f32>(len.max(1)).expect("CUDA backend: allocation")
     }
@@ -118,8 +124,7 @@ impl Backend for CudaBackend {
     }
 
     fn max_head_dim(&self) -> Option<usize> {
-        // attention.cu stages a query row in shared arrays of ATT_MAX_DIM.
-        Some(128)
+        Some(attention::MAX_HEAD_DIM)
     }
 
     fn synchronize(&self) {
@@ -155,9 +160,8 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, buf: &CudaSlice<f32>, width: usize, rows: &[usize]) -> CudaSlice<f32> {
-        check_rows("gather_rows", rows.iter().copied(), buf.len() / width.max(1));
+        let idx = self.row_indices("gather_rows", rows, buf.len() / width.max(1));
         let mut out = self.alloc(rows.len() * width);
-        let idx = self.upload_u32(&rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
         let (n, w) = (int(rows.len()), int(width));
         launch!(&self.dev, "gather_rows", grid(rows.len(), 1, 256); &mut out, buf, &idx, &n, &w);
         out
@@ -267,13 +271,12 @@ impl Backend for CudaBackend {
     }
 
     fn scatter_add_rows(&self, dst: &mut CudaSlice<f32>, width: usize, rows: &[usize], src: &CudaSlice<f32>) {
-        check_rows("scatter_add_rows", rows.iter().copied(), dst.len() / width.max(1));
+        let idx = self.row_indices("scatter_add_rows", rows, dst.len() / width.max(1));
         assert!(
             src.len() >= rows.len() * width,
             "CUDA backend: scatter_add_rows: source smaller than {} rows",
             rows.len()
         );
-        let idx = self.upload_u32(&rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
         let (n, w) = (int(rows.len()), int(width));
         launch!(&self.dev, "scatter_add_rows", grid(rows.len(), 1, 256); dst, src, &idx, &n, &w);
     }

@@ -481,3 +481,52 @@ fn keep_draft_vocab_fine_tunes_over_the_starting_heads_list() {
         distill(&DistillOptions { out: root.join("b"), ..both }, CpuBackend).expect_err("both options").to_string();
     assert!(err.contains("--keep-draft-vocab") && err.contains("--draft-vocab"), "{err}");
 }
+
+/// `--label-mask`: training counts fewer rows (the tiny data's tokens are often implausible under
+/// the tiny model), so the training losses change while the first held-out evaluation, which
+/// counts every row, does not; the plausibility pass is timed as its own phase; a resumed run
+/// keeps the mask without the option and refuses to add it to a run started without.
+#[test]
+fn label_mask_changes_training_not_the_heldout_rows_and_resume_keeps_it() {
+    let (root, model, data) = setup("distill-label-mask");
+    let kind = DraftKind::Clover2;
+    let (plain, masked) = (root.join("plain"), root.join("masked"));
+    let masked_opts = |steps: u64| DistillOptions { label_mask: true, ..options(&model, &data, kind, &masked, steps) };
+    let p = distill(&options(&model, &data, kind, &plain, 3), CpuBackend).unwrap();
+    let m = distill(&masked_opts(3), CpuBackend).unwrap();
+    use clover_engine::train::timers::Phase;
+    assert_eq!(p.timers.get(Phase::LabelMask).as_nanos(), 0);
+    assert!(m.timers.get(Phase::LabelMask).as_nanos() > 0, "the plausibility pass ran");
+    assert_eq!(p.label_masked, None);
+    let counts = m.label_masked.clone().expect("rows counted under the mask");
+    assert_eq!(counts.len(), 5);
+    assert!(counts.iter().all(|&(kept, all)| kept <= all && all > 0), "{counts:?}");
+    assert!(counts[0].0 < counts[0].1, "some of head 0's rows dropped: {counts:?}");
+    let (lp, lm) = (metrics(&plain), metrics(&masked));
+    let first_heldout = |lines: &[MetricsLine]| lines.iter().find(|l| l.split == HELDOUT).unwrap().clone();
+    let (hp, hm) = (first_heldout(&lp), first_heldout(&lm));
+    assert_eq!((hp.step, hp.loss, hp.top1.clone()), (hm.step, hm.loss, hm.top1.clone()), "held-out rows unmasked");
+    let train = |lines: &[MetricsLine]| lines.iter().filter(|l| l.split == TRAIN).map(|l| l.loss).collect::<Vec<_>>();
+    assert_ne!(train(&lp), train(&lm), "the mask drops training rows");
+
+    let resumed = |out: &Path, label_mask: bool| DistillOptions {
+        resume: true,
+        lr: None,
+        label_mask,
+        ..options(&model, &data, kind, out, 5)
+    };
+    distill(&resumed(&masked, false), CpuBackend).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(newest_state(&masked)).unwrap()).unwrap();
+    assert_eq!((state["state"]["step"].as_u64(), state["run"]["label_mask"].as_bool()), (Some(5), Some(true)));
+    let err = distill(&resumed(&plain, true), CpuBackend).expect_err("adding the mask on resume").to_string();
+    assert!(err.contains("state.json") && err.contains("label_mask"), "{err}");
+}
+
+/// The state.json of a run's newest checkpoint.
+fn newest_state(out: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    dirs.pop().unwrap().join("state.json")
+}

@@ -77,6 +77,12 @@ pub struct DistillArgs {
     /// tokens it drafts. A resumed run keeps it.
     #[arg(long, conflicts_with = "draft_vocab")]
     keep_draft_vocab: bool,
+    /// Count a training row only where every token it consumed (teacher-forced from the data) is
+    /// among the base model's 8 most likely and inside its top-p 0.8 nucleus: clover2.md §8's
+    /// label mask, off by default as in the reference. Costs one lm_head projection per position.
+    /// Held-out metrics still count every row. A resumed run keeps it.
+    #[arg(long)]
+    label_mask: bool,
     /// Train the parameters whose tensor names start with PREFIX at FACTOR times the learning
     /// rate (repeated, or separated by commas; the last match wins), e.g.
     /// `clover_head_mlp_rnn.v=30` for Clover-2's token injection in AD₀. A resumed run keeps them.
@@ -117,6 +123,7 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         seed: a.seed,
         draft_vocab: a.draft_vocab,
         keep_draft_vocab: a.keep_draft_vocab,
+        label_mask: a.label_mask,
         lr_scales: a.lr_scale,
         init_scales: a.init_scale,
         loss_weights,
@@ -149,6 +156,11 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
     for phase in Phase::ALL {
         let t = s.timers.get(phase).as_secs_f64();
         println!("  {:<18} {:>9.2} s  {:>5.1}%", phase.name(), t, 100.0 * t / total);
+    }
+    if let Some(counts) = &s.label_masked {
+        let kept: Vec<String> =
+            counts.iter().map(|&(kept, all)| format!("{:.1}%", 100.0 * kept as f64 / all.max(1) as f64)).collect();
+        println!("label mask: training rows kept per head {} (of the loss mask's)", kept.join(" "));
     }
     match &s.last_eval {
         Some(e) => {

@@ -7,6 +7,10 @@
 //! tokens x_{t+1} ..= x_{t+1+i}, regresses onto target[t+i] = h_{t+1+i}, learns the teacher
 //! softmax(lm_head(target[t+i])) and is weighted by mask[t+i]. Each head's last row lands on the
 //! last position and is therefore masked.
+//!
+//! With a label mask (`label_mask.rs`), head i's row t also needs every token it consumed to be
+//! plausible under the base model, so the heads' masks differ: they are no longer one mask read
+//! at t + i.
 
 use crate::train::shards::Record;
 
@@ -18,13 +22,6 @@ pub fn truncate(rec: &mut Record, max_len: usize, hidden: usize) {
     rec.hidden_state_prenorm.truncate(max_len * hidden);
 }
 
-/// Per head i < `heads`, the masked-in rows of a record with this loss mask (its last position
-/// never counts): head i's term of its loss denominator, without building the alignment.
-pub fn mask_sums(loss_mask: &[u8], heads: usize) -> Vec<usize> {
-    let counted = &loss_mask[..loss_mask.len().saturating_sub(1)];
-    (0..heads).map(|i| counted.iter().skip(i).filter(|&&m| m != 0).count()).collect()
-}
-
 pub struct Aligned {
     pub len: usize,
     /// `ids'[t] = x_{t+1}`; `ids'[T−1] = 0`.
@@ -33,6 +30,9 @@ pub struct Aligned {
     pub target: Vec<f32>,
     /// The loss mask with the last position forced to 0.
     pub mask: Vec<u8>,
+    /// Per position p, whether x_{p+1} is plausible under the base model (`label_mask.rs`);
+    /// None: no label mask.
+    plausible: Option<Vec<u8>>,
 }
 
 impl Aligned {
@@ -46,7 +46,15 @@ impl Aligned {
         if let Some(last) = mask.last_mut() {
             *last = 0;
         }
-        Aligned { len, next_ids, target, mask }
+        Aligned { len, next_ids, target, mask, plausible: None }
+    }
+
+    /// The same alignment under the label mask: `plausible[p]` says whether x_{p+1} is plausible
+    /// under the base model at p (`label_mask::plausible_positions`), one entry per position.
+    pub fn with_label_mask(mut self, plausible: Vec<u8>) -> Self {
+        assert_eq!(plausible.len(), self.len, "one plausibility per position");
+        self.plausible = Some(plausible);
+        self
     }
 
     /// Rows of head i.
@@ -65,14 +73,27 @@ impl Aligned {
         t + head
     }
 
-    /// Row t's weight in head i's loss sums.
+    /// Row t's weight in head i's loss sums: the loss mask at t + i and, under a label mask,
+    /// whether the row's consumed tokens x_{t+1} ..= x_{t+1+i} are all plausible.
     pub fn row_mask(&self, head: usize, t: usize) -> u8 {
-        self.mask[t + head]
+        let consumed_plausible = self.plausible.as_ref().is_none_or(|p| p[t..=t + head].iter().all(|&ok| ok != 0));
+        self.mask[t + head] * consumed_plausible as u8
     }
 
     /// `Σ_t mask_i[t]`: head i's term of its loss denominator.
     pub fn mask_sum(&self, head: usize) -> usize {
+        (0..self.rows(head)).map(|t| self.row_mask(head, t) as usize).sum()
+    }
+
+    /// The rows of head i the loss mask alone counts: `mask_sum` without a label mask.
+    pub fn loss_mask_sum(&self, head: usize) -> usize {
         self.mask.iter().skip(head).map(|&m| m as usize).sum()
+    }
+
+    /// Whether some head among the first `heads` has a masked-in row regressing onto target row
+    /// j (and so learning its teacher distribution).
+    pub fn target_used(&self, j: usize, heads: usize) -> bool {
+        (0..heads.min(j + 1)).any(|i| self.row_mask(i, j - i) != 0)
     }
 }
 
@@ -118,6 +139,40 @@ mod tests {
             assert_eq!(a.mask_sum(i), (0..a.rows(i)).map(|t| a.row_mask(i, t) as usize).sum::<usize>());
         }
         assert_eq!((a.mask_sum(0), a.mask_sum(2), a.mask_sum(4)), (3, 2, 1));
-        assert_eq!(mask_sums(&rec.loss_mask, 5), (0..5).map(|i| a.mask_sum(i)).collect::<Vec<_>>());
+    }
+
+    /// Under a label mask, head i's row t needs x_{t+1} ..= x_{t+1+i} plausible (positions
+    /// t ..= t+i) as well as the loss mask at t + i; a head's denominator counts what is left.
+    #[test]
+    fn label_mask_is_a_cumulative_product_over_consumed_tokens() {
+        let rec = Record {
+            index: 0,
+            input_ids: vec![100, 101, 102, 103, 104, 105, 106],
+            hidden_state: vec![0.0; 7],
+            hidden_state_prenorm: vec![0.0; 7],
+            loss_mask: vec![0, 1, 1, 1, 1, 1, 1],
+        };
+        // x_2 (position 1) and x_5 (position 4) implausible.
+        let plausible = vec![1, 0, 1, 1, 0, 1, 1];
+        let a = Aligned::new(&rec, 1).with_label_mask(plausible.clone());
+        let rows = |i: usize| (0..a.rows(i)).map(|t| a.row_mask(i, t)).collect::<Vec<_>>();
+        // Head 0 row t: mask[t] · ok[t]; the last position is masked.
+        assert_eq!(rows(0), [0, 0, 1, 1, 0, 1, 0]);
+        // Head 1 row t: mask[t+1] · ok[t] · ok[t+1].
+        assert_eq!(rows(1), [0, 0, 1, 0, 0, 0]);
+        assert_eq!(rows(2), [0, 0, 0, 0, 0]);
+        assert_eq!((0..3).map(|i| a.mask_sum(i)).collect::<Vec<_>>(), [3, 1, 0]);
+        // Target row j is learnt by head 0 (row j) or head 1 (row j − 1).
+        let used: Vec<usize> = (0..7).filter(|&j| a.target_used(j, 2)).collect();
+        assert_eq!(used, [2, 3, 5]);
+        // Everything plausible: the plain alignment.
+        let all = Aligned::new(&rec, 1).with_label_mask(vec![1; 7]);
+        let plain = Aligned::new(&rec, 1);
+        for i in 0..5 {
+            assert_eq!(all.mask_sum(i), plain.mask_sum(i));
+            assert_eq!(a.loss_mask_sum(i), plain.mask_sum(i), "what the loss mask alone counts");
+            assert!((0..plain.rows(i)).all(|t| all.row_mask(i, t) == plain.row_mask(i, t)));
+        }
+        assert!((0..7).all(|j| plain.target_used(j, 5) == (plain.mask[j] != 0)));
     }
 }

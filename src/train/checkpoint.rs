@@ -49,6 +49,11 @@ pub struct RunConfig {
     /// checkpoints written before the option existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draft_vocab_kept: bool,
+    /// Training rows counted only where the tokens they consumed are plausible under the base
+    /// model (`--label-mask`, clover2.md §8); absent: false, and in checkpoints written before
+    /// the option existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub label_mask: bool,
     /// Per-parameter learning-rate factors (`--lr-scale`); absent when there are none, and in
     /// checkpoints written before the option existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -296,12 +296,11 @@ impl<B: Backend> TrainHead<B> for CloverTrainee<B> {
         base: &Llama<B>,
         lm: &DraftLmHead<B>,
         rec: &Record,
+        a: &Aligned,
         scales: &[HeadScale],
         mode: Mode,
         timers: &mut Timers,
     ) -> Vec<HeadSums> {
-        let h = self.config.hidden_size;
-        let a = Aligned::new(rec, h);
         let mut sums = vec![HeadSums::default(); self.clover.num_heads];
         if a.len == 0 {
             return sums;
@@ -310,10 +309,10 @@ impl<B: Backend> TrainHead<B> for CloverTrainee<B> {
             Mode::Train { .. } => Wants { grads: true, top1: false },
             Mode::Eval => Wants { grads: false, top1: true },
         };
-        let (outs, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, &a));
+        let (outs, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, a));
         let (head_sums, grads) = timers.time(Phase::LmHead, || {
             let target = b.upload(&a.target);
-            head_losses(b, base, lm, &a, &target, &outs, &scales[..outs.len()], wants)
+            head_losses(b, base, lm, a, &target, &outs, &scales[..outs.len()], wants)
         });
         if wants.grads {
             timers.time(Phase::Backward, || self.backward(b, a.len, &saved, grads));

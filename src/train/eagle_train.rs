@@ -162,12 +162,11 @@ impl<B: Backend> TrainHead<B> for EagleTrainee<B> {
         base: &Llama<B>,
         lm: &DraftLmHead<B>,
         rec: &Record,
+        a: &Aligned,
         scales: &[HeadScale],
         mode: Mode,
         timers: &mut Timers,
     ) -> Vec<HeadSums> {
-        let h = self.config.hidden_size;
-        let a = Aligned::new(rec, h);
         if a.len == 0 {
             return vec![HeadSums::default()];
         }
@@ -175,10 +174,10 @@ impl<B: Backend> TrainHead<B> for EagleTrainee<B> {
             Mode::Train { noise } => (Some(noise), Wants { grads: true, top1: false }),
             Mode::Eval => (None, Wants { grads: false, top1: true }),
         };
-        let (out, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, &a, noise));
+        let (out, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, a, noise));
         let (sums, mut grads) = timers.time(Phase::LmHead, || {
             let target = b.upload(&a.target);
-            head_losses(b, base, lm, &a, &target, std::slice::from_ref(&out), scales, wants)
+            head_losses(b, base, lm, a, &target, std::slice::from_ref(&out), scales, wants)
         });
         if let Some(d_out) = grads.pop() {
             timers.time(Phase::Backward, || self.backward(b, a.len, &saved, d_out));

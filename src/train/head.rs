@@ -7,6 +7,7 @@ use crate::draft::vocab::DraftLmHead;
 use crate::draft::DraftKind;
 use crate::model::Llama;
 use crate::rng::Rng;
+use crate::train::align::Aligned;
 use crate::train::losses::{HeadScale, HeadSums, LossSpec};
 use crate::train::shards::Record;
 use crate::train::timers::Timers;
@@ -32,9 +33,10 @@ pub trait TrainHead<B: Backend> {
     /// The gradient buffers, in parameter order.
     fn grads(&mut self) -> Vec<&mut B::Buf>;
 
-    /// One record, truncated already: returns the loss sums per head under `scales`, the lm_head
-    /// losses over `lm`'s vocabulary. In `Mode::Train` the gradients of those sums are added to
-    /// the gradient buffers.
+    /// One record, truncated already, and its alignment (`Aligned::new(rec, ..)`, with or
+    /// without a label mask): returns the loss sums per head under `scales`, the lm_head losses
+    /// over `lm`'s vocabulary. In `Mode::Train` the gradients of those sums are added to the
+    /// gradient buffers.
     #[allow(clippy::too_many_arguments)]
     fn pass(
         &mut self,
@@ -42,6 +44,7 @@ pub trait TrainHead<B: Backend> {
         base: &Llama<B>,
         lm: &DraftLmHead<B>,
         rec: &Record,
+        a: &Aligned,
         scales: &[HeadScale],
         mode: Mode,
         timers: &mut Timers,

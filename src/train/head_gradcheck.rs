@@ -24,7 +24,7 @@ use crate::model::layer::{LayerDims, Rope};
 use crate::model::random::{tiny_llama_config, write_random_model};
 use crate::model::{Llama, ModelConfig};
 use crate::rng::Rng;
-use crate::train::align::mask_sums;
+use crate::train::align::Aligned;
 use crate::train::clover_train::{clover_specs, CloverTrainee};
 use crate::train::eagle_train::{add_noise, eagle_specs, EagleTrainee};
 use crate::train::head::{Mode, TrainHead};
@@ -173,19 +173,53 @@ fn shifted(rec: &Record, h: usize) -> (Vec<u32>, Vec<f64>, Vec<u8>) {
     (ids, targets, mask)
 }
 
+/// Head i's mask: row t weighs `mask[t + i]`, and under a label mask (`plausible[p]`: whether
+/// x_{p+1} is plausible) only if x_{t+1} ..= x_{t+1+i} all are.
+fn head_mask(mask: &[u8], plausible: Option<&[u8]>, i: usize) -> Vec<u8> {
+    (0..T - i)
+        .map(|t| {
+            let consumed = plausible.is_none_or(|ok| (t..=t + i).all(|p| ok[p] == 1));
+            if consumed {
+                mask[t + i]
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
 /// `lm`: the rows of the lm_head the losses project through (all of it, or a draft vocabulary's).
-fn eagle_loss(p: &P64, c: &ModelConfig, rec: &Record, noisy: &[f32], embed: &[f64], lm: &[f64], cs: &[f64]) -> f64 {
+#[allow(clippy::too_many_arguments)]
+fn eagle_loss(
+    p: &P64,
+    c: &ModelConfig,
+    rec: &Record,
+    plausible: Option<&[u8]>,
+    noisy: &[f32],
+    embed: &[f64],
+    lm: &[f64],
+    cs: &[f64],
+) -> f64 {
     let h = c.hidden_size;
     let (ids, targets, mask) = shifted(rec, h);
     let x = concat(&gather(embed, h, &ids), &gc::to_f64(noisy), h);
     let x = add_bias(gc::linear(&x, get(p, "fc.weight"), h), get(p, "fc.bias"));
     let f = layer(p, "layers.0", &x, c.layer_dims(), false, c.rms_norm_eps as f64, cs);
-    head_loss(&f, &targets, &mask, lm, h, (1.0, 0.1), 1e-5)
+    head_loss(&f, &targets, &head_mask(&mask, plausible, 0), lm, h, (1.0, 0.1), 1e-5)
 }
 
 /// `lm`: the full lm_head (E); `proj`: the rows the losses project through.
 #[allow(clippy::too_many_arguments)]
-fn clover_loss(p: &P64, c: &ModelConfig, k: usize, rec: &Record, lm: &[f64], proj: &[f64], cs: &[f64]) -> f64 {
+fn clover_loss(
+    p: &P64,
+    c: &ModelConfig,
+    k: usize,
+    rec: &Record,
+    plausible: Option<&[u8]>,
+    lm: &[f64],
+    proj: &[f64],
+    cs: &[f64],
+) -> f64 {
     let (h, eps, heads) = (c.hidden_size, c.rms_norm_eps as f64, c.num_heads);
     let (ids, targets, mask) = shifted(rec, h);
     let mut z = cell(p, AD0, &gc::to_f64(&rec.hidden_state_prenorm), &gather(lm, h, &ids), h, heads, eps);
@@ -195,7 +229,7 @@ fn clover_loss(p: &P64, c: &ModelConfig, k: usize, rec: &Record, lm: &[f64], pro
     let mut s = gc::rmsnorm(&z, get(p, CLOVER_NORM), eps);
     let pre = add_bias(gc::linear(&s, get(p, &format!("{HEAD0_FC}.weight")), h), get(p, &format!("{HEAD0_FC}.bias")));
     let f = gc::rmsnorm(&pre, get(p, HEAD_NORM), eps);
-    let mut total = head_loss(&f, &targets, &mask, proj, h, (10.0, 1.0), 1.0);
+    let mut total = head_loss(&f, &targets, &head_mask(&mask, plausible, 0), proj, h, (10.0, 1.0), 1.0);
     for i in 1..k {
         let rows = T - i;
         let e = gather(lm, h, &ids[i..]);
@@ -206,14 +240,16 @@ fn clover_loss(p: &P64, c: &ModelConfig, k: usize, rec: &Record, lm: &[f64], pro
         );
         let f = gc::rmsnorm(&pre, get(p, HEAD_NORM), eps);
         let decay = 0.7f64.powi(i as i32);
-        total += head_loss(&f, &rows_of(&targets, h, i..T), &mask[i..], proj, h, (10.0 * decay, decay), 1.0);
+        let mask_i = head_mask(&mask, plausible, i);
+        total += head_loss(&f, &rows_of(&targets, h, i..T), &mask_i, proj, h, (10.0 * decay, decay), 1.0);
     }
     total
 }
 
 /// Trains one pass and compares the loss and every parameter tensor's gradient (at sampled
-/// elements) with the f64 reference; with `draft_vocab`, the losses run over those tokens only.
-fn check(kind: DraftKind, seed: u64, draft_vocab: Option<Vec<u32>>) {
+/// elements) with the f64 reference; with `draft_vocab`, the losses run over those tokens only;
+/// with `plausible`, under that label mask.
+fn check(kind: DraftKind, seed: u64, draft_vocab: Option<Vec<u32>>, plausible: Option<Vec<u8>>) {
     let (model, lm, embed, dir) = tiny_base(&format!("{}-{seed}", kind.name()));
     let h = model.config.hidden_size;
     let (lm_rows, proj) = match draft_vocab {
@@ -237,11 +273,18 @@ fn check(kind: DraftKind, seed: u64, draft_vocab: Option<Vec<u32>>) {
         DraftKind::Clover2 => Box::new(CloverTrainee::new(&b, config.clone(), clover, weights)),
     };
     let rec = record(&mut rng, config.hidden_size);
-    let scales = head.loss_spec().batch_scales(&mask_sums(&rec.loss_mask, head.loss_spec().heads()));
+    let heads = head.loss_spec().heads();
+    let aligned = Aligned::new(&rec, h);
+    let aligned = match &plausible {
+        Some(ok) => aligned.with_label_mask(ok.clone()),
+        None => aligned,
+    };
+    let scales = head.loss_spec().batch_scales(&(0..heads).map(|i| aligned.mask_sum(i)).collect::<Vec<_>>());
     let mut noise = Rng::new(seed + 1);
     let mut noisy = rec.hidden_state.clone();
     add_noise(&mut noisy, T, &mut noise.clone());
-    let sums = head.pass(&b, &model, &proj, &rec, &scales, Mode::Train { noise: &mut noise }, &mut Timers::default());
+    let mode = Mode::Train { noise: &mut noise };
+    let sums = head.pass(&b, &model, &proj, &rec, &aligned, &scales, mode, &mut Timers::default());
     let loss32: f64 = sums.iter().map(|s| s.vloss + s.ploss).sum();
     let grads: Vec<Vec<f32>> = head.grads().into_iter().map(|g| g.clone()).collect();
     let grads = params.tensors(&b, &grads, "");
@@ -249,8 +292,8 @@ fn check(kind: DraftKind, seed: u64, draft_vocab: Option<Vec<u32>>) {
     let positions: Vec<u32> = (0..T as u32).collect();
     let cs = gc::to_f64(&Rope::plain(10000.0, config.head_dim).cos_sin(&positions));
     let loss = |p: &P64| match kind {
-        DraftKind::Eagle => eagle_loss(p, &config, &rec, &noisy, &embed, &lm_rows, &cs),
-        DraftKind::Clover2 => clover_loss(p, &config, clover.num_heads, &rec, &lm, &lm_rows, &cs),
+        DraftKind::Eagle => eagle_loss(p, &config, &rec, plausible.as_deref(), &noisy, &embed, &lm_rows, &cs),
+        DraftKind::Clover2 => clover_loss(p, &config, clover.num_heads, &rec, plausible.as_deref(), &lm, &lm_rows, &cs),
     };
     let mut p: P64 = tensors.iter().map(|(n, _, v)| (n.clone(), gc::to_f64(v))).collect();
     let loss64 = loss(&p);
@@ -282,18 +325,28 @@ fn check(kind: DraftKind, seed: u64, draft_vocab: Option<Vec<u32>>) {
 
 #[test]
 fn eagle_head_gradients_match_finite_differences() {
-    check(DraftKind::Eagle, 41, None);
+    check(DraftKind::Eagle, 41, None, None);
 }
 
 #[test]
 fn clover2_head_gradients_match_finite_differences() {
-    check(DraftKind::Clover2, 42, None);
+    check(DraftKind::Clover2, 42, None, None);
 }
 
 /// A draft vocabulary of 7 tokens (out of order): the teacher is renormalised over them.
 #[test]
 fn draft_vocabulary_gradients_match_finite_differences() {
     let ids = vec![9, 2, 14, 0, 5, 11, 3];
-    check(DraftKind::Eagle, 43, Some(ids.clone()));
-    check(DraftKind::Clover2, 44, Some(ids));
+    check(DraftKind::Eagle, 43, Some(ids.clone()), None);
+    check(DraftKind::Clover2, 44, Some(ids), None);
+}
+
+/// Under a label mask with x_3 implausible (position 2) the heads' masks part ways: head 0 keeps
+/// rows 1, 4, 5, head 1 rows 0, 3, 4, head 2 row 3, heads 3 and 4 none (their denominators are
+/// then 1), and every row reading x_3 drops out. The reference builds each head's mask itself.
+#[test]
+fn label_mask_gradients_match_finite_differences() {
+    let plausible = vec![1, 1, 0, 1, 1, 1, 1];
+    check(DraftKind::Eagle, 45, None, Some(plausible.clone()));
+    check(DraftKind::Clover2, 46, Some(vec![9, 2, 14, 0, 5, 11, 3]), Some(plausible));
 }

@@ -184,7 +184,7 @@ pub fn head_losses<B: Backend>(
         sums[i].rows = a.mask_sum(i);
         grads.push(d);
     }
-    let active: Vec<usize> = (0..a.len).filter(|&j| a.mask[j] != 0).collect();
+    let active: Vec<usize> = (0..a.len).filter(|&j| a.target_used(j, f.len())).collect();
     for chunk in active.chunks(LM_HEAD_ROWS) {
         let teacher_in = b.gather_rows(target, hidden, chunk);
         let mut teacher = b.zeros(chunk.len() * vocab);
@@ -194,9 +194,11 @@ pub fn head_losses<B: Backend>(
             Some(_) => argmax_rows(&base.project(&teacher_in, chunk.len()), base.config.vocab_size),
         });
         for (i, fi) in f.iter().enumerate() {
-            // Target rows j < i have no row in head i; they lead the (sorted) chunk.
-            let skip = chunk.iter().take_while(|&&j| j < i).count();
-            let rows: Vec<usize> = chunk[skip..].iter().map(|&j| j - i).collect();
+            // Head i learns the chunk's teacher rows j ≥ i (target rows j < i have no row in it)
+            // whose row j − i is masked in; without a label mask that is a tail of the chunk.
+            let learnt: Vec<usize> =
+                (0..chunk.len()).filter(|&k| chunk[k] >= i && a.row_mask(i, chunk[k] - i) != 0).collect();
+            let rows: Vec<usize> = learnt.iter().map(|&k| chunk[k] - i).collect();
             let n = rows.len();
             if n == 0 {
                 continue;
@@ -204,14 +206,20 @@ pub fn head_losses<B: Backend>(
             let x = b.gather_rows(fi, hidden, &rows);
             let mut logits = b.zeros(n * vocab);
             b.matmul(&x, n, lm_head, &mut logits);
-            let shifted = (skip > 0).then(|| b.slice_rows(&teacher, vocab, skip, n));
+            let first = learnt[0];
+            let teacher_i = if learnt[n - 1] - first + 1 == n {
+                (first > 0 || n < chunk.len()).then(|| b.slice_rows(&teacher, vocab, first, n))
+            } else {
+                Some(b.gather_rows(&teacher, vocab, &learnt))
+            };
             let mut d_logits = b.zeros(n * vocab);
             let weights = vec![scales[i].ploss; n];
             sums[i].ploss +=
-                b.soft_cross_entropy(&logits, shifted.as_ref().unwrap_or(&teacher), &weights, &mut d_logits) as f64;
+                b.soft_cross_entropy(&logits, teacher_i.as_ref().unwrap_or(&teacher), &weights, &mut d_logits) as f64;
             if let Some(want) = &teacher_top1 {
                 let token = |column: usize| lm.ids().map_or(column, |ids| ids[column] as usize);
-                for ((got, &w), &t) in top3_rows(&b.download(&logits), vocab).iter().zip(&want[skip..]).zip(&rows) {
+                let want = learnt.iter().map(|&k| want[k]);
+                for ((got, w), &t) in top3_rows(&b.download(&logits), vocab).iter().zip(want).zip(&rows) {
                     let rank = got.iter().position(|&g| g.is_some_and(|g| token(g) == w));
                     first_hit[i][t] = rank == Some(0);
                     sums[i].top1 += usize::from(first_hit[i][t]);

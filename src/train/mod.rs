@@ -2,7 +2,7 @@
 //! served in shuffled batches → `distill`, which trains a draft head on them.
 //!
 //! distill: `params` (trainable tensors) and `blocks` (their order per building block) →
-//! `align` (teacher forcing) → `eagle_train` / `clover_train` (forward and backward of a head,
+//! `align` (teacher forcing, with `label_mask` optionally) → `eagle_train` / `clover_train` (forward and backward of a head,
 //! behind `head::TrainHead`) → `losses` (lm_head losses in chunks) → `optim` (clipping, AdamW,
 //! schedule) → `distill` (the loop, with `batches`, `checkpoint`, `metrics` / `curves`, `timers`).
 
@@ -20,6 +20,7 @@ pub mod eagle_train;
 pub mod head;
 #[cfg(test)]
 mod head_gradcheck;
+pub mod label_mask;
 pub mod layout;
 pub mod loss_mask;
 pub mod losses;

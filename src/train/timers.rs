@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub enum Phase {
     /// Reading and widening records from the shards.
     Data,
+    /// The base model's plausibility of each next token, for the label mask (`--label-mask`).
+    LabelMask,
     /// The head's teacher-forced forward, up to its outputs f.
     Forward,
     /// lm_head projections of teacher and student rows, the losses and their input gradient.
@@ -23,12 +25,21 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] =
-        [Phase::Data, Phase::Forward, Phase::LmHead, Phase::Backward, Phase::Optimiser, Phase::Eval, Phase::Checkpoint];
+    pub const ALL: [Phase; 8] = [
+        Phase::Data,
+        Phase::LabelMask,
+        Phase::Forward,
+        Phase::LmHead,
+        Phase::Backward,
+        Phase::Optimiser,
+        Phase::Eval,
+        Phase::Checkpoint,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Phase::Data => "data",
+            Phase::LabelMask => "label mask",
             Phase::Forward => "forward",
             Phase::LmHead => "lm_head + losses",
             Phase::Backward => "backward",
@@ -41,7 +52,7 @@ impl Phase {
 
 #[derive(Clone, Debug, Default)]
 pub struct Timers {
-    totals: [Duration; 7],
+    totals: [Duration; Phase::ALL.len()],
 }
 
 impl Timers {

@@ -81,6 +81,7 @@ pub fn options(model: &Path, data: &Path, head: DraftKind, out: &Path, steps: u6
         seed: Some(5),
         draft_vocab: None,
         keep_draft_vocab: false,
+        label_mask: false,
         lr_scales: Vec::new(),
         init_scales: Vec::new(),
         loss_weights: None,

@@ -71,6 +71,9 @@ pub struct DistillOptions {
     /// instead of counting one on the data: fine-tuning a head on new data without changing
     /// which tokens it drafts.
     pub keep_draft_vocab: bool,
+    /// Count a training row only where every token it consumed is among the base model's top 8
+    /// and inside its top-p 0.8 nucleus (clover2.md §8's label mask; `train/label_mask.rs`).
+    pub label_mask: bool,
     /// Learning-rate factors by tensor-name prefix (empty: every parameter at the schedule's rate).
     pub lr_scales: Vec<TensorScale>,
     /// Factors the starting head's tensors are multiplied by, by tensor-name prefix (new runs).
@@ -108,6 +111,9 @@ pub struct DistillSummary {
     pub timers: Timers,
     pub last_eval: Option<MetricsLine>,
     pub parameters: usize,
+    /// Under `--label-mask`: per head, the training rows this invocation counted and those its
+    /// loss mask alone would have counted.
+    pub label_masked: Option<Vec<(u64, u64)>>,
 }
 
 impl DistillSummary {
@@ -115,10 +121,11 @@ impl DistillSummary {
     /// checkpoints).
     pub fn train_tokens_per_s(&self) -> f64 {
         let t = &self.timers;
-        let train: Duration = [Phase::Data, Phase::Forward, Phase::LmHead, Phase::Backward, Phase::Optimiser]
-            .iter()
-            .map(|&p| t.get(p))
-            .sum();
+        let train: Duration =
+            [Phase::Data, Phase::LabelMask, Phase::Forward, Phase::LmHead, Phase::Backward, Phase::Optimiser]
+                .iter()
+                .map(|&p| t.get(p))
+                .sum();
         self.tokens as f64 / train.as_secs_f64().max(1e-9)
     }
 }
@@ -240,6 +247,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         eval_set,
         metrics,
         timers: Timers::default(),
+        label_masked: None,
         weights_current: true,
     };
     r.train(started)

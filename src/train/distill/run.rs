@@ -10,10 +10,11 @@ use crate::draft::vocab::{DraftLmHead, DraftVocab};
 use crate::error::Result;
 use crate::model::Llama;
 use crate::rng::Rng;
-use crate::train::align::{mask_sums, truncate};
+use crate::train::align::{truncate, Aligned};
 use crate::train::batches::Batcher;
 use crate::train::checkpoint::{self, CheckpointFiles, CheckpointState, RunConfig, TrainState, EXP_AVG, EXP_AVG_SQ};
 use crate::train::head::{Mode, TrainHead};
+use crate::train::label_mask::plausible_positions;
 use crate::train::losses::HeadSums;
 use crate::train::metrics::{percents, MetricsLine, MetricsLog, HELDOUT, TRAIN};
 use crate::train::optim::Optimizer;
@@ -48,6 +49,8 @@ pub(super) struct Run<'a, B: Backend> {
     pub(super) eval_set: Vec<usize>,
     pub(super) metrics: MetricsLog,
     pub(super) timers: Timers,
+    /// Under `--label-mask`: per head, training rows counted and rows the loss mask alone counts.
+    pub(super) label_masked: Option<Vec<(u64, u64)>>,
     /// The trainee's weights are those of the parameters (no optimiser step since they were built).
     pub(super) weights_current: bool,
 }
@@ -83,6 +86,7 @@ impl<B: Backend> Run<'_, B> {
             timers: self.timers,
             last_eval,
             parameters: self.params.numel(),
+            label_masked: self.label_masked,
         })
     }
 
@@ -138,16 +142,29 @@ impl<B: Backend> Run<'_, B> {
         })
     }
 
+    /// A training record's alignment, under the label mask when the run has one.
+    fn align(&mut self, rec: &Record, heads: usize) -> Aligned {
+        let a = Aligned::new(rec, self.reader.hidden_size());
+        if !self.run.label_mask {
+            return a;
+        }
+        let base = self.base;
+        a.with_label_mask(self.timers.time(Phase::LabelMask, || plausible_positions(base, rec, heads)))
+    }
+
     fn train_step(&mut self) -> Result<MetricsLine> {
         let started = Instant::now();
         let (reader, max_len) = (self.reader, self.run.max_len);
         let batch = self.batcher.next_batch(|i| reader.tokens(i).min(max_len));
         let records = self.records(&batch);
         let heads = self.trainee.loss_spec().heads();
-        let mut masked = vec![0; heads];
-        for rec in &records {
-            for (m, n) in masked.iter_mut().zip(mask_sums(&rec.loss_mask, heads)) {
-                *m += n;
+        let aligned: Vec<Aligned> = records.iter().map(|rec| self.align(rec, heads)).collect();
+        let masked: Vec<usize> = (0..heads).map(|i| aligned.iter().map(|a| a.mask_sum(i)).sum()).collect();
+        if self.run.label_mask {
+            let counts = self.label_masked.get_or_insert_with(|| vec![(0, 0); heads]);
+            for (i, (kept, all)) in counts.iter_mut().enumerate() {
+                *kept += masked[i] as u64;
+                *all += aligned.iter().map(|a| a.loss_mask_sum(i)).sum::<usize>() as u64;
             }
         }
         let scales = self.trainee.loss_spec().batch_scales(&masked);
@@ -157,9 +174,9 @@ impl<B: Backend> Run<'_, B> {
             b.zero(g);
         }
         let mut sums = vec![HeadSums::default(); heads];
-        for rec in &records {
+        for (rec, a) in records.iter().zip(&aligned) {
             let mode = Mode::Train { noise: &mut self.rng };
-            let rec_sums = self.trainee.pass(b, self.base, &self.lm, rec, &scales, mode, &mut self.timers);
+            let rec_sums = self.trainee.pass(b, self.base, &self.lm, rec, a, &scales, mode, &mut self.timers);
             sums.iter_mut().zip(&rec_sums).for_each(|(s, r)| s.add(r));
         }
         let lr = self.run.schedule.lr_at(self.step + 1);
@@ -209,7 +226,9 @@ impl<B: Backend> Run<'_, B> {
             let mut rec = self.eval_reader.record(i);
             truncate(&mut rec, self.run.max_len, self.eval_reader.hidden_size());
             tokens += rec.len() as u64;
-            let rec_sums = self.trainee.pass(b, self.base, &self.lm, &rec, &scales, Mode::Eval, &mut scratch);
+            // Held-out rows are all counted, label mask or not: agreement on the data as it is.
+            let a = Aligned::new(&rec, self.eval_reader.hidden_size());
+            let rec_sums = self.trainee.pass(b, self.base, &self.lm, &rec, &a, &scales, Mode::Eval, &mut scratch);
             sums.iter_mut().zip(&rec_sums).for_each(|(s, r)| s.add(r));
         }
         let spec = self.trainee.loss_spec();

@@ -179,6 +179,7 @@ pub(super) fn resolve_run(
             data,
             draft_vocab: opts.draft_vocab,
             draft_vocab_kept: opts.keep_draft_vocab,
+            label_mask: opts.label_mask,
             lr_scales: opts.lr_scales.clone(),
             init_scales: opts.init_scales.clone(),
             loss_weights: opts.loss_weights,
@@ -238,6 +239,12 @@ pub(super) fn resolve_run(
         "draft_vocab_kept",
         opts.keep_draft_vocab.then(|| kept_name(true).to_string()),
         kept_name(stored.draft_vocab_kept).to_string(),
+    )?;
+    let mask_name = |on: bool| if on { "the label mask" } else { "no label mask" };
+    check(
+        "label_mask",
+        opts.label_mask.then(|| mask_name(true).to_string()),
+        mask_name(stored.label_mask).to_string(),
     )?;
     let scales_name = |s: &[TensorScale]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     let given_scales = (!opts.lr_scales.is_empty()).then(|| scales_name(&opts.lr_scales));

@@ -138,7 +138,7 @@ pub fn top_k_indices(logits: &[f32], k: usize) -> Vec<usize> {
 /// Weights below exp(−87) of the largest are 0 (vexp would clamp them to exp(−87)); NaN logits
 /// weigh 0. Shifting by the maximum keeps huge logits finite, and the `== max` case keeps ±inf
 /// rows from producing inf − inf. A sum of 0 (every logit NaN) is the caller's to handle.
-fn weights(logits: &[f32], t: f64) -> (Vec<f32>, f64) {
+pub(crate) fn weights(logits: &[f32], t: f64) -> (Vec<f32>, f64) {
     // NaN is never greater, so it is skipped; all NaN leaves −inf, and every weight 0.
     // Sixteen running maxima: one running maximum is a chain the compiler cannot reorder.
     let mut maxima = [f32::NEG_INFINITY; LANES];

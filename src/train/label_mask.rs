@@ -14,6 +14,7 @@
 
 use crate::backend::Backend;
 use crate::model::Llama;
+use crate::sampling::weights;
 use crate::train::losses::LM_HEAD_ROWS;
 use crate::train::shards::Record;
 
@@ -25,26 +26,24 @@ pub const TOP_P: f64 = 0.8;
 
 /// Whether `token` is among the `TOP_K` largest of `logits` (the earlier index first on ties, as
 /// the base model's greedy choice) and the softmax mass of the tokens ranked before it is below
-/// `TOP_P`.
+/// `TOP_P`. The rank comes first, by comparisons alone; only a token in the top `TOP_K` pays for
+/// the row's exponentials (`sampling::weights`: NaN logits weigh 0).
 pub fn plausible(logits: &[f32], token: usize) -> bool {
     let Some(&x) = logits.get(token) else { return false };
     if x.is_nan() {
         return false;
     }
-    let ahead = |k: usize, v: f32| v > x || (v == x && k < token);
-    let rank = logits.iter().enumerate().filter(|&(k, &v)| ahead(k, v)).count();
-    if rank >= TOP_K {
-        return false;
-    }
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    let (mut total, mut before) = (0.0f64, 0.0f64);
-    for (k, &v) in logits.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
-        let p = ((v - max) as f64).exp();
-        total += p;
-        if ahead(k, v) {
-            before += p;
+    let mut ahead = Vec::with_capacity(TOP_K);
+    for (k, &v) in logits.iter().enumerate() {
+        if v > x || (v == x && k < token) {
+            if ahead.len() + 1 == TOP_K {
+                return false;
+            }
+            ahead.push(k);
         }
     }
+    let (weights, total) = weights(logits, 1.0);
+    let before: f64 = ahead.iter().map(|&k| weights[k] as f64).sum();
     before < TOP_P * total
 }
 

@@ -15,6 +15,7 @@ pub mod rng;
 pub mod sampling;
 pub mod spec;
 pub mod train;
+pub mod vexp;
 pub mod weights;
 
 pub use error::{Error, Result};

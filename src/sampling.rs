@@ -5,8 +5,8 @@
 
 use std::cmp::Ordering;
 
-use crate::backend::cpu::vexp::{exp_lanes, LANES};
 use crate::rng::Rng;
+use crate::vexp::{exp_lanes, LANES};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplingParams {

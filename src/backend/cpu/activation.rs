@@ -5,7 +5,7 @@
 //! Every element goes through the same lane function (a ragged tail is padded), so an element's
 //! bits do not depend on where it sits in the buffer, nor on how many rows the call has.
 
-use super::vexp::{exp_lanes, LANES};
+use crate::vexp::{exp_lanes, LANES};
 
 /// σ(x) = 1 / (1 + e^(−x)) for 16 lanes. `exp_lanes` clamps its argument to [−87, 88], so below
 /// x = −87 σ is set to 0 (its true value is under 1.7e-38 there), which keeps silu(x) = x·σ(x) at

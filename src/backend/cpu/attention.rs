@@ -7,8 +7,8 @@ use super::kv::kv_write;
 #[cfg(test)]
 use super::matmul::dot_f32;
 use super::matmul::matmul_f32_serial;
-use super::vexp::{exp_lanes, LANES};
 use crate::backend::{AttnMask, AttnShape, KvLayout};
+use crate::vexp::{exp_lanes, LANES};
 
 /// Query rows per task: with the GQA group's heads, the query vectors that meet each key and
 /// value of one KV head together (24 for the default model's group of 3).

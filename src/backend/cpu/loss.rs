@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::vexp::{exp_lanes, sum_lanes, LANES};
+use crate::vexp::{exp_lanes, sum_lanes, LANES};
 
 /// Soft cross-entropy of the student logits z against the teacher distribution p = softmax(t) of
 /// the teacher logits, per row of width V = `logits.len() / rows`:

@@ -11,7 +11,6 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod rope;
-pub mod vexp;
 pub mod weight;
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! exp over 16 lanes at a time, written so the compiler vectorises it: the soft cross-entropy
 //! takes two exponentials per vocabulary entry (V = 49152) per row, and the scalar library `expf`
-//! made the loss cost a third as much as the lm_head GEMMs around it.
+//! made the loss cost a third as much as the lm_head GEMMs around it. The CPU backend's losses,
+//! attention and SwiGLU use it, and so does host-side sampling (`sampling.rs`), which the CPU
+//! backend calls in turn: it lives at the crate root so neither depends on the other for it.
 //!
 //! Cody–Waite range reduction x = n·ln2 + r (|r| ≤ ln2/2, ln2 split in two so n·ln2 is exact) and
 //! the degree-6 polynomial of the Cephes `expf`; 2ⁿ is built in the exponent bits. Relative error

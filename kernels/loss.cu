@@ -3,7 +3,7 @@
 // block handles one row, WRITES that row's gradient and stores w_r·loss_r in row_loss[r]; the host
 // sums row_loss (the CPU sums the rows in order, in f64).
 
-// The CPU's exp (cpu/vexp.rs) clamps its argument to [−87, 88], so e.g. a −inf logit contributes
+// The CPU's exp (src/vexp.rs) clamps its argument to [−87, 88], so e.g. a −inf logit contributes
 // exp(−87) ≈ 1.6e−38, not 0. Same clamp here (comparisons keep NaN, like Rust's clamp).
 __device__ __forceinline__ float clamped_exp(float x) {
     if (x < -87.0f) x = -87.0f;

@@ -515,7 +515,8 @@ fn label_mask_changes_training_not_the_heldout_rows_and_resume_keeps_it() {
         label_mask,
         ..options(&model, &data, kind, out, 5)
     };
-    distill(&resumed(&masked, false), CpuBackend).unwrap();
+    let continued = distill(&resumed(&masked, false), CpuBackend).unwrap();
+    assert!(continued.label_masked.is_some(), "the resumed run trains under the mask");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(newest_state(&masked)).unwrap()).unwrap();
     assert_eq!((state["state"]["step"].as_u64(), state["run"]["label_mask"].as_bool()), (Some(5), Some(true)));

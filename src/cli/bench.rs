@@ -112,6 +112,9 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
     if let Some(path) = a.json.as_ref().filter(|p| p.is_dir()) {
         return Err(Error::input(format!("--json {}: a folder; give the file to write", path.display())));
     }
+    if a.tree.recalibrate {
+        eprintln!("note: bench always calibrates --tree-budget auto afresh; --recalibrate is for generate and eval");
+    }
     let drafts = parse_drafts(&a.drafts, &a.tree)?;
     // A bad --tree fails before the model loads.
     a.tree.tree_spec()?;

@@ -343,10 +343,13 @@ fn draft_vocabulary_gradients_match_finite_differences() {
 
 /// Under a label mask with x_3 implausible (position 2) the heads' masks part ways: head 0 keeps
 /// rows 1, 4, 5, head 1 rows 0, 3, 4, head 2 row 3, heads 3 and 4 none (their denominators are
-/// then 1), and every row reading x_3 drops out. The reference builds each head's mask itself.
+/// then 1), and every row reading x_3 drops out. With x_4 implausible instead (position 3), head
+/// 1 learns the teacher rows 1, 2 and 5 of the active 1, 2, 4, 5: not a run of them, so its
+/// teacher rows are gathered. The reference builds each head's mask itself.
 #[test]
 fn label_mask_gradients_match_finite_differences() {
     let plausible = vec![1, 1, 0, 1, 1, 1, 1];
     check(DraftKind::Eagle, 45, None, Some(plausible.clone()));
     check(DraftKind::Clover2, 46, Some(vec![9, 2, 14, 0, 5, 11, 3]), Some(plausible));
+    check(DraftKind::Clover2, 47, None, Some(vec![1, 1, 1, 0, 1, 1, 1]));
 }

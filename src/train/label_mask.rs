@@ -8,9 +8,11 @@
 //! among its `TOP_K` most likely tokens at the position before it and inside its `TOP_P` nucleus
 //! (the cumulative product over depths of the spec's "true token ∈ base top-8 ∩ top-p 0.8").
 //!
-//! Which tokens are tested is this engine's reading of the spec's one line (*inferred*): the
-//! tokens a row consumes, the root included, since those are what inference conditions on; the
-//! distribution a head learns is the base's own anyway (soft labels).
+//! Which tokens are tested is this engine's reading of the spec's one line (*inferred*; the
+//! reference code was not at hand): the tokens a row consumes, the root included, since those
+//! are what inference conditions on; the distribution a head learns is the base's own anyway
+//! (soft labels). The option's name would also fit the tokens a row predicts, x_{t+2} ..=
+//! x_{t+2+i}: the same test one position later.
 
 use crate::backend::Backend;
 use crate::model::Llama;
@@ -21,7 +23,7 @@ use crate::train::shards::Record;
 /// The spec's thresholds: the true token must be among the base model's 8 most likely...
 pub const TOP_K: usize = 8;
 /// ...and inside its top-p 0.8 nucleus (the smallest set of most likely tokens whose mass reaches
-/// 0.8, the token that reaches it included, as clover2.md §11's boundary).
+/// 0.8, the token that reaches it included: clover2.md §11's boundary, compared exactly here).
 pub const TOP_P: f64 = 0.8;
 
 /// Whether `token` is among the `TOP_K` largest of `logits` (the earlier index first on ties, as
@@ -50,8 +52,8 @@ pub fn plausible(logits: &[f32], token: usize) -> bool {
 /// Per position p of `rec`, 1 where the next token x_{p+1} is plausible under the base model at
 /// p (its post-norm feature h_p projected through the full lm_head), else 0. Only positions a
 /// masked-in row of one of `heads` heads can read are projected: p within `heads − 1` positions
-/// before a position whose loss mask is set. The others, and the last position (no next token),
-/// are 0.
+/// before a position whose loss mask is set (so user turns cost nothing). The others, and the
+/// last position (no next token), are 0.
 pub fn plausible_positions<B: Backend>(base: &Llama<B>, rec: &Record, heads: usize) -> Vec<u8> {
     let (len, hidden, vocab) = (rec.len(), base.config.hidden_size, base.config.vocab_size);
     let b = &base.backend;
@@ -75,6 +77,53 @@ pub fn plausible_positions<B: Backend>(base: &Llama<B>, rec: &Record, heads: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::random::{tiny_llama_config, write_random_model};
+    use crate::rng::Rng;
+
+    /// Each position against a projection of its own feature row alone: entry p tests x_{p+1}
+    /// against lm_head(h_p); positions no masked-in row reads, and the last, are 0; records
+    /// shorter than the heads, of one position and of none work.
+    #[test]
+    fn positions_pair_each_feature_with_the_next_token() {
+        let dir = std::env::temp_dir().join(format!("clover-label-mask-{}", std::process::id()));
+        write_random_model(&dir, &tiny_llama_config(24), 5).unwrap();
+        let base = Llama::load(&dir, CpuBackend).unwrap();
+        let h = base.config.hidden_size;
+        let mut rng = Rng::new(9);
+        let record = |len: usize, loss_mask: Vec<u8>, rng: &mut Rng| Record {
+            index: 0,
+            input_ids: (0..len).map(|_| (rng.next_u64() % 24) as u32).collect(),
+            hidden_state: (0..len * h).map(|_| 3.0 * (2.0 * rng.uniform_f32() - 1.0)).collect(),
+            hidden_state_prenorm: vec![0.0; len * h],
+            loss_mask,
+        };
+        let (mut seen_plausible, mut seen_not) = (false, false);
+        for (len, heads, loss_mask) in [
+            (40, 3, (0..40).map(|p| u8::from(p >= 12 && p % 9 != 0)).collect::<Vec<_>>()),
+            (3, 5, vec![0, 1, 1]),
+            (1, 2, vec![1]),
+            (0, 2, vec![]),
+        ] {
+            let rec = record(len, loss_mask, &mut rng);
+            let got = plausible_positions(&base, &rec, heads);
+            assert_eq!(got.len(), len);
+            for p in 0..len {
+                let read = (p..(p + heads).min(len)).any(|q| rec.loss_mask[q] != 0);
+                let want = if p + 1 < len && read {
+                    let row = base.backend.upload(&rec.hidden_state[p * h..(p + 1) * h]);
+                    plausible(&base.project(&row, 1), rec.input_ids[p + 1] as usize)
+                } else {
+                    false
+                };
+                assert_eq!(got[p], want as u8, "length {len}, position {p}");
+                seen_plausible |= want;
+                seen_not |= p + 1 < len && read && !want;
+            }
+        }
+        assert!(seen_plausible && seen_not, "the record tests both outcomes");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Logits whose softmax is `probs` (up to rounding).
     fn logits_of(probs: &[f64]) -> Vec<f32> {

@@ -108,7 +108,7 @@ mod tests {
             let rec = record(len, loss_mask, &mut rng);
             let got = plausible_positions(&base, &rec, heads);
             assert_eq!(got.len(), len);
-            for p in 0..len {
+            for (p, &entry) in got.iter().enumerate() {
                 let read = (p..(p + heads).min(len)).any(|q| rec.loss_mask[q] != 0);
                 let want = if p + 1 < len && read {
                     let row = base.backend.upload(&rec.hidden_state[p * h..(p + 1) * h]);
@@ -116,7 +116,7 @@ mod tests {
                 } else {
                     false
                 };
-                assert_eq!(got[p], want as u8, "length {len}, position {p}");
+                assert_eq!(entry, want as u8, "length {len}, position {p}");
                 seen_plausible |= want;
                 seen_not |= p + 1 < len && read && !want;
             }

@@ -40,11 +40,11 @@ pub fn exp_lanes(x: [f32; LANES]) -> [f32; LANES] {
     out
 }
 
-/// The 16 lanes summed in a fixed order (pairwise), so a sum does not depend on anything but
-/// its inputs.
+/// The lanes (16 here, 8 in the scalar matmul kernel) summed in a fixed order (pairwise halves, N a
+/// power of two), so a sum does not depend on anything but its inputs.
 #[inline(always)]
-pub fn sum_lanes(mut v: [f32; LANES]) -> f32 {
-    let mut width = LANES / 2;
+pub fn sum_lanes<const N: usize>(mut v: [f32; N]) -> f32 {
+    let mut width = N / 2;
     while width > 0 {
         for i in 0..width {
             v[i] += v[i + width];

@@ -47,15 +47,8 @@ impl Simd for Scalar {
     }
 
     #[inline(always)]
-    unsafe fn sum(mut v: Self::V) -> f32 {
-        let mut half = LANES / 2;
-        while half > 0 {
-            for l in 0..half {
-                v[l] += v[l + half];
-            }
-            half /= 2;
-        }
-        v[0]
+    unsafe fn sum(v: Self::V) -> f32 {
+        crate::vexp::sum_lanes(v)
     }
 }
 

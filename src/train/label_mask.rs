@@ -12,7 +12,8 @@
 //! reference code was not at hand): the tokens a row consumes, the root included, since those
 //! are what inference conditions on; the distribution a head learns is the base's own anyway
 //! (soft labels). The option's name would also fit the tokens a row predicts, x_{t+2} ..=
-//! x_{t+2+i}: the same test one position later.
+//! x_{t+2+i}: the same test one position later, which trained no differently in a paired trial
+//! (docs/clover2-head0.md).
 
 use crate::backend::Backend;
 use crate::model::Llama;

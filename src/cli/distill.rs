@@ -79,8 +79,8 @@ pub struct DistillArgs {
     keep_draft_vocab: bool,
     /// Count a training row only where every token it consumed (teacher-forced from the data) is
     /// among the base model's 8 most likely and inside its top-p 0.8 nucleus: clover2.md §8's
-    /// label mask, off by default as in the reference. Costs one lm_head projection per position a row reads.
-    /// Held-out metrics still count every row. A resumed run keeps it.
+    /// label mask, off by default as in the reference. Costs one lm_head projection per position
+    /// a row reads. Held-out metrics still count every row. A resumed run keeps it.
     #[arg(long)]
     label_mask: bool,
     /// Train the parameters whose tensor names start with PREFIX at FACTOR times the learning

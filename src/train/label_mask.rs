@@ -64,10 +64,11 @@ pub fn plausible_positions<B: Backend>(base: &Llama<B>, rec: &Record, heads: usi
     if wanted.is_empty() {
         return out;
     }
-    let features = b.upload(&rec.hidden_state);
     for chunk in wanted.chunks(LM_HEAD_ROWS) {
-        let rows = b.gather_rows(&features, hidden, chunk);
-        let logits = base.project(&rows, chunk.len());
+        // Only the wanted rows go to the backend, not the whole record.
+        let features: Vec<f32> =
+            chunk.iter().flat_map(|&p| &rec.hidden_state[p * hidden..(p + 1) * hidden]).copied().collect();
+        let logits = base.project(&b.upload(&features), chunk.len());
         for (&p, row) in chunk.iter().zip(logits.chunks_exact(vocab)) {
             out[p] = plausible(row, rec.input_ids[p + 1] as usize) as u8;
         }

@@ -36,6 +36,12 @@ impl Phase {
         Phase::Checkpoint,
     ];
 
+    /// Whether the phase is part of training proper (not held-out evaluation or checkpoints): the
+    /// phases training tokens/s counts.
+    pub fn is_training(self) -> bool {
+        !matches!(self, Phase::Eval | Phase::Checkpoint)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Data => "data",

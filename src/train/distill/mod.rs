@@ -121,11 +121,7 @@ impl DistillSummary {
     /// checkpoints).
     pub fn train_tokens_per_s(&self) -> f64 {
         let t = &self.timers;
-        let train: Duration =
-            [Phase::Data, Phase::LabelMask, Phase::Forward, Phase::LmHead, Phase::Backward, Phase::Optimiser]
-                .iter()
-                .map(|&p| t.get(p))
-                .sum();
+        let train: Duration = Phase::ALL.iter().filter(|p| p.is_training()).map(|&p| t.get(p)).sum();
         self.tokens as f64 / train.as_secs_f64().max(1e-9)
     }
 }

@@ -177,6 +177,13 @@ fn cli_errors_name_the_file_and_field() {
         &["--data", "twice"],
     );
     assert!(!out.join("model.safetensors").exists(), "a failed run writes no head");
+    // Into a base model's folder: refused before anything is written, the model untouched.
+    let base_weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    fails_with(
+        &["distill", "--model", &s(&model), "--data", &s(&data), "--head", "eagle", "--out", &s(&model)],
+        &["config.json", "draft.kind", "not a draft head"],
+    );
+    assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), base_weights, "the base model was overwritten");
 
     // A short run through the command line reports its speed and where the time went.
     let ok = engine(&[&args[..], &["--steps", "2", "--eval-every", "2", "--batch-tokens", "64"]].concat());
@@ -210,6 +217,33 @@ fn cli_errors_name_the_file_and_field() {
     assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), before, "the base model was overwritten");
     let o = engine(&["export-head", "--from", &s(&out), "--out", &s(&shipped), "--dtype", "f32"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
+
+    // A checkpoint whose settings no run could start with (an edited state.json) is refused by
+    // its field on --resume, as the option would be on a new run; the head in --out is untouched.
+    let state = newest_state(&out);
+    let good = std::fs::read_to_string(&state).unwrap();
+    let head_before = std::fs::read(out.join("model.safetensors")).unwrap();
+    for (field, value) in [("batch_tokens", 0.0), ("max_len", 0.0), ("draft_vocab", 0.0), ("lr", -1.0)] {
+        let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let run = &mut json["run"];
+        match field {
+            "lr" => run["schedule"]["lr"] = value.into(),
+            _ => run[field] = (value as u64).into(),
+        }
+        std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
+        let needle = if field == "lr" { "run.schedule.lr".to_string() } else { format!("run.{field}") };
+        fails_with(&[&args[..], &["--resume", "--steps", "3"]].concat(), &["state.json", &needle]);
+        assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), head_before, "{field}");
+    }
+    std::fs::write(&state, good).unwrap();
+
+    // A diverging run stops at the first non-finite loss, before AdamW spreads it into the
+    // weights, and names the step.
+    let diverged = root.join("diverged");
+    let d = s(&diverged);
+    let lr =
+        ["--out", &d, "--lr", "1e30", "--warmup", "0", "--steps", "4", "--eval-every", "1", "--batch-tokens", "64"];
+    fails_with(&[&args[..7], &lr[..]].concat(), &["training loss", "diverged", "--lr"]);
 }
 
 /// `draft-vocab` counts the assistant tokens of the training split (the last 5% of records are

@@ -188,3 +188,20 @@ fn clover_tree_settings_out_of_range_are_refused_first() {
         assert!(o.stdout.is_empty(), "{flag}: text was generated before the error");
     }
 }
+
+/// A Qwen2 base's layers carry q/k/v biases; a head made for it by init-head must carry them
+/// too, or the loader (which follows the config's `model_type`) refuses it.
+#[test]
+fn init_head_on_a_qwen2_base_loads() {
+    let dir = common::temp_dir("qwen2-heads");
+    let base = dir.join("base");
+    let mut config = tiny_llama_config(64);
+    config["model_type"] = "qwen2".into();
+    write_random_model(&base, &config, 4).unwrap();
+    let model = Llama::load(&base, CpuBackend).unwrap();
+    assert!(model.config.qkv_bias);
+    init_head(DraftKind::Eagle, &base, &dir.join("eagle"), 0).unwrap();
+    EagleHead::load(&dir.join("eagle"), &model).unwrap();
+    init_head(DraftKind::Clover2, &base, &dir.join("clover2"), 0).unwrap();
+    clover_engine::draft::clover2::Clover2Head::load(&dir.join("clover2"), &model).unwrap();
+}

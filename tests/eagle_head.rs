@@ -99,3 +99,40 @@ fn drafts_match_a_direct_computation_of_the_spec() {
     assert_close(&logits2[v..2 * v], &run(&chain(&[(23, &f_root), (2, &f_b)])).1, "level 2, node 1");
     assert_close(&logits2[2 * v..], &run(&chain(&[(11, &f_root), (31, &f_a)])).1, "level 2, node 2");
 }
+
+/// eagle.md §2: fc has a bias unless the head's config says `"bias": false`; such a head drafts
+/// as the same head with a zero bias would, and the two ways of getting it wrong are named.
+#[test]
+fn config_without_an_fc_bias_drafts_as_a_zero_bias() {
+    let dir = common::temp_dir("eagle-no-bias");
+    let (base_dir, head_dir) = (dir.join("base"), dir.join("head"));
+    write_random_model(&base_dir, &tiny_llama_config(256), 5).unwrap();
+    init_head(DraftKind::Eagle, &base_dir, &head_dir, 1).unwrap();
+    rewrite_weights(&head_dir, |tensors| {
+        for (_, _, values) in tensors.iter_mut().filter(|(n, _, _)| n == "fc.bias") {
+            values.iter_mut().for_each(|v| *v = 0.0);
+        }
+    });
+    let model = Llama::load(&base_dir, CpuBackend).unwrap();
+    let zero_bias = common::draft_rows(&mut EagleHead::load(&head_dir, &model).unwrap(), &model);
+
+    let config_path = head_dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["bias"] = false.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = EagleHead::load(&head_dir, &model).err().expect("a bias the config denies").to_string();
+    assert!(err.contains("fc.bias") && err.contains("\"bias\": false"), "{err}");
+
+    rewrite_weights(&head_dir, |tensors| tensors.retain(|(n, _, _)| n != "fc.bias"));
+    let no_bias = common::draft_rows(&mut EagleHead::load(&head_dir, &model).unwrap(), &model);
+    assert_eq!(no_bias, zero_bias);
+
+    config["bias"] = serde_json::Value::Null;
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = EagleHead::load(&head_dir, &model).err().expect("the default is a bias").to_string();
+    assert!(err.contains("fc.bias"), "{err}");
+    config["bias"] = "no".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = EagleHead::load(&head_dir, &model).err().expect("not a bool").to_string();
+    assert!(err.contains("config.json") && err.contains("`bias`"), "{err}");
+}

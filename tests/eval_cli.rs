@@ -118,6 +118,24 @@ fn eval_answers_resumes_and_matches_across_methods() {
     common::assert_clean_error(&engine(&other), &["plain.jsonl", "max_new_tokens 6", "max_new_tokens 7"]);
     assert_eq!(std::fs::read(&plain).unwrap(), before, "a refused run touched the answers");
 
+    // --chat-template and --system reach the prompt: this template refuses a conversation that
+    // does not open with a system message; both are recorded in the answers' settings.
+    let template = dir.join("needs-system.jinja");
+    std::fs::write(
+        &template,
+        "{% if messages[0]['role'] != 'system' %}{{ raise_exception('no system message') }}{% endif %}\
+         <|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n<|im_start|>user\n{{ messages[1]['content'] }}\
+         <|im_end|>\n<|im_start|>assistant\n",
+    )
+    .unwrap();
+    let templated = dir.join("templated.jsonl");
+    let with_template = ["--chat-template", s(&template), "--max-turns", "1"];
+    let o = engine(&[&args(&templated).iter().map(String::as_str).collect::<Vec<_>>()[..], &with_template].concat());
+    common::assert_clean_error(&o, &["needs-system.jinja", "no system message", "question 81"]);
+    run(&[&with_template[..], &["--system", "Answer in French."]].concat(), &templated);
+    let settings = read_jsonl(&templated)[0]["settings"].as_str().unwrap().to_string();
+    assert!(settings.contains("needs-system.jinja") && settings.contains("Answer in French."), "{settings}");
+
     let head = dir.join("head");
     let o = engine(&["init-head", "--kind", "eagle", "--model", s(&model), "--out", s(&head)]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -150,6 +150,8 @@ fn resumed_run_is_byte_identical_and_records_hold_the_models_features() {
         end: None,
         max_len: 48,
         shard_tokens: 100,
+        chat_template: None,
+        system: None,
     };
     let first = gen_data(&opts, CpuBackend).unwrap();
     let shards = first.index.shards.len();
@@ -203,6 +205,9 @@ fn resumed_run_is_byte_identical_and_records_hold_the_models_features() {
     let err = gen_data(&GenDataOptions { max_len: 40, ..opts.clone() }, CpuBackend).err().expect("plan mismatch");
     let err = err.to_string();
     assert!(err.contains("index.json") && err.contains("field `max_len`") && err.contains("with 40"), "{err}");
+    let system = GenDataOptions { system: Some("Be brief.".into()), ..opts.clone() };
+    let err = gen_data(&system, CpuBackend).err().expect("another system message").to_string();
+    assert!(err.contains("field `system`") && err.contains("\"Be brief.\""), "{err}");
     // A folder whose run read the data file differently (an older gen-data) is refused too.
     let path = resumed.join("index.json");
     let index = std::fs::read_to_string(&path).unwrap();

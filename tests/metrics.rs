@@ -68,6 +68,36 @@ fn hand_computed_metrics() {
     assert_eq!((m.overall.speedup, m.compared_questions), (None, None));
 }
 
+/// Spec-Bench's answer files name the step counts `decoding_steps` and list every step of a
+/// question in one `accept_lengths` list: the same answers in that shape give the same numbers.
+#[test]
+fn spec_bench_shaped_answers_give_the_same_metrics() {
+    let text = std::fs::read_to_string(common::fixture("answers_small.jsonl")).unwrap();
+    let dir = common::temp_dir("spec-bench-answers");
+    let path = dir.join("spec_bench.jsonl");
+    let mut lines = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut a: serde_json::Value = serde_json::from_str(line).unwrap();
+        let c = &mut a["choices"][0];
+        let c = c.as_object_mut().unwrap();
+        let idxs = c.remove("idxs").unwrap();
+        c.insert("decoding_steps".into(), idxs);
+        let flat: Vec<serde_json::Value> =
+            c["accept_lengths"].as_array().unwrap().iter().flat_map(|t| t.as_array().unwrap().clone()).collect();
+        c.insert("accept_lengths".into(), flat.into());
+        lines.push(a.to_string());
+    }
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let reshaped = compute(&read_answers(&path).unwrap(), None);
+    let original = compute(&read_answers(&common::fixture("answers_small.jsonl")).unwrap(), None);
+    check(&reshaped.overall, 27.0 / 11.0, 31.0 / 7.0, 61.0 / 3.0, 31.0 / 1.75, None);
+    assert_eq!(reshaped.overall.acceptance_per_depth, original.overall.acceptance_per_depth);
+    // A flat list is checked entry by entry.
+    std::fs::write(&path, lines[0].replace("[3,2,4,1,3]", "[3,0,4,1,3]")).unwrap();
+    let err = read_answers(&path).unwrap_err().to_string();
+    assert!(err.contains("line 1") && err.contains("accept_lengths"), "{err}");
+}
+
 #[test]
 fn speedup_is_over_the_questions_both_files_answer() {
     let answers = read_answers(&common::fixture("answers_small.jsonl")).unwrap();

@@ -52,6 +52,8 @@ pub struct BenchArgs {
     steps: usize,
     #[command(flatten)]
     tree: TreeArgs,
+    #[command(flatten)]
+    template: super::ChatTemplateArg,
     /// 0 = greedy (then every head's output is checked against plain decoding).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -126,7 +128,8 @@ pub fn run<B: Backend + 'static>(a: BenchArgs, backend: B) -> Result<()> {
         (Some(_), Err(_)) if a.model.is_none() => None,
         (_, Err(e)) => return Err(e),
     };
-    let tokenizer = tokenizer_dir.as_deref().map(TextTokenizer::load).transpose()?;
+    let template = a.template.chat_template.as_deref();
+    let tokenizer = tokenizer_dir.as_deref().map(|dir| TextTokenizer::load_with_template(dir, template)).transpose()?;
     let tmp = TempDir(std::env::temp_dir().join(format!("clover-engine-bench-{}", std::process::id())));
     let base_dir = match (&a.random_weights, &tokenizer_dir) {
         (Some(config_path), _) => {
@@ -323,9 +326,9 @@ fn parse_drafts(spec: &str, tree: &TreeArgs) -> Result<Vec<DraftMethod>> {
                 let t = method.tree.get_or_insert_with(|| tree.clone());
                 match key {
                     "tree" => t.tree = Some(value.to_string()),
-                    "budget" => t.tree_budget = value.to_string(),
-                    "top_p" => t.tree_top_p = value.parse().map_err(|_| bad(format!("top_p `{value}`")))?,
-                    "ratio" => t.tree_ratio = value.parse().map_err(|_| bad(format!("ratio `{value}`")))?,
+                    "budget" => t.tree_budget = Some(value.to_string()),
+                    "top_p" => t.tree_top_p = Some(value.parse().map_err(|_| bad(format!("top_p `{value}`")))?),
+                    "ratio" => t.tree_ratio = Some(value.parse().map_err(|_| bad(format!("ratio `{value}`")))?),
                     "vocab" => method.vocab = Some(value.parse().map_err(bad)?),
                     "weights" => method.weights = Some(value.parse().map_err(bad)?),
                     other => {

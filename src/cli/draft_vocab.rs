@@ -5,6 +5,7 @@ use clap::Args;
 use clover_engine::draft::config::{declared_kind, read_json};
 use clover_engine::draft::vocab::DRAFT_VOCAB_FILE;
 use clover_engine::error::{Error, Result};
+use clover_engine::model::config::ModelConfig;
 use clover_engine::train::draft_vocab::build_draft_vocab;
 
 #[derive(Args)]
@@ -27,11 +28,8 @@ pub fn run(a: DraftVocabArgs) -> Result<()> {
     if declared_kind(&config).is_none() {
         return Err(Error::format(&config_path, "draft.kind", "not a draft head's config (no draft.kind)"));
     }
-    let vocab_size = config
-        .get("vocab_size")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| Error::format(&config_path, "vocab_size", "missing or not a number"))?
-        as usize;
+    // A head's config is its base model's with a draft block: read (and bound) it the same way.
+    let vocab_size = ModelConfig::from_json(&config, &config_path)?.vocab_size;
     if a.size == 0 {
         return Err(Error::input("--size must be at least 1"));
     }

@@ -5,7 +5,7 @@ use clap::Args;
 use clover_engine::backend::Backend;
 use clover_engine::draft::load_head_opts;
 use clover_engine::error::Result;
-use clover_engine::eval::answers::Answer;
+use clover_engine::eval::answers::{AcceptLengths, Answer};
 use clover_engine::eval::decoder::Decoder;
 use clover_engine::eval::harness::EvalRun;
 use clover_engine::eval::questions::{first_per_category, read_questions, select};
@@ -57,6 +57,11 @@ pub struct EvalArgs {
     /// Untimed runs of the first question before recording.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    #[command(flatten)]
+    template: super::ChatTemplateArg,
+    /// A system message opening every question's conversation (default: the template's own).
+    #[arg(long)]
+    system: Option<String>,
     /// The answers' model_id (default: the model folder's name and the method, e.g. SmolLM2-135M-Instruct-eagle).
     #[arg(long)]
     model_id: Option<String>,
@@ -78,7 +83,8 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     }
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, backend)?;
-    let tokenizer = TextTokenizer::load(&dir)?;
+    let tokenizer = TextTokenizer::load_with_template(&dir, a.template.chat_template.as_deref())?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir.join("config.json"))?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingParams::with_temperature(a.temperature),
@@ -99,7 +105,7 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     };
     let model_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let model_id = a.model_id.unwrap_or_else(|| format!("{model_name}-{}", decoder.name()));
-    let settings = format!(
+    let mut settings = format!(
         "temperature {}, max_new_tokens {}, max_length {}, seed {}, max_turns {}, {}",
         a.temperature,
         a.max_new_tokens,
@@ -108,6 +114,13 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
         a.max_turns.map_or("all".to_string(), |n| n.to_string()),
         decoder.describe()
     );
+    // Said only when given, so that answers made before these options existed still resume.
+    if let Some(file) = &a.template.chat_template {
+        settings.push_str(&format!(", chat template {}", file.display()));
+    }
+    if let Some(system) = &a.system {
+        settings.push_str(&format!(", system {system:?}"));
+    }
     let mut run = EvalRun {
         model: &model,
         tokenizer: &tokenizer,
@@ -117,6 +130,7 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
         model_id,
         settings,
         warmup: a.warmup,
+        system: a.system,
     };
     let total = questions.len();
     let mut written = 0;
@@ -136,7 +150,7 @@ fn progress_line(a: &Answer) -> String {
     let c = &a.choices[0];
     let tokens: usize = c.new_tokens.iter().sum();
     let secs: f64 = c.wall_time.iter().sum();
-    let lengths: Vec<usize> = c.accept_lengths.iter().flatten().flatten().copied().collect();
+    let lengths: Vec<usize> = c.accept_lengths.as_ref().map(AcceptLengths::steps).unwrap_or_default();
     let tau = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
     format!(
         "question {} ({}): {} turn{}, {tokens} tokens in {secs:.1} s ({:.1} tok/s), τ {tau:.2}",

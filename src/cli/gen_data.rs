@@ -30,6 +30,12 @@ pub struct GenDataArgs {
     /// Token budget of one shard (32768 tokens ≈ 76 MB for a hidden size of 576).
     #[arg(long, default_value_t = 32768)]
     shard_tokens: usize,
+    #[command(flatten)]
+    template: super::ChatTemplateArg,
+    /// A system message opening every conversation, in place of its own (the reference's
+    /// LLaMA-3 data uses a fixed one, clover2.md §7).
+    #[arg(long)]
+    system: Option<String>,
 }
 
 pub fn run<B: Backend + 'static>(a: GenDataArgs, backend: B) -> Result<()> {
@@ -55,6 +61,8 @@ pub fn run<B: Backend + 'static>(a: GenDataArgs, backend: B) -> Result<()> {
         end: a.end,
         max_len: a.max_len,
         shard_tokens: a.shard_tokens,
+        chat_template: a.template.chat_template,
+        system: a.system,
     };
     let s = gen_data(&opts, backend)?;
     let i = &s.index;

@@ -96,35 +96,78 @@ pub struct TreeArgs {
     /// the budget with the highest expected tokens/s, or plain decoding when that is expected to
     /// be fastest (the table of that choice is printed). When sampling (T > 0) it chooses among
     /// static trees drawn by sampling instead, whose drafts are accepted more often at T > 0.
-    #[arg(long, default_value = "25")]
-    pub tree_budget: String,
-    /// Per-parent cumulative probability of the clover tree.
-    #[arg(long, default_value_t = 0.95)]
-    pub tree_top_p: f32,
+    /// [default: 25]
+    // Options without clap defaults, so that one given with a tree it does not shape is noticed.
+    #[arg(long)]
+    pub tree_budget: Option<String>,
+    /// Per-parent cumulative probability of the clover tree [default: 0.95]
+    #[arg(long)]
+    pub tree_top_p: Option<f32>,
     /// The clover tree drops a child whose probability is below this fraction of its best
-    /// sibling's (clover2.md §11: 1/4; 0 keeps every child within top-p).
-    #[arg(long, default_value_t = 0.25)]
-    pub tree_ratio: f32,
+    /// sibling's (clover2.md §11: 1/4; 0 keeps every child within top-p) [default: 0.25]
+    #[arg(long)]
+    pub tree_ratio: Option<f32>,
     /// With `--tree-budget auto` in generate and eval: calibrate again instead of reusing the
     /// choice saved for this machine, model, head and settings (bench always calibrates).
     #[arg(long)]
     pub recalibrate: bool,
 }
 
+const DEFAULT_TREE_BUDGET: &str = "25";
+const DEFAULT_TREE_TOP_P: f32 = 0.95;
+const DEFAULT_TREE_RATIO: f32 = 0.25;
+
 impl TreeArgs {
     /// The tree named, or the default: `--tree-budget auto` plans with eagle2.
     pub fn tree_name(&self) -> &str {
-        self.tree.as_deref().unwrap_or(if self.tree_budget == "auto" { "eagle2" } else { "mc_sim_7b_63" })
+        self.tree.as_deref().unwrap_or(if self.budget_text() == "auto" { "eagle2" } else { "mc_sim_7b_63" })
+    }
+
+    fn budget_text(&self) -> &str {
+        self.tree_budget.as_deref().unwrap_or(DEFAULT_TREE_BUDGET)
+    }
+
+    fn top_p(&self) -> f32 {
+        self.tree_top_p.unwrap_or(DEFAULT_TREE_TOP_P)
+    }
+
+    fn ratio(&self) -> f32 {
+        self.tree_ratio.unwrap_or(DEFAULT_TREE_RATIO)
     }
 
     /// The budget given, or None for `auto`.
     fn budget(&self) -> Result<Option<usize>> {
-        if self.tree_budget == "auto" {
+        let text = self.budget_text();
+        if text == "auto" {
             return Ok(None);
         }
-        match self.tree_budget.parse::<usize>() {
+        match text.parse::<usize>() {
             Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(Error::input(format!("--tree-budget {}: expected a positive number or auto", self.tree_budget))),
+            _ => Err(Error::input(format!("--tree-budget {text}: expected a positive number or auto"))),
+        }
+    }
+
+    /// Tree options given that the chosen tree does not read: a static tree has its own size,
+    /// and only the clover tree has a top-p and a ratio. Said once, before decoding, rather than
+    /// silently ignored.
+    fn note_ignored_options(&self) {
+        let name = self.tree_name();
+        let is_static = name == "mc_sim_7b_63" || name.ends_with(".json");
+        let budget_ignored = is_static && self.tree_budget.as_deref().is_some_and(|b| b != "auto");
+        let mut ignored = Vec::new();
+        if budget_ignored {
+            ignored.push("--tree-budget");
+        }
+        if name != "clover" {
+            ignored.extend(self.tree_top_p.map(|_| "--tree-top-p"));
+            ignored.extend(self.tree_ratio.map(|_| "--tree-ratio"));
+        }
+        if !ignored.is_empty() {
+            eprintln!(
+                "note: {} ignored: --tree {name} does not use it (--tree-budget sizes the clover and eagle2 trees; \
+                 --tree-top-p and --tree-ratio shape the clover tree)",
+                ignored.join(", ")
+            );
         }
     }
 
@@ -135,8 +178,8 @@ impl TreeArgs {
         // Checked here, before anything is generated (the clover tree itself checks them only when
         // it first grows); the other trees do not use them, but a value out of range is a mistake
         // whichever tree it comes with.
-        checks::top_p("--tree-top-p", self.tree_top_p)?;
-        checks::require((0.0..=1.0).contains(&self.tree_ratio), "--tree-ratio", self.tree_ratio, "a value in [0, 1]")?;
+        checks::top_p("--tree-top-p", self.top_p())?;
+        checks::require((0.0..=1.0).contains(&self.ratio()), "--tree-ratio", self.ratio(), "a value in [0, 1]")?;
         if budget.is_none() && self.tree_name() != "eagle2" {
             return Err(Error::input(format!(
                 "--tree-budget auto plans with --tree eagle2 (greedy: the EAGLE-2 tree's budget; when \
@@ -149,8 +192,8 @@ impl TreeArgs {
             "mc_sim_7b_63" => Ok(TreeSpec::Static(StaticTree::mc_sim_7b_63())),
             "clover" => Ok(TreeSpec::Clover(CloverTreeParams {
                 budget,
-                top_p: self.tree_top_p,
-                ratio: self.tree_ratio,
+                top_p: self.top_p(),
+                ratio: self.ratio(),
                 ..CloverTreeParams::default()
             })),
             "eagle2" => Ok(TreeSpec::Eagle2(eagle2_tree(budget))),
@@ -174,6 +217,7 @@ impl TreeArgs {
         cfg: &GenerationConfig,
         key: impl FnOnce() -> PlanKey,
     ) -> Result<(TreeSpec, Option<String>)> {
+        self.note_ignored_options();
         if self.budget()?.is_some() {
             if self.recalibrate {
                 eprintln!("note: --recalibrate applies to --tree-budget auto only; ignored");
@@ -200,6 +244,7 @@ impl TreeArgs {
         cfg: &GenerationConfig,
     ) -> Result<(TreeSpec, Option<BudgetPlan>)> {
         let tree = self.tree_spec()?;
+        self.note_ignored_options();
         if self.budget()?.is_some() {
             return Ok((tree, None));
         }
@@ -223,6 +268,8 @@ pub struct GenerateArgs {
     /// A user message, wrapped in the model's chat template.
     #[arg(long)]
     chat: Option<String>,
+    #[command(flatten)]
+    template: super::ChatTemplateArg,
     /// System message for --chat (default: the template's own).
     // `requires = "chat"` is not enforced when --prompt satisfies the input group: a conflict is.
     #[arg(long, requires = "chat", conflicts_with = "prompt")]
@@ -251,7 +298,8 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     a.spec.check_tree()?;
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, backend)?;
-    let tokenizer = TextTokenizer::load(&dir)?;
+    let tokenizer = TextTokenizer::load_with_template(&dir, a.template.chat_template.as_deref())?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir.join("config.json"))?;
     let prompt = prompt_ids(&tokenizer, a.prompt.as_deref(), a.chat.as_deref(), a.system.as_deref())?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,

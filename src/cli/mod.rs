@@ -16,7 +16,7 @@ mod stream;
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use clover_engine::backend::cuda::{check_device, CudaBackend};
 use clover_engine::error::{Error, Result};
@@ -84,6 +84,16 @@ fn default_gpu() -> Option<CudaBackend> {
             None
         }
     }
+}
+
+/// `--chat-template`, for the commands that render chats.
+#[derive(Args, Clone, Default)]
+pub struct ChatTemplateArg {
+    /// A Jinja chat template file to render chats with instead of the model folder's own, e.g.
+    /// for a model that ships none: assets/chat-templates/vicuna.jinja is Vicuna's (FastChat's
+    /// vicuna_v1.1, as the EAGLE, Clover-2 and Spec-Bench evaluations prompt it).
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Parser)]

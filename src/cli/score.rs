@@ -18,6 +18,8 @@ pub struct ScoreArgs {
     /// Score the text as one user turn in the model's chat template.
     #[arg(long)]
     chat: bool,
+    #[command(flatten)]
+    template: super::ChatTemplateArg,
     /// Write `logits` (f32 [T, V]; row t = distribution of token t+1) and `token_ids` ([T]).
     #[arg(long)]
     logits_out: Option<PathBuf>,
@@ -27,7 +29,8 @@ pub fn run<B: Backend + 'static>(a: ScoreArgs, backend: B) -> Result<()> {
     let dir = super::model_dir(a.model)?;
     let text = std::fs::read_to_string(&a.text_file).map_err(|e| Error::io(&a.text_file, e))?;
     let model = Llama::load(&dir, backend)?;
-    let tokenizer = TextTokenizer::load(&dir)?;
+    let tokenizer = TextTokenizer::load_with_template(&dir, a.template.chat_template.as_deref())?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir.join("config.json"))?;
     let ids = if a.chat {
         tokenizer.encode(&tokenizer.render_chat(&[ChatMessage::new("user", &text)], false)?, false)?
     } else {

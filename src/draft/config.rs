@@ -40,6 +40,20 @@ pub fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::format(path, "(json)", e.to_string()))
 }
 
+/// Refuses to write a head into `out` when it holds a model that is not a draft head (a base
+/// model, say): its config and weights would be replaced. Over a head, writing updates it.
+pub fn check_head_out(out: &Path) -> Result<()> {
+    let config = out.join("config.json");
+    if config.exists() && declared_kind(&read_json(&config)?).is_none() {
+        return Err(Error::format(
+            &config,
+            "draft.kind",
+            "--out holds a model that is not a draft head: give an empty folder or a head's folder",
+        ));
+    }
+    Ok(())
+}
+
 /// The head's kind from `draft.kind`, if the config names one.
 pub fn declared_kind(json: &Value) -> Option<&str> {
     json.get("draft").and_then(|d| d.get("kind")).and_then(Value::as_str)

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::layer::{DecoderLayer, Rope};
 use crate::model::{ForwardOutput, KvCache, Llama, Logits, ModelConfig};
 use crate::weights::safetensors::SafetensorsFiles;
+use crate::weights::HostTensor;
 
 /// EAGLE's layer has no depth limit of its own; this bounds the per-step tree entries.
 pub const EAGLE_MAX_DEPTH: usize = 16;
@@ -68,12 +69,19 @@ impl<B: Backend> EagleHead<B> {
                 format!("{}: an EAGLE-1 head has one decoder layer", config.num_layers),
             ));
         }
-        let head = Self::from_files(config, &files, base)?;
+        // eagle.md §2: fc has a bias unless the config says `"bias": false` (the reference's
+        // default is true, and EAGLE-1's released configs do not name it).
+        let fc_bias = match json.get("bias") {
+            None | Some(serde_json::Value::Null) => true,
+            Some(v) => v.as_bool().ok_or_else(|| Error::format(&config_path, "bias", "expected true or false"))?,
+        };
+        let head = Self::from_files(config, &files, base, fc_bias)?;
         refuse_unused_layers(&files, &config_path, "num_hidden_layers", 1)?;
         Ok(head)
     }
 
-    pub fn from_files(config: ModelConfig, files: &SafetensorsFiles, base: &Llama<B>) -> Result<Self> {
+    /// `fc_bias`: the checkpoint has `fc.bias` (without it, fc adds nothing).
+    pub fn from_files(config: ModelConfig, files: &SafetensorsFiles, base: &Llama<B>, fc_bias: bool) -> Result<Self> {
         let b = &base.backend;
         let h = config.hidden_size;
         let embed = if files.contains("embed_tokens.weight") {
@@ -83,13 +91,25 @@ impl<B: Backend> EagleHead<B> {
         };
         let fc = files.get("fc.weight", &[h, 2 * h])?;
         let (fc_embed, fc_feature) = split_columns(&fc, h);
-        let fc_bias = b.weight(files.get("fc.bias", &[h])?)?;
+        let fc_bias = match fc_bias {
+            true => b.weight(files.get("fc.bias", &[h])?)?,
+            false if files.contains("fc.bias") => {
+                return Err(Error::format(
+                    files.path_of("fc.bias").unwrap_or(files.first_path()),
+                    "fc.bias",
+                    "the head's config.json says \"bias\": false, but the weights hold an fc bias",
+                ))
+            }
+            false => b.weight(HostTensor::from_f32("fc.bias (none)", vec![h], &vec![0.0; h]))?,
+        };
         let mut bytes = 0;
         let layer =
             DecoderLayer::load(b, files, "layers.0", config.layer_dims(), config.rms_norm_eps, false, &mut bytes)?;
         let layout = KvLayout {
             n_kv_heads: config.num_kv_heads,
-            capacity: config.max_position_embeddings.max(base.config.max_position_embeddings) + TREE_SLOTS,
+            // One pair per committed base position, plus the tree being drafted: the base's
+            // context bounds it, whatever the head's own config says.
+            capacity: base.config.max_position_embeddings + TREE_SLOTS,
             head_dim: config.head_dim,
         };
         Ok(EagleHead {

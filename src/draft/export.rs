@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use crate::draft::config::{declared_kind, read_json};
-use crate::draft::vocab::DRAFT_VOCAB_FILE;
+use crate::draft::config::{check_head_out, declared_kind, read_json};
+use crate::draft::vocab::{DraftVocab, DRAFT_VOCAB_FILE};
 use crate::error::{Error, Result};
 use crate::weights::safetensors::SafetensorsFiles;
 use crate::weights::{write_safetensors, DType};
@@ -33,15 +33,7 @@ pub fn export_head(from: &Path, out: &Path, dtype: DType) -> Result<usize> {
     if out.canonicalize().ok().is_some_and(|o| from.canonicalize().ok() == Some(o)) {
         return Err(Error::input(format!("--out {} is the folder being exported", out.display())));
     }
-    let out_config = out.join("config.json");
-    if out_config.exists() && declared_kind(&read_json(&out_config)?).is_none() {
-        // Exporting over a head updates it; over anything else (a base model) it would destroy it.
-        return Err(Error::format(
-            &out_config,
-            "draft.kind",
-            "--out holds a model that is not a draft head: give an empty folder or a head's folder",
-        ));
-    }
+    check_head_out(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_safetensors(&out.join("model.safetensors"), &tensors, dtype)?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::input(e.to_string()))?;
@@ -50,9 +42,8 @@ pub fn export_head(from: &Path, out: &Path, dtype: DType) -> Result<usize> {
     if vocab_path.exists() {
         let bytes = std::fs::read(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
         crate::fsutil::write_atomically(&out.join(DRAFT_VOCAB_FILE), &bytes)?;
-    } else if out.join(DRAFT_VOCAB_FILE).exists() {
-        // A list left by an earlier export would change what the new head drafts over.
-        std::fs::remove_file(out.join(DRAFT_VOCAB_FILE)).map_err(|e| Error::io(out, e))?;
+    } else {
+        DraftVocab::remove(out)?;
     }
     Ok(tensors.len())
 }

@@ -40,6 +40,15 @@ pub fn decoder_layer(rng: &mut Rng, c: &ModelConfig, prefix: &str, input_norm: b
         t.push((format!("{prefix}.{name}.weight"), vec![out, fan_in], linear_default(rng, out, fan_in)));
     }
     t.push((format!("{prefix}.post_attention_layernorm.weight"), vec![h], vec![1.0; h]));
+    // Qwen2's layers (and any config with `attention_bias`) carry q/k/v biases, which the head's
+    // loader then requires. Drawn last, so a bias-free head's draws are unchanged.
+    if c.qkv_bias {
+        let bound = 1.0 / (h as f32).sqrt();
+        for (name, out) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            let values = (0..out).map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound).collect();
+            t.push((format!("{prefix}.self_attn.{name}.bias"), vec![out], values));
+        }
+    }
     t
 }
 

@@ -97,6 +97,16 @@ impl DraftVocab {
             .map_err(|e| Error::input(e.to_string()))?;
         crate::fsutil::write_atomically(&dir.join(DRAFT_VOCAB_FILE), text.as_bytes())
     }
+
+    /// Removes `dir/draft_vocab.json` if there is one: a head written into `dir` without a list
+    /// must not draft over the list an earlier head left there.
+    pub fn remove(dir: &Path) -> Result<()> {
+        let path = dir.join(DRAFT_VOCAB_FILE);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The projection a head drafts through: the base lm_head, or its rows for a draft vocabulary.

@@ -38,17 +38,43 @@ pub struct Choice {
     pub index: usize,
     /// One answer text per turn.
     pub turns: Vec<String>,
-    /// Per turn: verification (or decode) steps − 1, the reference's loop index at exit.
+    /// Per turn: verification (or decode) steps − 1, the reference's loop index at exit
+    /// (Spec-Bench calls it `decoding_steps`).
+    #[serde(alias = "decoding_steps")]
     pub idxs: Vec<usize>,
     /// Per turn: tokens generated, counted exactly.
     pub new_tokens: Vec<usize>,
     /// Per turn: seconds around the whole generate call, prefill included.
     pub wall_time: Vec<f64>,
-    /// Per turn, per step: tokens committed (accepted drafts + 1). Baseline files made by the
-    /// reference scripts lack it.
+    /// Per step: tokens committed (accepted drafts + 1). Baseline files made by the reference
+    /// scripts lack it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_lengths: Option<Vec<Vec<usize>>>,
+    pub accept_lengths: Option<AcceptLengths>,
 }
+
+/// This engine's and EAGLE's files list each turn's steps apart; Spec-Bench's list every step
+/// of the question in one list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AcceptLengths {
+    PerTurn(Vec<Vec<usize>>),
+    AllTurns(Vec<usize>),
+}
+
+impl AcceptLengths {
+    /// Every step's accept length, turn after turn.
+    pub fn steps(&self) -> Vec<usize> {
+        match self {
+            AcceptLengths::PerTurn(turns) => turns.concat(),
+            AcceptLengths::AllTurns(steps) => steps.clone(),
+        }
+    }
+}
+
+/// Bounds far above any real answer, so that a corrupt file is refused instead of making
+/// `metrics` allocate per depth or overflow its sums.
+const MAX_ACCEPT_LENGTH: usize = 1 << 10;
+const MAX_TURN_TOKENS: usize = u32::MAX as usize;
 
 /// Every answer of `path`, checked: one choice at least, per-turn lists of equal length, finite
 /// times with a positive sum, each question once.
@@ -81,16 +107,31 @@ fn check(a: &Answer) -> std::result::Result<(), String> {
         return Err("`turns` is empty".into());
     }
     let lens = [c.idxs.len(), c.new_tokens.len(), c.wall_time.len()];
-    if lens.iter().any(|&l| l != n) || c.accept_lengths.as_ref().is_some_and(|al| al.len() != n) {
+    // An empty list reads as per-turn lists, but says only that no step was recorded.
+    let per_turn = match &c.accept_lengths {
+        Some(AcceptLengths::PerTurn(turns)) if !turns.is_empty() => Some(turns),
+        _ => None,
+    };
+    if lens.iter().any(|&l| l != n) || per_turn.is_some_and(|al| al.len() != n) {
         return Err(format!(
             "`turns` has {n} entries but `idxs`, `new_tokens`, `wall_time` or `accept_lengths` differ"
         ));
     }
+    if let Some(&many) = c.new_tokens.iter().chain(&c.idxs).find(|&&v| v > MAX_TURN_TOKENS) {
+        return Err(format!("`new_tokens` or `idxs` holds {many}: more than any context (at most {MAX_TURN_TOKENS})"));
+    }
     if c.wall_time.iter().any(|t| !t.is_finite() || *t < 0.0) || c.wall_time.iter().sum::<f64>() <= 0.0 {
         return Err("`wall_time` must be finite, non-negative and not all zero".into());
     }
-    for (t, (steps, &tokens)) in c.accept_lengths.iter().flatten().zip(&c.new_tokens).enumerate() {
-        check_steps(steps, tokens).map_err(|e| format!("turn {}: {e}", t + 1))?;
+    if let Some(turns) = per_turn {
+        for (t, (steps, &tokens)) in turns.iter().zip(&c.new_tokens).enumerate() {
+            check_steps(steps, tokens).map_err(|e| format!("turn {}: {e}", t + 1))?;
+        }
+    }
+    // Spec-Bench's turns cannot be told apart (and its `new_tokens` count Σ (a + 1)): each length
+    // is checked alone.
+    if let Some(AcceptLengths::AllTurns(steps)) = &c.accept_lengths {
+        check_lengths(steps)?;
     }
     Ok(())
 }
@@ -99,9 +140,7 @@ fn check(a: &Answer) -> std::result::Result<(), String> {
 /// forward, every step commits at least one, and only the last step may be cut short (by the
 /// token limit or a stop token), so the last step kept between 1 and all of its tokens.
 fn check_steps(steps: &[usize], new_tokens: usize) -> std::result::Result<(), String> {
-    if steps.contains(&0) {
-        return Err("an `accept_lengths` entry is 0 (a step commits at least one token)".into());
-    }
+    check_lengths(steps)?;
     let Some((&last, before)) = steps.split_last() else {
         return match new_tokens {
             0 | 1 => Ok(()),
@@ -113,6 +152,19 @@ fn check_steps(steps: &[usize], new_tokens: usize) -> std::result::Result<(), St
         return Err(format!(
             "`accept_lengths` (sum {}) do not add up to {new_tokens} `new_tokens` (the first token, then each step's)",
             steps.iter().sum::<usize>()
+        ));
+    }
+    Ok(())
+}
+
+/// Each step commits at least one token, and no more than any tree is deep.
+fn check_lengths(steps: &[usize]) -> std::result::Result<(), String> {
+    if steps.contains(&0) {
+        return Err("an `accept_lengths` entry is 0 (a step commits at least one token)".into());
+    }
+    if let Some(&long) = steps.iter().find(|&&l| l > MAX_ACCEPT_LENGTH) {
+        return Err(format!(
+            "an `accept_lengths` entry is {long}: no draft tree is that deep (at most {MAX_ACCEPT_LENGTH})"
         ));
     }
     Ok(())
@@ -144,7 +196,10 @@ mod tests {
         assert!(check_steps(&[3, 1, 2], 7).is_ok());
         assert!(check_steps(&[3, 1, 2], 6).is_ok());
         assert!(check_steps(&[], 1).is_ok());
-        for (steps, tokens) in [(&[3, 1, 2][..], 8), (&[3, 1, 2], 5), (&[3, 0, 2], 6), (&[], 4)] {
+        // The last step may hold more than it kept, but not more than any tree's depth.
+        assert!(check_steps(&[1, 1024], 3).is_ok());
+        let huge = [1, 1 << 60];
+        for (steps, tokens) in [(&[3, 1, 2][..], 8), (&[3, 1, 2], 5), (&[3, 0, 2], 6), (&[], 4), (&huge, 3)] {
             assert!(check_steps(steps, tokens).is_err(), "{steps:?} for {tokens} tokens");
         }
     }

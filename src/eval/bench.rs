@@ -67,12 +67,14 @@ pub fn run<B: Backend>(
         return Err(Error::input("bench: nothing to measure (no method or no prompt)"));
     }
     let mut runs: Vec<Vec<Decoded>> = methods.iter().map(|_| Vec::with_capacity(prompts.len())).collect();
+    // Which prompt failed (an over-long one, say) and under which method.
+    let failed = |i: usize, m: &Method<B>, e: Error| Error::input(format!("prompt {} ({}): {e}", i + 1, m.label));
     for m in methods.iter_mut() {
-        m.decoder.decode(model, &prompts[0], cfg)?;
+        m.decoder.decode(model, &prompts[0], cfg).map_err(|e| failed(0, m, e))?;
     }
     for (i, prompt) in prompts.iter().enumerate() {
         for (m, out) in methods.iter_mut().zip(&mut runs) {
-            out.push(m.decoder.decode(model, prompt, cfg)?);
+            out.push(m.decoder.decode(model, prompt, cfg).map_err(|e| failed(i, m, e))?);
         }
         on_prompt(i);
     }

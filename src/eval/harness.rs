@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::eval::answers::{append_answer, read_answers, Answer, Choice};
+use crate::eval::answers::{append_answer, read_answers, AcceptLengths, Answer, Choice};
 use crate::eval::decoder::Decoder;
 use crate::eval::questions::Question;
 use crate::model::{ChatMessage, Llama, TextTokenizer};
@@ -27,6 +27,8 @@ pub struct EvalRun<'a, B: Backend> {
     pub settings: String,
     /// Untimed runs of the first question before any answer is recorded.
     pub warmup: usize,
+    /// A system message opening every conversation (`--system`).
+    pub system: Option<String>,
 }
 
 impl<B: Backend> EvalRun<'_, B> {
@@ -77,10 +79,22 @@ impl<B: Backend> EvalRun<'_, B> {
             accept_lengths: None,
         };
         let mut accept_lengths = Vec::with_capacity(n);
-        let mut messages = Vec::new();
+        let mut messages: Vec<ChatMessage> = self.system.iter().map(|s| ChatMessage::new("system", s)).collect();
         for (t, turn) in q.turns.iter().enumerate() {
             messages.push(ChatMessage::new("user", turn));
-            let prompt = self.tokenizer.encode(&self.tokenizer.render_chat(&messages, true)?, false)?;
+            // Which question failed (an over-long one, a template that refuses it) is what the
+            // user needs to skip it.
+            let at = |e: Error| {
+                Error::input(format!(
+                    "question {} (turn {}): {e}; the answers before it are kept, and --question-begin / \
+                     --question-end can leave it out",
+                    q.question_id,
+                    t + 1
+                ))
+            };
+            let prompt =
+                self.tokenizer.render_chat(&messages, true).and_then(|text| self.tokenizer.encode(&text, false));
+            let prompt = prompt.map_err(&at)?;
             // The reference stops a turn past its length limit; here the limit caps the new
             // tokens, so an answer ends exactly there (and a prompt already past it gets one).
             let room = self.max_length.saturating_sub(prompt.len()).max(1);
@@ -89,7 +103,7 @@ impl<B: Backend> EvalRun<'_, B> {
                 max_new_tokens: self.cfg.max_new_tokens.min(room),
                 ..self.cfg.clone()
             };
-            let d = self.decoder.decode(self.model, &prompt, &cfg)?;
+            let d = self.decoder.decode(self.model, &prompt, &cfg).map_err(&at)?;
             let text_ids = match d.ids.split_last() {
                 Some((last, rest)) if cfg.stop_ids.contains(last) => rest,
                 _ => &d.ids[..],
@@ -102,7 +116,7 @@ impl<B: Backend> EvalRun<'_, B> {
             choice.wall_time.push(d.wall_secs);
             accept_lengths.push(d.steps.iter().map(|s| s.committed).collect());
         }
-        choice.accept_lengths = Some(accept_lengths);
+        choice.accept_lengths = Some(AcceptLengths::PerTurn(accept_lengths));
         Ok(Answer {
             question_id: q.question_id,
             category: q.category.clone(),

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::eval::answers::Answer;
+use crate::eval::answers::{AcceptLengths, Answer};
 
 const MT_BENCH_CATEGORIES: [&str; 8] =
     ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"];
@@ -75,7 +75,7 @@ fn group(category: &str, answers: &[&Answer], baseline: Option<&HashMap<u64, &An
     let idxs: usize = choices.iter().flat_map(|c| &c.idxs).sum();
     let lengths: Option<Vec<usize>> = choices
         .iter()
-        .map(|c| c.accept_lengths.as_ref().map(|turns| turns.iter().flatten().copied().collect::<Vec<_>>()))
+        .map(|c| c.accept_lengths.as_ref().map(AcceptLengths::steps))
         .collect::<Option<Vec<_>>>()
         .map(|per_answer| per_answer.concat());
     let steps = lengths.as_ref().map(Vec::len);

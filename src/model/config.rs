@@ -7,6 +7,15 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::layer::LayerDims;
 
+/// Bounds on a config's sizes, far above any released model's (Llama-3-405B: hidden 16,384,
+/// Gemma's vocabulary 256,000, Qwen2.5-1M's context 1,010,000), so that a corrupt file is refused
+/// by name instead of aborting in the allocator.
+const MAX_HIDDEN: usize = 1 << 16;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_POSITIONS: usize = 1 << 24;
+const MAX_HEAD_DIM: usize = 1 << 10;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
     Llama,
@@ -77,11 +86,7 @@ impl ModelConfig {
             ));
         }
         let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
-        let eos_token_ids = match json.get("eos_token_id") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
-            Some(v) => vec![v.as_u64().ok_or_else(|| Error::format(path, "eos_token_id", "not an integer"))? as u32],
-        };
+        let eos_token_ids = token_ids(json, "eos_token_id", path)?;
         // What the engine runs is fixed; a config asking for something else is refused rather
         // than run as if it had not asked.
         if let Some(act) = json.get("hidden_act").filter(|v| !v.is_null()) {
@@ -114,13 +119,37 @@ impl ModelConfig {
             }
         }
         let vocab_size = f.usize("vocab_size")?;
-        let bos_token_id = f.opt_usize("bos_token_id")?.map(|v| v as u32);
+        let intermediate_size = f.usize("intermediate_size")?;
+        let num_layers = f.usize("num_hidden_layers")?;
+        // Sizes are checked before anything is allocated from them: a zero would divide by zero
+        // or chunk by zero deep in a kernel, an absurd one would abort in the allocator.
+        let sizes = [
+            ("hidden_size", hidden_size, MAX_HIDDEN),
+            ("intermediate_size", intermediate_size, MAX_HIDDEN * 16),
+            ("num_hidden_layers", num_layers, MAX_LAYERS),
+            ("vocab_size", vocab_size, MAX_VOCAB),
+            ("max_position_embeddings", max_position_embeddings, MAX_POSITIONS),
+        ];
+        for (field, value, max) in sizes {
+            if value == 0 || value > max {
+                return Err(Error::format(path, field, format!("{value}: expected a size from 1 to {max}")));
+            }
+        }
+        // RoPE rotates pairs of lanes: an odd head size has no rotation to apply.
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
+            return Err(Error::format(
+                path,
+                "head_dim",
+                format!("{head_dim}: expected an even number from 2 to {MAX_HEAD_DIM}"),
+            ));
+        }
+        let bos_token_id = f.opt_usize("bos_token_id")?;
         let special = bos_token_id
             .iter()
-            .map(|&id| ("bos_token_id", id))
+            .map(|&id| ("bos_token_id", id as u64))
             .chain(eos_token_ids.iter().map(|&id| ("eos_token_id", id)));
         for (field, id) in special {
-            if id as usize >= vocab_size {
+            if id >= vocab_size as u64 {
                 return Err(Error::format(
                     path,
                     field,
@@ -131,8 +160,8 @@ impl ModelConfig {
         Ok(ModelConfig {
             architecture,
             hidden_size,
-            intermediate_size: f.usize("intermediate_size")?,
-            num_layers: f.usize("num_hidden_layers")?,
+            intermediate_size,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -144,9 +173,36 @@ impl ModelConfig {
             tie_word_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias: architecture == Architecture::Qwen2
                 || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
-            bos_token_id,
-            eos_token_ids,
+            // In range of the vocabulary, so of u32.
+            bos_token_id: bos_token_id.map(|id| id as u32),
+            eos_token_ids: eos_token_ids.into_iter().map(|id| id as u32).collect(),
         })
+    }
+
+    /// Adds the stop tokens of `dir/generation_config.json`, when there is one: transformers
+    /// stops at those, and some models list only there the end of a turn (Llama-3-Instruct's
+    /// `<|eot_id|>`, 128009).
+    pub fn with_generation_config(mut self, dir: &Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        if !path.exists() {
+            return Ok(self);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, "(json)", e.to_string()))?;
+        let ids = token_ids(&json, "eos_token_id", &path)?;
+        if let Some(id) = ids.iter().find(|&&id| id >= self.vocab_size as u64) {
+            return Err(Error::format(
+                &path,
+                "eos_token_id",
+                format!("token {id} is outside the vocabulary of {}", self.vocab_size),
+            ));
+        }
+        for id in ids {
+            if !self.eos_token_ids.contains(&(id as u32)) {
+                self.eos_token_ids.push(id as u32);
+            }
+        }
+        Ok(self)
     }
 
     pub fn q_dim(&self) -> usize {
@@ -180,6 +236,16 @@ impl ModelConfig {
     }
 }
 
+/// A field holding a token id or a list of them (`eos_token_id`); absent or null: none.
+fn token_ids(json: &Value, field: &str, path: &Path) -> Result<Vec<u64>> {
+    let not_an_id = || Error::format(path, field, "expected a token id or a list of them");
+    match json.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().ok_or_else(not_an_id)).collect(),
+        Some(v) => Ok(vec![v.as_u64().ok_or_else(not_an_id)?]),
+    }
+}
+
 /// The Llama-3 rule: long wavelengths are slowed by `factor`, short ones kept, and the band in
 /// between interpolated smoothly.
 fn llama3_scale(freq: f64, s: &Llama3RopeScaling) -> f64 {
@@ -206,12 +272,32 @@ fn rope_scaling(json: &Value, path: &Path) -> Result<Option<Llama3RopeScaling>> 
     if kind != "llama3" {
         return Err(Error::format(path, "rope_scaling.rope_type", format!("`{kind}` is not supported (llama3)")));
     }
-    Ok(Some(Llama3RopeScaling {
+    let s = Llama3RopeScaling {
         factor: f.f64("factor")?,
         low_freq_factor: f.f64("low_freq_factor")?,
         high_freq_factor: f.f64("high_freq_factor")?,
         original_max_position_embeddings: f.f64("original_max_position_embeddings")?,
-    }))
+    };
+    // `llama3_scale` divides by each of these (and by their difference): a zero would turn every
+    // rotation into NaN, and the model would run on silently.
+    let fields = [
+        ("factor", s.factor),
+        ("low_freq_factor", s.low_freq_factor),
+        ("high_freq_factor", s.high_freq_factor),
+        ("original_max_position_embeddings", s.original_max_position_embeddings),
+    ];
+    for (field, value) in fields {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(f.error(field, &format!("{value}: expected a positive number")));
+        }
+    }
+    if s.high_freq_factor <= s.low_freq_factor {
+        return Err(f.error(
+            "high_freq_factor",
+            &format!("{}: must be above low_freq_factor ({})", s.high_freq_factor, s.low_freq_factor),
+        ));
+    }
+    Ok(Some(s))
 }
 
 struct Fields<'a> {
@@ -314,14 +400,28 @@ mod tests {
     /// Settings the engine cannot honour are refused by name, not run as if absent.
     #[test]
     fn unsupported_or_impossible_values_are_named() {
-        let cases: [(&str, Value, &str); 7] = [
+        let cases: [(&str, Value, &str); 16] = [
             ("hidden_act", "gelu".into(), "hidden_act"),
+            ("head_dim", 9.into(), "head_dim"),
+            ("head_dim", 0.into(), "head_dim"),
+            ("vocab_size", 0.into(), "vocab_size"),
+            ("intermediate_size", 0.into(), "intermediate_size"),
+            ("num_hidden_layers", 0.into(), "num_hidden_layers"),
+            ("max_position_embeddings", 1_000_000_000_000_000u64.into(), "max_position_embeddings"),
+            ("eos_token_id", serde_json::json!([2, "x"]), "eos_token_id"),
+            ("bos_token_id", (u32::MAX as u64 + 2).into(), "bos_token_id"),
             ("mlp_bias", true.into(), "mlp_bias"),
             ("rms_norm_eps", (-1.0).into(), "rms_norm_eps"),
             ("rope_theta", 0.0.into(), "rope_theta"),
             ("eos_token_id", 100.into(), "eos_token_id"),
             ("bos_token_id", 999.into(), "bos_token_id"),
             ("rope_scaling", serde_json::json!({"rope_type": "llama3"}), "rope_scaling.factor"),
+            (
+                "rope_scaling",
+                serde_json::json!({"rope_type": "llama3", "factor": 0.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+                "rope_scaling.factor",
+            ),
         ];
         for (key, value, field) in cases {
             let mut j = base();
@@ -333,6 +433,22 @@ mod tests {
         j["hidden_act"] = "silu".into();
         j["mlp_bias"] = false.into();
         assert!(ModelConfig::from_json(&j, Path::new("c")).is_ok());
+    }
+
+    /// generation_config.json's stop tokens join config.json's; one outside the vocabulary is
+    /// named by its file.
+    #[test]
+    fn generation_config_adds_its_stop_tokens() {
+        let dir = std::env::temp_dir().join(format!("clover-generation-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = ModelConfig::from_json(&base(), Path::new("c")).unwrap();
+        assert_eq!(c.clone().with_generation_config(&dir).unwrap().eos_token_ids, vec![2, 3]);
+        std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [3, 9]}"#).unwrap();
+        assert_eq!(c.clone().with_generation_config(&dir).unwrap().eos_token_ids, vec![2, 3, 9]);
+        std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": 100}"#).unwrap();
+        let err = c.with_generation_config(&dir).unwrap_err().to_string();
+        assert!(err.contains("generation_config.json") && err.contains("eos_token_id"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct ForwardOutput<B: Backend> {
 impl<B: Backend> Llama<B> {
     /// Loads `dir/config.json` and its safetensors, keeping weights in their stored dtype.
     pub fn load(dir: &Path, backend: B) -> Result<Self> {
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let config = ModelConfig::from_file(&dir.join("config.json"))?.with_generation_config(dir)?;
         let files = SafetensorsFiles::open_dir(dir)?;
         Self::from_files(config, &files, backend)
     }

@@ -1,5 +1,6 @@
 //! The base model: config, weights, KV cache, forward passes, tokenizer and chat template.
 
+pub mod chat_template;
 pub mod config;
 pub mod kv_cache;
 pub mod layer;
@@ -8,6 +9,7 @@ pub mod logits;
 pub mod random;
 pub mod tokenizer;
 
+pub use chat_template::ChatTemplate;
 pub use config::ModelConfig;
 pub use kv_cache::KvCache;
 pub use llama::{ForwardOutput, Llama, LogitRows};

@@ -1,5 +1,6 @@
 //! Text ↔ token ids (HF `tokenizer.json`) and the model's own chat template
-//! (`tokenizer_config.json`), rendered with a Jinja engine exactly as the model ships it.
+//! (`chat_template.jinja`, or `tokenizer_config.json`'s `chat_template`), rendered by
+//! `chat_template.rs` as transformers renders it.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::model::chat_template::ChatTemplate;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ChatMessage {
@@ -22,7 +24,7 @@ impl ChatMessage {
 
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
-    chat_template: Option<String>,
+    chat_template: Option<ChatTemplate>,
     bos_token: Option<String>,
     eos_token: Option<String>,
     add_bos: bool,
@@ -52,7 +54,7 @@ impl TextTokenizer {
         };
         Ok(TextTokenizer {
             inner,
-            chat_template: config.get("chat_template").and_then(Value::as_str).map(str::to_string),
+            chat_template: chat_template(dir, &config, &config_path)?,
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
             add_bos: config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false),
@@ -60,13 +62,16 @@ impl TextTokenizer {
         })
     }
 
-    /// Ids of raw text; special tokens written in the text are matched as specials. A BOS is
-    /// prepended when the model asks for one (`add_bos_token`).
+    /// Ids of raw text; special tokens written in the text are matched as specials. With
+    /// `add_bos`, the text is encoded as transformers' `tokenizer(text)` encodes it: through
+    /// tokenizer.json's post-processor (Llama 3's adds `<|begin_of_text|>` there), and with a BOS
+    /// prepended when tokenizer_config.json asks for one (`add_bos_token`) and none is there yet.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::input(format!("tokenizer: {e}")))?;
+        let enc = self.inner.encode(text, add_bos).map_err(|e| Error::input(format!("tokenizer: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
-            if let Some(bos) = self.bos_token.as_deref().and_then(|t| self.inner.token_to_id(t)) {
+            let bos = self.bos_token.as_deref().and_then(|t| self.inner.token_to_id(t));
+            if let Some(bos) = bos.filter(|&bos| enc.get_ids().first() != Some(&bos)) {
                 ids.push(bos);
             }
         }
@@ -89,6 +94,24 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Refuses a tokenizer whose base vocabulary is larger than the model's (`vocab_size` of
+    /// `config_path`): the two come from different models, and the first out-of-range id would
+    /// fail mid-run. Added tokens are not counted: some models list a few beyond `vocab_size`
+    /// that ordinary text never produces.
+    pub fn check_model_vocab(&self, vocab_size: usize, config_path: &Path) -> Result<()> {
+        let base = self.inner.get_vocab_size(false);
+        if base > vocab_size {
+            return Err(Error::format(
+                config_path,
+                "vocab_size",
+                format!(
+                    "{vocab_size}, but the folder's tokenizer.json has {base} tokens: they come from different models"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -102,32 +125,57 @@ impl TextTokenizer {
         self.chat_template.is_some()
     }
 
+    /// `load`, then the chat template of the file `template` instead of the folder's own when
+    /// one is given (`--chat-template FILE`).
+    pub fn load_with_template(dir: &Path, template: Option<&Path>) -> Result<Self> {
+        let tokenizer = Self::load(dir)?;
+        Ok(match template {
+            Some(file) => TextTokenizer { chat_template: Some(ChatTemplate::from_file(file)?), ..tokenizer },
+            None => tokenizer,
+        })
+    }
+
     /// Renders a conversation with the model's chat template. The template's BOS handling is
     /// its own (it writes `bos_token` where the model wants one).
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let template = self.chat_template.as_deref().ok_or_else(|| {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
             let why = if self.config_path.exists() { "the model has no chat template" } else { "the file is missing" };
             Error::format(
                 &self.config_path,
                 "chat_template",
-                format!("{why}, so chat messages cannot be rendered (generate takes raw text with --prompt)"),
+                format!(
+                    "{why}, so chat messages cannot be rendered: give a template with --chat-template FILE \
+                     (e.g. assets/chat-templates/vicuna.jinja for Vicuna), or raw text with generate --prompt"
+                ),
             )
         })?;
-        let mut env = minijinja::Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", template)
-            .map_err(|e| Error::format(&self.config_path, "chat_template", e.to_string()))?;
-        let ctx = minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone().unwrap_or_default(),
-        };
-        env.get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| Error::format(&self.config_path, "chat_template", e.to_string()))
+        template.render(
+            messages,
+            add_generation_prompt,
+            self.bos_token.as_deref().unwrap_or_default(),
+            self.eos_token.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+/// The folder's chat template: `chat_template.jinja` when there is one (transformers saves it
+/// there since 4.43, and reads it first), else `tokenizer_config.json`'s `chat_template`, a string
+/// or a list of named templates (the one named "default").
+fn chat_template(dir: &Path, config: &Value, config_path: &Path) -> Result<Option<ChatTemplate>> {
+    let file = dir.join("chat_template.jinja");
+    if file.exists() {
+        return ChatTemplate::from_file(&file).map(Some);
+    }
+    match config.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(source)) => Ok(Some(ChatTemplate::new(source.clone(), config_path, "chat_template"))),
+        Some(Value::Array(named)) => {
+            let default = named.iter().find(|t| t.get("name").and_then(Value::as_str) == Some("default"));
+            let source = default.and_then(|t| t.get("template")).and_then(Value::as_str).ok_or_else(|| {
+                Error::format(config_path, "chat_template", "a list of templates without one named \"default\"")
+            })?;
+            Ok(Some(ChatTemplate::new(source, config_path, "chat_template")))
+        }
+        Some(_) => Err(Error::format(config_path, "chat_template", "expected a template string or a list of them")),
     }
 }

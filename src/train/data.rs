@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
-use crate::model::{Llama, LogitRows, ModelConfig, TextTokenizer};
+use crate::model::{ChatMessage, Llama, LogitRows, ModelConfig, TextTokenizer};
 use crate::train::conversations::{read_sharegpt, ReadReport};
 use crate::train::layout::{
     shard_file, write_shard, ConversationEntry, DataIndex, ShardEntry, ShardRecord, FORMAT, INDEX_FILE,
@@ -36,6 +36,10 @@ pub struct GenDataOptions {
     /// A shard is closed before the conversation that would take it past this many tokens (a
     /// longer conversation gets a shard of its own).
     pub shard_tokens: usize,
+    /// Render with this template file instead of the model's own (`--chat-template`).
+    pub chat_template: Option<PathBuf>,
+    /// Open every conversation with this system message, replacing the conversation's own.
+    pub system: Option<String>,
 }
 
 pub struct GenDataSummary {
@@ -116,12 +120,14 @@ fn plan(opts: &GenDataOptions) -> Result<Plan> {
             opts.max_len, config.max_position_embeddings
         )));
     }
-    let tokenizer = TextTokenizer::load(&opts.model_dir)?;
+    let tokenizer = TextTokenizer::load_with_template(&opts.model_dir, opts.chat_template.as_deref())?;
+    tokenizer.check_model_vocab(config.vocab_size, &opts.model_dir.join("config.json"))?;
     if !tokenizer.has_chat_template() {
         return Err(Error::format(
             opts.model_dir.join("tokenizer_config.json"),
             "chat_template",
-            "the model has no chat template, which gen-data needs to render conversations",
+            "the model has no chat template, which gen-data needs to render conversations (give one with \
+             --chat-template FILE, e.g. assets/chat-templates/vicuna.jinja for Vicuna)",
         ));
     }
     let (conversations, report) = read_sharegpt(&opts.data)?;
@@ -138,7 +144,8 @@ fn plan(opts: &GenDataOptions) -> Result<Plan> {
         .par_iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut tokens = render_masked(&tokenizer, &c.messages)
+            let messages = with_system(&c.messages, opts.system.as_deref());
+            let mut tokens = render_masked(&tokenizer, &messages)
                 .map_err(|e| Error::input(format!("{}: conversation {:?}: {e}", opts.data.display(), c.id)))?;
             let truncated = tokens.ids.len() > opts.max_len;
             tokens.truncate(opts.max_len);
@@ -148,6 +155,16 @@ fn plan(opts: &GenDataOptions) -> Result<Plan> {
     let groups = plan_shards(&planned.iter().map(|p| p.tokens.ids.len()).collect::<Vec<_>>(), opts.shard_tokens);
     let index = build_index(opts, &config, &report, end, &planned, &groups)?;
     Ok(Plan { report, conversations: planned, shards: groups, index })
+}
+
+/// The conversation opened by `system` in place of its own system messages, when one is given.
+fn with_system(messages: &[ChatMessage], system: Option<&str>) -> Vec<ChatMessage> {
+    match system {
+        Some(s) => std::iter::once(ChatMessage::new("system", s))
+            .chain(messages.iter().filter(|m| m.role != "system").cloned())
+            .collect(),
+        None => messages.to_vec(),
+    }
 }
 
 /// Consecutive conversations per shard: a shard is closed before the conversation that would take
@@ -214,6 +231,8 @@ fn build_index(
         end,
         max_len: opts.max_len,
         shard_tokens: opts.shard_tokens,
+        chat_template: opts.chat_template.as_ref().map(|p| p.display().to_string()),
+        system: opts.system.clone(),
         conversations: planned.len(),
         tokens: shards.iter().map(|s| s.tokens).sum(),
         masked_tokens: shards.iter().map(|s| s.masked_tokens).sum(),
@@ -286,7 +305,19 @@ fn progress_bar(total: u64) -> ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use super::plan_shards;
+    use super::{plan_shards, with_system};
+    use crate::model::ChatMessage;
+
+    #[test]
+    fn a_system_message_replaces_the_conversations_own() {
+        let conv =
+            [ChatMessage::new("system", "old"), ChatMessage::new("user", "q"), ChatMessage::new("assistant", "a")];
+        let replaced = with_system(&conv, Some("new"));
+        assert_eq!(replaced[0], ChatMessage::new("system", "new"));
+        assert_eq!(&replaced[1..], &conv[1..]);
+        assert_eq!(with_system(&conv[1..], Some("new")), replaced);
+        assert_eq!(with_system(&conv, None), conv.to_vec());
+    }
 
     #[test]
     fn shards_close_before_overflow_and_long_conversations_stand_alone() {

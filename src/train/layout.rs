@@ -57,6 +57,12 @@ pub struct DataIndex {
     pub end: usize,
     pub max_len: usize,
     pub shard_tokens: usize,
+    /// The `--chat-template` file the conversations were rendered with (none: the model's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// The `--system` message that opened every conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     pub conversations: usize,
     pub tokens: usize,
     pub masked_tokens: usize,
@@ -102,6 +108,12 @@ impl DataIndex {
             ("end", self.end.to_string(), other.end.to_string()),
             ("max_len", self.max_len.to_string(), other.max_len.to_string()),
             ("shard_tokens", self.shard_tokens.to_string(), other.shard_tokens.to_string()),
+            (
+                "chat_template",
+                described(&self.chat_template, "the model's"),
+                described(&other.chat_template, "the model's"),
+            ),
+            ("system", described(&self.system, "none"), described(&other.system, "none")),
         ];
         if let Some((field, theirs, ours)) = pairs.into_iter().find(|(_, a, b)| a != b) {
             return Some(differ(field, theirs, ours));
@@ -221,6 +233,8 @@ pub fn write_data_folder(
         end: n,
         max_len: records.iter().map(|r| r.input_ids.len()).max().unwrap_or(0),
         shard_tokens: 0,
+        chat_template: None,
+        system: None,
         conversations: n,
         tokens: shards.iter().map(|s| s.tokens).sum(),
         masked_tokens: shards.iter().map(|s| s.masked_tokens).sum(),
@@ -229,6 +243,11 @@ pub fn write_data_folder(
     };
     write_atomically(&dir.join(INDEX_FILE), index.to_json()?.as_bytes())?;
     Ok(index)
+}
+
+/// An optional setting as `plan_difference` names it: quoted, or `absent` when not given.
+fn described(value: &Option<String>, absent: &str) -> String {
+    value.as_ref().map_or(absent.to_string(), |v| format!("{v:?}"))
 }
 
 #[cfg(test)]
@@ -248,6 +267,8 @@ mod tests {
             end: 3,
             max_len: 64,
             shard_tokens: 100,
+            chat_template: None,
+            system: None,
             conversations: 3,
             tokens: 90,
             masked_tokens: 40,

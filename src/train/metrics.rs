@@ -23,9 +23,12 @@ pub struct MetricsLine {
     pub split: String,
     pub step: u64,
     /// The objective: Σ_i weight_i · (vloss_i, ploss_i).
+    #[serde(deserialize_with = "non_finite_as_null::one")]
     pub loss: f64,
     /// Per head, the spec's masked means.
+    #[serde(deserialize_with = "non_finite_as_null::many")]
     pub vloss: Vec<f64>,
+    #[serde(deserialize_with = "non_finite_as_null::many")]
     pub ploss: Vec<f64>,
     /// Held-out: per head, the fraction of rows whose top-1 token is the base model's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -133,6 +136,49 @@ impl MetricsLog {
     }
 }
 
+/// JSON has no NaN or infinity: serde_json writes them as `null`. Reading `null` back as NaN
+/// keeps a log that holds one (a diverged held-out loss, say) readable by `--resume`.
+mod non_finite_as_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub fn many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<Option<f64>>::deserialize(d)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+    }
+}
+
 fn to_json(line: &MetricsLine) -> Result<String> {
     serde_json::to_string(line).map(|s| s + "\n").map_err(|e| Error::input(format!("{METRICS_FILE}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NaN written as `null` reads back as NaN, so a log holding one can still be resumed.
+    #[test]
+    fn non_finite_values_survive_a_round_trip() {
+        let line = MetricsLine {
+            split: HELDOUT.into(),
+            step: 3,
+            loss: f64::NAN,
+            vloss: vec![1.5, f64::INFINITY],
+            ploss: vec![f64::NAN, 2.0],
+            top1: vec![0.25],
+            top2: Vec::new(),
+            top3: Vec::new(),
+            chain: Vec::new(),
+            tokens: 7,
+            lr: None,
+            tokens_per_s: None,
+        };
+        let text = to_json(&line).unwrap();
+        assert!(text.contains("\"loss\":null"), "{text}");
+        let back: MetricsLine = serde_json::from_str(&text).unwrap();
+        assert!(back.loss.is_nan() && back.vloss[1].is_nan() && back.ploss[0].is_nan());
+        assert_eq!((back.vloss[0], back.ploss[1], back.top1.clone(), back.step), (1.5, 2.0, vec![0.25], 3));
+    }
 }

@@ -37,10 +37,19 @@ impl SafetensorsFiles {
             return Self::open(&[single]);
         }
         if !index.exists() {
+            // Released EAGLE-1 heads (and older models) ship PyTorch pickles: say so, since the
+            // folder is not empty and "no file" would puzzle.
+            let pickle = ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
+            let hint = if pickle {
+                ": the folder holds pytorch_model.bin, a PyTorch pickle this engine does not read; convert it to \
+                 safetensors first (load it with torch and write it with safetensors.torch.save_file)"
+            } else {
+                ""
+            };
             return Err(Error::format(
                 dir,
                 "model.safetensors",
-                "no model.safetensors nor model.safetensors.index.json in the model folder",
+                format!("no model.safetensors nor model.safetensors.index.json in the model folder{hint}"),
             ));
         }
         Self::open(&shard_paths(&index)?)

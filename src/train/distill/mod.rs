@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
+use crate::draft::config::check_head_out;
 use crate::draft::init::write_head;
 use crate::draft::vocab::{DraftLmHead, DraftVocab};
 use crate::draft::DraftKind;
@@ -197,6 +198,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         head.trainee.set_loss_spec(spec);
     }
     let lr_factors = per_parameter("--lr-scale", &run.lr_scales, &head.params.specs)?;
+    check_head_out(&opts.out)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
     if state.step >= opts.steps {
@@ -212,7 +214,11 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
             v.save(&opts.out)?;
             DraftLmHead::from_ids(&base, v.ids.clone())?
         }
-        None => DraftLmHead::full(),
+        None => {
+            // A list left in --out by an earlier head would make this one draft over it.
+            DraftVocab::remove(&opts.out)?;
+            DraftLmHead::full()
+        }
     };
 
     let eval_data = (!opts.eval_data.is_empty())

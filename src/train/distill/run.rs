@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::Backend;
 use crate::draft::init::write_head;
 use crate::draft::vocab::{DraftLmHead, DraftVocab};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Llama;
 use crate::rng::Rng;
 use crate::train::align::{truncate, Aligned};
@@ -179,6 +179,19 @@ impl<B: Backend> Run<'_, B> {
             let rec_sums = self.trainee.pass(b, self.base, &self.lm, rec, a, &scales, mode, &mut self.timers);
             sums.iter_mut().zip(&rec_sums).for_each(|(s, r)| s.add(r));
         }
+        let spec = self.trainee.loss_spec();
+        let per_head = spec.per_head(&sums, false);
+        let loss = spec.total(&per_head);
+        // Past this point AdamW would write NaN into every weight and moment, and the next
+        // checkpoint would keep them: stop while the last checkpoint still holds a usable head.
+        if !loss.is_finite() {
+            return Err(Error::input(format!(
+                "step {}: the training loss is {loss}: training diverged, and the step was not taken. A checkpoint \
+                 already in {} is intact: lower --lr (or --lr-scale) and start again",
+                self.step + 1,
+                self.opts.out.display()
+            )));
+        }
         let lr = self.run.schedule.lr_at(self.step + 1);
         self.timers.time(Phase::Optimiser, || {
             self.optimizer.step(b, &mut self.params.values, self.trainee.grads(), lr, &self.lr_factors)
@@ -187,12 +200,10 @@ impl<B: Backend> Run<'_, B> {
         self.step += 1;
         let tokens: u64 = records.iter().map(|r| r.len() as u64).sum();
         self.tokens += tokens;
-        let spec = self.trainee.loss_spec();
-        let per_head = spec.per_head(&sums, false);
         let line = MetricsLine {
             split: TRAIN.into(),
             step: self.step,
-            loss: spec.total(&per_head),
+            loss,
             vloss: per_head.iter().map(|p| p.0).collect(),
             ploss: per_head.iter().map(|p| p.1).collect(),
             top1: Vec::new(),

@@ -184,29 +184,7 @@ pub(super) fn resolve_run(
             init_scales: opts.init_scales.clone(),
             loss_weights: opts.loss_weights,
         };
-        if let Some((v, p)) = run.loss_weights {
-            if !(v > 0.0 && p > 0.0 && v.is_finite() && p.is_finite()) {
-                return Err(Error::input(format!("--loss-weights must be two positive numbers, not {v},{p}")));
-            }
-        }
-        if run.draft_vocab == Some(0) {
-            return Err(Error::input("--draft-vocab must be at least 1"));
-        }
-        if run.draft_vocab.is_some() && run.draft_vocab_kept {
-            return Err(Error::input(
-                "--draft-vocab N counts a new draft vocabulary on the data; --keep-draft-vocab keeps the --init \
-                 head's: give one of them",
-            ));
-        }
-        if run.batch_tokens == 0 {
-            return Err(Error::input("--batch-tokens 0: expected at least 1"));
-        }
-        if run.max_len < 2 {
-            return Err(Error::input(format!("--max-len {}: expected at least 2", run.max_len)));
-        }
-        if !(run.schedule.lr.is_finite() && run.schedule.lr > 0.0) {
-            return Err(Error::input(format!("--lr {}: expected a positive number", run.schedule.lr)));
-        }
+        check_settings(&run, |flag, msg| Error::input(format!("--{flag} {msg}")))?;
         return Ok(run);
     };
     let stored = &ckpt.run;
@@ -260,7 +238,42 @@ pub(super) fn resolve_run(
         let dirs: Vec<String> = opts.data_dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(differs("data", format!("{data} ({})", dirs.join(", ")), stored.data.to_string()));
     }
+    // A checkpoint's settings get the checks a new run's options get: an edited or corrupt
+    // state.json must not train on zero tokens, or fail after writing half a head.
+    let field = |flag: &str| if flag == "lr" { "schedule.lr".to_string() } else { flag.replace('-', "_") };
+    check_settings(stored, |flag, msg| Error::format(&path, format!("run.{}", field(flag)), msg))?;
     Ok(stored.clone())
+}
+
+/// Settings no run can train with. `bad(option, message)` makes the error: named by the option
+/// for a new run, by the checkpoint's field for a resumed one.
+fn check_settings(run: &RunConfig, bad: impl Fn(&str, String) -> Error) -> Result<()> {
+    if let Some((v, p)) = run.loss_weights {
+        if !(v > 0.0 && p > 0.0 && v.is_finite() && p.is_finite()) {
+            return Err(bad("loss-weights", format!("{v},{p}: expected two positive numbers")));
+        }
+    }
+    if run.draft_vocab == Some(0) {
+        return Err(bad("draft-vocab", "0: expected at least 1".into()));
+    }
+    if run.draft_vocab.is_some() && run.draft_vocab_kept {
+        return Err(bad(
+            "draft-vocab",
+            "N counts a new draft vocabulary on the data; --keep-draft-vocab keeps the --init head's: give one of \
+             them"
+                .into(),
+        ));
+    }
+    if run.batch_tokens == 0 {
+        return Err(bad("batch-tokens", "0: expected at least 1".into()));
+    }
+    if run.max_len < 2 {
+        return Err(bad("max-len", format!("{}: expected at least 2", run.max_len)));
+    }
+    if !(run.schedule.lr.is_finite() && run.schedule.lr > 0.0) {
+        return Err(bad("lr", format!("{}: expected a positive number", run.schedule.lr)));
+    }
+    Ok(())
 }
 
 /// Where the head's config and first parameters come from.

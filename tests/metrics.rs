@@ -68,8 +68,9 @@ fn hand_computed_metrics() {
     assert_eq!((m.overall.speedup, m.compared_questions), (None, None));
 }
 
-/// Spec-Bench's answer files name the step counts `decoding_steps` and list every step of a
-/// question in one `accept_lengths` list: the same answers in that shape give the same numbers.
+/// Spec-Bench's answer files have `decoding_steps` instead of `idxs` (counted differently by each
+/// of its methods' scripts, so τ_ref is not computed from it) and list every step of a question in
+/// one `accept_lengths` list: the same answers in that shape give the same τ, speeds and acceptance.
 #[test]
 fn spec_bench_shaped_answers_give_the_same_metrics() {
     let text = std::fs::read_to_string(common::fixture("answers_small.jsonl")).unwrap();
@@ -90,12 +91,22 @@ fn spec_bench_shaped_answers_give_the_same_metrics() {
     std::fs::write(&path, lines.join("\n")).unwrap();
     let reshaped = compute(&read_answers(&path).unwrap(), None);
     let original = compute(&read_answers(&common::fixture("answers_small.jsonl")).unwrap(), None);
-    check(&reshaped.overall, 27.0 / 11.0, 31.0 / 7.0, 61.0 / 3.0, 31.0 / 1.75, None);
-    assert_eq!(reshaped.overall.acceptance_per_depth, original.overall.acceptance_per_depth);
+    let (r, o) = (&reshaped.overall, &original.overall);
+    assert!(close(r.tau.unwrap(), 27.0 / 11.0) && close(r.speed, 61.0 / 3.0) && close(r.total_speed, 31.0 / 1.75));
+    assert_eq!((r.tau_ref, o.tau_ref.is_some()), (None, true), "no τ_ref from decoding_steps");
+    assert_eq!(r.acceptance_per_depth, o.acceptance_per_depth);
     // A flat list is checked entry by entry.
     std::fs::write(&path, lines[0].replace("[3,2,4,1,3]", "[3,0,4,1,3]")).unwrap();
     let err = read_answers(&path).unwrap_err().to_string();
     assert!(err.contains("line 1") && err.contains("accept_lengths"), "{err}");
+    // Neither shape: named, with both shapes said.
+    std::fs::write(&path, lines[0].replace("[3,2,4,1,3]", "[3,-2]")).unwrap();
+    let err = read_answers(&path).unwrap_err().to_string();
+    assert!(err.contains("line 1") && err.contains("`accept_lengths`: expected"), "{err}");
+    // Without idxs and decoding_steps: named.
+    std::fs::write(&path, lines[0].replace("\"decoding_steps\"", "\"steps\"")).unwrap();
+    let err = read_answers(&path).unwrap_err().to_string();
+    assert!(err.contains("`idxs` is missing"), "{err}");
 }
 
 #[test]

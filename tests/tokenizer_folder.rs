@@ -51,6 +51,13 @@ fn the_template_is_found_where_transformers_looks() {
             "{err}"
         );
     }
+    // --chat-template stands in for a folder template that cannot be used (the folder's is then
+    // not read at all).
+    let unusable = tiny_tokenizer_folder("template-unusable", &serde_json::json!({"chat_template": 7}));
+    let file = unusable.join("mine.jinja");
+    std::fs::write(&file, "mine {{ messages[0].content }}").unwrap();
+    let tok = TextTokenizer::load_with_template(&unusable, Some(&file)).unwrap();
+    assert_eq!(tok.render_chat(&hi, false).unwrap(), "mine hi");
     // A template that fails to render names its file.
     let dir =
         tiny_tokenizer_folder("template-raises", &serde_json::json!({"chat_template": "{{ raise_exception('no') }}"}));

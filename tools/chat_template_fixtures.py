@@ -74,6 +74,8 @@ TEMPLATES = {
 {{ {'b': 1, 'a': 'x'} | tojson(sort_keys=true) }}
 {{ ['x', 'y', {'k': 'v'}] | tojson(separators=[',', ':']) }}
 {{ 'naïve ✓' | tojson(ensure_ascii=true) }}
+{{ {10: 'a', 9: 'b', none: 'c', true: 'd', 2.5: 'e'} | tojson }} {{ {10: 'a', 9: 'b'} | tojson(sort_keys=true) }}
+{{ [0.00001, 0.0001, 1e16, 1.5e16, 123456789012345678] | tojson }}
 {% if tools is none %}no tools{% endif %}
 {% if documents is none %} no documents{% endif %}
 turns: {{ ns.turns }}""",

@@ -83,8 +83,7 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     }
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, backend)?;
-    let tokenizer = TextTokenizer::load_with_template(&dir, a.template.chat_template.as_deref())?;
-    tokenizer.check_model_vocab(model.config.vocab_size, &dir.join("config.json"))?;
+    let tokenizer = TextTokenizer::for_model(&dir, a.template.chat_template.as_deref(), &model.config)?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingParams::with_temperature(a.temperature),
@@ -94,7 +93,7 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
     let decoder = match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;
-            let key = || a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg);
+            let key = || a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg, &tokenizer);
             let (tree, report) = a.spec.tree.resolve_saved(&model, head.as_mut(), &tokenizer, &cfg, key)?;
             if let Some(report) = report {
                 eprint!("{report}");
@@ -115,8 +114,8 @@ pub fn run<B: Backend + 'static>(a: EvalArgs, backend: B) -> Result<()> {
         decoder.describe()
     );
     // Said only when given, so that answers made before these options existed still resume.
-    if let Some(file) = &a.template.chat_template {
-        settings.push_str(&format!(", chat template {}", file.display()));
+    if let (Some(_), Some(template)) = (&a.template.chat_template, tokenizer.chat_template()) {
+        settings.push_str(&format!(", chat template {}", template.identity()));
     }
     if let Some(system) = &a.system {
         settings.push_str(&format!(", system {system:?}"));

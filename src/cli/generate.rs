@@ -72,12 +72,22 @@ impl SpecArgs {
 
     /// What a saved `--tree-budget auto` choice for this head depends on besides the machine
     /// and the files (`PlanKey`): the head's settings, the sampling, the calibration itself.
-    pub fn plan_key(&self, backend: &str, model_dir: &Path, head_dir: &Path, cfg: &GenerationConfig) -> PlanKey {
+    /// `tokenizer`'s chat template renders the calibration prompts, so it is part of the key.
+    pub fn plan_key(
+        &self,
+        backend: &str,
+        model_dir: &Path,
+        head_dir: &Path,
+        cfg: &GenerationConfig,
+        tokenizer: &TextTokenizer,
+    ) -> PlanKey {
+        let template = tokenizer.chat_template().map_or("none".to_string(), |t| t.identity());
         let settings = [
             ("draft", self.draft.map_or("none", |d| DraftKind::from(d).name()).to_string()),
             ("draft options", format!("{:?}", self.draft_options())),
             ("sampling", format!("{:?}", cfg.sampling)),
             ("calibration", auto_plan::calibration_summary(cfg)),
+            ("chat template", template),
         ];
         PlanKey::new(backend, model_dir, head_dir, &settings)
     }
@@ -298,8 +308,10 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     a.spec.check_tree()?;
     let dir = super::model_dir(a.model)?;
     let model = Llama::load(&dir, backend)?;
-    let tokenizer = TextTokenizer::load_with_template(&dir, a.template.chat_template.as_deref())?;
-    tokenizer.check_model_vocab(model.config.vocab_size, &dir.join("config.json"))?;
+    let tokenizer = TextTokenizer::for_model(&dir, a.template.chat_template.as_deref(), &model.config)?;
+    if a.prompt.is_some() && a.template.chat_template.is_some() {
+        eprintln!("note: --chat-template ignored: --prompt is raw text, not a chat (use --chat)");
+    }
     let prompt = prompt_ids(&tokenizer, a.prompt.as_deref(), a.chat.as_deref(), a.system.as_deref())?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
@@ -311,7 +323,7 @@ pub fn run<B: Backend + 'static>(a: GenerateArgs, backend: B) -> Result<()> {
     match (a.spec.draft, &a.spec.draft_model) {
         (Some(kind), Some(head_dir)) => {
             let mut head = load_head_opts(kind.into(), head_dir, &model, a.spec.draft_options())?;
-            let key = || a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg);
+            let key = || a.spec.plan_key(&model.backend.name(), &dir, head_dir, &cfg, &tokenizer);
             let (tree, report) = a.spec.tree.resolve_saved(&model, head.as_mut(), &tokenizer, &cfg, key)?;
             if let Some(report) = report {
                 eprint!("{report}");

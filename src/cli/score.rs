@@ -29,8 +29,10 @@ pub fn run<B: Backend + 'static>(a: ScoreArgs, backend: B) -> Result<()> {
     let dir = super::model_dir(a.model)?;
     let text = std::fs::read_to_string(&a.text_file).map_err(|e| Error::io(&a.text_file, e))?;
     let model = Llama::load(&dir, backend)?;
-    let tokenizer = TextTokenizer::load_with_template(&dir, a.template.chat_template.as_deref())?;
-    tokenizer.check_model_vocab(model.config.vocab_size, &dir.join("config.json"))?;
+    let tokenizer = TextTokenizer::for_model(&dir, a.template.chat_template.as_deref(), &model.config)?;
+    if !a.chat && a.template.chat_template.is_some() {
+        eprintln!("note: --chat-template ignored: without --chat the text is scored as it is");
+    }
     let ids = if a.chat {
         tokenizer.encode(&tokenizer.render_chat(&[ChatMessage::new("user", &text)], false)?, false)?
     } else {

@@ -38,23 +38,28 @@ pub struct Choice {
     pub index: usize,
     /// One answer text per turn.
     pub turns: Vec<String>,
-    /// Per turn: verification (or decode) steps − 1, the reference's loop index at exit
-    /// (Spec-Bench calls it `decoding_steps`).
-    #[serde(alias = "decoding_steps")]
+    /// Per turn: verification (or decode) steps − 1, the reference's loop index at exit. Absent
+    /// (empty) from Spec-Bench's files, which have `decoding_steps` instead.
+    #[serde(default)]
     pub idxs: Vec<usize>,
+    /// Spec-Bench's per-turn step figure. What it counts depends on the method's script (EAGLE's:
+    /// steps − 1, its baseline's: new tokens, PLD's: new tokens − 1), so it is kept but not
+    /// computed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_steps: Option<Vec<usize>>,
     /// Per turn: tokens generated, counted exactly.
     pub new_tokens: Vec<usize>,
     /// Per turn: seconds around the whole generate call, prefill included.
     pub wall_time: Vec<f64>,
     /// Per step: tokens committed (accepted drafts + 1). Baseline files made by the reference
     /// scripts lack it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "accept_lengths")]
     pub accept_lengths: Option<AcceptLengths>,
 }
 
-/// This engine's and EAGLE's files list each turn's steps apart; Spec-Bench's list every step
-/// of the question in one list.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// This engine's files list each turn's steps apart; Spec-Bench's list every step of the question
+/// in one list.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AcceptLengths {
     PerTurn(Vec<Vec<usize>>),
@@ -69,6 +74,23 @@ impl AcceptLengths {
             AcceptLengths::AllTurns(steps) => steps.clone(),
         }
     }
+}
+
+/// Either shape of `accept_lengths`, with an error that says what was expected (serde's own for an
+/// untagged enum names neither the field nor the shapes).
+fn accept_lengths<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<AcceptLengths>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let expected = "`accept_lengths`: expected a list of step lengths per turn, or one list of step lengths \
+                    (non-negative integers)";
+    if let Ok(turns) = serde_json::from_value::<Vec<Vec<usize>>>(value.clone()) {
+        return Ok(Some(AcceptLengths::PerTurn(turns)));
+    }
+    serde_json::from_value::<Vec<usize>>(value)
+        .map(|steps| Some(AcceptLengths::AllTurns(steps)))
+        .map_err(|_| serde::de::Error::custom(expected))
 }
 
 /// Bounds far above any real answer, so that a corrupt file is refused instead of making
@@ -106,7 +128,12 @@ fn check(a: &Answer) -> std::result::Result<(), String> {
     if n == 0 {
         return Err("`turns` is empty".into());
     }
-    let lens = [c.idxs.len(), c.new_tokens.len(), c.wall_time.len()];
+    if c.idxs.is_empty() && c.decoding_steps.is_none() {
+        return Err("`idxs` is missing (Spec-Bench's files have `decoding_steps` in its place)".into());
+    }
+    let idxs_len = if c.idxs.is_empty() { n } else { c.idxs.len() };
+    let steps_len = c.decoding_steps.as_ref().map_or(n, Vec::len);
+    let lens = [idxs_len, steps_len, c.new_tokens.len(), c.wall_time.len()];
     // An empty list reads as per-turn lists, but says only that no step was recorded.
     let per_turn = match &c.accept_lengths {
         Some(AcceptLengths::PerTurn(turns)) if !turns.is_empty() => Some(turns),
@@ -114,7 +141,7 @@ fn check(a: &Answer) -> std::result::Result<(), String> {
     };
     if lens.iter().any(|&l| l != n) || per_turn.is_some_and(|al| al.len() != n) {
         return Err(format!(
-            "`turns` has {n} entries but `idxs`, `new_tokens`, `wall_time` or `accept_lengths` differ"
+            "`turns` has {n} entries but `idxs`, `decoding_steps`, `new_tokens`, `wall_time` or `accept_lengths` differ"
         ));
     }
     if let Some(&many) = c.new_tokens.iter().chain(&c.idxs).find(|&&v| v > MAX_TURN_TOKENS) {

@@ -76,6 +76,7 @@ impl<B: Backend> EvalRun<'_, B> {
             idxs: Vec::with_capacity(n),
             new_tokens: Vec::with_capacity(n),
             wall_time: Vec::with_capacity(n),
+            decoding_steps: None,
             accept_lengths: None,
         };
         let mut accept_lengths = Vec::with_capacity(n);
@@ -87,7 +88,7 @@ impl<B: Backend> EvalRun<'_, B> {
             let at = |e: Error| {
                 Error::input(format!(
                     "question {} (turn {}): {e}; the answers before it are kept, and --question-begin / \
-                     --question-end can leave it out",
+                     --question-end (0-based positions in the file) can leave it out",
                     q.question_id,
                     t + 1
                 ))

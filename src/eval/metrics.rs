@@ -37,7 +37,7 @@ pub struct GroupMetrics {
     /// Verification steps; None when some answer has no `accept_lengths`.
     pub steps: Option<usize>,
     pub tau: Option<f64>,
-    /// None when Σ idxs is 0.
+    /// None when Σ idxs is 0, or some answer has no `idxs`.
     pub tau_ref: Option<f64>,
     /// Mean of per-question tokens/s.
     pub speed: f64,
@@ -72,7 +72,9 @@ fn group(category: &str, answers: &[&Answer], baseline: Option<&HashMap<u64, &An
     let choices: Vec<_> = answers.iter().map(|a| &a.choices[0]).collect();
     let new_tokens: usize = choices.iter().flat_map(|c| &c.new_tokens).sum();
     let wall_time: f64 = choices.iter().flat_map(|c| &c.wall_time).sum();
-    let idxs: usize = choices.iter().flat_map(|c| &c.idxs).sum();
+    // τ_ref needs every answer's `idxs` (Spec-Bench's files have none).
+    let idxs: Option<usize> =
+        choices.iter().all(|c| !c.idxs.is_empty()).then(|| choices.iter().flat_map(|c| &c.idxs).sum());
     let lengths: Option<Vec<usize>> = choices
         .iter()
         .map(|c| c.accept_lengths.as_ref().map(AcceptLengths::steps))
@@ -94,7 +96,7 @@ fn group(category: &str, answers: &[&Answer], baseline: Option<&HashMap<u64, &An
         wall_time,
         steps,
         tau,
-        tau_ref: (idxs > 0).then(|| new_tokens as f64 / idxs as f64),
+        tau_ref: idxs.filter(|&i| i > 0).map(|i| new_tokens as f64 / i as f64),
         speed: mean(answers.iter().map(|a| speed(a))).unwrap_or(0.0),
         total_speed: new_tokens as f64 / wall_time.max(f64::MIN_POSITIVE),
         speedup,

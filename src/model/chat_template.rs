@@ -2,7 +2,7 @@
 //! it, so that a prompt, and so gen-data's loss mask, is the text the model was trained on:
 //! `trim_blocks` and `lstrip_blocks` on (a `{% … %}` tag on its own line leaves no blank line),
 //! loop controls, a `tojson` that writes what Python's `json.dumps` writes (`", "` and `": "`
-//! separators, no HTML escaping), `raise_exception`, `strftime_now`, and `tools` / `documents`
+//! separators, no HTML escaping), `raise_exception`, `strftime_now` (in UTC), and `tools` / `documents`
 //! passed as none.
 //!
 //! Checked against Python's jinja2 configured as transformers configures it
@@ -33,6 +33,18 @@ impl ChatTemplate {
     pub fn from_file(path: &Path) -> Result<Self> {
         let source = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Ok(ChatTemplate::new(source, path, "(template)"))
+    }
+
+    /// The template file's name and a hash of its text, for records that must tell two templates
+    /// apart (eval's answer settings, gen-data's index, saved `--tree-budget auto` plans): a path
+    /// written another way is the same template, an edited file is not.
+    pub fn identity(&self) -> String {
+        // FNV-1a, 64 bits: stable across builds and platforms, unlike std's hasher.
+        let hash =
+            self.source.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let name =
+            self.path.file_name().map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        format!("{name} ({hash:016x})")
     }
 
     /// Where the template came from: a file, and the field within it (or "(template)").
@@ -114,7 +126,11 @@ struct JsonStyle {
 impl JsonStyle {
     fn write(&self, v: &Value, level: usize, out: &mut String) -> std::result::Result<(), minijinja::Error> {
         match v.kind() {
-            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+            ValueKind::None => out.push_str("null"),
+            // Python's json.dumps cannot write jinja2's Undefined either.
+            ValueKind::Undefined => {
+                return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson of an undefined value"))
+            }
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
             ValueKind::Number if v.is_integer() => out.push_str(&v.to_string()),
             ValueKind::Number => out.push_str(&python_float(f64::try_from(v.clone())?)),
@@ -122,7 +138,11 @@ impl JsonStyle {
             ValueKind::Map => {
                 let mut keys: Vec<Value> = v.try_iter()?.collect();
                 if self.sort_keys {
-                    keys.sort_by_key(|k| k.to_string());
+                    // Python sorts the keys themselves: numbers by value, strings by text.
+                    keys.sort_by(|a, b| match (f64::try_from(a.clone()), f64::try_from(b.clone())) {
+                        (Ok(x), Ok(y)) => x.total_cmp(&y),
+                        _ => a.to_string().cmp(&b.to_string()),
+                    });
                 }
                 let items = keys
                     .into_iter()
@@ -133,8 +153,7 @@ impl JsonStyle {
                     .collect::<std::result::Result<Vec<_>, minijinja::Error>>()?;
                 self.container(('{', '}'), items.len(), level, out, |i, out| {
                     let (k, item) = &items[i];
-                    // Python turns non-string keys into strings.
-                    self.string(&k.as_str().map_or_else(|| k.to_string(), str::to_string), out);
+                    self.string(&key_text(k), out);
                     out.push_str(&self.key);
                     self.write(item, level + 1, out)
                 })?;
@@ -191,7 +210,7 @@ impl JsonStyle {
                 '\t' => out.push_str("\\t"),
                 '\u{8}' => out.push_str("\\b"),
                 '\u{c}' => out.push_str("\\f"),
-                c if (c as u32) < 0x20 || self.ensure_ascii && !c.is_ascii() => {
+                c if (c as u32) < 0x20 || self.ensure_ascii && (c as u32) >= 0x7f => {
                     let mut units = [0u16; 2];
                     for u in c.encode_utf16(&mut units) {
                         out.push_str(&format!("\\u{u:04x}"));
@@ -204,14 +223,35 @@ impl JsonStyle {
     }
 }
 
-/// Python's `repr` of a float as `json.dumps` writes it: integral values keep a ".0", the
-/// non-finite ones are `NaN` / `Infinity`.
+/// A map key as `json.dumps` writes it: strings as they are, other keys as their JSON text
+/// (`none` → "null", `true` → "true", 1.0 → "1.0").
+fn key_text(k: &Value) -> String {
+    match k.kind() {
+        ValueKind::String => k.as_str().unwrap_or_default().to_string(),
+        ValueKind::None | ValueKind::Undefined => "null".into(),
+        ValueKind::Bool => if k.is_true() { "true" } else { "false" }.into(),
+        ValueKind::Number if !k.is_integer() => f64::try_from(k.clone()).map_or_else(|_| k.to_string(), python_float),
+        _ => k.to_string(),
+    }
+}
+
+/// Python's `repr` of a float as `json.dumps` writes it: the shortest digits that round-trip,
+/// integral values with a ".0", an exponent (`1e-05`, `1.5e+16`) below 1e-4 and from 1e16 on,
+/// and `NaN` / `Infinity` for the non-finite ones.
 fn python_float(f: f64) -> String {
     if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else if f.fract() == 0.0 && f.abs() < 1e16 {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let scientific = format!("{f:e}"); // Rust's shortest round-trip digits, as "1.5e16" / "1e-5".
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if f != 0.0 && !(-4..16).contains(&exponent) {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.abs())
+    } else if f.fract() == 0.0 {
         format!("{f:.1}")
     } else {
         format!("{f}")
@@ -238,8 +278,10 @@ const MONTHS: [&str; 12] = [
 ];
 const WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 
-/// `datetime.now().strftime(format)` in UTC for the directives chat templates use (Llama 3.x
-/// writes today's date into its system turn); other directives are copied through.
+/// transformers' `strftime_now`, `datetime.now().strftime(format)`, for the directives chat
+/// templates use (Llama 3.x writes today's date into its system turn), glibc's `%-d` (no padding)
+/// and `%e` (space-padded) included; other directives are copied through. Unlike Python's, the
+/// time is UTC: the engine keeps no time-zone data, and a date is all templates ask for.
 fn strftime(unix: i64, format: &str) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
@@ -255,27 +297,42 @@ fn strftime(unix: i64, format: &str) -> String {
             out.push(c);
             continue;
         }
-        match chars.next() {
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('m') => out.push_str(&format!("{month:02}")),
+        let mut directive = chars.next();
+        // glibc's `-` flag: the number without its padding.
+        let unpadded = directive == Some('-');
+        if unpadded {
+            directive = chars.next();
+        }
+        let number = |value: i64, width: usize| {
+            if unpadded {
+                value.to_string()
+            } else {
+                format!("{value:0width$}")
+            }
+        };
+        match directive {
+            Some('d') => out.push_str(&number(i64::from(day), 2)),
+            Some('e') => out.push_str(&format!("{day:>2}")),
+            Some('m') => out.push_str(&number(i64::from(month), 2)),
             Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('y') => out.push_str(&number(year.rem_euclid(100), 2)),
             Some('b') => out.push_str(&month_name[..3]),
             Some('B') => out.push_str(month_name),
             Some('a') => out.push_str(&WEEKDAYS[weekday][..3]),
             Some('A') => out.push_str(WEEKDAYS[weekday]),
-            Some('H') => out.push_str(&format!("{hour:02}")),
-            Some('I') => out.push_str(&format!("{:02}", (hour + 11) % 12 + 1)),
+            Some('H') => out.push_str(&number(hour, 2)),
+            Some('I') => out.push_str(&number((hour + 11) % 12 + 1, 2)),
             Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
-            Some('M') => out.push_str(&format!("{minute:02}")),
-            Some('S') => out.push_str(&format!("{second:02}")),
-            Some('j') => out.push_str(&format!("{day_of_year:03}")),
+            Some('M') => out.push_str(&number(minute, 2)),
+            Some('S') => out.push_str(&number(second, 2)),
+            Some('j') => out.push_str(&number(day_of_year, 3)),
+            Some('Z') => out.push_str("UTC"),
             Some('%') => out.push('%'),
             Some(other) => {
-                out.push('%');
+                out.push_str(if unpadded { "%-" } else { "%" });
                 out.push(other);
             }
-            None => out.push('%'),
+            None => out.push_str(if unpadded { "%-" } else { "%" }),
         }
     }
     out
@@ -318,17 +375,55 @@ mod tests {
         assert_eq!(strftime(1_733_616_000, "%d %b %Y"), "08 Dec 2024");
         assert_eq!(strftime(951_827_696, "%Y-%m-%d %a %I%p %B %y %% %q"), "2000-02-29 Tue 12PM February 00 % %q");
         assert_eq!(strftime(-86_400, "%d %b %Y"), "31 Dec 1969");
+        assert_eq!(strftime(1_733_616_000, "%-d/%-m %e|%Z %-j %-q"), "8/12  8|UTC 343 %-q");
         for days in [-800_000, -1, 0, 59, 60, 11_016, 20_000, 2_000_000] {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
         }
     }
 
+    /// `json.dumps("\x7f", ensure_ascii=True)` escapes DEL; without ensure_ascii it stays.
     #[test]
-    fn python_floats_keep_their_point() {
-        assert_eq!(python_float(1.0), "1.0");
-        assert_eq!(python_float(0.5), "0.5");
-        assert_eq!(python_float(f64::NAN), "NaN");
-        assert_eq!(python_float(f64::NEG_INFINITY), "-Infinity");
+    fn ensure_ascii_escapes_from_del_up() {
+        let style = |ensure_ascii| JsonStyle { indent: None, item: ", ".into(), key: ": ".into(), ensure_ascii, sort_keys: false };
+        let (mut strict, mut plain) = (String::new(), String::new());
+        style(true).string("a\u{7f}é😀", &mut strict);
+        style(false).string("a\u{7f}é😀", &mut plain);
+        assert_eq!(strict, "\"a\\u007f\\u00e9\\ud83d\\ude00\"");
+        assert_eq!(plain, "\"a\u{7f}é😀\"");
+    }
+
+    /// The same text is the same template wherever it is read from; other text is not.
+    #[test]
+    fn identity_is_the_file_name_and_its_text() {
+        let a = ChatTemplate::new("{{ x }}", "dir/t.jinja", "(template)");
+        let b = ChatTemplate::new("{{ x }}", "./other/../dir/t.jinja", "(template)");
+        let edited = ChatTemplate::new("{{ y }}", "dir/t.jinja", "(template)");
+        assert_eq!(a.identity(), b.identity());
+        assert_ne!(a.identity(), edited.identity());
+        assert!(a.identity().starts_with("t.jinja ("), "{}", a.identity());
+    }
+
+    /// Each against Python: `json.dumps(x)`.
+    #[test]
+    fn floats_are_written_as_python_writes_them() {
+        let cases = [
+            (1.0, "1.0"),
+            (0.5, "0.5"),
+            (-0.0, "-0.0"),
+            (0.0001, "0.0001"),
+            (1e-5, "1e-05"),
+            (-2.5e-7, "-2.5e-07"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (1.2345e100, "1.2345e+100"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(python_float(x), want, "{x}");
+        }
     }
 }

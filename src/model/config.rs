@@ -140,7 +140,10 @@ impl ModelConfig {
             return Err(Error::format(
                 path,
                 "head_dim",
-                format!("{head_dim}: expected an even number from 2 to {MAX_HEAD_DIM}"),
+                format!(
+                    "{head_dim}{}: expected an even number from 2 to {MAX_HEAD_DIM}",
+                    if json.get("head_dim").is_none() { " (hidden_size / num_attention_heads)" } else { "" }
+                ),
             ));
         }
         let bos_token_id = f.opt_usize("bos_token_id")?;

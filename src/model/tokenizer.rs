@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::chat_template::ChatTemplate;
+use crate::model::config::ModelConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ChatMessage {
@@ -34,6 +35,21 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with_template(dir, None)
+    }
+
+    /// The tokenizer of the model folder `dir` for the model `config` describes (a tokenizer
+    /// larger than its vocabulary is refused), with the chat template of the file `template`
+    /// instead of the folder's own when one is given (`--chat-template FILE`).
+    pub fn for_model(dir: &Path, template: Option<&Path>, config: &ModelConfig) -> Result<Self> {
+        let tokenizer = Self::load_with_template(dir, template)?;
+        tokenizer.check_model_vocab(config.vocab_size, &dir.join("config.json"))?;
+        Ok(tokenizer)
+    }
+
+    /// `load`, with the chat template of the file `template` when one is given: the folder's own
+    /// is then not read, so a folder whose template cannot be used still works with another.
+    pub fn load_with_template(dir: &Path, template: Option<&Path>) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(Error::format(dir, "tokenizer.json", "file is missing from the model folder"));
@@ -54,7 +70,10 @@ impl TextTokenizer {
         };
         Ok(TextTokenizer {
             inner,
-            chat_template: chat_template(dir, &config, &config_path)?,
+            chat_template: match template {
+                Some(file) => Some(ChatTemplate::from_file(file)?),
+                None => chat_template(dir, &config, &config_path)?,
+            },
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
             add_bos: config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false),
@@ -63,13 +82,13 @@ impl TextTokenizer {
     }
 
     /// Ids of raw text; special tokens written in the text are matched as specials. With
-    /// `add_bos`, the text is encoded as transformers' `tokenizer(text)` encodes it: through
+    /// `add_special_tokens`, the text is encoded as transformers' `tokenizer(text)` encodes it: through
     /// tokenizer.json's post-processor (Llama 3's adds `<|begin_of_text|>` there), and with a BOS
     /// prepended when tokenizer_config.json asks for one (`add_bos_token`) and none is there yet.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_bos).map_err(|e| Error::input(format!("tokenizer: {e}")))?;
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| Error::input(format!("tokenizer: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_bos && self.add_bos {
+        if add_special_tokens && self.add_bos {
             let bos = self.bos_token.as_deref().and_then(|t| self.inner.token_to_id(t));
             if let Some(bos) = bos.filter(|&bos| enc.get_ids().first() != Some(&bos)) {
                 ids.push(bos);
@@ -98,7 +117,7 @@ impl TextTokenizer {
     /// `config_path`): the two come from different models, and the first out-of-range id would
     /// fail mid-run. Added tokens are not counted: some models list a few beyond `vocab_size`
     /// that ordinary text never produces.
-    pub fn check_model_vocab(&self, vocab_size: usize, config_path: &Path) -> Result<()> {
+    fn check_model_vocab(&self, vocab_size: usize, config_path: &Path) -> Result<()> {
         let base = self.inner.get_vocab_size(false);
         if base > vocab_size {
             return Err(Error::format(
@@ -125,14 +144,9 @@ impl TextTokenizer {
         self.chat_template.is_some()
     }
 
-    /// `load`, then the chat template of the file `template` instead of the folder's own when
-    /// one is given (`--chat-template FILE`).
-    pub fn load_with_template(dir: &Path, template: Option<&Path>) -> Result<Self> {
-        let tokenizer = Self::load(dir)?;
-        Ok(match template {
-            Some(file) => TextTokenizer { chat_template: Some(ChatTemplate::from_file(file)?), ..tokenizer },
-            None => tokenizer,
-        })
+    /// The template chats are rendered with, if any.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
     }
 
     /// Renders a conversation with the model's chat template. The template's BOS handling is
@@ -158,8 +172,8 @@ impl TextTokenizer {
     }
 }
 
-/// The folder's chat template: `chat_template.jinja` when there is one (transformers saves it
-/// there since 4.43, and reads it first), else `tokenizer_config.json`'s `chat_template`, a string
+/// The folder's chat template: `chat_template.jinja` when there is one (newer transformers
+/// versions save it there, and read it first), else `tokenizer_config.json`'s `chat_template`, a string
 /// or a list of named templates (the one named "default").
 fn chat_template(dir: &Path, config: &Value, config_path: &Path) -> Result<Option<ChatTemplate>> {
     let file = dir.join("chat_template.jinja");

@@ -120,8 +120,7 @@ fn plan(opts: &GenDataOptions) -> Result<Plan> {
             opts.max_len, config.max_position_embeddings
         )));
     }
-    let tokenizer = TextTokenizer::load_with_template(&opts.model_dir, opts.chat_template.as_deref())?;
-    tokenizer.check_model_vocab(config.vocab_size, &opts.model_dir.join("config.json"))?;
+    let tokenizer = TextTokenizer::for_model(&opts.model_dir, opts.chat_template.as_deref(), &config)?;
     if !tokenizer.has_chat_template() {
         return Err(Error::format(
             opts.model_dir.join("tokenizer_config.json"),
@@ -153,7 +152,9 @@ fn plan(opts: &GenDataOptions) -> Result<Plan> {
         })
         .collect::<Result<Vec<_>>>()?;
     let groups = plan_shards(&planned.iter().map(|p| p.tokens.ids.len()).collect::<Vec<_>>(), opts.shard_tokens);
-    let index = build_index(opts, &config, &report, end, &planned, &groups)?;
+    // The template given, by name and content (a path written another way is the same one).
+    let template = opts.chat_template.as_ref().and(tokenizer.chat_template()).map(|t| t.identity());
+    let index = build_index(opts, &config, &report, end, &planned, &groups, template)?;
     Ok(Plan { report, conversations: planned, shards: groups, index })
 }
 
@@ -192,6 +193,7 @@ fn build_index(
     end: usize,
     planned: &[Planned],
     groups: &[Range<usize>],
+    chat_template: Option<String>,
 ) -> Result<DataIndex> {
     let name = |p: &Path| -> Result<String> {
         let full = std::fs::canonicalize(p).map_err(|e| Error::io(p, e))?;
@@ -231,7 +233,7 @@ fn build_index(
         end,
         max_len: opts.max_len,
         shard_tokens: opts.shard_tokens,
-        chat_template: opts.chat_template.as_ref().map(|p| p.display().to_string()),
+        chat_template,
         system: opts.system.clone(),
         conversations: planned.len(),
         tokens: shards.iter().map(|s| s.tokens).sum(),

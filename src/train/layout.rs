@@ -57,7 +57,8 @@ pub struct DataIndex {
     pub end: usize,
     pub max_len: usize,
     pub shard_tokens: usize,
-    /// The `--chat-template` file the conversations were rendered with (none: the model's own).
+    /// The `--chat-template` file the conversations were rendered with, by name and content hash
+    /// (`ChatTemplate::identity`; none: the model's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
     /// The `--system` message that opened every conversation.

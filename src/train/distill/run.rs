@@ -186,8 +186,9 @@ impl<B: Backend> Run<'_, B> {
         // checkpoint would keep them: stop while the last checkpoint still holds a usable head.
         if !loss.is_finite() {
             return Err(Error::input(format!(
-                "step {}: the training loss is {loss}: training diverged, and the step was not taken. A checkpoint \
-                 already in {} is intact: lower --lr (or --lr-scale) and start again",
+                "step {}: the training loss is {loss}: training diverged, and the step was not taken, so the head \
+                 and checkpoints in {} are those last written (the last checkpoint, or the starting head): lower \
+                 --lr (or --lr-scale) and start again",
                 self.step + 1,
                 self.opts.out.display()
             )));

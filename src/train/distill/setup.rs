@@ -341,6 +341,16 @@ pub(super) fn load_head<B: Backend + 'static>(
             format!("this is a `{declared}` head, but --head {} was asked for", kind.name()),
         ));
     }
+    if kind == DraftKind::Eagle && json.get("bias").and_then(serde_json::Value::as_bool) == Some(false) {
+        // The trainer's fc has a bias (eagle.md §2, the reference's default); a head without one
+        // would come back from training with one its config denies.
+        return Err(Error::format(
+            &config_path,
+            "bias",
+            "false: distill trains EAGLE-1 heads with an fc bias (the reference's default); start from a head \
+             that has one, or from a fresh head",
+        ));
+    }
     let config = ModelConfig::from_json(&json, &config_path)?;
     check_compatible(&config, &base.config, &config_path)?;
     let clover = CloverConfig::from_json(&json, &config_path)?;

@@ -174,9 +174,10 @@ impl TreeArgs {
         }
         if !ignored.is_empty() {
             eprintln!(
-                "note: {} ignored: --tree {name} does not use it (--tree-budget sizes the clover and eagle2 trees; \
-                 --tree-top-p and --tree-ratio shape the clover tree)",
-                ignored.join(", ")
+                "note: {} ignored: --tree {name} does not use {} (--tree-budget sizes the clover and eagle2 \
+                 trees; --tree-top-p and --tree-ratio shape the clover tree)",
+                ignored.join(", "),
+                if ignored.len() == 1 { "it" } else { "them" }
             );
         }
     }

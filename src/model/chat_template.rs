@@ -385,7 +385,13 @@ mod tests {
     /// `json.dumps("\x7f", ensure_ascii=True)` escapes DEL; without ensure_ascii it stays.
     #[test]
     fn ensure_ascii_escapes_from_del_up() {
-        let style = |ensure_ascii| JsonStyle { indent: None, item: ", ".into(), key: ": ".into(), ensure_ascii, sort_keys: false };
+        let style = |ensure_ascii| JsonStyle {
+            indent: None,
+            item: ", ".into(),
+            key: ": ".into(),
+            ensure_ascii,
+            sort_keys: false,
+        };
         let (mut strict, mut plain) = (String::new(), String::new());
         style(true).string("a\u{7f}é😀", &mut strict);
         style(false).string("a\u{7f}é😀", &mut plain);

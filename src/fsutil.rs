@@ -1,9 +1,16 @@
 //! Output files are written under a temporary name and renamed into place, so an interrupted or
-//! failed run never leaves a half-written file where a finished one is expected.
+//! failed run never leaves a half-written file where a finished one is expected; JSON inputs are
+//! read with errors that name the file.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// A JSON file, parsed; an unreadable or malformed file is named.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, "(json)", e.to_string()))
+}
 
 pub fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -35,10 +35,7 @@ pub fn check_compatible(head: &ModelConfig, base: &ModelConfig, path: &Path) -> 
     Ok(())
 }
 
-pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(path, "(json)", e.to_string()))
-}
+pub use crate::fsutil::read_json;
 
 /// Refuses to write a head into `out` when it holds a model that is not a draft head (a base
 /// model, say): its config and weights would be replaced. Over a head, writing updates it.

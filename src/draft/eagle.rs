@@ -47,6 +47,15 @@ pub struct EagleHead<B: Backend> {
     level: usize,
 }
 
+/// eagle.md §2: fc has a bias unless the head's config says `"bias": false` (the reference's
+/// default is true, and EAGLE-1's released configs do not name it).
+pub fn fc_has_bias(config: &serde_json::Value, config_path: &Path) -> Result<bool> {
+    match config.get("bias") {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(v) => v.as_bool().ok_or_else(|| Error::format(config_path, "bias", "expected true or false")),
+    }
+}
+
 impl<B: Backend> EagleHead<B> {
     pub fn load(dir: &Path, base: &Llama<B>) -> Result<Self> {
         let config_path = dir.join("config.json");
@@ -69,13 +78,7 @@ impl<B: Backend> EagleHead<B> {
                 format!("{}: an EAGLE-1 head has one decoder layer", config.num_layers),
             ));
         }
-        // eagle.md §2: fc has a bias unless the config says `"bias": false` (the reference's
-        // default is true, and EAGLE-1's released configs do not name it).
-        let fc_bias = match json.get("bias") {
-            None | Some(serde_json::Value::Null) => true,
-            Some(v) => v.as_bool().ok_or_else(|| Error::format(&config_path, "bias", "expected true or false"))?,
-        };
-        let head = Self::from_files(config, &files, base, fc_bias)?;
+        let head = Self::from_files(config, &files, base, fc_has_bias(&json, &config_path)?)?;
         refuse_unused_layers(&files, &config_path, "num_hidden_layers", 1)?;
         Ok(head)
     }

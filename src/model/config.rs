@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::fsutil::read_json;
 use crate::model::layer::LayerDims;
 
 /// Bounds on a config's sizes, far above any released model's (Llama-3-405B: hidden 16,384,
@@ -55,9 +56,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, "(json)", e.to_string()))?;
-        Self::from_json(&json, path)
+        Self::from_json(&read_json(path)?, path)
     }
 
     pub fn from_json(json: &Value, path: &Path) -> Result<Self> {
@@ -152,13 +151,7 @@ impl ModelConfig {
             .map(|&id| ("bos_token_id", id as u64))
             .chain(eos_token_ids.iter().map(|&id| ("eos_token_id", id)));
         for (field, id) in special {
-            if id >= vocab_size as u64 {
-                return Err(Error::format(
-                    path,
-                    field,
-                    format!("token {id} is outside the vocabulary of {vocab_size}"),
-                ));
-            }
+            check_in_vocab(id, vocab_size, path, field)?;
         }
         Ok(ModelConfig {
             architecture,
@@ -190,15 +183,9 @@ impl ModelConfig {
         if !path.exists() {
             return Ok(self);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, "(json)", e.to_string()))?;
-        let ids = token_ids(&json, "eos_token_id", &path)?;
-        if let Some(id) = ids.iter().find(|&&id| id >= self.vocab_size as u64) {
-            return Err(Error::format(
-                &path,
-                "eos_token_id",
-                format!("token {id} is outside the vocabulary of {}", self.vocab_size),
-            ));
+        let ids = token_ids(&read_json(&path)?, "eos_token_id", &path)?;
+        for &id in &ids {
+            check_in_vocab(id, self.vocab_size, &path, "eos_token_id")?;
         }
         for id in ids {
             if !self.eos_token_ids.contains(&(id as u32)) {
@@ -237,6 +224,14 @@ impl ModelConfig {
             Some(s) => base.into_iter().map(|f| llama3_scale(f, s)).collect(),
         }
     }
+}
+
+/// Refuses a special token's id outside the vocabulary (named by `field` of `path`).
+fn check_in_vocab(id: u64, vocab_size: usize, path: &Path, field: &str) -> Result<()> {
+    if id >= vocab_size as u64 {
+        return Err(Error::format(path, field, format!("token {id} is outside the vocabulary of {vocab_size}")));
+    }
+    Ok(())
 }
 
 /// A field holding a token id or a list of them (`eos_token_id`); absent or null: none.

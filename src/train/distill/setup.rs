@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
 use crate::draft::config::{check_compatible, declared_kind, read_json, refuse_base_model, CloverConfig};
+use crate::draft::eagle::fc_has_bias;
 use crate::draft::init::fresh_head;
 use crate::draft::DraftKind;
 use crate::error::{Error, Result};
@@ -341,7 +342,7 @@ pub(super) fn load_head<B: Backend + 'static>(
             format!("this is a `{declared}` head, but --head {} was asked for", kind.name()),
         ));
     }
-    if kind == DraftKind::Eagle && json.get("bias").and_then(serde_json::Value::as_bool) == Some(false) {
+    if kind == DraftKind::Eagle && !fc_has_bias(&json, &config_path)? {
         // The trainer's fc has a bias (eagle.md §2, the reference's default); a head without one
         // would come back from training with one its config denies.
         return Err(Error::format(

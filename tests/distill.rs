@@ -51,10 +51,20 @@ fn learns(kind: DraftKind) -> DistillSummary {
         assert!(t1 <= t2 && t2 <= t3 && t3 <= 1.0, "{kind:?} head {i}: top-1/2/3 {t1} {t2} {t3}");
     }
     assert!(e.top3.iter().sum::<f64>() > e.top1.iter().sum::<f64>(), "top-3 never adds a match: {e:?}");
-    // The top-1 chain through depth 0 is head 0's top-1; each depth keeps a subset of the last.
-    assert_eq!(e.chain.len(), heads);
-    assert!((e.chain[0] - e.top1[0]).abs() < 1e-12, "{e:?}");
-    assert!(e.chain.windows(2).all(|w| w[1] <= w[0]), "{:?}", e.chain);
+    // The rollout (clover2.md §8) at k = 1, 2, 3, 5, 10: through depth 0 it is head 0's top-k
+    // agreement; each depth keeps a subset of the last, each k a superset of the smaller's.
+    let tops: Vec<usize> = e.rollout.iter().map(|r| r.top).collect();
+    assert_eq!(tops, [1, 2, 3, 5, 10]);
+    for (r, top) in e.rollout.iter().zip([&e.top1, &e.top2, &e.top3]) {
+        assert!((r.accepted[0] - top[0]).abs() < 1e-12, "{e:?}");
+    }
+    for r in &e.rollout {
+        assert_eq!(r.accepted.len(), heads);
+        assert!(r.accepted.windows(2).all(|w| w[1] <= w[0]), "{:?}", r.accepted);
+    }
+    for pair in e.rollout.windows(2) {
+        assert!(pair[0].accepted.iter().zip(&pair[1].accepted).all(|(a, b)| a <= b), "{:?}", e.rollout);
+    }
     for file in ["loss.svg", "accuracy.svg", "config.json", "model.safetensors"] {
         assert!(out.join(file).exists(), "{file} is written");
     }
@@ -441,7 +451,8 @@ fn loss_weights_replace_the_spec_terms_and_resume_keeps_them() {
 
 /// `--eval-data`: the held-out figures come from every conversation of another gen-data folder
 /// (up to --eval-tokens) instead of the training folders' tails; training itself is unchanged. A
-/// folder made from another base model is refused, naming its index.json.
+/// folder made from another base model is refused, naming its index.json. `--steps 0` only
+/// evaluates the starting head.
 #[test]
 fn eval_data_replaces_the_heldout_tails() {
     let (root, model, data) = setup("eval-data");
@@ -472,6 +483,21 @@ fn eval_data_replaces_the_heldout_tails() {
         DistillOptions { eval_data: vec![foreign], ..options(&model, &data, DraftKind::Eagle, &root.join("c"), 4) };
     let err = distill(&refused, CpuBackend).expect_err("another base model").to_string();
     assert!(err.contains("foreign-data") && err.contains("index.json") && err.contains("--eval-data"), "{err}");
+
+    // `--steps 0` evaluates the starting head and trains nothing: the head trained above, read
+    // back, scores exactly its own last evaluation on the same data.
+    let out_c = root.join("evaluated");
+    let only = DistillOptions {
+        init: Some(out_b.clone()),
+        eval_data: vec![other.clone()],
+        ..options(&model, &data, DraftKind::Eagle, &out_c, 0)
+    };
+    let c = distill(&only, CpuBackend).unwrap();
+    assert_eq!((c.start_step, c.step, c.tokens), (0, 0, 0));
+    let (trained, evaluated) = (b.last_eval.as_ref().unwrap(), c.last_eval.as_ref().unwrap());
+    assert_eq!((evaluated.step, evaluated.loss, &evaluated.top1), (0, trained.loss, &trained.top1));
+    let lines = metrics(&out_c);
+    assert!(lines.len() == 1 && lines[0].split == HELDOUT, "{lines:?}");
 }
 
 /// `--keep-draft-vocab`: a head trained over a counted list, fine-tuned with the list kept, drafts

@@ -5,7 +5,7 @@ use clap::Args;
 use clover_engine::backend::Backend;
 use clover_engine::error::{Error, Result};
 use clover_engine::train::distill::{
-    distill, reference_schedule, DistillOptions, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
+    distill, reference_schedule, DistillOptions, DistillSummary, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LEN,
 };
 use clover_engine::train::metrics::percents;
 use clover_engine::train::tensor_scale::TensorScale;
@@ -35,7 +35,9 @@ pub struct DistillArgs {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Train until this many optimiser steps in all (a resumed run counts the earlier ones).
+    /// Train until this many optimiser steps in all (a resumed run counts the earlier ones). 0
+    /// trains nothing: the starting head's held-out evaluation only (e.g. a shipped head's
+    /// rollout on --eval-data).
     #[arg(long, default_value_t = 100)]
     steps: u64,
     /// Tokens per optimiser step (whole conversations, at least one) [default: 1024].
@@ -133,7 +135,9 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         progress: true,
     };
     let (lr, _) = reference_schedule(opts.head);
-    if !opts.resume {
+    if opts.steps == 0 && !opts.resume {
+        println!("--steps 0: evaluating the starting {} head on the held-out data, training nothing", opts.head.name());
+    } else if !opts.resume {
         println!(
             "training a draft head of kind {}: lr {}, {} tokens per step, conversations cut at {}",
             opts.head.name(),
@@ -143,19 +147,8 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
         );
     }
     let s = distill(&opts, backend)?;
-    println!(
-        "steps {} → {} ({} parameters): {} training tokens in {:.1} s, {:.1} training tokens/s",
-        s.start_step,
-        s.step,
-        s.parameters,
-        s.tokens,
-        s.seconds,
-        s.train_tokens_per_s()
-    );
-    let total = s.timers.total().as_secs_f64().max(1e-9);
-    for phase in Phase::ALL {
-        let t = s.timers.get(phase).as_secs_f64();
-        println!("  {:<18} {:>9.2} s  {:>5.1}%", phase.name(), t, 100.0 * t / total);
+    if s.step > s.start_step {
+        print_training(&s);
     }
     if let Some(counts) = &s.label_masked {
         let kept: Vec<String> =
@@ -171,13 +164,11 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
                 percents(&e.top2),
                 percents(&e.top3)
             );
-            if e.chain.len() > 1 {
-                println!(
-                    "top-1 chain accepted through depth 1..{}: {} (τ of a top-1 chain {:.3})",
-                    e.chain.len(),
-                    percents(&e.chain),
-                    1.0 + e.chain.iter().sum::<f64>()
-                );
+            if e.top1.len() > 1 {
+                println!("held-out rollout (clover2.md §8): top-k chains accepted through depth 1..{}", e.top1.len());
+                for r in &e.rollout {
+                    println!("  top-{:<2} {} (τ {:.3})", r.top, percents(&r.accepted), r.tau());
+                }
             }
         }
         None => println!(
@@ -186,4 +177,22 @@ pub fn run<B: Backend + 'static>(a: DistillArgs, backend: B) -> Result<()> {
     }
     println!("head in {} (generate --draft {} --draft-model {0})", opts.out.display(), opts.head.name());
     Ok(())
+}
+
+/// Steps, tokens, throughput and where the time went.
+fn print_training(s: &DistillSummary) {
+    println!(
+        "steps {} → {} ({} parameters): {} training tokens in {:.1} s, {:.1} training tokens/s",
+        s.start_step,
+        s.step,
+        s.parameters,
+        s.tokens,
+        s.seconds,
+        s.train_tokens_per_s()
+    );
+    let total = s.timers.total().as_secs_f64().max(1e-9);
+    for phase in Phase::ALL {
+        let t = s.timers.get(phase).as_secs_f64();
+        println!("  {:<18} {:>9.2} s  {:>5.1}%", phase.name(), t, 100.0 * t / total);
+    }
 }

@@ -52,12 +52,18 @@ pub struct HeadSums {
     pub top1: usize,
     pub top2: usize,
     pub top3: usize,
-    /// Held-out rows t where heads 0..=i all put the base model's argmax first (head i's row t
-    /// continues head 0's row t by i tokens): the chain of top-1 drafts from position t accepted
-    /// through depth i. On text that follows the base model's greedy choices (`--eval-data` made
-    /// from its own answers) that is what greedy decoding with a top-1 chain would accept.
-    pub chain: usize,
+    /// clover2.md §8's rollout on held-out data, per `ROLLOUT_TOPS[j]` = k: the rows t where heads
+    /// 0..=i each have the base model's argmax among their first k choices (head i's row t
+    /// continues head 0's row t by i tokens), i.e. a chain of top-k drafts from position t accepted
+    /// through depth i. Each head consumes the data's tokens; on text that follows the base
+    /// model's greedy choices (`--eval-data` made from its own answers) those are the tokens an
+    /// accepted draft continues with, so the teacher-forced chain is the free-running one.
+    pub rollout: [usize; ROLLOUT_TOPS.len()],
 }
+
+/// The k of the rollout's top-k acceptance (clover2.md §8: top-1, 2, 3, 5 and 10).
+pub const ROLLOUT_TOPS: [usize; 5] = [1, 2, 3, 5, 10];
+const MAX_TOP: usize = ROLLOUT_TOPS[ROLLOUT_TOPS.len() - 1];
 
 impl HeadSums {
     pub fn add(&mut self, o: &HeadSums) {
@@ -67,7 +73,7 @@ impl HeadSums {
         self.top1 += o.top1;
         self.top2 += o.top2;
         self.top3 += o.top3;
-        self.chain += o.chain;
+        self.rollout.iter_mut().zip(&o.rollout).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -146,7 +152,7 @@ impl LossSpec {
 pub struct Wants {
     /// dL/df for every head.
     pub grads: bool,
-    /// Top-1 agreement with the base model (downloads the logits).
+    /// Top-k agreement with the base model and the rollout (downloads the logits).
     pub top1: bool,
 }
 
@@ -170,9 +176,10 @@ pub fn head_losses<B: Backend>(
     let (lm_head, vocab) = (lm.weight(base), lm.width(base));
     let mut sums = vec![HeadSums::default(); f.len()];
     let mut grads = Vec::with_capacity(f.len());
-    // Per head and row, whether its first choice is the base model's (held-out passes only).
-    let mut first_hit: Vec<Vec<bool>> =
-        if wants.top1 { (0..f.len()).map(|i| vec![false; a.rows(i)]).collect() } else { Vec::new() };
+    // Per head and row, the rank of the base model's argmax among the head's choices, when it is
+    // among the first `MAX_TOP` (held-out passes only).
+    let mut rank: Vec<Vec<Option<usize>>> =
+        if wants.top1 { (0..f.len()).map(|i| vec![None; a.rows(i)]).collect() } else { Vec::new() };
     // SmoothL1 over every row (masked rows get weight 0): cheap, H wide. It writes its gradient,
     // so it goes first and the cross-entropy's is added to it.
     for (i, fi) in f.iter().enumerate() {
@@ -219,12 +226,12 @@ pub fn head_losses<B: Backend>(
             if let Some(want) = &teacher_top1 {
                 let token = |column: usize| lm.ids().map_or(column, |ids| ids[column] as usize);
                 let want = learnt.iter().map(|&k| want[k]);
-                for ((got, w), &t) in top3_rows(&b.download(&logits), vocab).iter().zip(want).zip(&rows) {
-                    let rank = got.iter().position(|&g| g.is_some_and(|g| token(g) == w));
-                    first_hit[i][t] = rank == Some(0);
-                    sums[i].top1 += usize::from(first_hit[i][t]);
-                    sums[i].top2 += usize::from(rank.is_some_and(|r| r < 2));
-                    sums[i].top3 += usize::from(rank.is_some());
+                for ((got, w), &t) in top_k_rows(&b.download(&logits), vocab, MAX_TOP).iter().zip(want).zip(&rows) {
+                    let r = got.iter().position(|&g| token(g) == w);
+                    rank[i][t] = r;
+                    sums[i].top1 += usize::from(r == Some(0));
+                    sums[i].top2 += usize::from(r.is_some_and(|r| r < 2));
+                    sums[i].top3 += usize::from(r.is_some_and(|r| r < 3));
                 }
             }
             if wants.grads {
@@ -234,13 +241,31 @@ pub fn head_losses<B: Backend>(
             }
         }
     }
-    for (i, s) in sums.iter_mut().enumerate().take(first_hit.len()) {
-        s.chain = (0..a.rows(i)).filter(|&t| a.row_mask(i, t) != 0 && (0..=i).all(|h| first_hit[h][t])).count();
+    for (s, counts) in sums.iter_mut().zip(rollout_counts(&rank, |i, t| a.row_mask(i, t) != 0)) {
+        s.rollout = counts;
     }
     if !wants.grads {
         grads.clear();
     }
     (sums, grads)
+}
+
+/// Per head i and k of `ROLLOUT_TOPS`, the rows t counted by `counted(i, t)` where heads 0..=i
+/// each rank the base model's token below k (`rank[h][t]`; head i has rows 0..rank[i].len(),
+/// each a row of every earlier head too).
+fn rollout_counts(
+    rank: &[Vec<Option<usize>>],
+    counted: impl Fn(usize, usize) -> bool,
+) -> Vec<[usize; ROLLOUT_TOPS.len()]> {
+    (0..rank.len())
+        .map(|i| {
+            ROLLOUT_TOPS.map(|k| {
+                (0..rank[i].len())
+                    .filter(|&t| counted(i, t) && (0..=i).all(|h| rank[h][t].is_some_and(|r| r < k)))
+                    .count()
+            })
+        })
+        .collect()
 }
 
 /// The index of each row's largest value (the first on ties, as the base model's greedy choice).
@@ -256,20 +281,24 @@ fn argmax_rows(values: &[f32], width: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Each row's three largest values' indices, largest first, the earlier index first on ties (so
-/// the first is `argmax_rows`'s); `None` past the row's width.
-fn top3_rows(values: &[f32], width: usize) -> Vec<[Option<usize>; 3]> {
+/// Each row's `k` largest values' indices, largest first, the earlier index first on ties (so
+/// the first is `argmax_rows`'s); fewer than `k` when the row is narrower (NaNs are skipped).
+fn top_k_rows(values: &[f32], width: usize, k: usize) -> Vec<Vec<usize>> {
     values
         .chunks_exact(width)
         .map(|row| {
-            let mut best: [Option<(usize, f32)>; 3] = [None; 3];
-            for (k, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
-                // Strictly greater moves a value up, so an earlier index keeps its place on ties.
-                let Some(slot) = best.iter().position(|b| b.is_none_or(|(_, bv)| v > bv)) else { continue };
-                best[slot..].rotate_right(1);
-                best[slot] = Some((k, v));
+            let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+            for (i, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
+                // Most values lose to the k-th best: one comparison. Strictly greater moves a
+                // value up, so an earlier index keeps its place on ties.
+                if best.len() == k && v <= best[k - 1].1 {
+                    continue;
+                }
+                let slot = best.iter().position(|&(_, b)| v > b).unwrap_or(best.len());
+                best.insert(slot, (i, v));
+                best.truncate(k);
             }
-            best.map(|b| b.map(|(k, _)| k))
+            best.into_iter().map(|(i, _)| i).collect()
         })
         .collect()
 }
@@ -323,18 +352,32 @@ mod tests {
         assert_eq!(argmax_rows(&[1.0, 3.0, 3.0, -1.0, -2.0, -1.0], 3), [1, 0]);
     }
 
+    /// Three heads over rows 0..4, 0..3, 0..2: a chain from row t is accepted through depth i at k
+    /// when every head up to i ranks its token below k; head 1's row 2 is masked out.
     #[test]
-    fn top3_orders_by_value_then_index() {
+    fn rollout_counts_chains_by_hand() {
+        let rank = vec![vec![Some(0), Some(1), Some(4), None], vec![Some(0), Some(0), Some(2)], vec![Some(9), Some(0)]];
+        let counts = rollout_counts(&rank, |i, t| !(i == 1 && t == 2));
+        // k:                     1  2  3  5 10
+        assert_eq!(counts[0], [1, 2, 2, 3, 3]);
+        assert_eq!(counts[1], [1, 2, 2, 2, 2]); // row 2 (ranks 4, 2) masked out
+        assert_eq!(counts[2], [0, 1, 1, 1, 2]); // row 0 needs k > 9; row 1 needs k > 1
+    }
+
+    #[test]
+    fn top_k_orders_by_value_then_index() {
         let rows = [0.5, 2.0, -1.0, 2.0, 7.0, 0.5, /* */ 1.0, f32::NAN, 1.0, /* */ 4.0, 3.0];
-        assert_eq!(top3_rows(&rows[..6], 6), [[Some(4), Some(1), Some(3)]]);
-        assert_eq!(top3_rows(&rows[6..9], 3), [[Some(0), Some(2), None]]);
-        assert_eq!(top3_rows(&rows[9..], 2), [[Some(0), Some(1), None]]);
-        let many: Vec<f32> = (0..40).map(|i| ((i * 17) % 11) as f32).collect();
-        for (row, top) in many.chunks_exact(8).zip(top3_rows(&many, 8)) {
-            assert_eq!(top[0], Some(argmax_rows(row, 8)[0]), "the first is argmax's");
-            let mut order: Vec<usize> = (0..8).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            assert_eq!(top, [Some(order[0]), Some(order[1]), Some(order[2])]);
+        assert_eq!(top_k_rows(&rows[..6], 6, 3), [vec![4, 1, 3]]);
+        assert_eq!(top_k_rows(&rows[6..9], 3, 3), [vec![0, 2]]);
+        assert_eq!(top_k_rows(&rows[9..], 2, 3), [vec![0, 1]]);
+        let many: Vec<f32> = (0..400).map(|i| ((i * 17) % 11) as f32).collect();
+        for k in [1, 3, 10] {
+            for (row, top) in many.chunks_exact(40).zip(top_k_rows(&many, 40, k)) {
+                assert_eq!(top[0], argmax_rows(row, 40)[0], "the first is argmax's");
+                let mut order: Vec<usize> = (0..40).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                assert_eq!(top, order[..k]);
+            }
         }
     }
 }

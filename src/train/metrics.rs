@@ -38,16 +38,30 @@ pub struct MetricsLine {
     pub top2: Vec<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top3: Vec<f64>,
-    /// Held-out: per depth i, the fraction of positions whose top-1 drafts through head i all
-    /// agree with the base model (`HeadSums::chain`); 1 + their sum is the τ of a top-1 chain.
+    /// Held-out: the rollout at each k of `ROLLOUT_TOPS` (`HeadSums::rollout`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub chain: Vec<f64>,
+    pub rollout: Vec<Rollout>,
     /// Tokens in the batch (train) or in the held-out set (heldout).
     pub tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
+}
+
+/// clover2.md §8's rollout at one k: per depth i, the fraction of held-out positions whose chain
+/// of top-k drafts the base model accepts through head i.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub top: usize,
+    pub accepted: Vec<f64>,
+}
+
+impl Rollout {
+    /// Tokens per step of decoding with this chain: the root plus the expected accepted drafts.
+    pub fn tau(&self) -> f64 {
+        1.0 + self.accepted.iter().sum::<f64>()
+    }
 }
 
 /// Per-head fractions as percentages, "37.6% 35.0% …", for the progress lines.
@@ -170,7 +184,7 @@ mod tests {
             top1: vec![0.25],
             top2: Vec::new(),
             top3: Vec::new(),
-            chain: Vec::new(),
+            rollout: Vec::new(),
             tokens: 7,
             lr: None,
             tokens_per_s: None,

@@ -56,7 +56,8 @@ pub struct DistillOptions {
     pub init: Option<PathBuf>,
     /// Continue the run in `out` from its newest checkpoint.
     pub resume: bool,
-    /// Train until this many optimiser steps in all (a resumed run counts the earlier ones).
+    /// Train until this many optimiser steps in all (a resumed run counts the earlier ones). 0:
+    /// only the held-out evaluation of the starting head.
     pub steps: u64,
     /// Settings a new run takes (defaults when None) and a resumed run must not change.
     pub batch_tokens: Option<usize>,
@@ -129,9 +130,7 @@ impl DistillSummary {
 
 pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Result<DistillSummary> {
     let started = Instant::now();
-    for (option, n) in
-        [("--steps", opts.steps), ("--eval-every", opts.eval_every), ("--eval-tokens", opts.eval_tokens as u64)]
-    {
+    for (option, n) in [("--eval-every", opts.eval_every), ("--eval-tokens", opts.eval_tokens as u64)] {
         if n == 0 {
             return Err(Error::input(format!("{option} 0: expected at least 1")));
         }
@@ -201,7 +200,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     check_head_out(&opts.out)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let (optimizer, state, metrics) = optimizer_and_state(b, opts, &head.params, &run, resumed.as_ref())?;
-    if state.step >= opts.steps {
+    if opts.resume && state.step >= opts.steps {
         eprintln!(
             "note: the checkpoint is at step {} and --steps is {}: nothing to train (--steps counts the resumed \
              run's earlier steps too; give a larger one to go on)",

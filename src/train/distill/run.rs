@@ -15,8 +15,8 @@ use crate::train::batches::Batcher;
 use crate::train::checkpoint::{self, CheckpointFiles, CheckpointState, RunConfig, TrainState, EXP_AVG, EXP_AVG_SQ};
 use crate::train::head::{Mode, TrainHead};
 use crate::train::label_mask::plausible_positions;
-use crate::train::losses::HeadSums;
-use crate::train::metrics::{percents, MetricsLine, MetricsLog, HELDOUT, TRAIN};
+use crate::train::losses::{HeadSums, ROLLOUT_TOPS};
+use crate::train::metrics::{percents, MetricsLine, MetricsLog, Rollout, HELDOUT, TRAIN};
 use crate::train::optim::Optimizer;
 use crate::train::params::ParamSet;
 use crate::train::shards::{Record, ShardReader};
@@ -59,12 +59,13 @@ impl<B: Backend> Run<'_, B> {
     pub(super) fn train(mut self, started: Instant) -> Result<DistillSummary> {
         let (start_step, start_tokens) = (self.step, self.tokens);
         let bar = self.progress_bar();
+        let mut last_eval = None;
         if self.step == 0 {
             if let Some(line) = self.evaluate()? {
                 self.report(&bar, &line);
+                last_eval = Some(line);
             }
         }
-        let mut last_eval = None;
         while self.step < self.opts.steps {
             let line = self.train_step()?;
             bar.set_position(self.step);
@@ -210,7 +211,7 @@ impl<B: Backend> Run<'_, B> {
             top1: Vec::new(),
             top2: Vec::new(),
             top3: Vec::new(),
-            chain: Vec::new(),
+            rollout: Vec::new(),
             tokens,
             lr: Some(lr as f64),
             tokens_per_s: Some(tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)),
@@ -254,7 +255,15 @@ impl<B: Backend> Run<'_, B> {
             top1: sums.iter().map(|s| s.top1 as f64 / s.rows.max(1) as f64).collect(),
             top2: sums.iter().map(|s| s.top2 as f64 / s.rows.max(1) as f64).collect(),
             top3: sums.iter().map(|s| s.top3 as f64 / s.rows.max(1) as f64).collect(),
-            chain: sums.iter().map(|s| s.chain as f64 / sums[0].rows.max(1) as f64).collect(),
+            // Fractions of head 0's rows: the positions a chain can start from.
+            rollout: ROLLOUT_TOPS
+                .iter()
+                .enumerate()
+                .map(|(j, &top)| Rollout {
+                    top,
+                    accepted: sums.iter().map(|s| s.rollout[j] as f64 / sums[0].rows.max(1) as f64).collect(),
+                })
+                .collect(),
             tokens,
             lr: None,
             tokens_per_s: None,

@@ -11,6 +11,7 @@ mod generate;
 mod import;
 mod init_head;
 mod metrics;
+mod rollout;
 mod score;
 mod stream;
 
@@ -103,7 +104,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Where the model runs, for the commands that run one (generate, score, gen-data, distill,
-    /// eval, bench): cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's kernels are
+    /// eval, bench, rollout): cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's kernels are
     /// there and it opens, else cpu).
     #[arg(long, global = true)]
     device: Option<String>,
@@ -129,6 +130,9 @@ enum Command {
     DraftVocab(draft_vocab::DraftVocabArgs),
     /// Perplexity of a text; optionally dump its logits for comparison with other engines.
     Score(score::ScoreArgs),
+    /// A draft head's rollout on evaluation conversations: chains of top-k drafts accepted per
+    /// depth, run free through the drafting path (clover2.md §8, eagle.md §5).
+    Rollout(rollout::RolloutArgs),
     /// Answer benchmark questions (MT-bench / Spec-Bench JSONL) into a resumable answers file.
     Eval(eval::EvalArgs),
     /// τ, speed and speedup per category from answers files; table, JSON and SVG.
@@ -190,6 +194,7 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::ImportGguf(a) => import::run(a),
         Command::Generate(a) => with_backend!(device()?, b => generate::run(a, b)),
         Command::Score(a) => with_backend!(device()?, b => score::run(a, b)),
+        Command::Rollout(a) => with_backend!(device()?, b => rollout::run(a, b)),
         Command::InitHead(a) => init_head::run(a),
         Command::GenData(a) => with_backend!(device()?, b => gen_data::run(a, b)),
         Command::Eval(a) => with_backend!(device()?, b => eval::run(a, b)),

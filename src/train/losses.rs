@@ -14,7 +14,9 @@
 use crate::backend::Backend;
 use crate::draft::vocab::DraftLmHead;
 use crate::model::Llama;
+use crate::sampling::{argmax, top_k_indices};
 use crate::train::align::Aligned;
+use crate::train::rollout::{rollout_counts, MAX_TOP, ROLLOUT_TOPS};
 
 /// Target rows per lm_head pass: three `[rows, V]` buffers (teacher, student, gradient) of 50 MB
 /// each at V = 49152, and 256 rows keep the GEMMs' row tiles busy on every core.
@@ -60,10 +62,6 @@ pub struct HeadSums {
     /// accepted draft continues with, so the teacher-forced chain is the free-running one.
     pub rollout: [usize; ROLLOUT_TOPS.len()],
 }
-
-/// The k of the rollout's top-k acceptance (clover2.md §8: top-1, 2, 3, 5 and 10).
-pub const ROLLOUT_TOPS: [usize; 5] = [1, 2, 3, 5, 10];
-const MAX_TOP: usize = ROLLOUT_TOPS[ROLLOUT_TOPS.len() - 1];
 
 impl HeadSums {
     pub fn add(&mut self, o: &HeadSums) {
@@ -226,7 +224,9 @@ pub fn head_losses<B: Backend>(
             if let Some(want) = &teacher_top1 {
                 let token = |column: usize| lm.ids().map_or(column, |ids| ids[column] as usize);
                 let want = learnt.iter().map(|&k| want[k]);
-                for ((got, w), &t) in top_k_rows(&b.download(&logits), vocab, MAX_TOP).iter().zip(want).zip(&rows) {
+                let logits = b.download(&logits);
+                let got = logits.chunks_exact(vocab).map(|row| top_k_indices(row, MAX_TOP));
+                for ((got, w), &t) in got.zip(want).zip(&rows) {
                     let r = got.iter().position(|&g| token(g) == w);
                     rank[i][t] = r;
                     sums[i].top1 += usize::from(r == Some(0));
@@ -241,7 +241,7 @@ pub fn head_losses<B: Backend>(
             }
         }
     }
-    for (s, counts) in sums.iter_mut().zip(rollout_counts(&rank, |i, t| a.row_mask(i, t) != 0)) {
+    for (s, counts) in sums.iter_mut().zip(rollout_counts(&rank, |i, t| (0..=i).all(|h| a.row_mask(h, t) != 0))) {
         s.rollout = counts;
     }
     if !wants.grads {
@@ -250,57 +250,9 @@ pub fn head_losses<B: Backend>(
     (sums, grads)
 }
 
-/// Per head i and k of `ROLLOUT_TOPS`, the rows t counted by `counted(i, t)` where heads 0..=i
-/// each rank the base model's token below k (`rank[h][t]`; head i has rows 0..rank[i].len(),
-/// each a row of every earlier head too).
-fn rollout_counts(
-    rank: &[Vec<Option<usize>>],
-    counted: impl Fn(usize, usize) -> bool,
-) -> Vec<[usize; ROLLOUT_TOPS.len()]> {
-    (0..rank.len())
-        .map(|i| {
-            ROLLOUT_TOPS.map(|k| {
-                (0..rank[i].len())
-                    .filter(|&t| counted(i, t) && (0..=i).all(|h| rank[h][t].is_some_and(|r| r < k)))
-                    .count()
-            })
-        })
-        .collect()
-}
-
-/// The index of each row's largest value (the first on ties, as the base model's greedy choice).
+/// The index of each row's largest value: the base model's greedy choice (`sampling::argmax`).
 fn argmax_rows(values: &[f32], width: usize) -> Vec<usize> {
-    values
-        .chunks_exact(width)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (k, &v)| if v > best.1 { (k, v) } else { best })
-                .0
-        })
-        .collect()
-}
-
-/// Each row's `k` largest values' indices, largest first, the earlier index first on ties (so
-/// the first is `argmax_rows`'s); fewer than `k` when the row is narrower (NaNs are skipped).
-fn top_k_rows(values: &[f32], width: usize, k: usize) -> Vec<Vec<usize>> {
-    values
-        .chunks_exact(width)
-        .map(|row| {
-            let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
-            for (i, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
-                // Most values lose to the k-th best: one comparison. Strictly greater moves a
-                // value up, so an earlier index keeps its place on ties.
-                if best.len() == k && v <= best[k - 1].1 {
-                    continue;
-                }
-                let slot = best.iter().position(|&(_, b)| v > b).unwrap_or(best.len());
-                best.insert(slot, (i, v));
-                best.truncate(k);
-            }
-            best.into_iter().map(|(i, _)| i).collect()
-        })
-        .collect()
+    values.chunks_exact(width).map(argmax).collect()
 }
 
 #[cfg(test)]
@@ -350,34 +302,5 @@ mod tests {
     #[test]
     fn argmax_takes_the_first_of_ties() {
         assert_eq!(argmax_rows(&[1.0, 3.0, 3.0, -1.0, -2.0, -1.0], 3), [1, 0]);
-    }
-
-    /// Three heads over rows 0..4, 0..3, 0..2: a chain from row t is accepted through depth i at k
-    /// when every head up to i ranks its token below k; head 1's row 2 is masked out.
-    #[test]
-    fn rollout_counts_chains_by_hand() {
-        let rank = vec![vec![Some(0), Some(1), Some(4), None], vec![Some(0), Some(0), Some(2)], vec![Some(9), Some(0)]];
-        let counts = rollout_counts(&rank, |i, t| !(i == 1 && t == 2));
-        // k:                     1  2  3  5 10
-        assert_eq!(counts[0], [1, 2, 2, 3, 3]);
-        assert_eq!(counts[1], [1, 2, 2, 2, 2]); // row 2 (ranks 4, 2) masked out
-        assert_eq!(counts[2], [0, 1, 1, 1, 2]); // row 0 needs k > 9; row 1 needs k > 1
-    }
-
-    #[test]
-    fn top_k_orders_by_value_then_index() {
-        let rows = [0.5, 2.0, -1.0, 2.0, 7.0, 0.5, /* */ 1.0, f32::NAN, 1.0, /* */ 4.0, 3.0];
-        assert_eq!(top_k_rows(&rows[..6], 6, 3), [vec![4, 1, 3]]);
-        assert_eq!(top_k_rows(&rows[6..9], 3, 3), [vec![0, 2]]);
-        assert_eq!(top_k_rows(&rows[9..], 2, 3), [vec![0, 1]]);
-        let many: Vec<f32> = (0..400).map(|i| ((i * 17) % 11) as f32).collect();
-        for k in [1, 3, 10] {
-            for (row, top) in many.chunks_exact(40).zip(top_k_rows(&many, 40, k)) {
-                assert_eq!(top[0], argmax_rows(row, 40)[0], "the first is argmax's");
-                let mut order: Vec<usize> = (0..40).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                assert_eq!(top, order[..k]);
-            }
-        }
     }
 }

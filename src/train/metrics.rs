@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
 use crate::train::curves::{line_chart, Series};
+use crate::train::rollout::Rollout;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const LOSS_SVG: &str = "loss.svg";
@@ -47,21 +48,6 @@ pub struct MetricsLine {
     pub lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
-}
-
-/// clover2.md §8's rollout at one k: per depth i, the fraction of held-out positions whose chain
-/// of top-k drafts the base model accepts through head i.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Rollout {
-    pub top: usize,
-    pub accepted: Vec<f64>,
-}
-
-impl Rollout {
-    /// Tokens per step of decoding with this chain: the root plus the expected accepted drafts.
-    pub fn tau(&self) -> f64 {
-        1.0 + self.accepted.iter().sum::<f64>()
-    }
 }
 
 /// Per-head fractions as percentages, "37.6% 35.0% …", for the progress lines.

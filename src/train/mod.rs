@@ -27,6 +27,7 @@ pub mod losses;
 pub mod metrics;
 pub mod optim;
 pub mod params;
+pub mod rollout;
 pub mod shards;
 pub mod tensor_scale;
 pub mod timers;

@@ -151,6 +151,25 @@ impl ShardReader {
         (ids, map[loc.loss_mask.clone()].to_vec())
     }
 
+    /// The first records of `subset` up to `budget` tokens (at least one), each counted cut to
+    /// `max_len`, skipping those with nothing to learn within the cut (a long first user turn):
+    /// they would count tokens and no rows. distill's held-out set and `rollout`'s conversations.
+    pub fn evaluation_set(&self, subset: &[usize], max_len: usize, budget: usize) -> Vec<usize> {
+        let mut set = Vec::new();
+        let mut tokens = 0;
+        for &i in subset {
+            let t = self.tokens(i).min(max_len);
+            if !set.is_empty() && tokens + t > budget {
+                break;
+            }
+            if self.ids_and_mask(i).1[..t.saturating_sub(1)].iter().any(|&m| m != 0) {
+                tokens += t;
+                set.push(i);
+            }
+        }
+        set
+    }
+
     /// Record `i` (0..len, index.json order), features widened to f32.
     pub fn record(&self, i: usize) -> Record {
         let loc = &self.records[i];

@@ -31,9 +31,7 @@ use crate::train::tensor_scale::{per_parameter, TensorScale};
 use crate::train::timers::{Phase, Timers};
 
 use run::Run;
-use setup::{
-    eval_set, find_checkpoint, load_head, open_data, open_eval_data, optimizer_and_state, resolve_run, HeadSource,
-};
+use setup::{find_checkpoint, load_head, open_data, open_eval_data, optimizer_and_state, resolve_run, HeadSource};
 
 /// The held-out tail of the conversations (both references: 95 % / 5 %).
 pub const HELDOUT_FRACTION: f64 = 0.05;
@@ -224,8 +222,8 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
         .then(|| open_eval_data(&opts.eval_data, &reader, base.config.vocab_size))
         .transpose()?;
     let (eval_reader, eval_set) = match &eval_data {
-        Some(r) => (r, eval_set(r, &(0..r.len()).collect::<Vec<_>>(), run.max_len, opts.eval_tokens)),
-        None => (&reader, eval_set(&reader, &split.heldout, run.max_len, opts.eval_tokens)),
+        Some(r) => (r, r.evaluation_set(&(0..r.len()).collect::<Vec<_>>(), run.max_len, opts.eval_tokens)),
+        None => (&reader, reader.evaluation_set(&split.heldout, run.max_len, opts.eval_tokens)),
     };
     let batcher = Batcher::new(split.train, run.seed, run.batch_tokens, state.data);
     let r = Run {

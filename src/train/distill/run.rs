@@ -15,10 +15,11 @@ use crate::train::batches::Batcher;
 use crate::train::checkpoint::{self, CheckpointFiles, CheckpointState, RunConfig, TrainState, EXP_AVG, EXP_AVG_SQ};
 use crate::train::head::{Mode, TrainHead};
 use crate::train::label_mask::plausible_positions;
-use crate::train::losses::{HeadSums, ROLLOUT_TOPS};
-use crate::train::metrics::{percents, MetricsLine, MetricsLog, Rollout, HELDOUT, TRAIN};
+use crate::train::losses::HeadSums;
+use crate::train::metrics::{percents, MetricsLine, MetricsLog, HELDOUT, TRAIN};
 use crate::train::optim::Optimizer;
 use crate::train::params::ParamSet;
+use crate::train::rollout::{Rollout, ROLLOUT_TOPS};
 use crate::train::shards::{Record, ShardReader};
 use crate::train::timers::{Phase, Timers};
 

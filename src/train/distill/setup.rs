@@ -112,24 +112,6 @@ pub(super) fn open_eval_data(dirs: &[PathBuf], train: &ShardReader, vocab_size: 
     Ok(reader)
 }
 
-/// The first held-out records up to `budget` tokens (at least one), skipping those with nothing
-/// to learn within `max_len` (a long first user turn): they would count tokens and no rows.
-pub(super) fn eval_set(reader: &ShardReader, heldout: &[usize], max_len: usize, budget: usize) -> Vec<usize> {
-    let mut set = Vec::new();
-    let mut tokens = 0;
-    for &i in heldout {
-        let t = reader.tokens(i).min(max_len);
-        if !set.is_empty() && tokens + t > budget {
-            break;
-        }
-        if reader.record(i).loss_mask[..t.saturating_sub(1)].iter().any(|&m| m != 0) {
-            tokens += t;
-            set.push(i);
-        }
-    }
-    set
-}
-
 /// With `--resume`, the newest checkpoint in `--out` (which must exist); without, `--out` must
 /// not hold a run already.
 pub(super) fn find_checkpoint(opts: &DistillOptions) -> Result<Option<(PathBuf, CheckpointState)>> {

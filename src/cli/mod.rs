@@ -9,6 +9,7 @@ mod export_head;
 mod gen_data;
 mod generate;
 mod import;
+mod import_torch;
 mod init_head;
 mod metrics;
 mod rollout;
@@ -116,6 +117,9 @@ pub struct Cli {
 enum Command {
     /// Convert a GGUF model (F32/F16/BF16/Q8_0/Q4_0/Q4_1) into an HF folder.
     ImportGguf(import::ImportArgs),
+    /// Convert a PyTorch checkpoint (pytorch_model.bin, torch.save's zip format) into a
+    /// model.safetensors, without Python: e.g. a released EAGLE-1 or Clover-2 head.
+    ImportTorch(import_torch::ImportTorchArgs),
     /// Generate text, streaming it as it is produced.
     Generate(generate::GenerateArgs),
     /// Write an untrained draft head for a base model, initialised as the reference does.
@@ -180,6 +184,7 @@ fn run_command(cli: Cli) -> Result<()> {
     let device = || Device::parse(cli.device.as_deref());
     let runs_no_model = match &cli.command {
         Command::ImportGguf(_) => Some("import-gguf"),
+        Command::ImportTorch(_) => Some("import-torch"),
         Command::InitHead(_) => Some("init-head"),
         Command::Metrics(_) => Some("metrics"),
         Command::ExportHead(_) => Some("export-head"),
@@ -192,6 +197,7 @@ fn run_command(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::ImportGguf(a) => import::run(a),
+        Command::ImportTorch(a) => import_torch::run(a),
         Command::Generate(a) => with_backend!(device()?, b => generate::run(a, b)),
         Command::Score(a) => with_backend!(device()?, b => score::run(a, b)),
         Command::Rollout(a) => with_backend!(device()?, b => rollout::run(a, b)),

@@ -1,4 +1,5 @@
-//! Weight files: the safetensors loader (memory-mapped, dtype kept) and the GGUF importer.
+//! Weight files: the safetensors loader (memory-mapped, dtype kept), the GGUF importer and the
+//! PyTorch checkpoint reader (`torch`).
 
 pub mod gguf;
 pub mod gguf_import;
@@ -6,6 +7,7 @@ mod gguf_tokenizer;
 pub mod quant;
 pub mod safetensors;
 mod safetensors_header;
+pub mod torch;
 
 use std::sync::Arc;
 

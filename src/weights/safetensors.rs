@@ -41,8 +41,8 @@ impl SafetensorsFiles {
             // folder is not empty and "no file" would puzzle.
             let pickle = ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
             let hint = if pickle {
-                ": the folder holds pytorch_model.bin, a PyTorch pickle this engine does not read; convert it to \
-                 safetensors first (load it with torch and write it with safetensors.torch.save_file)"
+                ": the folder holds pytorch_model.bin, a PyTorch checkpoint; convert it first with \
+                 `clover-engine import-torch --from DIR --out NEW_DIR`"
             } else {
                 ""
             };

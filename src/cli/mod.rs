@@ -9,6 +9,7 @@ mod export_head;
 mod gen_data;
 mod generate;
 mod import;
+mod import_ge_data;
 mod import_torch;
 mod init_head;
 mod metrics;
@@ -104,8 +105,8 @@ pub struct Cli {
     /// Worker threads for the CPU backend (default, or 0: one per core).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Where the model runs, for the commands that run one (generate, score, gen-data, distill,
-    /// eval, bench, rollout): cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's kernels are
+    /// Where the model runs, for the commands that run one (generate, score, gen-data,
+    /// import-ge-data, distill, eval, bench, rollout): cpu, cuda or cuda:N (default: cuda:0 when a GPU and this build's kernels are
     /// there and it opens, else cpu).
     #[arg(long, global = true)]
     device: Option<String>,
@@ -120,6 +121,9 @@ enum Command {
     /// Convert a PyTorch checkpoint (pytorch_model.bin, torch.save's zip format) into a
     /// model.safetensors, without Python: e.g. a released EAGLE-1 or Clover-2 head.
     ImportTorch(import_torch::ImportTorchArgs),
+    /// Turn the reference's ge_data dumps (one torch.save file per conversation) into gen-data
+    /// shards for distill.
+    ImportGeData(import_ge_data::ImportGeDataArgs),
     /// Generate text, streaming it as it is produced.
     Generate(generate::GenerateArgs),
     /// Write an untrained draft head for a base model, initialised as the reference does.
@@ -198,6 +202,7 @@ fn run_command(cli: Cli) -> Result<()> {
     match cli.command {
         Command::ImportGguf(a) => import::run(a),
         Command::ImportTorch(a) => import_torch::run(a),
+        Command::ImportGeData(a) => with_backend!(device()?, b => import_ge_data::run(a, b)),
         Command::Generate(a) => with_backend!(device()?, b => generate::run(a, b)),
         Command::Score(a) => with_backend!(device()?, b => score::run(a, b)),
         Command::Rollout(a) => with_backend!(device()?, b => rollout::run(a, b)),

@@ -244,7 +244,7 @@ fn build_index(
 }
 
 /// Bytes of the model folder's safetensors files.
-fn weight_bytes(dir: &Path) -> Result<u64> {
+pub(crate) fn weight_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();

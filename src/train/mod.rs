@@ -17,6 +17,7 @@ pub mod data;
 pub mod distill;
 pub mod draft_vocab;
 pub mod eagle_train;
+pub mod ge_data;
 pub mod head;
 #[cfg(test)]
 mod head_gradcheck;

@@ -26,7 +26,7 @@ impl Rollout {
 }
 
 /// Per head i and k of `ROLLOUT_TOPS`, the rows t counted by `counted(i, t)` where heads 0..=i
-/// each rank the base model's token below k (`rank[h][t]`; head i has rows 0..rank[i].len(),
+/// each rank the base model's token below k (`rank[h][t]`; head i has rows `0..rank[i].len()`,
 /// each a row of every earlier head too). Both callers count a chain through depth i only where
 /// the loss mask holds at every depth up to i: a chain that stays in the assistant's answer.
 pub fn rollout_counts(

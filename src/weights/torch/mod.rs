@@ -64,6 +64,10 @@ impl TorchFile {
         Ok(TorchFile { path: path.to_path_buf(), map, storages, root })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Every tensor reachable through the top-level dicts, named by their keys joined with `.`
     /// (a state dict's own names; `{"state_dict": {...}}` gives `state_dict.…`), in file order.
     pub fn tensors(&self) -> Result<Vec<(String, TensorRef)>> {

@@ -1,0 +1,64 @@
+use std::path::PathBuf;
+
+use clap::Args;
+
+use clover_engine::backend::Backend;
+use clover_engine::error::{Error, Result};
+use clover_engine::train::ge_data::{import_ge_data, GeDataOptions};
+
+#[derive(Args)]
+pub struct ImportGeDataArgs {
+    /// Folder of the reference's ge_data dumps (`data_N.ckpt`, in it or in folders below it).
+    #[arg(long)]
+    from: PathBuf,
+    /// The base model the dumps were made with (default: the model fetched by
+    /// tools/fetch-default-model.sh); checked against the first dump's features.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output folder, new or empty: index.json and shards, as gen-data writes them.
+    #[arg(long)]
+    out: PathBuf,
+    /// Conversations are cut to this many tokens (the references train on at most 2048).
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    /// Tokens per shard file (whole conversations).
+    #[arg(long, default_value_t = 32768)]
+    shard_tokens: usize,
+}
+
+pub fn run<B: Backend + 'static>(a: ImportGeDataArgs, backend: B) -> Result<()> {
+    for (option, n) in [("--max-len", a.max_len), ("--shard-tokens", a.shard_tokens)] {
+        if n == 0 {
+            return Err(Error::input(format!("{option} 0: expected at least 1")));
+        }
+    }
+    if std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Error::input(format!(
+            "--out {}: folder exists and is not empty; remove it or choose another",
+            a.out.display()
+        )));
+    }
+    let opts = GeDataOptions {
+        from: a.from,
+        model_dir: super::model_dir(a.model)?,
+        out: a.out,
+        max_len: a.max_len,
+        shard_tokens: a.shard_tokens,
+    };
+    let s = import_ge_data(&opts, backend)?;
+    println!(
+        "{} conversations, {} tokens ({} in the loss mask, {} conversations cut at {}) into {}",
+        s.conversations,
+        s.tokens,
+        s.masked_tokens,
+        s.truncated,
+        opts.max_len,
+        opts.out.display()
+    );
+    println!(
+        "features checked against the base model: largest relative difference {:.2e}; pre-norm features \
+         computed by it for {} conversations (the dumps without hidden_state_onnorm)",
+        s.worst_feature_error, s.computed_prenorm
+    );
+    Ok(())
+}

@@ -179,7 +179,7 @@ fn damaged_foreign_and_hostile_files_fail_by_name() {
     // A pickle that would call `print` under torch.load is refused, naming the call; it runs nothing.
     let run = engine(&["import-torch", "--from", &s(&fixture("hostile.bin")), "--out", &out("hostile-out")]);
     common::assert_clean_error(&run, &["hostile.bin", "data.pkl", "print`"]);
-    assert!(!String::from_utf8_lossy(&run.stdout).contains("a pickle ran code"));
+    assert!(!root.join("hostile-out").exists(), "the folder made for the output is removed");
     // An --out that holds something is refused before anything is read.
     let run =
         engine(&["import-torch", "--from", &s(&fixture("state_dict.bin")), "--out", &s(&common::fixture("torch"))]);

@@ -22,7 +22,7 @@ What is fed (also written into the fixture as "conventions"):
   logits:  lm_head rows of the draft vocabulary only (draft_vocab.json token_ids);
            c_d = the draft-vocab id with the largest depth-d logit.
 
-Usage:
+Usage (Python >= 3.11, numpy and tokenizers from tools/requirements.txt):
     python3 tools/reference_heads.py \\
         --model-dir ~/.cache/clover-engine/models/SmolLM2-135M-Instruct \\
         --heads-dir assets/smollm2-135m-instruct \\

@@ -9,7 +9,7 @@ use clover_engine::weights::torch::{checkpoint_files, convert_to_safetensors};
 pub struct ImportTorchArgs {
     /// A PyTorch checkpoint (`torch.save`'s zip format): a file, or a folder holding
     /// pytorch_model.bin or pytorch_model.bin.index.json and its shards (a released draft head or
-    /// model), whose JSON files (config.json, tokenizer files, …) are copied too.
+    /// model), whose JSON files (config.json, tokenizer.json, …) are copied too.
     #[arg(long)]
     from: PathBuf,
     /// Folder to write model.safetensors (and the copied files) to: new or empty.
@@ -31,9 +31,19 @@ pub fn run(a: ImportTorchArgs) -> Result<()> {
     } else {
         return Err(Error::input(format!("--from {}: no such file or folder", a.from.display())));
     };
+    let created = !a.out.exists();
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let target = a.out.join("model.safetensors");
-    let (tensors, bytes) = convert_to_safetensors(&files, &target)?;
+    let (tensors, bytes) = match convert_to_safetensors(&files, &target) {
+        Ok(done) => done,
+        Err(e) => {
+            // Nothing half-made is left behind: the folder made for the output goes with it.
+            if created {
+                let _ = std::fs::remove_dir_all(&a.out);
+            }
+            return Err(e);
+        }
+    };
     let mut copied = Vec::new();
     if let Some(dir) = folder {
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;

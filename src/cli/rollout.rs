@@ -92,6 +92,12 @@ pub fn run<B: Backend + 'static>(a: RolloutArgs, backend: B) -> Result<()> {
         bar.inc(rec.len() as u64);
     }
     bar.finish_and_clear();
+    if totals.positions == 0 {
+        return Err(Error::input(format!(
+            "--data: the {} conversations taken have no assistant token within --max-len {}: nothing to roll out",
+            totals.conversations, a.max_len
+        )));
+    }
 
     let rollouts = totals.rollouts();
     println!(

@@ -306,8 +306,8 @@ impl<B: Backend> TrainHead<B> for CloverTrainee<B> {
             return sums;
         }
         let wants = match mode {
-            Mode::Train { .. } => Wants { grads: true, top1: false },
-            Mode::Eval => Wants { grads: false, top1: true },
+            Mode::Train { .. } => Wants { grads: true, agreement: false },
+            Mode::Eval => Wants { grads: false, agreement: true },
         };
         let (outs, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, a));
         let (head_sums, grads) = timers.time(Phase::LmHead, || {

@@ -171,8 +171,8 @@ impl<B: Backend> TrainHead<B> for EagleTrainee<B> {
             return vec![HeadSums::default()];
         }
         let (noise, wants) = match mode {
-            Mode::Train { noise } => (Some(noise), Wants { grads: true, top1: false }),
-            Mode::Eval => (None, Wants { grads: false, top1: true }),
+            Mode::Train { noise } => (Some(noise), Wants { grads: true, agreement: false }),
+            Mode::Eval => (None, Wants { grads: false, agreement: true }),
         };
         let (out, saved) = timers.time(Phase::Forward, || self.forward(b, base, rec, a, noise));
         let (sums, mut grads) = timers.time(Phase::LmHead, || {

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
@@ -87,7 +89,13 @@ pub fn import_ge_data<B: Backend>(opts: &GeDataOptions, backend: B) -> Result<Ge
     let mut summary = GeDataSummary::default();
     let (mut shards, mut pending, mut pending_tokens) = (Vec::new(), Vec::new(), 0);
     let mut data_bytes = 0;
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{wide_bar} {pos}/{len} dumps  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     for (index, path) in files.iter().enumerate() {
+        bar.set_position(index as u64);
         data_bytes += std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
         let mut dump = read_dump(path, hidden, model.config.vocab_size)?;
         if dump.ids.len() > opts.max_len {

@@ -151,7 +151,7 @@ pub struct Wants {
     /// dL/df for every head.
     pub grads: bool,
     /// Top-k agreement with the base model and the rollout (downloads the logits).
-    pub top1: bool,
+    pub agreement: bool,
 }
 
 /// The losses of heads 0..n of one record, head i's output `f[i]` being `[rows(i), H]`, over
@@ -177,7 +177,7 @@ pub fn head_losses<B: Backend>(
     // Per head and row, the rank of the base model's argmax among the head's choices, when it is
     // among the first `MAX_TOP` (held-out passes only).
     let mut rank: Vec<Vec<Option<usize>>> =
-        if wants.top1 { (0..f.len()).map(|i| vec![None; a.rows(i)]).collect() } else { Vec::new() };
+        if wants.agreement { (0..f.len()).map(|i| vec![None; a.rows(i)]).collect() } else { Vec::new() };
     // SmoothL1 over every row (masked rows get weight 0): cheap, H wide. It writes its gradient,
     // so it goes first and the cross-entropy's is added to it.
     for (i, fi) in f.iter().enumerate() {
@@ -194,7 +194,7 @@ pub fn head_losses<B: Backend>(
         let teacher_in = b.gather_rows(target, hidden, chunk);
         let mut teacher = b.zeros(chunk.len() * vocab);
         b.matmul(&teacher_in, chunk.len(), lm_head, &mut teacher);
-        let teacher_top1 = wants.top1.then(|| match lm.ids() {
+        let teacher_top1 = wants.agreement.then(|| match lm.ids() {
             None => argmax_rows(&b.download(&teacher), vocab),
             Some(_) => argmax_rows(&base.project(&teacher_in, chunk.len()), base.config.vocab_size),
         });

@@ -1,9 +1,11 @@
 //! PyTorch checkpoints (`torch.save`'s zip format, PyTorch ≥ 1.6): `pytorch_model.bin` of the
 //! released EAGLE-1 and Clover-2 heads, and the reference's `ge_data` dumps. Read without
-//! Python: the archive's records (`zip`), its pickle (`pickle`, which builds values and runs no
-//! code), and each tensor's bytes gathered from its storage, in the stored element type.
+//! Python: the archive's records (`zip`), its pickle (`pickle`, a stack machine that builds values
+//! and runs no code, with `rebuild` for what torch pickles), and each tensor's bytes gathered from
+//! its storage, in the stored element type.
 
 pub mod pickle;
+pub mod rebuild;
 pub mod zip;
 
 use std::collections::HashMap;
@@ -13,7 +15,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-pub use pickle::{TensorRef, TorchDType, Value};
+pub use pickle::Value;
+pub use rebuild::{StorageRef, TensorRef, TorchDType};
 
 /// An opened checkpoint: its top-level object and where each storage's bytes lie.
 pub struct TorchFile {
@@ -72,7 +75,8 @@ impl TorchFile {
     /// (a state dict's own names; `{"state_dict": {...}}` gives `state_dict.…`), in file order.
     pub fn tensors(&self) -> Result<Vec<(String, TensorRef)>> {
         let mut out = Vec::new();
-        collect(&self.root, "", &mut out).map_err(|e| Error::format(&self.path, "data.pkl", e))?;
+        let mut budget = MAX_VISITS;
+        collect(&self.root, "", &mut out, &mut budget).map_err(|e| Error::format(&self.path, "data.pkl", e))?;
         Ok(out)
     }
 
@@ -101,6 +105,14 @@ impl TorchFile {
             .ok_or_else(|| bad("its size overflows".into()))?;
         if numel == 0 {
             return Ok(Vec::new());
+        }
+        // A view never holds more elements than its storage, except a broadcast one (stride 0),
+        // whose copy could be any size: refused, as a hostile size would be.
+        if numel > t.storage.numel {
+            return Err(bad(format!(
+                "a view of {numel} elements over a storage of {} (a broadcast tensor; save it with .contiguous())",
+                t.storage.numel
+            )));
         }
         // The last element it reaches must lie inside the storage.
         let last =
@@ -138,24 +150,70 @@ impl TorchFile {
     }
 }
 
-fn collect(v: &Value, prefix: &str, out: &mut Vec<(String, TensorRef)>) -> std::result::Result<(), String> {
+/// Nested dicts, lists and tuples deeper than this are refused when collecting (a dict can hold
+/// itself; the machine caps how deeply values nest, not cycles).
+const MAX_NAME_DEPTH: usize = 64;
+/// Values visited when collecting, at most: the memo can make a small pickle a graph with
+/// exponentially many paths (tuples of the same tuple), each of which a walk would visit.
+const MAX_VISITS: usize = 1_000_000;
+
+fn collect(
+    v: &Value,
+    prefix: &str,
+    out: &mut Vec<(String, TensorRef)>,
+    budget: &mut usize,
+) -> std::result::Result<(), String> {
+    *budget = budget
+        .checked_sub(1)
+        .ok_or_else(|| format!("more than {MAX_VISITS} values to walk: not a checkpoint's shape"))?;
+    let depth = if prefix.is_empty() { 0 } else { prefix.matches('.').count() + 1 };
+    if depth > MAX_NAME_DEPTH {
+        let shown: String = prefix.chars().take(80).collect();
+        return Err(format!("tensors nested more than {MAX_NAME_DEPTH} containers deep (at {shown}…)"));
+    }
+    let name = |key: String| if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
     match v {
         Value::Tensor(t) => out.push((prefix.to_string(), t.clone())),
         Value::Dict(items) => {
             for (k, v) in items.borrow().iter() {
                 let key = match k {
-                    Value::Str(s) => s.clone(),
+                    Value::Str(s) => s.to_string(),
                     Value::Int(i) => i.to_string(),
-                    other => return Err(format!("a dict key that is not a name: {other:?}")),
+                    // Keys of other kinds (tuples, in some training dumps) name nothing here.
+                    _ if !holds_tensor(v, 0, budget) => continue,
+                    other => return Err(format!("a tensor under a dict key that is not a name: {}", other.brief())),
                 };
-                let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
-                collect(v, &name, out)?;
+                collect(v, &name(key), out, budget)?;
+            }
+        }
+        // Tensors in a list or tuple (an EMA copy, a list of layers) are named by position.
+        Value::List(items) => {
+            for (i, v) in items.borrow().iter().enumerate() {
+                collect(v, &name(i.to_string()), out, budget)?;
+            }
+        }
+        Value::Tuple(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect(v, &name(i.to_string()), out, budget)?;
             }
         }
         // Numbers, strings and other leaves (an epoch counter beside a state dict) hold no tensor.
         _ => {}
     }
     Ok(())
+}
+
+fn holds_tensor(v: &Value, depth: usize, budget: &mut usize) -> bool {
+    let Some(left) = budget.checked_sub(1) else { return true };
+    *budget = left;
+    depth <= MAX_NAME_DEPTH
+        && match v {
+            Value::Tensor(_) => true,
+            Value::Dict(items) => items.borrow().iter().any(|(_, v)| holds_tensor(v, depth + 1, budget)),
+            Value::List(items) => items.borrow().iter().any(|v| holds_tensor(v, depth + 1, budget)),
+            Value::Tuple(items) => items.iter().any(|v| holds_tensor(v, depth + 1, budget)),
+            _ => false,
+        }
 }
 
 /// The checkpoint files of a folder: `pytorch_model.bin`, or the shards its
@@ -177,6 +235,9 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let map = json["weight_map"]
         .as_object()
         .ok_or_else(|| Error::format(&index, "weight_map", "missing, or not an object of tensor name → file"))?;
+    if map.is_empty() {
+        return Err(Error::format(&index, "weight_map", "empty: it names no tensor and no file"));
+    }
     let mut files: Vec<PathBuf> = Vec::new();
     for (name, file) in map {
         let file = file.as_str().filter(|f| !f.contains('/') && !f.contains('\\') && !f.is_empty());
@@ -195,10 +256,11 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn convert_to_safetensors(files: &[PathBuf], out: &Path) -> Result<(usize, usize)> {
     use ::safetensors::tensor::{Dtype, TensorView};
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for path in files {
         let file = TorchFile::open(path)?;
         for (name, t) in file.tensors()? {
-            if tensors.iter().any(|(n, ..)| *n == name) {
+            if !seen.insert(name.clone()) {
                 return Err(Error::format(
                     path,
                     &name,
@@ -222,7 +284,8 @@ pub fn convert_to_safetensors(files: &[PathBuf], out: &Path) -> Result<(usize, u
         }
     }
     if tensors.is_empty() {
-        return Err(Error::format(&files[0], "data.pkl", "the checkpoint holds no tensor"));
+        let first = files.first().map_or(out, |f| f.as_path());
+        return Err(Error::format(first, "data.pkl", "the checkpoint holds no tensor"));
     }
     let bad = |e: ::safetensors::SafeTensorError| Error::format(out, "(safetensors)", e.to_string());
     let views = tensors

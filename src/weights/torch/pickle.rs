@@ -1,135 +1,127 @@
 //! The pickle of a `torch.save` archive (`data.pkl`), read by a small stack machine that builds
-//! values and never runs code: besides plain containers and numbers it knows only what tensors
-//! are made of: the persistent id of a storage (`('storage', torch.FloatStorage, key, location,
-//! numel)`), `torch._utils._rebuild_tensor_v2` (and `_rebuild_tensor`, `_rebuild_parameter`)
-//! and `collections.OrderedDict`. Any other global is refused by name, so a hostile pickle cannot
-//! do more than fail.
+//! values and never runs code. What a call or a persistent id builds is `rebuild`'s business
+//! (tensors, storages, a few containers); any other global is refused there by name, so a
+//! hostile pickle cannot do more than fail. The machine itself stays bounded on hostile input:
+//! values are shared, not copied, when the memo hands them out again; nesting is capped; the memo
+//! holds only the entries a pickle sets.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
-/// An element type of a torch storage, named by its storage class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TorchDType {
-    F64,
-    F32,
-    F16,
-    BF16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U8,
-    Bool,
-}
+use super::rebuild::{call, storage, StorageRef, TensorRef};
 
-impl TorchDType {
-    fn from_storage_class(name: &str) -> Option<Self> {
-        Some(match name {
-            "DoubleStorage" => TorchDType::F64,
-            "FloatStorage" => TorchDType::F32,
-            "HalfStorage" => TorchDType::F16,
-            "BFloat16Storage" => TorchDType::BF16,
-            "LongStorage" => TorchDType::I64,
-            "IntStorage" => TorchDType::I32,
-            "ShortStorage" => TorchDType::I16,
-            "CharStorage" => TorchDType::I8,
-            "ByteStorage" => TorchDType::U8,
-            "BoolStorage" => TorchDType::Bool,
-            _ => return None,
-        })
-    }
-
-    pub fn size(self) -> usize {
-        match self {
-            TorchDType::F64 | TorchDType::I64 => 8,
-            TorchDType::F32 | TorchDType::I32 => 4,
-            TorchDType::F16 | TorchDType::BF16 | TorchDType::I16 => 2,
-            TorchDType::I8 | TorchDType::U8 | TorchDType::Bool => 1,
-        }
-    }
-}
-
-/// A storage the pickle refers to: record `data/{key}` of the archive.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StorageRef {
-    pub dtype: TorchDType,
-    pub key: String,
-    pub numel: usize,
-}
-
-/// A tensor: a strided view of a storage (offset and strides in elements).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorRef {
-    pub storage: StorageRef,
-    pub offset: usize,
-    pub shape: Vec<usize>,
-    pub stride: Vec<usize>,
-}
-
-/// A pickled list's or dict's items, shared (see `Value`).
+/// A pickled list's or dict's items, shared: items added after an object is memoized must show
+/// wherever the memo hands it out again.
 pub type Shared<T> = Rc<RefCell<Vec<T>>>;
 
-/// What the machine builds. Lists and dicts are shared (`Rc`), as the pickle's memo shares them:
-/// items added after an object is memoized must show wherever it is fetched again.
+/// What the machine builds. Everything is cheap to clone (shared), so that fetching a large value
+/// from the memo many times costs nothing.
 #[derive(Clone, Debug)]
 pub enum Value {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
+    Tuple(Rc<[Value]>),
     List(Shared<Value>),
     Dict(Shared<(Value, Value)>),
-    Global(String, String),
+    Global(Rc<str>, Rc<str>),
     Storage(StorageRef),
     Tensor(TensorRef),
 }
 
+impl Value {
+    /// A short description for error messages (a hostile value may be megabytes).
+    pub fn brief(&self) -> String {
+        let text = format!("{self:?}");
+        match text.char_indices().nth(120) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text,
+        }
+    }
+}
+
+/// Dropping a value frees its containers one at a time: a list nested a million deep (which the
+/// memo can build top-down, past `MAX_DEPTH`'s count) would otherwise recurse once per level.
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        take_children(self, &mut pending);
+        while let Some(mut v) = pending.pop() {
+            take_children(&mut v, &mut pending);
+        }
+    }
+}
+
+/// Moves the items of a container nothing else holds into `out`.
+fn take_children(v: &mut Value, out: &mut Vec<Value>) {
+    match v {
+        Value::List(l) if Rc::strong_count(l) == 1 => out.append(&mut l.borrow_mut()),
+        Value::Dict(d) if Rc::strong_count(d) == 1 => {
+            for (k, v) in d.borrow_mut().drain(..) {
+                out.push(k);
+                out.push(v);
+            }
+        }
+        Value::Tuple(t) => {
+            if let Some(items) = Rc::get_mut(t) {
+                out.extend(items.iter_mut().map(|x| std::mem::replace(x, Value::None)));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Containers nested deeper than this are refused: torch's own pickles nest a few levels, and
+/// building (or dropping) a deeper value recurses once per level.
+const MAX_DEPTH: usize = 200;
+
 struct Machine<'a> {
     bytes: &'a [u8],
     at: usize,
-    stack: Vec<Value>,
+    /// Values and how deeply each nests containers.
+    stack: Vec<(Value, usize)>,
     marks: Vec<usize>,
-    memo: Vec<Option<Value>>,
+    memo: HashMap<u32, (Value, usize)>,
 }
 
 /// Runs the pickle in `bytes` and returns the object it builds. Errors say what is wrong in
 /// words; the caller names the file.
 pub fn load(bytes: &[u8]) -> Result<Value, String> {
-    let mut m = Machine { bytes, at: 0, stack: Vec::new(), marks: Vec::new(), memo: Vec::new() };
+    let mut m = Machine { bytes, at: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
     loop {
         let op = m.take(1)?[0];
         match op {
             0x80 => drop(m.take(1)?),            // PROTO
             0x95 => drop(m.take(8)?),            // FRAME (protocol 4): framing only
-            b'.' => return m.pop(),              // STOP
+            b'.' => return Ok(m.pop()?.0),       // STOP
             b'(' => m.marks.push(m.stack.len()), // MARK
-            b'N' => m.stack.push(Value::None),
-            0x88 => m.stack.push(Value::Bool(true)),
-            0x89 => m.stack.push(Value::Bool(false)),
+            b'N' => m.push(Value::None),
+            0x88 => m.push(Value::Bool(true)),
+            0x89 => m.push(Value::Bool(false)),
             b'K' => {
                 let v = m.take(1)?[0] as i64;
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))
             }
             b'M' => {
                 let v = m.uint(2)? as i64;
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))
             }
             b'J' => {
                 let v = m.uint(4)? as u32 as i32 as i64;
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))
             }
             0x8a => {
                 let n = m.take(1)?[0] as usize;
                 let v = long(m.take(n)?)?;
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))
             }
             b'G' => {
                 let v = f64::from_be_bytes(m.take(8)?.try_into().map_err(|_| "bad float")?);
-                m.stack.push(Value::Float(v))
+                m.push(Value::Float(v))
             }
             b'X' | 0x8c | 0x8d | b'T' | b'U' => {
                 let n = match op {
@@ -138,86 +130,96 @@ pub fn load(bytes: &[u8]) -> Result<Value, String> {
                     _ => m.uint(8)?,
                 };
                 let n = usize::try_from(n).map_err(|_| "string too long")?;
-                let s = String::from_utf8_lossy(m.take(n)?).into_owned();
-                m.stack.push(Value::Str(s))
+                let s: Rc<str> = String::from_utf8_lossy(m.take(n)?).into();
+                m.push(Value::Str(s))
             }
             b'B' | b'C' => {
                 let n = if op == b'B' { m.uint(4)? } else { m.take(1)?[0] as u64 };
-                let b = m.take(usize::try_from(n).map_err(|_| "bytes too long")?)?.to_vec();
-                m.stack.push(Value::Bytes(b))
+                let b: Rc<[u8]> = m.take(usize::try_from(n).map_err(|_| "bytes too long")?)?.into();
+                m.push(Value::Bytes(b))
             }
-            b')' => m.stack.push(Value::Tuple(Vec::new())),
-            b']' => m.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
-            b'}' => m.stack.push(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
+            b')' => m.push(Value::Tuple(Rc::new([]))),
+            b']' => m.push(Value::List(Rc::default())),
+            b'}' => m.push(Value::Dict(Rc::default())),
             b't' => {
                 let items = m.pop_mark()?;
-                m.stack.push(Value::Tuple(items))
+                m.push_built(items, |v| Value::Tuple(v.into()))?
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
                 let items = m.stack.split_off(m.stack.len().checked_sub(n).ok_or("stack underflow")?);
-                m.stack.push(Value::Tuple(items))
+                m.push_built(items, |v| Value::Tuple(v.into()))?
             }
             b'l' => {
                 let items = m.pop_mark()?;
-                m.stack.push(Value::List(Rc::new(RefCell::new(items))))
+                m.push_built(items, |v| Value::List(Rc::new(RefCell::new(v))))?
             }
             b'd' => {
                 let items = m.pop_mark()?;
-                m.stack.push(Value::Dict(Rc::new(RefCell::new(pairs(items)?))))
+                let depth = m.depth_over(&items)?;
+                let dict: Shared<(Value, Value)> = Rc::default();
+                set_items(&dict, items.into_iter().map(|(v, _)| v).collect())?;
+                m.stack.push((Value::Dict(dict), depth))
             }
-            b'a' => {
-                let v = m.pop()?;
-                m.list_top()?.borrow_mut().push(v)
+            b'a' | b'e' => {
+                let items = if op == b'a' { vec![m.pop()?] } else { m.pop_mark()? };
+                let depth = m.depth_over(&items)?;
+                let Some((Value::List(list), top_depth)) = m.stack.last_mut() else {
+                    return Err("APPEND to something that is not a list".into());
+                };
+                *top_depth = (*top_depth).max(depth);
+                list.borrow_mut().extend(items.into_iter().map(|(v, _)| v));
             }
-            b'e' => {
-                let items = m.pop_mark()?;
-                m.list_top()?.borrow_mut().extend(items)
-            }
-            b's' => {
-                let v = m.pop()?;
-                let k = m.pop()?;
-                m.dict_top()?.borrow_mut().push((k, v))
-            }
-            b'u' => {
-                let items = m.pop_mark()?;
-                m.dict_top()?.borrow_mut().extend(pairs(items)?)
+            b's' | b'u' => {
+                let items = if op == b's' {
+                    let v = m.pop()?;
+                    let k = m.pop()?;
+                    vec![k, v]
+                } else {
+                    m.pop_mark()?
+                };
+                let depth = m.depth_over(&items)?;
+                let Some((Value::Dict(dict), top_depth)) = m.stack.last_mut() else {
+                    return Err("SETITEM to something that is not a dict".into());
+                };
+                *top_depth = (*top_depth).max(depth);
+                set_items(dict, items.into_iter().map(|(v, _)| v).collect())?;
             }
             b'c' => {
                 let module = m.line()?;
                 let name = m.line()?;
-                m.stack.push(Value::Global(module, name))
+                m.push(Value::Global(module, name))
             }
             0x93 => {
-                let name = m.pop()?;
-                let module = m.pop()?;
-                match (module, name) {
-                    (Value::Str(module), Value::Str(name)) => m.stack.push(Value::Global(module, name)),
+                let name = m.pop()?.0;
+                let module = m.pop()?.0;
+                match (&module, &name) {
+                    (Value::Str(module), Value::Str(name)) => m.push(Value::Global(module.clone(), name.clone())),
                     _ => return Err("STACK_GLOBAL without a module and a name".into()),
                 }
             }
-            b'q' | b'r' => {
-                let i = if op == b'q' { m.take(1)?[0] as u64 } else { m.uint(4)? };
-                m.put(i as usize)?
-            }
-            0x94 => {
-                let i = m.memo.len();
-                m.put(i)?
+            b'q' | b'r' | 0x94 => {
+                let i = match op {
+                    b'q' => m.take(1)?[0] as u32,
+                    b'r' => m.uint(4)? as u32,
+                    _ => m.memo.len() as u32, // MEMOIZE: the next index
+                };
+                let top = m.stack.last().cloned().ok_or("stack underflow")?;
+                m.memo.insert(i, top);
             }
             b'h' | b'j' => {
-                let i = if op == b'h' { m.take(1)?[0] as u64 } else { m.uint(4)? } as usize;
-                let v =
-                    m.memo.get(i).cloned().flatten().ok_or_else(|| format!("memo entry {i} used before it is set"))?;
+                let i = if op == b'h' { m.take(1)?[0] as u32 } else { m.uint(4)? as u32 };
+                let v = m.memo.get(&i).cloned().ok_or_else(|| format!("memo entry {i} used before it is set"))?;
                 m.stack.push(v)
             }
             b'Q' => {
-                let pid = m.pop()?;
-                m.stack.push(Value::Storage(storage(pid)?))
+                let pid = m.pop()?.0;
+                m.push(Value::Storage(storage(&pid)?))
             }
             b'R' | 0x81 => {
-                let args = m.pop()?;
-                let callable = m.pop()?;
-                m.stack.push(call(callable, args)?)
+                let (args, depth) = m.pop()?;
+                let callable = m.pop()?.0;
+                m.stack.push((call(&callable, &args)?, depth))
             }
             b'b' => drop(m.pop()?), // BUILD: an object's state (a state dict's _metadata) is not needed
             b'0' => drop(m.pop()?),
@@ -229,6 +231,28 @@ pub fn load(bytes: &[u8]) -> Result<Value, String> {
             other => return Err(format!("pickle opcode 0x{other:02x} at byte {} is not supported", m.at - 1)),
         }
     }
+}
+
+/// Adds key-value pairs (a flat list) to a dict, a later value replacing an earlier one of the
+/// same name or number (as Python's dict does).
+fn set_items(dict: &Shared<(Value, Value)>, items: Vec<Value>) -> Result<(), String> {
+    if !items.len().is_multiple_of(2) {
+        return Err("a dict's items are not key-value pairs".into());
+    }
+    let mut dict = dict.borrow_mut();
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let same = |other: &Value| match (&k, other) {
+            (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            _ => false,
+        };
+        match dict.iter_mut().find(|(key, _)| same(key)) {
+            Some(slot) => slot.1 = v,
+            None => dict.push((k, v)),
+        }
+    }
+    Ok(())
 }
 
 impl Machine<'_> {
@@ -243,59 +267,49 @@ impl Machine<'_> {
         Ok(self.take(n)?.iter().rev().fold(0u64, |v, &b| (v << 8) | b as u64))
     }
 
-    fn line(&mut self) -> Result<String, String> {
+    fn line(&mut self) -> Result<Rc<str>, String> {
         let rest = &self.bytes[self.at..];
         let end = rest.iter().position(|&b| b == b'\n').ok_or("GLOBAL without its newline")?;
-        let s = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let s: Rc<str> = String::from_utf8_lossy(&rest[..end]).into();
         self.at += end + 1;
         Ok(s)
     }
 
-    fn pop(&mut self) -> Result<Value, String> {
+    /// A value that holds no container.
+    fn push(&mut self, v: Value) {
+        self.stack.push((v, 0));
+    }
+
+    /// A container of `items`, one level deeper than the deepest of them.
+    fn push_built(
+        &mut self,
+        items: Vec<(Value, usize)>,
+        build: impl FnOnce(Vec<Value>) -> Value,
+    ) -> Result<(), String> {
+        let depth = self.depth_over(&items)?;
+        self.stack.push((build(items.into_iter().map(|(v, _)| v).collect()), depth));
+        Ok(())
+    }
+
+    fn depth_over(&self, items: &[(Value, usize)]) -> Result<usize, String> {
+        let depth = 1 + items.iter().map(|(_, d)| *d).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(format!("containers nested more than {MAX_DEPTH} deep"));
+        }
+        Ok(depth)
+    }
+
+    fn pop(&mut self) -> Result<(Value, usize), String> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err("a value is taken across a MARK".into());
         }
         self.stack.pop().ok_or_else(|| "stack underflow".into())
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+    fn pop_mark(&mut self) -> Result<Vec<(Value, usize)>, String> {
         let mark = self.marks.pop().ok_or("no MARK to pop to")?;
         Ok(self.stack.split_off(mark.min(self.stack.len())))
     }
-
-    fn put(&mut self, i: usize) -> Result<(), String> {
-        let top = self.stack.last().cloned().ok_or("stack underflow")?;
-        if i >= self.memo.len() {
-            if i > 1 << 24 {
-                return Err(format!("memo index {i} is out of range"));
-            }
-            self.memo.resize(i + 1, None);
-        }
-        self.memo[i] = Some(top);
-        Ok(())
-    }
-
-    fn list_top(&self) -> Result<Shared<Value>, String> {
-        match self.stack.last() {
-            Some(Value::List(l)) => Ok(l.clone()),
-            _ => Err("APPEND to something that is not a list".into()),
-        }
-    }
-
-    fn dict_top(&self) -> Result<Shared<(Value, Value)>, String> {
-        match self.stack.last() {
-            Some(Value::Dict(d)) => Ok(d.clone()),
-            _ => Err("SETITEM to something that is not a dict".into()),
-        }
-    }
-}
-
-fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if !items.len().is_multiple_of(2) {
-        return Err("a dict's items are not key-value pairs".into());
-    }
-    let mut it = items.into_iter();
-    Ok(std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect())
 }
 
 /// A little-endian two's-complement integer of up to 8 bytes (LONG1).
@@ -312,76 +326,66 @@ fn long(bytes: &[u8]) -> Result<i64, String> {
     Ok(i64::from_le_bytes(buf))
 }
 
-fn as_usize(v: &Value, what: &str) -> Result<usize, String> {
-    match v {
-        Value::Int(i) => usize::try_from(*i).map_err(|_| format!("{what} {i} is negative")),
-        other => Err(format!("{what} is not an integer: {other:?}")),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn as_usizes(v: &Value, what: &str) -> Result<Vec<usize>, String> {
-    match v {
-        Value::Tuple(items) => items.iter().map(|x| as_usize(x, what)).collect(),
-        Value::List(items) => items.borrow().iter().map(|x| as_usize(x, what)).collect(),
-        other => Err(format!("{what} is not a tuple: {other:?}")),
+    fn run(bytes: &[u8]) -> Result<Value, String> {
+        load(bytes)
     }
-}
 
-/// `('storage', torch.XStorage, key, location, numel)`: what `torch.save` writes for a storage.
-fn storage(pid: Value) -> Result<StorageRef, String> {
-    let Value::Tuple(items) = pid else { return Err(format!("a persistent id that is not a tuple: {pid:?}")) };
-    match items.as_slice() {
-        [Value::Str(tag), Value::Global(module, class), Value::Str(key), _location, numel] if tag == "storage" => {
-            let dtype = TorchDType::from_storage_class(class)
-                .filter(|_| module == "torch")
-                .ok_or_else(|| format!("storage class `{module}.{class}` is not one this reader knows"))?;
-            Ok(StorageRef { dtype, key: key.clone(), numel: as_usize(numel, "a storage's size")? })
-        }
-        _ => Err(format!("a persistent id that is not a storage: {items:?}")),
+    /// Integer and float opcodes as pickletools documents them: BININT1 and BININT2 unsigned,
+    /// BININT signed, LONG1 two's complement, BINFLOAT big-endian.
+    #[test]
+    fn numbers_decode_as_python_writes_them() {
+        let int = |b: &[u8]| match run(&[b, b"."].concat()) {
+            Ok(Value::Int(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(int(&[b'K', 0xFF]), 255);
+        assert_eq!(int(&[b'M', 0x60, 0xEA]), 60000);
+        assert_eq!(int(&[b'J', 0xFB, 0xFF, 0xFF, 0xFF]), -5);
+        assert_eq!(int(&[0x8a, 6, 0, 0, 0, 0, 0, 0xFF]), -(1i64 << 40));
+        assert_eq!(int(&[0x8a, 2, 0xFF, 0x00]), 255);
+        let float = run(&[&[b'G'][..], &1e-4f64.to_be_bytes(), b"."].concat());
+        assert!(matches!(float, Ok(Value::Float(f)) if f == 1e-4), "{float:?}");
     }
-}
 
-fn call(callable: Value, args: Value) -> Result<Value, String> {
-    let Value::Global(module, name) = &callable else {
-        return Err(format!("a call of something that is not a global: {callable:?}"));
-    };
-    let Value::Tuple(args) = args else { return Err(format!("`{module}.{name}` called without an argument tuple")) };
-    match (module.as_str(), name.as_str()) {
-        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") if args.len() >= 4 => {
-            let Value::Storage(storage) = &args[0] else {
-                return Err(format!("`{name}` of something that is not a storage: {:?}", args[0]));
-            };
-            let (shape, stride) = (as_usizes(&args[2], "a tensor's size")?, as_usizes(&args[3], "a tensor's stride")?);
-            if shape.len() != stride.len() {
-                return Err(format!("a tensor of size {shape:?} with strides {stride:?}"));
-            }
-            Ok(Value::Tensor(TensorRef {
-                storage: storage.clone(),
-                offset: as_usize(&args[1], "a tensor's storage offset")?,
-                shape,
-                stride,
-            }))
+    /// A dict's later value of a key replaces the earlier one; a list grows by APPEND/APPENDS.
+    #[test]
+    fn containers_fill_as_python_builds_them() {
+        // {'a': 1, 'a': 2} via SETITEMS, then SETITEM 'b': [3, 4, 5].
+        let p = b"}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00aK\x02uX\x01\x00\x00\x00b]K\x03a(K\x04K\x05es.";
+        let v = run(p).unwrap();
+        let Value::Dict(d) = &v else { panic!("{v:?}") };
+        let d = d.borrow();
+        assert_eq!(d.len(), 2);
+        assert!(matches!(&d[0], (Value::Str(k), Value::Int(2)) if &**k == "a"));
+        let Value::List(l) = &d[1].1 else { panic!() };
+        assert!(matches!(l.borrow().as_slice(), [Value::Int(3), Value::Int(4), Value::Int(5)]));
+    }
+
+    /// Hostile shapes fail quickly and cleanly: deep nesting, a sparse memo index, values
+    /// fetched from the memo over and over (shared, not copied), an unknown global.
+    #[test]
+    fn hostile_pickles_fail_or_stay_cheap() {
+        let deep: Vec<u8> = [&b")"[..], &vec![0x85u8; 50_000], b"."].concat();
+        assert!(run(&deep).unwrap_err().contains("nested"));
+        // LONG_BINPUT 2^24 sets one entry, not sixteen million.
+        assert!(matches!(run(b"K\x01r\x00\x00\x00\x01."), Ok(Value::Int(1))));
+        // Forty levels of (m, m, m) from the memo: 3^40 leaves if copied, shared here.
+        let mut p = b"X\x04\x00\x00\x00leafq\x00".to_vec();
+        for _ in 0..40 {
+            p.extend(b"0h\x00h\x00h\x00\x87q\x00");
         }
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") if !args.is_empty() => {
-            Ok(args[0].clone())
-        }
-        ("collections", "OrderedDict") => {
-            let items = match args.first() {
-                None => Vec::new(),
-                Some(Value::List(l)) => l
-                    .borrow()
-                    .iter()
-                    .map(|p| match p {
-                        Value::Tuple(kv) if kv.len() == 2 => Ok((kv[0].clone(), kv[1].clone())),
-                        _ => Err("an OrderedDict item that is not a pair".to_string()),
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(other) => return Err(format!("OrderedDict of {other:?}")),
-            };
-            Ok(Value::Dict(Rc::new(RefCell::new(items))))
-        }
-        _ => Err(format!(
-            "the pickle calls `{module}.{name}`: this reader builds tensors, storages and plain containers only"
-        )),
+        p.extend(b".");
+        assert!(run(&p).is_ok());
+        // Dicts nested 100,000 deep, built top-down through the memo (each level SETITEMs a new
+        // dict into the last, then fetches it back): built and dropped without deep recursion.
+        let level = b"K\x00}q\x00s0h\x00";
+        let p = [&b"}2"[..], &level.repeat(100_000), b"0."].concat();
+        drop(run(&p).unwrap());
+        let err = run(b"cposix\nsystem\nX\x02\x00\x00\x00ls\x85R.").unwrap_err();
+        assert!(err.contains("posix.system"), "{err}");
     }
 }

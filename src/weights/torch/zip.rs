@@ -20,16 +20,20 @@ const ZIP64_END: u32 = 0x0606_4b50;
 /// The extra field holding the 64-bit sizes and offset a zip64 entry leaves as 0xFFFFFFFF.
 const ZIP64_EXTRA: u16 = 0x0001;
 
+fn field<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    field(b, at).map(u16::from_le_bytes)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    field(b, at).map(u32::from_le_bytes)
 }
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    field(b, at).map(u64::from_le_bytes)
 }
 
 /// Every record of the archive in `bytes`, in directory order. Errors say what is wrong in
@@ -67,11 +71,9 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
         let name_bytes = bytes.get(at + 46..at + 46 + name_len).ok_or_else(short)?;
         let name = String::from_utf8_lossy(name_bytes).into_owned();
         let extra = bytes.get(at + 46 + name_len..at + 46 + name_len + extra_len).ok_or_else(short)?;
-        let compressed = u32_at(bytes, at + 20).ok_or_else(short)? as u64;
-        let (mut big_compressed, mut big) = (compressed, size);
-        zip64_fields(extra, &mut big, &mut big_compressed, &mut local);
-        size = big;
-        if method != 0 || big_compressed != size {
+        let mut compressed = u32_at(bytes, at + 20).ok_or_else(short)? as u64;
+        zip64_fields(extra, &mut size, &mut compressed, &mut local);
+        if method != 0 || compressed != size {
             return Err(format!(
                 "record {name} is compressed (method {method}); torch.save stores records uncompressed"
             ));

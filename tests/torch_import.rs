@@ -176,6 +176,9 @@ fn damaged_foreign_and_hostile_files_fail_by_name() {
         common::assert_clean_error(&run, &needles);
         assert!(!root.join(format!("{name}-out")).join("model.safetensors").exists(), "{name}: nothing written");
     }
+    // Deflated records (torch.save stores them as they are) are refused by record.
+    let run = engine(&["import-torch", "--from", &s(&fixture("deflated.ckpt")), "--out", &out("deflated-out")]);
+    common::assert_clean_error(&run, &["deflated.ckpt", "data_0/data.pkl", "compressed"]);
     // A pickle that would call `print` under torch.load is refused, naming the call; it runs nothing.
     let run = engine(&["import-torch", "--from", &s(&fixture("hostile.bin")), "--out", &out("hostile-out")]);
     common::assert_clean_error(&run, &["hostile.bin", "data.pkl", "print`"]);

@@ -112,7 +112,7 @@ def contiguous(dtype, values, size):
     return Tensor(Storage(dtype, values), 0, size, stride)
 
 
-def save(obj, path, archive):
+def save(obj, path, archive, compression=zipfile.ZIP_STORED):
     """torch.save's zip layout: data.pkl, byteorder, data/<key> for each storage, 64-byte aligned."""
     keys = {}
 
@@ -127,7 +127,7 @@ def save(obj, path, archive):
     Pickler(buf, protocol=2).dump(obj)
     records = [("data.pkl", buf.getvalue()), ("byteorder", b"little")]
     records += [(f"data/{key}", storage.data()) for key, storage in sorted(keys.values(), key=lambda kv: int(kv[0]))]
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+    with zipfile.ZipFile(path, "w", compression=compression) as z:
         for name, data in records:
             info = zipfile.ZipInfo(f"{archive}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
             # Pad the local header with an "FB" extra field so the data starts on 64 bytes.
@@ -189,6 +189,9 @@ def main():
 
     save({"fc.weight": weight, "payload": Hostile()}, os.path.join(out, "hostile.bin"), "archive")
 
+    # The same dump with its records deflated, which torch.save never does: refused by record.
+    save(dump, os.path.join(out, "deflated.ckpt"), "data_0", zipfile.ZIP_DEFLATED)
+
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(
             {"state_dict.bin": expected(state.items()), "data_0.ckpt": expected(dump.items())},
@@ -196,7 +199,7 @@ def main():
             indent=1,
         )
         f.write("\n")
-    print(f"wrote {out}/state_dict.bin, data_0.ckpt, hostile.bin, expected.json")
+    print(f"wrote {out}/state_dict.bin, data_0.ckpt, hostile.bin, deflated.ckpt, expected.json")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ pub mod rebuild;
 pub mod zip;
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -22,7 +21,7 @@ pub use rebuild::{StorageRef, TensorRef, TorchDType};
 pub struct TorchFile {
     path: PathBuf,
     map: Mmap,
-    storages: HashMap<String, Range<usize>>,
+    storages: HashMap<String, zip::Entry>,
     pub root: Value,
 }
 
@@ -47,6 +46,7 @@ impl TorchFile {
             |suffix: &str| entries.iter().find(|e| e.name.ends_with(suffix) && e.name.matches('/').count() == 1);
         let pickle =
             record("/data.pkl").ok_or_else(|| Error::format(path, "data.pkl", "the archive has no data.pkl"))?;
+        stored(path, pickle)?;
         if let Some(order) = record("/byteorder") {
             if &map[order.data.clone()] != b"little" {
                 return Err(Error::format(
@@ -61,7 +61,7 @@ impl TorchFile {
             .iter()
             .filter_map(|e| {
                 let (folder, key) = e.name.rsplit_once("/data/")?;
-                (!folder.contains('/')).then(|| (key.to_string(), e.data.clone()))
+                (!folder.contains('/')).then(|| (key.to_string(), e.clone()))
             })
             .collect();
         Ok(TorchFile { path: path.to_path_buf(), map, storages, root })
@@ -85,11 +85,12 @@ impl TorchFile {
     pub fn bytes(&self, name: &str, t: &TensorRef) -> Result<Vec<u8>> {
         let bad = |msg: String| Error::format(&self.path, name, msg);
         let size = t.storage.dtype.size();
-        let range = self
+        let entry = self
             .storages
             .get(&t.storage.key)
             .ok_or_else(|| bad(format!("its storage data/{} is not in the archive", t.storage.key)))?;
-        let storage = &self.map[range.clone()];
+        stored(&self.path, entry)?;
+        let storage = &self.map[entry.data.clone()];
         if storage.len() < t.storage.numel.saturating_mul(size) {
             return Err(bad(format!(
                 "storage data/{} holds {} bytes, fewer than its {} elements",
@@ -147,6 +148,18 @@ impl TorchFile {
             }
         }
         Ok(out)
+    }
+}
+
+/// A record this reader needs must be stored as it is: torch.save never compresses one.
+fn stored(path: &Path, entry: &zip::Entry) -> Result<()> {
+    match entry.compressed {
+        None => Ok(()),
+        Some(method) => Err(Error::format(
+            path,
+            &entry.name,
+            format!("compressed (method {method}); torch.save stores its records uncompressed"),
+        )),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The entries of a `torch.save` archive: a zip whose records are stored uncompressed (PyTorch's
-//! writer never compresses, and aligns each record so tensors can be memory-mapped). Only what
+//! writer never compresses them, and aligns each so tensors can be memory-mapped). Only what
 //! such an archive uses is read: the central directory (zip64 too, for files past 4 GiB) and the
 //! local headers it points to.
 
@@ -10,6 +10,10 @@ use std::ops::Range;
 pub struct Entry {
     pub name: String,
     pub data: Range<usize>,
+    /// The compression method of a record that is not stored as it is (method 0): its bytes
+    /// cannot be read in place. TorchScript archives compress their code records; the reader
+    /// refuses only a compressed record it needs.
+    pub compressed: Option<u16>,
 }
 
 const LOCAL_HEADER: u32 = 0x0403_4b50;
@@ -73,11 +77,9 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
         let extra = bytes.get(at + 46 + name_len..at + 46 + name_len + extra_len).ok_or_else(short)?;
         let mut compressed = u32_at(bytes, at + 20).ok_or_else(short)? as u64;
         zip64_fields(extra, &mut size, &mut compressed, &mut local);
-        if method != 0 || compressed != size {
-            return Err(format!(
-                "record {name} is compressed (method {method}); torch.save stores records uncompressed"
-            ));
-        }
+        // A compressed record's data is its compressed bytes.
+        let stored = method == 0 && compressed == size;
+        let size = if stored { size } else { compressed };
         let local = usize::try_from(local).map_err(|_| short())?;
         if u32_at(bytes, local) != Some(LOCAL_HEADER) {
             return Err(format!("record {name}: no local header at byte {local}"));
@@ -87,7 +89,7 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
         let start = local + 30 + local_name + local_extra;
         let stop = usize::try_from(size).ok().and_then(|s| start.checked_add(s)).filter(|&s| s <= bytes.len());
         let stop = stop.ok_or_else(|| format!("record {name} runs past the end of the file"))?;
-        out.push(Entry { name, data: start..stop });
+        out.push(Entry { name, data: start..stop, compressed: (!stored).then_some(method) });
         at += 46 + name_len + extra_len + comment_len;
     }
     Ok(out)
@@ -177,7 +179,7 @@ mod tests {
         z.extend(u32::MAX.to_le_bytes());
         z.extend(0u16.to_le_bytes());
         let got = entries(&z).unwrap();
-        assert_eq!(got, [Entry { name: "archive/data/0".into(), data: start..start + data.len() }]);
+        assert_eq!(got, [Entry { name: "archive/data/0".into(), data: start..start + data.len(), compressed: None }]);
         assert!(entries(&z[..z.len() - 30]).is_err(), "a cut end record");
     }
 }

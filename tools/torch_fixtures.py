@@ -130,6 +130,7 @@ def save(obj, path, archive, compression=zipfile.ZIP_STORED):
     with zipfile.ZipFile(path, "w", compression=compression) as z:
         for name, data in records:
             info = zipfile.ZipInfo(f"{archive}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = compression  # writestr takes it from the ZipInfo, not the file
             # Pad the local header with an "FB" extra field so the data starts on 64 bytes.
             header = 30 + len(info.filename.encode())
             offset = z.fp.tell() + header + 4

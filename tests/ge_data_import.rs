@@ -190,6 +190,15 @@ fn dumps_of_another_model_or_misshapen_are_refused() {
         ],
         &["input_ids", "vocabulary"],
     );
+    case(
+        "no-tokens",
+        &[
+            ("input_ids", vec![0], Data::I64(Vec::new())),
+            ("hidden_state", vec![0, 32], Data::F32(Vec::new())),
+            ("loss_mask", vec![0], Data::I64(Vec::new())),
+        ],
+        &["input_ids", "no tokens"],
+    );
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let run =

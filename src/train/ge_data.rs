@@ -211,6 +211,9 @@ fn read_dump(path: &Path, hidden: usize, vocab: usize) -> Result<Dump> {
     };
     let ids_t = get("input_ids")?;
     let len = shape("input_ids", ids_t, &[None])?;
+    if len == 0 {
+        return Err(Error::format(path, "input_ids", "no tokens"));
+    }
     let ids = integers(&file, "input_ids", ids_t)?
         .into_iter()
         .map(|v| u32::try_from(v).ok().filter(|&v| (v as usize) < vocab).ok_or(v))

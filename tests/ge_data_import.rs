@@ -109,7 +109,7 @@ fn dumps_become_the_same_training_data() {
     assert_eq!(reader.len(), 3);
     let ids: Vec<&str> =
         reader.index.shards.iter().flat_map(|s| s.conversations.iter().map(|c| c.id.as_str())).collect();
-    assert_eq!(ids, ["data_1", "data_2", "data_10"]);
+    assert_eq!(ids, ["0/data_1", "0/data_2", "0/data_10"]);
     for (i, &c) in order.iter().enumerate() {
         let (rec, want) = (reader.record(i), &convs[c]);
         assert_eq!(rec.input_ids, want.ids, "record {i}");
@@ -198,6 +198,17 @@ fn dumps_of_another_model_or_misshapen_are_refused() {
             ("loss_mask", vec![0], Data::I64(Vec::new())),
         ],
         &["input_ids", "no tokens"],
+    );
+    let mut nan = mine[0].postnorm.clone();
+    nan[5] = f32::NAN;
+    case(
+        "nan",
+        &[
+            ("input_ids", vec![t], ids(&mine[0])),
+            ("hidden_state", vec![t, 32], Data::F32(nan)),
+            ("loss_mask", vec![t], mask(&mine[0])),
+        ],
+        &["hidden_state", "not finite"],
     );
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();

@@ -18,16 +18,17 @@ pub struct ImportGeDataArgs {
     /// Output folder, new or empty: index.json and shards, as gen-data writes them.
     #[arg(long)]
     out: PathBuf,
-    /// Conversations are cut to this many tokens (the references train on at most 2048).
-    #[arg(long, default_value_t = 2048)]
-    max_len: usize,
+    /// Conversations are cut to this many tokens [default: 2048, the references' training cut,
+    /// or the model's context if shorter].
+    #[arg(long)]
+    max_len: Option<usize>,
     /// Tokens per shard file (whole conversations).
     #[arg(long, default_value_t = 32768)]
     shard_tokens: usize,
 }
 
 pub fn run<B: Backend + 'static>(a: ImportGeDataArgs, backend: B) -> Result<()> {
-    for (option, n) in [("--max-len", a.max_len), ("--shard-tokens", a.shard_tokens)] {
+    for (option, n) in [("--max-len", a.max_len.unwrap_or(1)), ("--shard-tokens", a.shard_tokens)] {
         if n == 0 {
             return Err(Error::input(format!("{option} 0: expected at least 1")));
         }
@@ -52,7 +53,7 @@ pub fn run<B: Backend + 'static>(a: ImportGeDataArgs, backend: B) -> Result<()> 
         s.tokens,
         s.masked_tokens,
         s.truncated,
-        opts.max_len,
+        s.max_len,
         opts.out.display()
     );
     println!(

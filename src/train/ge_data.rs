@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
-use crate::model::{Llama, LogitRows};
+use crate::model::{KvCache, Llama, LogitRows};
 use crate::train::data::weight_bytes;
 use crate::train::layout::{
     shard_file, write_shard, ConversationEntry, DataIndex, ShardEntry, ShardRecord, FORMAT, INDEX_FILE,
@@ -31,9 +31,14 @@ pub struct GeDataOptions {
     pub from: PathBuf,
     pub model_dir: PathBuf,
     pub out: PathBuf,
-    pub max_len: usize,
+    /// Conversations are cut to this many tokens; None: 2048 (the references' training cut) or
+    /// the model's context if shorter.
+    pub max_len: Option<usize>,
     pub shard_tokens: usize,
 }
+
+/// The references train on at most this many tokens of a conversation.
+pub const DEFAULT_MAX_LEN: usize = 2048;
 
 #[derive(Debug, Default)]
 pub struct GeDataSummary {
@@ -45,6 +50,8 @@ pub struct GeDataSummary {
     pub computed_prenorm: usize,
     /// The largest relative difference found between a dump's features and the base model's.
     pub worst_feature_error: f64,
+    /// The cut applied (`--max-len` or its default).
+    pub max_len: usize,
 }
 
 /// The dump files under `dir` (any depth), ordered by their paths with numbers compared as
@@ -62,7 +69,9 @@ pub fn dump_files(dir: &Path) -> Result<Vec<PathBuf>> {
             }
         }
     }
-    files.sort_by_key(|p| natural_key(&p.to_string_lossy()));
+    // Ties (data_01 and data_1) fall back to the plain path, so the order never depends on the
+    // folder listing.
+    files.sort_by_cached_key(|p| (natural_key(&p.to_string_lossy()), p.clone()));
     Ok(files)
 }
 
@@ -73,7 +82,7 @@ fn natural_key(s: &str) -> Vec<(String, u128)> {
     while chars.peek().is_some() {
         let text: String = std::iter::from_fn(|| chars.next_if(|c| !c.is_ascii_digit())).collect();
         let digits: String = std::iter::from_fn(|| chars.next_if(|c| c.is_ascii_digit())).collect();
-        key.push((text, digits.parse().unwrap_or(0)));
+        key.push((text, digits.parse().unwrap_or(u128::MAX)));
     }
     key
 }
@@ -84,7 +93,12 @@ pub fn import_ge_data<B: Backend>(opts: &GeDataOptions, backend: B) -> Result<Ge
         return Err(Error::format(&opts.from, "(folder)", "no .ckpt dump in the folder or below it"));
     }
     let model = Llama::load(&opts.model_dir, backend)?;
-    let hidden = model.config.hidden_size;
+    let (hidden, context) = (model.config.hidden_size, model.config.max_position_embeddings);
+    let max_len = opts.max_len.unwrap_or(DEFAULT_MAX_LEN.min(context));
+    if max_len > context {
+        return Err(Error::input(format!("--max-len {max_len} exceeds the model's context of {context} tokens")));
+    }
+    let mut cache = model.new_cache(max_len);
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let mut summary = GeDataSummary::default();
     let (mut shards, mut pending, mut pending_tokens) = (Vec::new(), Vec::new(), 0);
@@ -98,12 +112,18 @@ pub fn import_ge_data<B: Backend>(opts: &GeDataOptions, backend: B) -> Result<Ge
         bar.set_position(index as u64);
         data_bytes += std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
         let mut dump = read_dump(path, hidden, model.config.vocab_size)?;
-        if dump.ids.len() > opts.max_len {
-            dump.truncate(opts.max_len, hidden);
+        if dump.ids.len() > max_len {
+            dump.truncate(max_len, hidden);
             summary.truncated += 1;
         }
+        for (field, values) in [("hidden_state", Some(&dump.postnorm)), ("hidden_state_onnorm", dump.prenorm.as_ref())]
+        {
+            if values.is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
+                return Err(Error::format(path, field, "holds values that are not finite (NaN or infinity)"));
+            }
+        }
         if index == 0 || dump.prenorm.is_none() {
-            check_against_model(&model, path, &mut dump, &mut summary)?;
+            check_against_model(&model, &mut cache, path, &mut dump, &mut summary)?;
         }
         let record = ShardRecord {
             index,
@@ -121,7 +141,8 @@ pub fn import_ge_data<B: Backend>(opts: &GeDataOptions, backend: B) -> Result<Ge
         summary.tokens += record.input_ids.len();
         summary.masked_tokens += record.loss_mask.iter().map(|&m| m as usize).sum::<usize>();
         pending_tokens += record.input_ids.len();
-        let id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        // The path below --from names the dump (the reference writes data_0 in several folders).
+        let id = path.strip_prefix(&opts.from).unwrap_or(path).with_extension("").to_string_lossy().into_owned();
         pending.push((record, id));
         if pending_tokens >= opts.shard_tokens || index + 1 == files.len() {
             shards.push(flush(&opts.out, shards.len(), hidden, &mut pending)?);
@@ -140,7 +161,7 @@ pub fn import_ge_data<B: Backend>(opts: &GeDataOptions, backend: B) -> Result<Ge
         usable_conversations: files.len(),
         start: 0,
         end: files.len(),
-        max_len: opts.max_len,
+        max_len,
         shard_tokens: opts.shard_tokens,
         chat_template: None,
         system: None,
@@ -152,6 +173,7 @@ pub fn import_ge_data<B: Backend>(opts: &GeDataOptions, backend: B) -> Result<Ge
     };
     // Written last: a folder without it (an interrupted import) is not taken for data.
     write_atomically(&opts.out.join(INDEX_FILE), index.to_json()?.as_bytes())?;
+    summary.max_len = max_len;
     Ok(summary)
 }
 
@@ -280,12 +302,15 @@ fn floats(file: &TorchFile, field: &str, t: &TensorRef) -> Result<Vec<f32>> {
 /// made with another model), and they fill in pre-norm features the dump lacks.
 fn check_against_model<B: Backend>(
     model: &Llama<B>,
+    cache: &mut KvCache<B>,
     path: &Path,
     dump: &mut Dump,
     summary: &mut GeDataSummary,
 ) -> Result<()> {
-    let mut cache = model.new_cache(dump.ids.len());
-    let out = model.prefill(&mut cache, &dump.ids, LogitRows::None)?;
+    cache.clear();
+    let out = model
+        .prefill(cache, &dump.ids, LogitRows::None)
+        .map_err(|e| Error::format(path, "input_ids", format!("the base model's forward failed: {e}")))?;
     let ours = model.backend.download(&out.postnorm);
     let ours_prenorm = model.backend.download(&out.prenorm);
     let mut compared = vec![("hidden_state", relative_error(&dump.postnorm, &ours))];
@@ -298,7 +323,8 @@ fn check_against_model<B: Backend>(
     }
     for (field, error) in compared {
         summary.worst_feature_error = summary.worst_feature_error.max(error);
-        if error > MAX_FEATURE_ERROR {
+        // A NaN error (non-finite model features) is refused too.
+        if error.is_nan() || error > MAX_FEATURE_ERROR {
             return Err(Error::format(
                 path,
                 field,

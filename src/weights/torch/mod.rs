@@ -48,6 +48,7 @@ impl TorchFile {
             record("/data.pkl").ok_or_else(|| Error::format(path, "data.pkl", "the archive has no data.pkl"))?;
         stored(path, pickle)?;
         if let Some(order) = record("/byteorder") {
+            stored(path, order)?;
             if &map[order.data.clone()] != b"little" {
                 return Err(Error::format(
                     path,
@@ -74,10 +75,9 @@ impl TorchFile {
     /// Every tensor reachable through the top-level dicts, named by their keys joined with `.`
     /// (a state dict's own names; `{"state_dict": {...}}` gives `state_dict.…`), in file order.
     pub fn tensors(&self) -> Result<Vec<(String, TensorRef)>> {
-        let mut out = Vec::new();
-        let mut budget = MAX_VISITS;
-        collect(&self.root, "", &mut out, &mut budget).map_err(|e| Error::format(&self.path, "data.pkl", e))?;
-        Ok(out)
+        let mut walk = Collector { path: Vec::new(), out: Vec::new(), visits: 0 };
+        walk.visit(&self.root).map_err(|e| Error::format(&self.path, "data.pkl", e))?;
+        Ok(walk.out)
     }
 
     /// The tensor's elements in row-major order, as little-endian bytes of its element type
@@ -166,67 +166,89 @@ fn stored(path: &Path, entry: &zip::Entry) -> Result<()> {
 /// Nested dicts, lists and tuples deeper than this are refused when collecting (a dict can hold
 /// itself; the machine caps how deeply values nest, not cycles).
 const MAX_NAME_DEPTH: usize = 64;
-/// Values visited when collecting, at most: the memo can make a small pickle a graph with
+/// Containers visited when collecting, at most: the memo can make a small pickle a graph with
 /// exponentially many paths (tuples of the same tuple), each of which a walk would visit.
 const MAX_VISITS: usize = 1_000_000;
 
-fn collect(
-    v: &Value,
-    prefix: &str,
-    out: &mut Vec<(String, TensorRef)>,
-    budget: &mut usize,
-) -> std::result::Result<(), String> {
-    *budget = budget
-        .checked_sub(1)
-        .ok_or_else(|| format!("more than {MAX_VISITS} values to walk: not a checkpoint's shape"))?;
-    let depth = if prefix.is_empty() { 0 } else { prefix.matches('.').count() + 1 };
-    if depth > MAX_NAME_DEPTH {
-        let shown: String = prefix.chars().take(80).collect();
-        return Err(format!("tensors nested more than {MAX_NAME_DEPTH} containers deep (at {shown}…)"));
-    }
-    let name = |key: String| if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
-    match v {
-        Value::Tensor(t) => out.push((prefix.to_string(), t.clone())),
-        Value::Dict(items) => {
-            for (k, v) in items.borrow().iter() {
-                let key = match k {
-                    Value::Str(s) => s.to_string(),
-                    Value::Int(i) => i.to_string(),
-                    // Keys of other kinds (tuples, in some training dumps) name nothing here.
-                    _ if !holds_tensor(v, 0, budget) => continue,
-                    other => return Err(format!("a tensor under a dict key that is not a name: {}", other.brief())),
-                };
-                collect(v, &name(key), out, budget)?;
-            }
-        }
-        // Tensors in a list or tuple (an EMA copy, a list of layers) are named by position.
-        Value::List(items) => {
-            for (i, v) in items.borrow().iter().enumerate() {
-                collect(v, &name(i.to_string()), out, budget)?;
-            }
-        }
-        Value::Tuple(items) => {
-            for (i, v) in items.iter().enumerate() {
-                collect(v, &name(i.to_string()), out, budget)?;
-            }
-        }
-        // Numbers, strings and other leaves (an epoch counter beside a state dict) hold no tensor.
-        _ => {}
-    }
-    Ok(())
+/// A walk over the containers, naming tensors by the keys and positions on the way.
+struct Collector {
+    path: Vec<String>,
+    out: Vec<(String, TensorRef)>,
+    visits: usize,
 }
 
-fn holds_tensor(v: &Value, depth: usize, budget: &mut usize) -> bool {
-    let Some(left) = budget.checked_sub(1) else { return true };
-    *budget = left;
-    depth <= MAX_NAME_DEPTH
-        && match v {
+impl Collector {
+    fn visit(&mut self, v: &Value) -> std::result::Result<(), String> {
+        let children: Vec<(String, Value)> = match v {
+            Value::Tensor(t) => {
+                self.out.push((self.path.join("."), t.clone()));
+                return Ok(());
+            }
+            Value::Dict(items) => {
+                // Python keeps a dict's last value of a key: so do the names here.
+                let items = items.borrow();
+                let mut named: Vec<(String, Value)> = Vec::with_capacity(items.len());
+                let mut slot: HashMap<String, usize> = HashMap::new();
+                for (k, v) in items.iter() {
+                    let key = match k {
+                        Value::Str(s) => s.to_string(),
+                        Value::Int(i) => i.to_string(),
+                        // Keys of other kinds (tuples, in some training dumps) name nothing here.
+                        _ if !self.holds_tensor(v, 0) => continue,
+                        other => {
+                            return Err(format!("a tensor under a dict key that is not a name: {}", other.brief()))
+                        }
+                    };
+                    match slot.get(&key) {
+                        Some(&i) => named[i].1 = v.clone(),
+                        None => {
+                            slot.insert(key.clone(), named.len());
+                            named.push((key, v.clone()));
+                        }
+                    }
+                }
+                named
+            }
+            // Tensors in a list or tuple (an EMA copy, a list of layers) are named by position.
+            Value::List(items) => items.borrow().iter().cloned().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+            Value::Tuple(items) => items.iter().cloned().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+            // Numbers, strings and other leaves (an epoch counter beside a state dict) hold no tensor.
+            _ => return Ok(()),
+        };
+        self.count()?;
+        if self.path.len() >= MAX_NAME_DEPTH {
+            return Err(format!("tensors nested more than {MAX_NAME_DEPTH} containers deep"));
+        }
+        for (key, child) in children {
+            self.path.push(key);
+            self.visit(&child)?;
+            self.path.pop();
+        }
+        Ok(())
+    }
+
+    fn count(&mut self) -> std::result::Result<(), String> {
+        self.visits += 1;
+        if self.visits > MAX_VISITS {
+            return Err(format!("more than {MAX_VISITS} containers to walk: not a checkpoint's shape"));
+        }
+        Ok(())
+    }
+
+    /// Whether a tensor is reachable from `v` (within the depth and visit limits; past them, yes,
+    /// so that the caller's error names the key).
+    fn holds_tensor(&mut self, v: &Value, depth: usize) -> bool {
+        match v {
             Value::Tensor(_) => true,
-            Value::Dict(items) => items.borrow().iter().any(|(_, v)| holds_tensor(v, depth + 1, budget)),
-            Value::List(items) => items.borrow().iter().any(|v| holds_tensor(v, depth + 1, budget)),
-            Value::Tuple(items) => items.iter().any(|v| holds_tensor(v, depth + 1, budget)),
+            Value::Dict(_) | Value::List(_) | Value::Tuple(_) if depth >= MAX_NAME_DEPTH || self.count().is_err() => {
+                true
+            }
+            Value::Dict(items) => items.borrow().iter().any(|(_, v)| self.holds_tensor(v, depth + 1)),
+            Value::List(items) => items.borrow().iter().any(|v| self.holds_tensor(v, depth + 1)),
+            Value::Tuple(items) => items.iter().any(|v| self.holds_tensor(v, depth + 1)),
             _ => false,
         }
+    }
 }
 
 /// The checkpoint files of a folder: `pytorch_model.bin`, or the shards its

@@ -34,12 +34,30 @@ pub enum Value {
 }
 
 impl Value {
-    /// A short description for error messages (a hostile value may be megabytes).
+    /// A short description for error messages: the kind of value and its size, never its
+    /// contents (a hostile value may be huge, shared many times over, or hold itself).
     pub fn brief(&self) -> String {
-        let text = format!("{self:?}");
-        match text.char_indices().nth(120) {
-            Some((cut, _)) => format!("{}…", &text[..cut]),
-            None => text,
+        let text = |s: &str| {
+            let shown: String = s.chars().take(60).collect();
+            if shown.len() < s.len() {
+                format!("{shown:?}…")
+            } else {
+                format!("{shown:?}")
+            }
+        };
+        match self {
+            Value::None => "None".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Str(s) => format!("the text {}", text(s)),
+            Value::Bytes(b) => format!("{} bytes", b.len()),
+            Value::Tuple(t) => format!("a tuple of {} items", t.len()),
+            Value::List(l) => format!("a list of {} items", l.try_borrow().map_or(0, |l| l.len())),
+            Value::Dict(d) => format!("a dict of {} items", d.try_borrow().map_or(0, |d| d.len())),
+            Value::Global(m, n) => format!("`{}.{}`", text(m).trim_matches('"'), text(n).trim_matches('"')),
+            Value::Storage(_) => "a storage".into(),
+            Value::Tensor(t) => format!("a tensor of size {:?}", t.shape),
         }
     }
 }
@@ -233,8 +251,8 @@ pub fn load(bytes: &[u8]) -> Result<Value, String> {
     }
 }
 
-/// Adds key-value pairs (a flat list) to a dict, a later value replacing an earlier one of the
-/// same name or number (as Python's dict does).
+/// Adds key-value pairs (a flat list) to a dict. A key given again is added again (cheap,
+/// whatever the dict's size); the reader takes the last value of a name, as Python's dict does.
 fn set_items(dict: &Shared<(Value, Value)>, items: Vec<Value>) -> Result<(), String> {
     if !items.len().is_multiple_of(2) {
         return Err("a dict's items are not key-value pairs".into());
@@ -242,15 +260,7 @@ fn set_items(dict: &Shared<(Value, Value)>, items: Vec<Value>) -> Result<(), Str
     let mut dict = dict.borrow_mut();
     let mut it = items.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let same = |other: &Value| match (&k, other) {
-            (Value::Str(a), Value::Str(b)) => a == b,
-            (Value::Int(a), Value::Int(b)) => a == b,
-            _ => false,
-        };
-        match dict.iter_mut().find(|(key, _)| same(key)) {
-            Some(slot) => slot.1 = v,
-            None => dict.push((k, v)),
-        }
+        dict.push((k, v));
     }
     Ok(())
 }
@@ -351,7 +361,8 @@ mod tests {
         assert!(matches!(float, Ok(Value::Float(f)) if f == 1e-4), "{float:?}");
     }
 
-    /// A dict's later value of a key replaces the earlier one; a list grows by APPEND/APPENDS.
+    /// A dict keeps its pairs in order (a repeated key too: the reader takes the last); a list
+    /// grows by APPEND and APPENDS.
     #[test]
     fn containers_fill_as_python_builds_them() {
         // {'a': 1, 'a': 2} via SETITEMS, then SETITEM 'b': [3, 4, 5].
@@ -359,9 +370,9 @@ mod tests {
         let v = run(p).unwrap();
         let Value::Dict(d) = &v else { panic!("{v:?}") };
         let d = d.borrow();
-        assert_eq!(d.len(), 2);
-        assert!(matches!(&d[0], (Value::Str(k), Value::Int(2)) if &**k == "a"));
-        let Value::List(l) = &d[1].1 else { panic!() };
+        assert_eq!(d.len(), 3);
+        assert!(matches!(&d[1], (Value::Str(k), Value::Int(2)) if &**k == "a"));
+        let Value::List(l) = &d[2].1 else { panic!() };
         assert!(matches!(l.borrow().as_slice(), [Value::Int(3), Value::Int(4), Value::Int(5)]));
     }
 

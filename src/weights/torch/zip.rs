@@ -77,8 +77,11 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
         let extra = bytes.get(at + 46 + name_len..at + 46 + name_len + extra_len).ok_or_else(short)?;
         let mut compressed = u32_at(bytes, at + 20).ok_or_else(short)? as u64;
         zip64_fields(extra, &mut size, &mut compressed, &mut local);
+        if method == 0 && compressed != size {
+            return Err(format!("record {name} is stored with two different sizes ({compressed} and {size})"));
+        }
         // A compressed record's data is its compressed bytes.
-        let stored = method == 0 && compressed == size;
+        let stored = method == 0;
         let size = if stored { size } else { compressed };
         let local = usize::try_from(local).map_err(|_| short())?;
         if u32_at(bytes, local) != Some(LOCAL_HEADER) {

@@ -4,6 +4,8 @@
 //! and through `import-torch`; damaged or hostile files fail by name.
 
 mod common;
+#[path = "common/torch_writer.rs"]
+mod torch_writer;
 
 use std::path::{Path, PathBuf};
 
@@ -187,4 +189,55 @@ fn damaged_foreign_and_hostile_files_fail_by_name() {
     let run =
         engine(&["import-torch", "--from", &s(&fixture("state_dict.bin")), "--out", &s(&common::fixture("torch"))]);
     common::assert_clean_error(&run, &["--out", "not empty"]);
+}
+
+/// The released-checkpoint path end to end: the shipped Clover-2 head written as a
+/// `pytorch_model.bin` (bf16 storages, the reference's tensor names) beside its config.json and
+/// draft_vocab.json, converted by `import-torch`, gives back the same tensors, bit for bit, and
+/// drafts exactly as the shipped head.
+#[test]
+fn a_head_shipped_as_pytorch_model_bin_converts_and_drafts_unchanged() {
+    use clover_engine::backend::cpu::CpuBackend;
+    use clover_engine::draft::{load_head, DraftKind};
+    use clover_engine::model::Llama;
+    use torch_writer::{save, Data};
+
+    let Some(model_dir) = common::default_model() else { return };
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/smollm2-135m-instruct/clover2");
+    let bytes = std::fs::read(shipped.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    let items: Vec<(&str, Vec<usize>, Data)> = names
+        .iter()
+        .map(|name| {
+            let view = st.tensor(name).unwrap();
+            assert_eq!(view.dtype(), safetensors::Dtype::BF16, "{name}");
+            let bits = view.data().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            (name.as_str(), view.shape().to_vec(), Data::Bf16Bits(bits))
+        })
+        .collect();
+    let root = common::temp_dir("import-torch-head");
+    let released = root.join("released");
+    std::fs::create_dir_all(&released).unwrap();
+    save(&released.join("pytorch_model.bin"), "archive", &items);
+    for file in ["config.json", "draft_vocab.json"] {
+        std::fs::copy(shipped.join(file), released.join(file)).unwrap();
+    }
+    let out = root.join("converted");
+    let run = engine(&["import-torch", "--from", &s(&released), "--out", &s(&out)]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let converted = std::fs::read(out.join("model.safetensors")).unwrap();
+    let back = safetensors::SafeTensors::deserialize(&converted).unwrap();
+    assert_eq!(back.len(), names.len());
+    for name in &names {
+        let (a, b) = (st.tensor(name).unwrap(), back.tensor(name).unwrap());
+        assert!(a.dtype() == b.dtype() && a.shape() == b.shape() && a.data() == b.data(), "{name}");
+    }
+    let model = Llama::load(&model_dir, CpuBackend).unwrap();
+    let mut original = load_head(DraftKind::Clover2, &shipped, &model).unwrap();
+    let mut imported = load_head(DraftKind::Clover2, &out, &model).unwrap();
+    assert_eq!(imported.draft_vocab(), original.draft_vocab(), "draft_vocab.json travels with it");
+    assert_eq!(common::draft_rows(imported.as_mut(), &model), common::draft_rows(original.as_mut(), &model));
 }

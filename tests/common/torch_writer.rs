@@ -9,6 +9,8 @@ use std::path::Path;
 pub enum Data {
     F32(Vec<f32>),
     F16(Vec<f32>),
+    /// bf16 values as their bit patterns (kept exactly).
+    Bf16Bits(Vec<u16>),
     I64(Vec<i64>),
 }
 
@@ -17,6 +19,7 @@ impl Data {
         match self {
             Data::F32(_) => "FloatStorage",
             Data::F16(_) => "HalfStorage",
+            Data::Bf16Bits(_) => "BFloat16Storage",
             Data::I64(_) => "LongStorage",
         }
     }
@@ -24,6 +27,7 @@ impl Data {
     fn len(&self) -> usize {
         match self {
             Data::F32(v) | Data::F16(v) => v.len(),
+            Data::Bf16Bits(v) => v.len(),
             Data::I64(v) => v.len(),
         }
     }
@@ -32,6 +36,7 @@ impl Data {
         match self {
             Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::F16(v) => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            Data::Bf16Bits(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }

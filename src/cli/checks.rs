@@ -2,6 +2,7 @@
 //! value given and what it takes.
 
 use std::fmt::Display;
+use std::path::Path;
 
 use clover_engine::error::{Error, Result};
 
@@ -27,6 +28,18 @@ pub fn top_p(option: &str, p: f32) -> Result<()> {
 /// A count that must be at least 1.
 pub fn at_least_one(option: &str, n: usize) -> Result<()> {
     require(n >= 1, option, n, "at least 1")
+}
+
+/// `--out` names a new or empty folder, so nothing an earlier run left there mixes with what
+/// this one writes; `why` says what would (empty for the general case).
+pub fn new_or_empty_out(out: &Path, why: &str) -> Result<()> {
+    if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Error::input(format!(
+            "--out {}: folder exists and is not empty{why}; remove it or choose another",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

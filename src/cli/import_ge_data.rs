@@ -3,8 +3,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use clover_engine::backend::Backend;
-use clover_engine::error::{Error, Result};
+use clover_engine::error::Result;
 use clover_engine::train::ge_data::{import_ge_data, GeDataOptions};
+
+use super::checks::at_least_one;
 
 #[derive(Args)]
 pub struct ImportGeDataArgs {
@@ -28,17 +30,11 @@ pub struct ImportGeDataArgs {
 }
 
 pub fn run<B: Backend + 'static>(a: ImportGeDataArgs, backend: B) -> Result<()> {
-    for (option, n) in [("--max-len", a.max_len.unwrap_or(1)), ("--shard-tokens", a.shard_tokens)] {
-        if n == 0 {
-            return Err(Error::input(format!("{option} 0: expected at least 1")));
-        }
+    if let Some(n) = a.max_len {
+        at_least_one("--max-len", n)?;
     }
-    if std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Error::input(format!(
-            "--out {}: folder exists and is not empty; remove it or choose another",
-            a.out.display()
-        )));
-    }
+    at_least_one("--shard-tokens", a.shard_tokens)?;
+    super::checks::new_or_empty_out(&a.out, "")?;
     let opts = GeDataOptions {
         from: a.from,
         model_dir: super::model_dir(a.model)?,

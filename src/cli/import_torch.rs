@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use clover_engine::error::{Error, Result};
-use clover_engine::weights::torch::{checkpoint_files, convert_to_safetensors};
+use clover_engine::weights::torch::convert::{checkpoint_files, convert_to_safetensors};
 
 #[derive(Args)]
 pub struct ImportTorchArgs {
@@ -18,12 +18,7 @@ pub struct ImportTorchArgs {
 }
 
 pub fn run(a: ImportTorchArgs) -> Result<()> {
-    if std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Error::input(format!(
-            "--out {}: folder exists and is not empty; remove it or choose another",
-            a.out.display()
-        )));
-    }
+    super::checks::new_or_empty_out(&a.out, "")?;
     let (files, folder) = if a.from.is_dir() {
         (checkpoint_files(&a.from)?, Some(a.from.clone()))
     } else if a.from.is_file() {

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use clover_engine::draft::init::init_head_from;
-use clover_engine::error::{Error, Result};
+use clover_engine::error::Result;
 
 use super::generate::DraftArg;
 
@@ -28,13 +28,7 @@ pub struct InitHeadArgs {
 
 pub fn run(a: InitHeadArgs) -> Result<()> {
     let base = super::model_dir(a.model)?;
-    if std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Error::input(format!(
-            "--out {}: folder exists and is not empty (an old head's draft_vocab.json would stay with the \
-             new head); remove it or choose another",
-            a.out.display()
-        )));
-    }
+    super::checks::new_or_empty_out(&a.out, " (an old head's draft_vocab.json would stay with the new head)")?;
     init_head_from(a.kind.into(), &base, &a.out, a.seed, a.block_from_layer)?;
     println!("wrote an untrained head to {}", a.out.display());
     Ok(())

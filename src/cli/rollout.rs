@@ -11,10 +11,10 @@ use clover_engine::eval::rollout::{rollout_record, RolloutCounts, ROLLOUT_DEPTH}
 use clover_engine::fsutil::write_atomically;
 use clover_engine::model::Llama;
 use clover_engine::train::align::truncate;
-use clover_engine::train::layout::INDEX_FILE;
 use clover_engine::train::metrics::percents;
 use clover_engine::train::shards::ShardReader;
 
+use super::checks::at_least_one;
 use super::generate::DraftArg;
 
 #[derive(Args)]
@@ -50,28 +50,12 @@ pub struct RolloutArgs {
 }
 
 pub fn run<B: Backend + 'static>(a: RolloutArgs, backend: B) -> Result<()> {
-    for (option, n) in [("--tokens", a.tokens), ("--max-len", a.max_len)] {
-        if n == 0 {
-            return Err(Error::input(format!("{option} 0: expected at least 1")));
-        }
-    }
+    at_least_one("--tokens", a.tokens)?;
+    at_least_one("--max-len", a.max_len)?;
     let model_dir = super::model_dir(a.model)?;
     let reader = ShardReader::open_all(&a.data)?;
     let model = Llama::load(&model_dir, backend)?;
-    let index = a.data[0].join(INDEX_FILE);
-    if reader.hidden_size() != model.config.hidden_size {
-        return Err(Error::format(
-            index,
-            "hidden_size",
-            format!(
-                "the data was made with another base model (`{}`, features of size {}), not the one in {}",
-                reader.index.model,
-                reader.hidden_size(),
-                model_dir.display()
-            ),
-        ));
-    }
-    reader.check_token_ids(model.config.vocab_size)?;
+    reader.check_model(&model_dir, &model.config)?;
     let kind: DraftKind = a.draft.into();
     let options = DraftOptions { vocab: a.draft_vocab, ..Default::default() };
     let mut head = load_head_opts(kind, &a.draft_model, &model, options)?;

@@ -18,6 +18,7 @@ use crate::draft::DraftHead;
 use crate::error::{Error, Result};
 use crate::model::{ForwardOutput, Llama};
 use crate::sampling::{argmax, top_k_indices};
+use crate::train::align::aligned_loss_mask;
 use crate::train::losses::LM_HEAD_ROWS;
 use crate::train::rollout::{rollout_counts, Rollout, MAX_TOP, ROLLOUT_TOPS};
 use crate::train::shards::Record;
@@ -38,14 +39,7 @@ pub struct RolloutCounts {
 impl RolloutCounts {
     /// Per k, the accepted fractions per depth.
     pub fn rollouts(&self) -> Vec<Rollout> {
-        ROLLOUT_TOPS
-            .iter()
-            .enumerate()
-            .map(|(j, &top)| Rollout {
-                top,
-                accepted: self.accepted.iter().map(|a| a[j] as f64 / self.positions.max(1) as f64).collect(),
-            })
-            .collect()
+        Rollout::fractions(self.accepted.iter(), self.positions)
     }
 
     fn add(&mut self, depth_counts: &[[usize; ROLLOUT_TOPS.len()]], positions: usize, tokens: usize) {
@@ -75,8 +69,7 @@ pub fn rollout_record<B: Backend>(
     }
     let ids = &rec.input_ids;
     let depth = depth.min(head.max_depth());
-    // The last position has no next token: its mask is 0, as in distill's alignment.
-    let mask: Vec<bool> = (0..n).map(|p| rec.loss_mask[p] != 0 && p + 1 < n).collect();
+    let mask: Vec<bool> = aligned_loss_mask(&rec.loss_mask).iter().map(|&m| m != 0).collect();
     let mut rank: Vec<Vec<Option<usize>>> = (0..depth).map(|i| vec![None; n.saturating_sub(i)]).collect();
     if n >= 2 && depth > 0 {
         let b = &model.backend;

@@ -22,6 +22,15 @@ pub fn truncate(rec: &mut Record, max_len: usize, hidden: usize) {
     rec.hidden_state_prenorm.truncate(max_len * hidden);
 }
 
+/// The loss mask as 0/1 with the last position forced to 0: it has no next token to learn.
+pub fn aligned_loss_mask(loss_mask: &[u8]) -> Vec<u8> {
+    let mut mask: Vec<u8> = loss_mask.iter().map(|&m| (m != 0) as u8).collect();
+    if let Some(last) = mask.last_mut() {
+        *last = 0;
+    }
+    mask
+}
+
 pub struct Aligned {
     pub len: usize,
     /// `ids'[t] = x_{t+1}`; `ids'[T−1] = 0`.
@@ -42,11 +51,7 @@ impl Aligned {
         next_ids.push(0);
         let mut target = rec.hidden_state[hidden.min(rec.hidden_state.len())..].to_vec();
         target.resize(len * hidden, 0.0);
-        let mut mask: Vec<u8> = rec.loss_mask.iter().map(|&m| (m != 0) as u8).collect();
-        if let Some(last) = mask.last_mut() {
-            *last = 0;
-        }
-        Aligned { len, next_ids, target, mask, plausible: None }
+        Aligned { len, next_ids, target, mask: aligned_loss_mask(&rec.loss_mask), plausible: None }
     }
 
     /// The same alignment under the label mask: `plausible[p]` says whether x_{p+1} is plausible

@@ -18,10 +18,8 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
 use crate::model::{KvCache, Llama, LogitRows};
 use crate::train::data::weight_bytes;
-use crate::train::layout::{
-    shard_file, write_shard, ConversationEntry, DataIndex, ShardEntry, ShardRecord, FORMAT, INDEX_FILE,
-};
-use crate::weights::torch::{TensorRef, TorchDType, TorchFile};
+use crate::train::layout::{write_shard_entry, DataIndex, ShardEntry, ShardRecord, FORMAT, INDEX_FILE};
+use crate::weights::torch::{TensorRef, TorchFile};
 
 /// Largest relative RMS difference allowed between a dump's features and the base model's own:
 /// fp16 dumps and another forward's rounding stay far below it, another model far above.
@@ -179,23 +177,7 @@ pub fn import_ge_data<B: Backend>(opts: &GeDataOptions, backend: B) -> Result<Ge
 
 fn flush(out: &Path, k: usize, hidden: usize, pending: &mut Vec<(ShardRecord, String)>) -> Result<ShardEntry> {
     let (records, ids): (Vec<ShardRecord>, Vec<String>) = std::mem::take(pending).into_iter().unzip();
-    write_shard(&out.join(shard_file(k)), hidden, &records)?;
-    let conversations: Vec<ConversationEntry> = records
-        .iter()
-        .zip(ids)
-        .map(|(r, id)| ConversationEntry {
-            index: r.index,
-            id,
-            tokens: r.input_ids.len(),
-            masked_tokens: r.loss_mask.iter().map(|&m| m as usize).sum(),
-        })
-        .collect();
-    Ok(ShardEntry {
-        file: shard_file(k),
-        tokens: conversations.iter().map(|c| c.tokens).sum(),
-        masked_tokens: conversations.iter().map(|c| c.masked_tokens).sum(),
-        conversations,
-    })
+    write_shard_entry(out, k, hidden, &records, ids)
 }
 
 /// One conversation of a dump, features as f32.
@@ -236,7 +218,8 @@ fn read_dump(path: &Path, hidden: usize, vocab: usize) -> Result<Dump> {
     if len == 0 {
         return Err(Error::format(path, "input_ids", "no tokens"));
     }
-    let ids = integers(&file, "input_ids", ids_t)?
+    let ids = file
+        .integers("input_ids", ids_t)?
         .into_iter()
         .map(|v| u32::try_from(v).ok().filter(|&v| (v as usize) < vocab).ok_or(v))
         .collect::<std::result::Result<Vec<u32>, i64>>()
@@ -247,11 +230,10 @@ fn read_dump(path: &Path, hidden: usize, vocab: usize) -> Result<Dump> {
     if shape("loss_mask", mask_t, &[None])? != len {
         return Err(Error::format(path, "loss_mask", format!("{:?} positions for {len} tokens", mask_t.shape)));
     }
-    let mask = match mask_t.storage.dtype {
-        TorchDType::F32 | TorchDType::F16 | TorchDType::BF16 | TorchDType::F64 => {
-            floats(&file, "loss_mask", mask_t)?.iter().map(|&m| (m != 0.0) as u8).collect()
-        }
-        _ => integers(&file, "loss_mask", mask_t)?.iter().map(|&m| (m != 0) as u8).collect(),
+    let mask = if mask_t.storage.dtype.is_float() {
+        file.floats("loss_mask", mask_t)?.iter().map(|&m| (m != 0.0) as u8).collect()
+    } else {
+        file.integers("loss_mask", mask_t)?.iter().map(|&m| (m != 0) as u8).collect()
     };
     let features = |field: &str| -> Result<Option<Vec<f32>>> {
         let Some(t) = tensors.get(field) else { return Ok(None) };
@@ -262,40 +244,11 @@ fn read_dump(path: &Path, hidden: usize, vocab: usize) -> Result<Dump> {
                 format!("shape {:?}; the model has hidden_size {hidden} and the dump {len} tokens", t.shape),
             ));
         }
-        floats(&file, field, t).map(Some)
+        file.floats(field, t).map(Some)
     };
     let postnorm =
         features("hidden_state")?.ok_or_else(|| Error::format(path, "hidden_state", "missing from the dump"))?;
     Ok(Dump { ids, mask, postnorm, prenorm: features("hidden_state_onnorm")? })
-}
-
-fn integers(file: &TorchFile, field: &str, t: &TensorRef) -> Result<Vec<i64>> {
-    let bytes = file.bytes(field, t)?;
-    Ok(match t.storage.dtype {
-        TorchDType::I64 => {
-            bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect()
-        }
-        TorchDType::I32 => {
-            bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as i64).collect()
-        }
-        TorchDType::I16 => bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
-        TorchDType::I8 => bytes.iter().map(|&b| b as i8 as i64).collect(),
-        TorchDType::U8 | TorchDType::Bool => bytes.iter().map(|&b| b as i64).collect(),
-        other => return Err(Error::format(file.path(), field, format!("element type {other:?}, expected integers"))),
-    })
-}
-
-fn floats(file: &TorchFile, field: &str, t: &TensorRef) -> Result<Vec<f32>> {
-    let bytes = file.bytes(field, t)?;
-    Ok(match t.storage.dtype {
-        TorchDType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        TorchDType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        TorchDType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        TorchDType::F64 => {
-            bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect()
-        }
-        other => return Err(Error::format(file.path(), field, format!("element type {other:?}, expected floats"))),
-    })
 }
 
 /// Runs the base model on the dump's tokens: its features must be the dump's (else the dump was

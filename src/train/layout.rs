@@ -194,6 +194,34 @@ pub fn write_shard(path: &Path, hidden: usize, records: &[ShardRecord]) -> Resul
 /// Writes `records` as a complete gen-data folder: shards of `per_shard` conversations and an
 /// index.json naming `model` as the base model (data made without running gen-data: tests,
 /// synthetic sets). Returns the index written.
+/// Writes shard `k` of `records` into `dir` and returns its index entry, conversation `i` named
+/// `ids[i]`.
+pub fn write_shard_entry(
+    dir: &Path,
+    k: usize,
+    hidden: usize,
+    records: &[ShardRecord],
+    ids: Vec<String>,
+) -> Result<ShardEntry> {
+    write_shard(&dir.join(shard_file(k)), hidden, records)?;
+    let conversations: Vec<ConversationEntry> = records
+        .iter()
+        .zip(ids)
+        .map(|(r, id)| ConversationEntry {
+            index: r.index,
+            id,
+            tokens: r.input_ids.len(),
+            masked_tokens: r.loss_mask.iter().map(|&m| m as usize).sum(),
+        })
+        .collect();
+    Ok(ShardEntry {
+        file: shard_file(k),
+        tokens: conversations.iter().map(|c| c.tokens).sum(),
+        masked_tokens: conversations.iter().map(|c| c.masked_tokens).sum(),
+        conversations,
+    })
+}
+
 pub fn write_data_folder(
     dir: &Path,
     model: &str,
@@ -204,22 +232,8 @@ pub fn write_data_folder(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut shards = Vec::new();
     for (k, chunk) in records.chunks(per_shard.max(1)).enumerate() {
-        write_shard(&dir.join(shard_file(k)), hidden, chunk)?;
-        let conversations: Vec<ConversationEntry> = chunk
-            .iter()
-            .map(|r| ConversationEntry {
-                index: r.index,
-                id: format!("record-{}", r.index),
-                tokens: r.input_ids.len(),
-                masked_tokens: r.loss_mask.iter().map(|&m| m as usize).sum(),
-            })
-            .collect();
-        shards.push(ShardEntry {
-            file: shard_file(k),
-            tokens: conversations.iter().map(|c| c.tokens).sum(),
-            masked_tokens: conversations.iter().map(|c| c.masked_tokens).sum(),
-            conversations,
-        });
+        let ids = chunk.iter().map(|r| format!("record-{}", r.index)).collect();
+        shards.push(write_shard_entry(dir, k, hidden, chunk, ids)?);
     }
     let n = records.len();
     let index = DataIndex {

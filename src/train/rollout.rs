@@ -19,6 +19,22 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// Per k of `ROLLOUT_TOPS`, the fractions of `positions` accepted through each depth, from
+    /// the counts per depth (`rollout_counts`' rows).
+    pub fn fractions<'a>(
+        counts: impl Iterator<Item = &'a [usize; ROLLOUT_TOPS.len()]> + Clone,
+        positions: usize,
+    ) -> Vec<Rollout> {
+        ROLLOUT_TOPS
+            .iter()
+            .enumerate()
+            .map(|(j, &top)| Rollout {
+                top,
+                accepted: counts.clone().map(|c| c[j] as f64 / positions.max(1) as f64).collect(),
+            })
+            .collect()
+    }
+
     /// Tokens per step of decoding with this chain: the root plus the expected accepted drafts.
     pub fn tau(&self) -> f64 {
         1.0 + self.accepted.iter().sum::<f64>()

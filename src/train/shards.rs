@@ -11,6 +11,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::model::ModelConfig;
 use crate::rng::Rng;
 use crate::train::layout::{
     tensor_name, DataIndex, HIDDEN_STATE, HIDDEN_STATE_PRENORM, INDEX_FILE, INPUT_IDS, LOSS_MASK,
@@ -95,6 +96,26 @@ impl ShardReader {
         let index = merged.ok_or_else(|| Error::input("no data folder given"))?;
         let dirs = dirs.iter().map(|d| d.as_ref().to_path_buf()).collect();
         Ok(ShardReader { index, maps, records, folders, dirs })
+    }
+
+    /// The data was made with the model in `model_dir` (of `config`): features of its hidden size
+    /// (checked here) and token ids in its vocabulary (`check_token_ids`).
+    pub fn check_model(&self, model_dir: &Path, config: &ModelConfig) -> Result<()> {
+        if self.hidden_size() != config.hidden_size {
+            return Err(Error::format(
+                self.dirs[0].join(INDEX_FILE),
+                "hidden_size",
+                format!(
+                    "the data has features of size {} but the model in {} has hidden_size {}: the data was made \
+                     with another base model (index.json names `{}`)",
+                    self.hidden_size(),
+                    model_dir.display(),
+                    config.hidden_size,
+                    self.index.model
+                ),
+            ));
+        }
+        self.check_token_ids(config.vocab_size)
     }
 
     /// Every token id is below `vocab_size`, the model's: data made with another tokenizer is

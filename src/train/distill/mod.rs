@@ -139,21 +139,7 @@ pub fn distill<B: Backend + 'static>(opts: &DistillOptions, backend: B) -> Resul
     let reader = open_data("--data", &opts.data_dirs)?;
     let first_index = opts.data_dirs[0].join(INDEX_FILE);
     let base = Llama::load(&opts.model_dir, backend)?;
-    if reader.hidden_size() != base.config.hidden_size {
-        return Err(Error::format(
-            first_index.clone(),
-            "hidden_size",
-            format!(
-                "the data has features of size {} but the model in {} has hidden_size {}: the data was made with \
-                 another base model (index.json names `{}`)",
-                reader.hidden_size(),
-                opts.model_dir.display(),
-                base.config.hidden_size,
-                reader.index.model
-            ),
-        ));
-    }
-    reader.check_token_ids(base.config.vocab_size)?;
+    reader.check_model(&opts.model_dir, &base.config)?;
     let split = reader.split(HELDOUT_FRACTION);
     if split.train.is_empty() {
         return Err(Error::format(

@@ -19,7 +19,7 @@ use crate::train::losses::HeadSums;
 use crate::train::metrics::{percents, MetricsLine, MetricsLog, HELDOUT, TRAIN};
 use crate::train::optim::Optimizer;
 use crate::train::params::ParamSet;
-use crate::train::rollout::{Rollout, ROLLOUT_TOPS};
+use crate::train::rollout::Rollout;
 use crate::train::shards::{Record, ShardReader};
 use crate::train::timers::{Phase, Timers};
 
@@ -257,14 +257,7 @@ impl<B: Backend> Run<'_, B> {
             top2: sums.iter().map(|s| s.top2 as f64 / s.rows.max(1) as f64).collect(),
             top3: sums.iter().map(|s| s.top3 as f64 / s.rows.max(1) as f64).collect(),
             // Fractions of head 0's rows: the positions a chain can start from.
-            rollout: ROLLOUT_TOPS
-                .iter()
-                .enumerate()
-                .map(|(j, &top)| Rollout {
-                    top,
-                    accepted: sums.iter().map(|s| s.rollout[j] as f64 / sums[0].rows.max(1) as f64).collect(),
-                })
-                .collect(),
+            rollout: Rollout::fractions(sums.iter().map(|s| &s.rollout), sums[0].rows),
             tokens,
             lr: None,
             tokens_per_s: None,

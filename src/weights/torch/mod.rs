@@ -4,6 +4,8 @@
 //! and runs no code, with `rebuild` for what torch pickles), and each tensor's bytes gathered from
 //! its storage, in the stored element type.
 
+pub mod convert;
+mod names;
 pub mod pickle;
 pub mod rebuild;
 pub mod zip;
@@ -68,16 +70,39 @@ impl TorchFile {
         Ok(TorchFile { path: path.to_path_buf(), map, storages, root })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Every tensor reachable through the top-level dicts, named by their keys joined with `.`
     /// (a state dict's own names; `{"state_dict": {...}}` gives `state_dict.…`), in file order.
     pub fn tensors(&self) -> Result<Vec<(String, TensorRef)>> {
-        let mut walk = Collector { path: Vec::new(), out: Vec::new(), visits: 0 };
-        walk.visit(&self.root).map_err(|e| Error::format(&self.path, "data.pkl", e))?;
-        Ok(walk.out)
+        names::named_tensors(&self.root).map_err(|e| Error::format(&self.path, "data.pkl", e))
+    }
+
+    /// The tensor's elements as i64 (an integer or boolean element type; else an error naming it).
+    pub fn integers(&self, name: &str, t: &TensorRef) -> Result<Vec<i64>> {
+        let b = self.bytes(name, t)?;
+        Ok(match t.storage.dtype {
+            TorchDType::I64 => {
+                b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect()
+            }
+            TorchDType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+            TorchDType::I16 => b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
+            TorchDType::I8 => b.iter().map(|&x| x as i8 as i64).collect(),
+            TorchDType::U8 | TorchDType::Bool => b.iter().map(|&x| x as i64).collect(),
+            other => return Err(Error::format(&self.path, name, format!("element type {other:?}, expected integers"))),
+        })
+    }
+
+    /// The tensor's elements as f32 (a floating-point element type; else an error naming it).
+    pub fn floats(&self, name: &str, t: &TensorRef) -> Result<Vec<f32>> {
+        let b = self.bytes(name, t)?;
+        Ok(match t.storage.dtype {
+            TorchDType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            TorchDType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            TorchDType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            TorchDType::F64 => {
+                b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect()
+            }
+            other => return Err(Error::format(&self.path, name, format!("element type {other:?}, expected floats"))),
+        })
     }
 
     /// The tensor's elements in row-major order, as little-endian bytes of its element type
@@ -161,176 +186,4 @@ fn stored(path: &Path, entry: &zip::Entry) -> Result<()> {
             format!("compressed (method {method}); torch.save stores its records uncompressed"),
         )),
     }
-}
-
-/// Nested dicts, lists and tuples deeper than this are refused when collecting (a dict can hold
-/// itself; the machine caps how deeply values nest, not cycles).
-const MAX_NAME_DEPTH: usize = 64;
-/// Containers visited when collecting, at most: the memo can make a small pickle a graph with
-/// exponentially many paths (tuples of the same tuple), each of which a walk would visit.
-const MAX_VISITS: usize = 1_000_000;
-
-/// A walk over the containers, naming tensors by the keys and positions on the way.
-struct Collector {
-    path: Vec<String>,
-    out: Vec<(String, TensorRef)>,
-    visits: usize,
-}
-
-impl Collector {
-    fn visit(&mut self, v: &Value) -> std::result::Result<(), String> {
-        let children: Vec<(String, Value)> = match v {
-            Value::Tensor(t) => {
-                self.out.push((self.path.join("."), t.clone()));
-                return Ok(());
-            }
-            Value::Dict(items) => {
-                // Python keeps a dict's last value of a key: so do the names here.
-                let items = items.borrow();
-                let mut named: Vec<(String, Value)> = Vec::with_capacity(items.len());
-                let mut slot: HashMap<String, usize> = HashMap::new();
-                for (k, v) in items.iter() {
-                    let key = match k {
-                        Value::Str(s) => s.to_string(),
-                        Value::Int(i) => i.to_string(),
-                        // Keys of other kinds (tuples, in some training dumps) name nothing here.
-                        _ if !self.holds_tensor(v, 0) => continue,
-                        other => {
-                            return Err(format!("a tensor under a dict key that is not a name: {}", other.brief()))
-                        }
-                    };
-                    match slot.get(&key) {
-                        Some(&i) => named[i].1 = v.clone(),
-                        None => {
-                            slot.insert(key.clone(), named.len());
-                            named.push((key, v.clone()));
-                        }
-                    }
-                }
-                named
-            }
-            // Tensors in a list or tuple (an EMA copy, a list of layers) are named by position.
-            Value::List(items) => items.borrow().iter().cloned().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
-            Value::Tuple(items) => items.iter().cloned().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
-            // Numbers, strings and other leaves (an epoch counter beside a state dict) hold no tensor.
-            _ => return Ok(()),
-        };
-        self.count()?;
-        if self.path.len() >= MAX_NAME_DEPTH {
-            return Err(format!("tensors nested more than {MAX_NAME_DEPTH} containers deep"));
-        }
-        for (key, child) in children {
-            self.path.push(key);
-            self.visit(&child)?;
-            self.path.pop();
-        }
-        Ok(())
-    }
-
-    fn count(&mut self) -> std::result::Result<(), String> {
-        self.visits += 1;
-        if self.visits > MAX_VISITS {
-            return Err(format!("more than {MAX_VISITS} containers to walk: not a checkpoint's shape"));
-        }
-        Ok(())
-    }
-
-    /// Whether a tensor is reachable from `v` (within the depth and visit limits; past them, yes,
-    /// so that the caller's error names the key).
-    fn holds_tensor(&mut self, v: &Value, depth: usize) -> bool {
-        match v {
-            Value::Tensor(_) => true,
-            Value::Dict(_) | Value::List(_) | Value::Tuple(_) if depth >= MAX_NAME_DEPTH || self.count().is_err() => {
-                true
-            }
-            Value::Dict(items) => items.borrow().iter().any(|(_, v)| self.holds_tensor(v, depth + 1)),
-            Value::List(items) => items.borrow().iter().any(|v| self.holds_tensor(v, depth + 1)),
-            Value::Tuple(items) => items.iter().any(|v| self.holds_tensor(v, depth + 1)),
-            _ => false,
-        }
-    }
-}
-
-/// The checkpoint files of a folder: `pytorch_model.bin`, or the shards its
-/// `pytorch_model.bin.index.json` names (each once, in the index's order).
-pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("pytorch_model.bin");
-    if single.exists() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("pytorch_model.bin.index.json");
-    if !index.exists() {
-        return Err(Error::format(
-            dir,
-            "pytorch_model.bin",
-            "no pytorch_model.bin nor pytorch_model.bin.index.json in the folder",
-        ));
-    }
-    let json = crate::fsutil::read_json(&index)?;
-    let map = json["weight_map"]
-        .as_object()
-        .ok_or_else(|| Error::format(&index, "weight_map", "missing, or not an object of tensor name → file"))?;
-    if map.is_empty() {
-        return Err(Error::format(&index, "weight_map", "empty: it names no tensor and no file"));
-    }
-    let mut files: Vec<PathBuf> = Vec::new();
-    for (name, file) in map {
-        let file = file.as_str().filter(|f| !f.contains('/') && !f.contains('\\') && !f.is_empty());
-        let file =
-            file.ok_or_else(|| Error::format(&index, format!("weight_map.{name}"), "not a file name in the folder"))?;
-        let path = dir.join(file);
-        if !files.contains(&path) {
-            files.push(path);
-        }
-    }
-    Ok(files)
-}
-
-/// Converts checkpoint `files` into one safetensors file at `out`, each tensor in its stored
-/// element type and name; returns (tensors, bytes of tensor data). A name given twice is refused.
-pub fn convert_to_safetensors(files: &[PathBuf], out: &Path) -> Result<(usize, usize)> {
-    use ::safetensors::tensor::{Dtype, TensorView};
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for path in files {
-        let file = TorchFile::open(path)?;
-        for (name, t) in file.tensors()? {
-            if !seen.insert(name.clone()) {
-                return Err(Error::format(
-                    path,
-                    &name,
-                    "a tensor of this name was already read (from this or an earlier shard)",
-                ));
-            }
-            let dtype = match t.storage.dtype {
-                TorchDType::F64 => Dtype::F64,
-                TorchDType::F32 => Dtype::F32,
-                TorchDType::F16 => Dtype::F16,
-                TorchDType::BF16 => Dtype::BF16,
-                TorchDType::I64 => Dtype::I64,
-                TorchDType::I32 => Dtype::I32,
-                TorchDType::I16 => Dtype::I16,
-                TorchDType::I8 => Dtype::I8,
-                TorchDType::U8 => Dtype::U8,
-                TorchDType::Bool => Dtype::BOOL,
-            };
-            let bytes = file.bytes(&name, &t)?;
-            tensors.push((name, dtype, t.shape.clone(), bytes));
-        }
-    }
-    if tensors.is_empty() {
-        let first = files.first().map_or(out, |f| f.as_path());
-        return Err(Error::format(first, "data.pkl", "the checkpoint holds no tensor"));
-    }
-    let bad = |e: ::safetensors::SafeTensorError| Error::format(out, "(safetensors)", e.to_string());
-    let views = tensors
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            Ok((name.as_str(), TensorView::new(*dtype, shape.clone(), bytes).map_err(bad)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let data: usize = tensors.iter().map(|t| t.3.len()).sum();
-    let bytes = ::safetensors::serialize(views, &None).map_err(bad)?;
-    crate::fsutil::write_atomically(out, &bytes)?;
-    Ok((tensors.len(), data))
 }

@@ -41,6 +41,10 @@ impl TorchDType {
         })
     }
 
+    pub fn is_float(self) -> bool {
+        matches!(self, TorchDType::F64 | TorchDType::F32 | TorchDType::F16 | TorchDType::BF16)
+    }
+
     pub fn size(self) -> usize {
         match self {
             TorchDType::F64 | TorchDType::I64 => 8,

@@ -7,6 +7,10 @@
 // __syncthreads) is reported as a hang, with the kernel's name.
 #include "scheduler.hpp"
 
+#if !defined(__x86_64__)
+#error "the CUDA emulator's fiber switch (cuda_emu_switch) is written for x86-64 only"
+#endif
+
 #include <sys/mman.h>
 
 #include <cstdint>

@@ -67,70 +67,47 @@ unsigned long long* warp_slots();
 inline void __syncthreads() { cuda_emu::sync_block(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { cuda_emu::sync_warp(); }
 
-// Every lane publishes its value, the warp meets, each reads its partner's, the warp meets again
-// (so no lane overwrites a slot another has yet to read).
+// Every lane publishes its value, the warp meets, each reads the slot of the lane `source(lane)`
+// names, the warp meets again (so no lane overwrites a slot another has yet to read).
+template <typename T, typename Source>
+inline T warp_exchange(T v, Source source) {
+    static_assert(sizeof(T) <= 8, "a warp exchange slot holds 8 bytes");
+    unsigned long long* slots = cuda_emu::warp_slots();
+    const int lane = cuda_emu::lane_id();
+    std::memcpy(&slots[lane], &v, sizeof(T));
+    cuda_emu::sync_warp();
+    T out;
+    std::memcpy(&out, &slots[source(lane)], sizeof(T));
+    cuda_emu::sync_warp();
+    return out;
+}
+
+// A source outside the lane's group of `width` lanes leaves the lane its own value, as CUDA does.
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
-    static_assert(sizeof(T) <= 8, "a warp exchange slot holds 8 bytes");
-    unsigned long long* slots = cuda_emu::warp_slots();
-    const int lane = cuda_emu::lane_id();
-    std::memcpy(&slots[lane], &v, sizeof(T));
-    cuda_emu::sync_warp();
-    const int partner = (lane ^ lane_mask) < ((lane / width) + 1) * width ? lane ^ lane_mask : lane;
-    T out;
-    std::memcpy(&out, &slots[partner], sizeof(T));
-    cuda_emu::sync_warp();
-    return out;
+    return warp_exchange(v, [&](int lane) { return (lane ^ lane_mask) / width == lane / width ? lane ^ lane_mask : lane; });
 }
-
 template <typename T>
 inline T __shfl_sync(unsigned, T v, int src_lane, int width = 32) {
-    static_assert(sizeof(T) <= 8, "a warp exchange slot holds 8 bytes");
-    unsigned long long* slots = cuda_emu::warp_slots();
-    const int lane = cuda_emu::lane_id();
-    std::memcpy(&slots[lane], &v, sizeof(T));
-    cuda_emu::sync_warp();
-    T out;
-    std::memcpy(&out, &slots[(lane / width) * width + (src_lane % width)], sizeof(T));
-    cuda_emu::sync_warp();
-    return out;
+    return warp_exchange(v, [&](int lane) { return lane / width * width + src_lane % width; });
 }
-
 template <typename T>
 inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
-    static_assert(sizeof(T) <= 8, "a warp exchange slot holds 8 bytes");
-    unsigned long long* slots = cuda_emu::warp_slots();
-    const int lane = cuda_emu::lane_id();
-    std::memcpy(&slots[lane], &v, sizeof(T));
-    cuda_emu::sync_warp();
-    const int src = (lane % width) + (int)delta < width ? lane + (int)delta : lane;
-    T out;
-    std::memcpy(&out, &slots[src], sizeof(T));
-    cuda_emu::sync_warp();
-    return out;
+    return warp_exchange(v, [&](int lane) { return lane % width + int(delta) < width ? lane + int(delta) : lane; });
 }
 
 // Bit casts and the rounding-mode intrinsics (round to nearest is the host's default mode).
-inline float __uint_as_float(unsigned u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
+template <typename To, typename From>
+inline To bit_cast(From from) {
+    static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+    To to;
+    std::memcpy(&to, &from, sizeof(To));
+    return to;
 }
-inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    std::memcpy(&u, &f, 4);
-    return u;
-}
-inline float __int_as_float(int i) {
-    float f;
-    std::memcpy(&f, &i, 4);
-    return f;
-}
-inline int __float_as_int(float f) {
-    int i;
-    std::memcpy(&i, &f, 4);
-    return i;
-}
+inline float __uint_as_float(unsigned u) { return bit_cast<float>(u); }
+inline unsigned __float_as_uint(float f) { return bit_cast<unsigned>(f); }
+inline float __int_as_float(int i) { return bit_cast<float>(i); }
+inline int __float_as_int(float f) { return bit_cast<int>(f); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
@@ -155,36 +132,32 @@ using std::max;
 using std::min;
 
 // Atomics: the block's threads are fibers of one host thread, so a plain read-modify-write is
-// already indivisible.
+// already indivisible. Each returns the old value, as CUDA's do.
+template <typename T, typename F>
+inline T atomic_update(T* p, F f) {
+    const T old = *p;
+    *p = f(old);
+    return old;
+}
 template <typename T>
 inline T atomicAdd(T* p, T v) {
-    const T old = *p;
-    *p = old + v;
-    return old;
+    return atomic_update(p, [&](T old) { return old + v; });
 }
 template <typename T>
 inline T atomicMax(T* p, T v) {
-    const T old = *p;
-    *p = old > v ? old : v;
-    return old;
+    return atomic_update(p, [&](T old) { return old > v ? old : v; });
 }
 template <typename T>
 inline T atomicMin(T* p, T v) {
-    const T old = *p;
-    *p = old < v ? old : v;
-    return old;
+    return atomic_update(p, [&](T old) { return old < v ? old : v; });
 }
 template <typename T>
 inline T atomicExch(T* p, T v) {
-    const T old = *p;
-    *p = v;
-    return old;
+    return atomic_update(p, [&](T) { return v; });
 }
 template <typename T>
 inline T atomicCAS(T* p, T compare, T v) {
-    const T old = *p;
-    if (old == compare) *p = v;
-    return old;
+    return atomic_update(p, [&](T old) { return old == compare ? v : old; });
 }
 
 // Registration: build.sh compiles each kernel file followed by one CUDA_EMU_KERNEL(name) per

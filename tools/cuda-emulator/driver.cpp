@@ -30,8 +30,13 @@ constexpr unsigned char kGuardByte = 0xa5;
 
 std::recursive_mutex lock;  // one launch (and its static __shared__ arrays) at a time
 std::map<CUdeviceptr, std::size_t> allocations;
-std::map<std::string, cuda_emu::Entry>& kernels() {
-    static std::map<std::string, cuda_emu::Entry> table;
+// A CUfunction is a pointer to its kernel's entry here (map nodes do not move).
+struct Kernel {
+    std::string name;
+    cuda_emu::Entry entry;
+};
+std::map<std::string, Kernel>& kernels() {
+    static std::map<std::string, Kernel> table;
     return table;
 }
 int context_token, module_token, pool_token;
@@ -118,17 +123,8 @@ CUresult fill(CUdeviceptr dst, const void* value, std::size_t element, std::size
 }  // namespace
 
 namespace cuda_emu {
-void register_kernel(const char* name, Entry entry) { kernels()[name] = entry; }
-Entry find_kernel(const char* name) {
-    auto it = kernels().find(name);
-    return it == kernels().end() ? nullptr : it->second;
-}
+void register_kernel(const char* name, Entry entry) { kernels()[name] = Kernel{name, entry}; }
 }  // namespace cuda_emu
-
-struct EmulatedFunction {
-    std::string name;
-    cuda_emu::Entry entry;
-};
 
 extern "C" {
 
@@ -294,9 +290,9 @@ CUresult cuModuleLoadData(void** module, const void*) {
 CUresult cuModuleLoad(void** module, const char*) { return cuModuleLoadData(module, nullptr); }
 CUresult cuModuleUnload(void*) { return kSuccess; }
 CUresult cuModuleGetFunction(void** function, void*, const char* name) {
-    cuda_emu::Entry entry = cuda_emu::find_kernel(name);
-    if (!entry) return kNotFound;
-    *function = new EmulatedFunction{name, entry};
+    auto it = kernels().find(name);
+    if (it == kernels().end()) return kNotFound;
+    *function = &it->second;
     return kSuccess;
 }
 CUresult cuFuncGetAttribute(int* value, int, void*) {
@@ -308,7 +304,7 @@ CUresult cuFuncSetCacheConfig(void*, int) { return kSuccess; }
 
 CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared_bytes, void*, void** params, void** extra) {
-    const auto* f = static_cast<const EmulatedFunction*>(function);
+    const auto* f = static_cast<const Kernel*>(function);
     if (!f) return kInvalidHandle;
     if (extra) return kNotSupported;
     if (bx * by * bz == 0 || bx * by * bz > 1024 || bz > 64 || gy > 65535 || gz > 65535 || gx == 0 || gy == 0 ||

@@ -58,7 +58,6 @@ cuda_emu_switch:
 struct Fiber {
     void* stack_pointer;
     uint3 index;
-    int lane, warp;
     State state;
     void* barrier_site;  // where a thread at __syncthreads called it
 };
@@ -72,7 +71,7 @@ struct Block {
     uint3 block_index;
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
-    std::vector<unsigned long long> warp_slots;  // 32 per warp
+    std::vector<unsigned long long> warp_slots;  // 32 per warp: lane i's at i
     Fiber* current = nullptr;
     void* scheduler = nullptr;
     Entry entry = nullptr;
@@ -214,8 +213,8 @@ void sync_block() {
     wait(State::AtBlockBarrier);
 }
 void sync_warp() { wait(State::AtWarpBarrier); }
-int lane_id() { return run.current->lane; }
-unsigned long long* warp_slots() { return &run.warp_slots[32 * run.current->warp]; }
+int lane_id() { return int((run.current - run.fibers.data()) % 32); }
+unsigned long long* warp_slots() { return &run.warp_slots[warp_begin(std::size_t(run.current - run.fibers.data()))]; }
 
 bool run_kernel(const char* name, Entry entry, void** params, dim3 grid, dim3 block) {
     const std::size_t threads = std::size_t(block.x) * block.y * block.z;
@@ -228,11 +227,7 @@ bool run_kernel(const char* name, Entry entry, void** params, dim3 grid, dim3 bl
     run.warp_slots.assign(32 * ((threads + 31) / 32), 0);
     for (unsigned z = 0, i = 0; z < block.z; ++z)
         for (unsigned y = 0; y < block.y; ++y)
-            for (unsigned x = 0; x < block.x; ++x, ++i) {
-                run.fibers[i].index = uint3{x, y, z};
-                run.fibers[i].lane = int(i % 32);
-                run.fibers[i].warp = int(i / 32);
-            }
+            for (unsigned x = 0; x < block.x; ++x, ++i) run.fibers[i].index = uint3{x, y, z};
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
